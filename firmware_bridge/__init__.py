@@ -1,0 +1,1 @@
+"""edgegen firmware_bridge package."""

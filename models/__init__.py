@@ -1,0 +1,1 @@
+"""edgegen models package."""

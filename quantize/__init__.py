@@ -1,0 +1,1 @@
+"""edgegen quantize package."""
