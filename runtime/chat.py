@@ -1,0 +1,39 @@
+"""Chat templates: the Jinja template a GGUF carries (`tokenizer.chat_template`), rendered as Hugging Face does."""
+from __future__ import annotations
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from runtime.errors import GenerationError
+
+ROLES = ("system", "user", "assistant", "tool")
+# ChatML: used when a file carries no template (SmolLM2 and many small models are trained on it).
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def validate_messages(messages: object) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise GenerationError("messages must be a non-empty list of {role, content} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+            raise GenerationError(f"messages[{i}] must be {{'role': one of {', '.join(ROLES)}, 'content': string}}")
+    return messages  # type: ignore[return-value]
+
+
+def render_chat(template: str | None, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "") -> str:
+    """Render messages with the model's template (sandboxed: templates come from model files)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message: str) -> None:
+        raise GenerationError(f"chat template rejected the messages: {message}")
+
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template or CHATML).render(
+            messages=validate_messages(messages), add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
+        )
+    except TemplateError as e:
+        raise GenerationError(f"chat template failed to render: {e}") from e

@@ -1,0 +1,136 @@
+"""Linear layers over packed GGML blocks whose dequantization happens inside the tinygrad kernel.
+
+A GGML block of 32 weights is repacked once at load into separate arrays of the same total size, so a kernel
+reads quants and scales with plain strided loads instead of unpacking a 18/20/34-byte record:
+
+  Q8_0  (ggml-common.h block_q8_0): d f16, qs int8[32]          -> w = d * q
+  Q4_0  (block_q4_0):               d f16, qs u8[16] (2 nibbles) -> w = d * (q - 8)
+  Q4_1  (block_q4_1):               d f16, m f16, qs u8[16]      -> w = d * q + m
+Nibble order (ggml-quants.c dequantize_row_q4_0): byte j holds weight j in its low nibble and weight j + 16 in
+its high nibble. Scales stay f16 in memory and are widened in the kernel.
+
+The decode matvec sums over blocks first and over the 16/32 lanes second (two reductions): measured here that
+keeps partial sums in vector registers and beat a single flat reduction (TINYGRAD_NOTES.md, and a spike for this
+module: 109 ms -> 78 ms per 40 Q4_1 matvecs with a loaded machine).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from tinygrad import Tensor, dtypes
+
+from runtime.errors import ArtifactError
+from runtime.model_file import TensorInfo
+
+BLOCK = 32
+# bytes per block of 32 weights (GGML_QUANT_SIZES)
+BLOCK_BYTES = {T.Q8_0: 34, T.Q4_0: 18, T.Q4_1: 20}
+
+
+def _f16(raw: np.ndarray, start: int) -> np.ndarray:
+    """The f16 stored at byte `start` of every block: raw (rows, nb, block_bytes) uint8 -> (rows, nb) float16."""
+    return np.ascontiguousarray(raw[:, :, start : start + 2]).view(np.float16)[..., 0]
+
+
+@dataclass
+class PackedLinear:
+    """y = x @ W.T with W kept as packed blocks on the device. Call with x of shape (..., in_features)."""
+
+    name: str
+    ggml_type: T
+    out_features: int
+    in_features: int
+    qs: Tensor  # Q8_0: int8 (out, nb, 32); Q4_x: uint8 (out, nb, 16); F32/F16: the weight (out, in)
+    d: Tensor | None = None  # f16 (out, nb)
+    m: Tensor | None = None  # f16 (out, nb), Q4_1 only
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(t.nbytes() for t in (self.qs, self.d, self.m) if t is not None)
+
+    def _blocks(self) -> Tensor:
+        """Weights as an expression over the packed arrays: (out, nb, 2, 16) for Q4_x, (out, nb, 32) for Q8_0."""
+        out, nb = self.out_features, self.in_features // BLOCK
+        d = self.d.cast(dtypes.float32)
+        if self.ggml_type == T.Q8_0:
+            return self.qs.cast(dtypes.float32) * d.reshape(out, nb, 1)
+        lo, hi = self.qs & 0xF, self.qs >> 4  # (out, nb, 16) each
+        q = Tensor.stack(lo, hi, dim=2).cast(dtypes.float32)  # (out, nb, 2, 16)
+        if self.ggml_type == T.Q4_0:
+            return (q - 8.0) * d.reshape(out, nb, 1, 1)
+        return q * d.reshape(out, nb, 1, 1) + self.m.cast(dtypes.float32).reshape(out, nb, 1, 1)
+
+    def weight(self) -> Tensor:
+        """The float weight (out, in) as a lazy expression; only materialized if a caller realizes it."""
+        if self.ggml_type in (T.F32, T.F16):
+            return self.qs.cast(dtypes.float32)
+        return self._blocks().reshape(self.out_features, self.in_features)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        rows = int(np.prod(lead)) if lead else 1
+        if rows != 1:
+            # Prefill / batches: a matmul whose weight operand is the dequantizing expression, fused by tinygrad.
+            return x @ self.weight().T
+        out, nb = self.out_features, self.in_features // BLOCK
+        if self.ggml_type in (T.F32, T.F16):
+            lanes = 16 if self.in_features % 16 == 0 else 1
+            w = self.qs.cast(dtypes.float32).reshape(out, self.in_features // lanes, lanes)
+            y = (w * x.reshape(1, self.in_features // lanes, lanes)).sum(axis=1).sum(axis=1)
+            return y.reshape(*lead, out)
+        if self.ggml_type == T.Q8_0:
+            y = (self._blocks() * x.reshape(1, nb, BLOCK)).sum(axis=1).sum(axis=1)
+            return y.reshape(*lead, out)
+        # Q4_x: low and high nibbles multiply the first and second half of each 32-wide input block separately,
+        # which measured faster than stacking them into one (out, nb, 32) operand.
+        xg = x.reshape(1, nb, 2, 16)
+        d = self.d.cast(dtypes.float32).reshape(out, nb, 1)
+        lo, hi = (self.qs & 0xF).cast(dtypes.float32), (self.qs >> 4).cast(dtypes.float32)
+        if self.ggml_type == T.Q4_0:
+            t = (lo - 8.0) * d * xg[:, :, 0, :] + (hi - 8.0) * d * xg[:, :, 1, :]
+        else:
+            m = self.m.cast(dtypes.float32).reshape(out, nb, 1)
+            t = (lo * d + m) * xg[:, :, 0, :] + (hi * d + m) * xg[:, :, 1, :]
+        return t.sum(axis=1).sum(axis=1).reshape(*lead, out)
+
+
+def pack_linear(info: TensorInfo, device: str | None = None) -> PackedLinear:
+    """Repack one GGUF weight matrix for the device. Rows stay packed; only the block layout changes."""
+    if len(info.shape) != 2:
+        raise ArtifactError(f"tensor {info.name}: expected a 2-D weight, got shape {info.shape}")
+    out, inn = info.shape
+    t = info.ggml_type
+    if t in (T.F32, T.F16):
+        w = np.ascontiguousarray(info.data).reshape(out, inn)
+        return PackedLinear(info.name, t, out, inn, Tensor(w, device=device).realize())
+    if t not in BLOCK_BYTES:
+        raise ArtifactError(f"tensor {info.name}: type {t.name} cannot be used as a linear layer")
+    if inn % BLOCK:
+        raise ArtifactError(f"tensor {info.name}: input size {inn} is not a multiple of the block size {BLOCK}")
+    nb = inn // BLOCK
+    raw = np.asarray(info.data).reshape(out, nb, BLOCK_BYTES[t])
+    d = Tensor(_f16(raw, 0), device=device).realize()
+    if t == T.Q8_0:
+        qs = Tensor(np.ascontiguousarray(raw[:, :, 2:]).view(np.int8), device=device).realize()
+        return PackedLinear(info.name, t, out, inn, qs, d)
+    if t == T.Q4_0:
+        qs = Tensor(np.ascontiguousarray(raw[:, :, 2:]), device=device).realize()
+        return PackedLinear(info.name, t, out, inn, qs, d)
+    m = Tensor(_f16(raw, 2), device=device).realize()
+    qs = Tensor(np.ascontiguousarray(raw[:, :, 4:]), device=device).realize()
+    return PackedLinear(info.name, t, out, inn, qs, d, m)
+
+
+def embedding_rows(info: TensorInfo, token_ids: list[int] | np.ndarray) -> np.ndarray:
+    """Float rows of an embedding table for the given tokens, dequantized on the host from the memory map.
+
+    Looking the rows up on the host reads 2 KB per token; in a tinygrad kernel a gather by a token tensor
+    becomes a one-hot reduction over the whole 49152-row table (30 MB read per token).
+    """
+    from gguf.quants import dequantize
+
+    ids = np.asarray(token_ids, dtype=np.int64)
+    rows = np.asarray(info.data)[ids]
+    return dequantize(rows, info.ggml_type).reshape(len(ids), info.shape[1]).astype(np.float32)

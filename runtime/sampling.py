@@ -1,0 +1,99 @@
+"""Sampling parameters and the sampler: greedy, temperature, top-k, top-p, repetition penalty, seed.
+
+Sampling runs on the host in numpy over one logits row (49k floats for SmolLM2: a 0.2 MB copy per token), which
+keeps the decode kernel graph identical whatever the request's sampling settings are.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.errors import GenerationError
+
+MAX_STOP_STRINGS = 16
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 means no top-k cut
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # 1 means none; >1 discourages tokens already in the context (CTRL paper)
+    seed: int | None = None
+    max_tokens: int = 128
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate(self) -> "SamplingParams":
+        """Raise GenerationError naming the first value that is out of range; return self when all are fine."""
+        def bad(name: str, value: object, expected: str) -> GenerationError:
+            return GenerationError(f"{name}={value!r} is out of range: expected {expected}")
+
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
+                or not 0.0 <= self.temperature <= 10.0:
+            raise bad("temperature", self.temperature, "a number from 0 (greedy) to 10")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise bad("top_k", self.top_k, "an integer >= 0 (0 disables)")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", self.top_p, "a number in (0, 1]")
+        if not isinstance(self.repetition_penalty, (int, float)) or not 0.0 < self.repetition_penalty <= 10.0:
+            raise bad("repetition_penalty", self.repetition_penalty, "a number in (0, 10]")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not 0 <= self.seed < 2**63):
+            raise bad("seed", self.seed, "an integer in [0, 2**63)")
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+            raise bad("max_tokens", self.max_tokens, "an integer >= 1")
+        if not isinstance(self.stop, tuple) or len(self.stop) > MAX_STOP_STRINGS \
+                or not all(isinstance(s, str) and s for s in self.stop):
+            raise bad("stop", self.stop, f"up to {MAX_STOP_STRINGS} non-empty strings")
+        return self
+
+
+class Sampler:
+    """Chooses the next token from a logits row. One Sampler per generation: it owns the seeded RNG."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params.validate()
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, context: list[int]) -> int:
+        p = self.params
+        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+        if p.repetition_penalty != 1.0 and context:
+            seen = np.unique(np.asarray(context, dtype=np.int64))
+            vals = logits[seen]
+            logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if p.temperature == 0.0:
+            return int(np.argmax(logits))
+        logits = logits / p.temperature
+        if 0 < p.top_k < logits.size:
+            kth = np.partition(logits, -p.top_k)[-p.top_k]
+            logits = np.where(logits < kth, -np.inf, logits)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            cumulative = np.cumsum(probs[order])
+            keep = order[: int(np.searchsorted(cumulative, p.top_p) + 1)]  # smallest set reaching top_p
+            mask = np.zeros_like(probs)
+            mask[keep] = probs[keep]
+            probs = mask / mask.sum()
+        return int(self.rng.choice(probs.size, p=probs))
+
+
+def find_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Index where the earliest stop string starts in text, or -1."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def holdback(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters might be the start of a stop string, and must not be streamed yet."""
+    longest = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                longest = max(longest, k)
+                break
+    return longest

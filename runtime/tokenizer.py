@@ -1,0 +1,132 @@
+"""Tokenizers rebuilt from GGUF metadata with well-kept libraries.
+
+- `tokenizer.ggml.model == "gpt2"` (byte-level BPE: SmolLM2, Llama 3, Qwen): Hugging Face `tokenizers`.
+- `tokenizer.ggml.model == "llama"` (SentencePiece: Llama 2, TinyLlama, Mistral): `sentencepiece`, from a
+  ModelProto assembled from the GGUF vocabulary, scores and token types.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from runtime.errors import ArtifactError
+from runtime.model_file import ModelFile
+
+# gguf-py constants.TokenType
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+# llama.cpp llama-vocab.cpp: the pre-tokenizer split used for each `tokenizer.ggml.pre` value we support.
+# SmolLM2 ("smollm") splits every digit on its own, then applies the GPT-2 regex (same as "starcoder", "refact").
+DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "codeshell", "command-r"}
+GPT2_PRE = {"default", "gpt-2", "gpt2", None}
+
+
+class Tokenizer(Protocol):
+    bos_id: int | None
+    eos_id: int | None
+    vocab_size: int
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def is_control(self, token_id: int) -> bool: ...
+
+
+class BPETokenizer:
+    """GPT-2-style byte-level BPE built with `tokenizers` from the GGUF token list and merges."""
+
+    def __init__(self, mf: ModelFile) -> None:
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        tokens: list[str] = mf.require("tokenizer.ggml.tokens")
+        merges: list[str] = mf.get("tokenizer.ggml.merges") or []
+        types: list[int] = list(mf.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens))
+        pre = mf.get("tokenizer.ggml.pre")
+        vocab = {tok: i for i, tok in enumerate(tokens)}
+        merge_pairs = [tuple(m.split(" ", 1)) for m in merges if " " in m]
+        tok = HFTokenizer(models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False))
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        if pre in DIGIT_SPLIT_PRE:
+            tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        elif pre in GPT2_PRE or pre is not None:
+            # Other pre-tokenizers (llama-bpe, qwen2, ...) differ in their regex in small ways; GPT-2's is the
+            # closest common ground. The mismatch only changes how rare strings split, never what decodes back.
+            tok.pre_tokenizer = byte_level
+        tok.decoder = decoders.ByteLevel()
+        self._control = {i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED)}
+        tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in sorted(self._control)])
+        self._tok = tok
+        self.vocab_size = len(tokens)
+        self.bos_id = mf.get("tokenizer.ggml.bos_token_id")
+        self.eos_id = mf.get("tokenizer.ggml.eos_token_id")
+        self.add_bos = bool(mf.get("tokenizer.ggml.add_bos_token", False))
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def is_control(self, token_id: int) -> bool:
+        return token_id in self._control
+
+
+class SentencePieceTokenizer:
+    """SentencePiece built from a ModelProto assembled from the GGUF vocabulary (llama.cpp's `llama` vocab)."""
+
+    def __init__(self, mf: ModelFile) -> None:
+        import sentencepiece as spm
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        tokens: list[str] = mf.require("tokenizer.ggml.tokens")
+        scores = list(mf.get("tokenizer.ggml.scores") or [0.0] * len(tokens))
+        types = list(mf.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens))
+        proto = pb.ModelProto()
+        proto.trainer_spec.model_type = pb.TrainerSpec.BPE
+        proto.trainer_spec.vocab_size = len(tokens)
+        proto.trainer_spec.byte_fallback = any(t == TOKEN_BYTE for t in types)
+        proto.normalizer_spec.name = "identity"
+        proto.normalizer_spec.add_dummy_prefix = bool(mf.get("tokenizer.ggml.add_space_prefix", True))
+        proto.normalizer_spec.remove_extra_whitespaces = False
+        proto.normalizer_spec.escape_whitespaces = True
+        kinds = {TOKEN_NORMAL: pb.ModelProto.SentencePiece.NORMAL, TOKEN_UNKNOWN: pb.ModelProto.SentencePiece.UNKNOWN,
+                 TOKEN_CONTROL: pb.ModelProto.SentencePiece.CONTROL,
+                 TOKEN_USER_DEFINED: pb.ModelProto.SentencePiece.USER_DEFINED,
+                 TOKEN_UNUSED: pb.ModelProto.SentencePiece.UNUSED, TOKEN_BYTE: pb.ModelProto.SentencePiece.BYTE}
+        for piece, score, kind in zip(tokens, scores, types):
+            p = proto.pieces.add()
+            p.piece, p.score, p.type = piece, float(score), kinds.get(int(kind), pb.ModelProto.SentencePiece.NORMAL)
+        self._sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        self._control = {i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED)}
+        self.vocab_size = len(tokens)
+        self.bos_id = mf.get("tokenizer.ggml.bos_token_id")
+        self.eos_id = mf.get("tokenizer.ggml.eos_token_id")
+        self.add_bos = bool(mf.get("tokenizer.ggml.add_bos_token", True))
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        ids = list(self._sp.encode(text))
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._sp.decode(list(ids))
+
+    def is_control(self, token_id: int) -> bool:
+        return token_id in self._control
+
+
+def load_tokenizer(mf: ModelFile) -> BPETokenizer | SentencePieceTokenizer:
+    kind = mf.get("tokenizer.ggml.model")
+    if kind == "gpt2":
+        return BPETokenizer(mf)
+    if kind == "llama":
+        return SentencePieceTokenizer(mf)
+    if kind is None:
+        raise ArtifactError(f"{mf.path.name}: the file carries no tokenizer (tokenizer.ggml.model is missing)")
+    raise ArtifactError(f"{mf.path.name}: unsupported tokenizer model {kind!r} (supported: gpt2, llama)")
