@@ -1,0 +1,99 @@
+"""The narrow interface the service calls to generate, and its adapter over runtime.engine.TextGenerator.
+
+The service never touches a model: it asks an engine to `check` a request (cheap, before queueing, so a bad prompt
+is answered at once) and to `generate` it, streaming text through `emit`. An image engine (the diffusion runtime,
+once it exists) plugs in the same way: give the service an `ImageEngine` under a model name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from firmware_bridge.errors import ErrorCode, RequestError
+from firmware_bridge.schema import ImageRequest, TextRequest
+
+
+@dataclasses.dataclass(frozen=True)
+class TextOutcome:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageOutcome:
+    png: bytes
+    finish_reason: str = "stop"
+
+
+class TextEngine(Protocol):
+    def check(self, request: TextRequest) -> None:
+        """Raise RequestError (prompt_too_long, invalid_sampling) for a request this engine cannot run."""
+
+    def generate(self, request: TextRequest, cancel: threading.Event, emit: Callable[[str], None]) -> TextOutcome:
+        """Run `request`, calling `emit` with each text delta in order; stop early when `cancel` is set."""
+
+
+class ImageEngine(Protocol):
+    def check(self, request: ImageRequest) -> None: ...
+
+    def generate(self, request: ImageRequest, cancel: threading.Event) -> ImageOutcome: ...
+
+
+class RuntimeTextEngine:
+    """A `TextEngine` over `runtime.engine.TextGenerator` (contract: docs/RUNTIME_API.md)."""
+
+    def __init__(self, generator: Any):
+        self.generator = generator
+
+    @classmethod
+    def load(cls, model: str = "default", device: str | None = None) -> RuntimeTextEngine:
+        from runtime.engine import TextGenerator  # imported here so the protocol and tests never load tinygrad
+
+        return cls(TextGenerator.load(model, device=device))
+
+    def _prompt(self, request: TextRequest) -> str | list[dict]:
+        return list(request.messages) if request.messages is not None else request.prompt  # type: ignore[return-value]
+
+    def _params(self, request: TextRequest) -> Any:
+        from runtime import GenerationError, SamplingParams
+
+        s = request.sampling
+        params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                repetition_penalty=s.repetition_penalty, seed=s.seed, max_tokens=request.max_tokens,
+                                stop=s.stop)
+        try:
+            params.validate()
+        except GenerationError as e:
+            raise RequestError(ErrorCode.INVALID_SAMPLING, str(e)) from e
+        return params
+
+    def check(self, request: TextRequest) -> None:
+        self._params(request)
+        prompt = self._prompt(request)
+        if request.chat:
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            prompt = self.generator.render_chat(messages)
+        elif isinstance(prompt, list):
+            prompt = "\n".join(m["content"] for m in prompt)
+        n_tokens, context = len(self.generator.tokenizer.encode(prompt)), self.generator.config.max_context
+        if n_tokens >= context:
+            raise RequestError(ErrorCode.PROMPT_TOO_LONG, f"prompt is {n_tokens} tokens, the model's context is "
+                               f"{context}")
+
+    def generate(self, request: TextRequest, cancel: threading.Event, emit: Callable[[str], None]) -> TextOutcome:
+        prompt = self._prompt(request)
+        if not request.chat and isinstance(prompt, list):
+            prompt = "\n".join(m["content"] for m in prompt)
+        stream = self.generator.stream(prompt, self._params(request), chat=request.chat, cancel=cancel)
+        for piece in stream:
+            emit(piece)
+        r = stream.result
+        return TextOutcome(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
+                           completion_tokens=r.completion_tokens, ttft_s=r.ttft_s,
+                           tokens_per_s=r.decode_tokens_per_s)

@@ -1,0 +1,387 @@
+"""The device agent: takes requests from MQTT, runs them one at a time on an engine, streams the answers back.
+
+Reliability (ARCHITECTURE.md, MQTT): requests arrive at QoS 1 into a persistent session (clean_start=False, session
+expiry) and are acknowledged by hand only once their answer is published, so a device killed mid-generation gets
+them again after a restart. Request ids are remembered: a redelivered or repeated request is answered from memory
+or joins the running generation instead of being generated twice. The queue is bounded and answers `busy` when full.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import logging
+import resource
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from firmware_bridge import responses, topics
+from firmware_bridge.connection import BrokerOptions, make_client
+from firmware_bridge.engines import ImageEngine, TextEngine
+from firmware_bridge.errors import ErrorCode, RequestError
+from firmware_bridge.schema import ImageRequest, Request, TextRequest, encode, parse_request
+
+log = logging.getLogger(__name__)
+PUBLISH_WAIT_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    device_id: str
+    pool: str | None = None
+    queue_size: int = 8  # requests waiting behind the running one; one more gets `busy`
+    telemetry_interval_s: float = 10.0
+    session_expiry_s: int = 24 * 3600  # how long the broker keeps our session (and our unacked requests) offline
+    remembered_answers: int = 1024
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    key: tuple[str, str]  # (response topic, request id): two clients may both use id "1"
+    request: TextRequest | ImageRequest
+    response_topic: str
+    correlation: bytes | None
+    deliveries: list[tuple[int, int]]  # (mid, connection number) of each copy received, acked once answered
+    received_s: float
+    deadline_s: float | None
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+def stable_seed(request_id: str) -> int:
+    """A seed derived from the request id, so a redelivered request samples the same text as its first run."""
+    return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") >> 1
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class DeviceService:
+    """Serve `text_engines` (and `image_engines`) by model name for one device id, optionally in a pool."""
+
+    def __init__(self, config: ServiceConfig, broker: BrokerOptions, text_engines: dict[str, TextEngine],
+                 image_engines: dict[str, ImageEngine] | None = None):
+        topics.check_name(config.device_id)
+        if config.pool is not None:
+            topics.check_name(config.pool, "pool")
+        self.config, self.broker = config, broker
+        self.text_engines, self.image_engines = dict(text_engines), dict(image_engines or {})
+        self.device = config.device_id
+        self.counters = collections.Counter[str]()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._active: dict[tuple[str, str], _Job] = {}
+        self._answers: collections.OrderedDict[tuple[str, str], tuple[bytes, str]] = collections.OrderedDict()
+        self._connection = 0
+        self._state = "online"
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._started_s = time.monotonic()
+        self._threads: list[threading.Thread] = []
+        self.client = make_client(config.device_id, broker, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        offline = encode(responses.status(self.device, "offline", time.time()))
+        self.client.will_set(topics.status(self.device), offline, qos=1, retain=True)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background (retrying with backoff) and start the worker and telemetry threads."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        self.client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s, clean_start=False,
+                                  properties=props)
+        self.client.loop_start()
+        for target, name in ((self._work, "worker"), (self._report, "telemetry")):
+            t = threading.Thread(target=target, name=f"edgegen-{name}-{self.device}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Publish `offline`, stop the running generation without acking it (the broker keeps it), disconnect."""
+        self._stopping.set()
+        with self._lock:
+            for job in self._active.values():
+                job.cancel.set()
+            self._wake.notify_all()
+        for t in self._threads:
+            t.join(timeout=PUBLISH_WAIT_S)
+        if self._connected.is_set():
+            self._wait(self._publish_status("offline"))
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- MQTT callbacks (paho's network thread) --------------------------------------------------------------------
+    def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        filters = [topics.device_request(self.device, kind) for kind in ("text", "image", "cancel")]
+        if self.config.pool is not None:
+            filters += [topics.pool_shared_filter(self.config.pool, kind) for kind in topics.KINDS]
+            filters.append(topics.pool_cancel(self.config.pool))
+        return [(f, SubscribeOptions(qos=1)) for f in filters]
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        with self._lock:
+            self._connection += 1
+        # Subscribing here restores the subscriptions after any reconnect, even to a broker that lost our session.
+        client.subscribe(self._subscriptions())
+        self._publish_status(self._state)
+        models = responses.models(self.device, sorted(self.text_engines), sorted(self.image_engines))
+        client.publish(topics.models(self.device), encode(models), qos=1, retain=True)
+        log.info("connected to %s:%d (session present: %s)", self.broker.host, self.broker.port,
+                 flags.session_present)
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._connected.clear()
+        if not self._stopping.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            delivery = (msg.mid, self._connection)
+        try:
+            if self._accept(msg, delivery):
+                return  # queued: acknowledged when answered
+        except Exception:  # noqa: BLE001 - one bad message must not stop the device
+            log.exception("failed to handle a message on %s", msg.topic)
+            self.counters["internal_errors"] += 1
+        self._ack([delivery])
+
+    def _accept(self, msg: mqtt.MQTTMessage, delivery: tuple[int, int]) -> bool:
+        """Handle one request message; True when it was queued (or joined a queued twin) and must not be acked yet."""
+        kind = msg.topic.rsplit("/", 1)[-1]
+        props = msg.properties
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        if response_topic is not None and not topics.is_publishable(response_topic):
+            response_topic = None
+        try:
+            request: Request = parse_request(kind, msg.payload)
+        except RequestError as e:
+            self._send_error(response_topic, correlation, getattr(e, "request_id", None), e.code, e.message)
+            return False
+        if request.kind == "cancel":
+            self._cancel(request.id)
+            return False
+        if response_topic is None:
+            self._send_error(None, correlation, request.id, ErrorCode.NO_RESPONSE_TOPIC,
+                             f"request on {msg.topic} has no usable MQTT 5 Response Topic")
+            return False
+        key = (response_topic, request.id)
+        with self._lock:
+            answer = self._answers.get(key)
+            twin = self._active.get(key)
+            if twin is not None:
+                twin.deliveries.append(delivery)
+            if answer is not None or twin is not None:
+                self.counters["duplicates"] += 1
+        if twin is not None:
+            log.info("request %s is already queued or running; answering it once", request.id)
+            return True
+        if answer is not None:
+            log.info("request %s was answered before; sending the answer again", request.id)
+            self._publish(response_topic, correlation, answer[0], answer[1])
+            return False
+        try:
+            self._check(request)
+        except RequestError as e:
+            self._send_error(response_topic, correlation, request.id, e.code, e.message)
+            return False
+        expiry_s = getattr(props, "MessageExpiryInterval", None)
+        now = time.monotonic()
+        job = _Job(key, request, response_topic, correlation, [delivery], now,  # type: ignore[arg-type]
+                   now + expiry_s if expiry_s else None)
+        with self._lock:
+            full = len(self._queue) >= self.config.queue_size
+            if not full:
+                self._queue.append(job)
+                self._active[key] = job
+                self._wake.notify()
+        if full:
+            self.counters["busy"] += 1
+            self._send_error(response_topic, correlation, request.id, ErrorCode.BUSY,
+                             f"device {self.device} has {self.config.queue_size} requests waiting; retry later")
+            return False
+        return True
+
+    def _check(self, request: TextRequest | ImageRequest) -> None:
+        engines: dict[str, Any] = self.text_engines if request.kind == "text" else self.image_engines
+        if not engines:
+            raise RequestError(ErrorCode.UNSUPPORTED, f"device {self.device} has no {request.kind} engine")
+        if request.model not in engines:
+            raise RequestError(ErrorCode.UNKNOWN_MODEL, f"model {request.model!r} is not served here; "
+                               f"{request.kind} models: {sorted(engines)}")
+        engines[request.model].check(request)
+
+    def _cancel(self, request_id: str) -> None:
+        with self._lock:
+            jobs = [job for job in self._active.values() if job.request.id == request_id]
+            for job in jobs:
+                job.cancel.set()
+        log.info("cancel %s: %s", request_id, "stopping it" if jobs else "not queued here")
+
+    # -- publishing ------------------------------------------------------------------------------------------------
+    def _publish(self, topic: str, correlation: bytes | None, payload: bytes,
+                 content_type: str = responses.JSON_CONTENT_TYPE) -> mqtt.MQTTMessageInfo:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = content_type
+        if correlation is not None:
+            props.CorrelationData = correlation
+        return self.client.publish(topic, payload, qos=1, properties=props)
+
+    def _send_error(self, response_topic: str | None, correlation: bytes | None, request_id: str | None,
+                    code: ErrorCode | str, message: str) -> bytes:
+        self.counters["errors"] += 1
+        log.info("request %s refused: %s: %s", request_id, code, message)
+        payload = encode(responses.error(request_id, code, message, self.device), responses.MAX_RESPONSE_BYTES)
+        self._publish(response_topic or topics.errors(self.device), correlation, payload)
+        return payload
+
+    def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo:
+        self._state = state
+        payload = encode(responses.status(self.device, state, time.time()))
+        return self.client.publish(topics.status(self.device), payload, qos=1, retain=True)
+
+    @staticmethod
+    def _wait(info: mqtt.MQTTMessageInfo, timeout_s: float = PUBLISH_WAIT_S) -> bool:
+        """Wait for the broker's PUBACK; False when not connected (paho keeps the message and resends it)."""
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            return False
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def _ack(self, deliveries: list[tuple[int, int]]) -> None:
+        with self._lock:
+            current = self._connection
+        for mid, connection in deliveries:
+            # A mid from an earlier connection means nothing now; the broker redelivers that copy and it is answered
+            # from memory then.
+            if connection == current:
+                self.client.ack(mid, 1)
+
+    # -- worker and telemetry threads ------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                if not self._queue:
+                    self._wake.wait(timeout=1.0)
+                    continue
+                job = self._queue.popleft()
+            try:
+                self._run(job)
+            except Exception:  # noqa: BLE001 - the device keeps serving
+                log.exception("request %s failed", job.request.id)
+                self._finish(job, self._send_error(job.response_topic, job.correlation, job.request.id,
+                                                   ErrorCode.INTERNAL, "the engine failed; see the device log"))
+
+    def _run(self, job: _Job) -> None:
+        now = time.monotonic()
+        if job.deadline_s is not None and now > job.deadline_s and not job.cancel.is_set():
+            self._send_error(job.response_topic, job.correlation, job.request.id, ErrorCode.EXPIRED,
+                             f"request waited {now - job.received_s:.1f} s, past its message expiry")
+            self._finish(job, None)
+            return
+        if self._state != "busy":
+            self._publish_status("busy")
+        queue_ms = (now - job.received_s) * 1000
+        try:
+            if isinstance(job.request, TextRequest):
+                payload = self._run_text(job, job.request, queue_ms)
+            else:
+                payload = self._run_image(job, job.request, queue_ms)
+        except RequestError as e:
+            payload = self._send_error(job.response_topic, job.correlation, job.request.id, e.code, e.message)
+        if payload is not None:
+            self._finish(job, payload)
+        with self._lock:
+            idle = not self._queue
+        if idle and not self._stopping.is_set():
+            self._publish_status("online")
+
+    def _run_text(self, job: _Job, request: TextRequest, queue_ms: float) -> bytes | None:
+        if request.sampling.seed is None:
+            request = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling,
+                                                                                seed=stable_seed(request.id)))
+        seq, start = 0, time.monotonic()
+        deadline_hit = False
+
+        def emit(text: str) -> None:
+            nonlocal seq, deadline_hit
+            if job.deadline_s is not None and time.monotonic() > job.deadline_s:
+                deadline_hit = True
+                job.cancel.set()
+            payload = encode(responses.chunk(request.id, seq, text), responses.MAX_RESPONSE_BYTES)
+            self._publish(job.response_topic, job.correlation, payload)
+            seq += 1
+
+        if job.cancel.is_set():  # cancelled while queued: nothing to run
+            outcome_text, reason, stats = "", "cancelled", responses.Stats(queue_ms=round(queue_ms, 3))
+        else:
+            out = self.text_engines[request.model].generate(request, job.cancel, emit)
+            if self._stopping.is_set():
+                return None  # not acked: the broker redelivers it to this device's session after a restart
+            outcome_text, reason = out.text, "deadline" if deadline_hit else out.finish_reason
+            stats = responses.Stats(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                                    ttft_ms=round(out.ttft_s * 1000, 3), tokens_per_s=round(out.tokens_per_s, 2),
+                                    total_ms=round((time.monotonic() - start) * 1000, 3),
+                                    queue_ms=round(queue_ms, 3), peak_rss_bytes=peak_rss_bytes())
+        if reason == "cancelled":
+            self.counters["cancelled"] += 1
+        self.counters["served"] += 1
+        payload = encode(responses.final(request.id, outcome_text, reason, seq, self.device, stats),
+                         responses.MAX_RESPONSE_BYTES)
+        self._wait(self._publish(job.response_topic, job.correlation, payload))
+        return payload
+
+    def _run_image(self, job: _Job, request: ImageRequest, queue_ms: float) -> bytes | None:
+        start = time.monotonic()
+        out = self.image_engines[request.model].generate(request, job.cancel)
+        if self._stopping.is_set():
+            return None
+        if out.finish_reason == "stop":
+            self._publish(job.response_topic, job.correlation, out.png, responses.PNG_CONTENT_TYPE)
+        stats = responses.Stats(total_ms=round((time.monotonic() - start) * 1000, 3), queue_ms=round(queue_ms, 3),
+                                peak_rss_bytes=peak_rss_bytes())
+        self.counters["served"] += 1
+        payload = encode(responses.final(request.id, "", out.finish_reason, 0, self.device, stats))
+        self._wait(self._publish(job.response_topic, job.correlation, payload))
+        return payload
+
+    def _finish(self, job: _Job, answer: bytes | None) -> None:
+        """Remember the answer (so a duplicate gets it again) and acknowledge every copy of the request."""
+        with self._lock:
+            self._active.pop(job.key, None)
+            if answer is not None:
+                self._answers[job.key] = (answer, responses.JSON_CONTENT_TYPE)
+                while len(self._answers) > self.config.remembered_answers:
+                    self._answers.popitem(last=False)
+            deliveries = list(job.deliveries)
+        self._ack(deliveries)
+
+    def _report(self) -> None:
+        while not self._stopping.wait(self.config.telemetry_interval_s):
+            if not self._connected.is_set():
+                continue
+            with self._lock:
+                depth = len(self._queue)
+            report = {"v": 1, "device": self.device, "ts": round(time.time(), 3), "state": self._state,
+                      "queue_depth": depth, "uptime_s": round(time.monotonic() - self._started_s, 1),
+                      "peak_rss_bytes": peak_rss_bytes(), **self.counters}
+            self.client.publish(topics.telemetry(self.device), encode(report), qos=0)

@@ -1,0 +1,43 @@
+"""A device process serving FakeTextEngine, for tests that kill devices: prints `ready` and `emit ID SEQ` lines."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from fake_engine import FakeTextEngine
+
+from firmware_bridge.connection import BrokerOptions
+from firmware_bridge.service import DeviceService, ServiceConfig
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--device-id", required=True)
+    parser.add_argument("--pool")
+    parser.add_argument("--delay-s", type=float, default=0.01)
+    parser.add_argument("--queue-size", type=int, default=64)
+    args = parser.parse_args()
+
+    def report(request_id: str, seq: int) -> None:
+        print(f"emit {request_id} {seq}", flush=True)
+
+    engine = FakeTextEngine(delay_s=args.delay_s, on_emit=report)
+    service = DeviceService(ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size),
+                            BrokerOptions("127.0.0.1", args.port), {"default": engine})
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    service.start()
+    if not service.wait_connected(10):
+        print("not connected", flush=True)
+        return 1
+    print("ready", flush=True)
+    stop.wait()
+    service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

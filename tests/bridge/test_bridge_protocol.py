@@ -1,0 +1,165 @@
+"""Round trips, bad input and its error codes, dedup, busy and cancel against a real Mosquitto (fake engine)."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from fake_engine import FakeTextEngine, expected_text
+from helpers import connected_client, running_device
+
+from firmware_bridge import topics
+from firmware_bridge.connection import BrokerOptions
+from firmware_bridge.errors import ErrorCode, RequestError
+from firmware_bridge.schema import MAX_PROMPT_CHARS, MAX_REQUEST_BYTES
+
+
+@pytest.fixture
+def options(broker) -> BrokerOptions:  # noqa: ANN001
+    return BrokerOptions("127.0.0.1", broker.port)
+
+
+def test_round_trip_tokens_in_order(options: BrokerOptions) -> None:
+    with running_device(options) as (service, _), connected_client(options) as client:
+        stream = client.generate("river delta", device="dev1", max_tokens=12)
+        pieces = list(stream)
+        assert pieces == [f"river-{i} " for i in range(12)]
+        assert stream.result["text"] == "".join(pieces) == expected_text("river", 12)
+        assert stream.result["finish_reason"] == "length" and stream.result["chunks"] == 12
+        assert stream.result["device"] == "dev1" and stream.result["stats"]["completion_tokens"] == 12
+        assert stream.result["stats"]["peak_rss_bytes"] > 0
+
+
+BAD_REQUESTS = [
+    (b"\xff\xfe{not utf-8", ErrorCode.INVALID_UTF8),
+    (b'{"v": 1, "id": "x", "prompt": ', ErrorCode.INVALID_JSON),
+    (b'["v", 1]', ErrorCode.INVALID_REQUEST),
+    (b'{"v": 2, "id": "x", "prompt": "hi"}', ErrorCode.UNSUPPORTED_VERSION),
+    (b'{"id": "x", "prompt": "hi"}', ErrorCode.UNSUPPORTED_VERSION),
+    (b'{"v": 1, "prompt": "hi"}', ErrorCode.INVALID_REQUEST),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "colour": 1}', ErrorCode.INVALID_REQUEST),
+    (b'{"v": 1, "id": "x", "model": "gpt-5", "prompt": "hi"}', ErrorCode.UNKNOWN_MODEL),
+    (b'{"v": 1, "id": "x"}', ErrorCode.MISSING_PROMPT),
+    (b'{"v": 1, "id": "x", "prompt": "   "}', ErrorCode.MISSING_PROMPT),
+    (b'{"v": 1, "id": "x", "messages": []}', ErrorCode.MISSING_PROMPT),
+    (json.dumps({"v": 1, "id": "x", "prompt": "a" * (MAX_PROMPT_CHARS + 1)}).encode(), ErrorCode.PROMPT_TOO_LONG),
+    (json.dumps({"v": 1, "id": "x", "prompt": "a " * 600}).encode(), ErrorCode.PROMPT_TOO_LONG),  # engine context
+    (json.dumps({"v": 1, "id": "x", "prompt": "a" * MAX_REQUEST_BYTES}).encode(), ErrorCode.PAYLOAD_TOO_LARGE),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"temperature": -1}}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"top_p": 1.5}}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"top_k": 2.5}}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"repetition_penalty": 9}}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"seed": -3}}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"mirostat": 2}}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "max_tokens": 0}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "max_tokens": 100000}', ErrorCode.INVALID_SAMPLING),
+]
+
+
+def test_every_bad_input_gets_its_code_and_the_device_keeps_serving(options: BrokerOptions) -> None:
+    topic = topics.device_request("dev1", "text")
+    with running_device(options) as (service, engine), connected_client(options) as client:
+        for payload, code in BAD_REQUESTS:
+            with pytest.raises(RequestError) as err:
+                client.send_payload(topic, payload, timeout_s=10).text()
+            assert err.value.code == code, (payload[:60], err.value)
+            assert err.value.message
+        assert engine.calls == []
+        assert client.generate("still here", device="dev1", max_tokens=3).text() == expected_text("still", 3)
+        assert service.counters["errors"] == len(BAD_REQUESTS)
+
+
+def test_client_checks_before_publishing(options: BrokerOptions) -> None:
+    with connected_client(options) as client:
+        with pytest.raises(RequestError) as err:
+            client.generate("a" * MAX_REQUEST_BYTES, device="dev1")
+        assert err.value.code == ErrorCode.PAYLOAD_TOO_LARGE
+        with pytest.raises(RequestError) as err:
+            client.generate("hi", device="dev1", sampling={"temperature": 7})
+        assert err.value.code == ErrorCode.INVALID_SAMPLING
+
+
+def test_images_are_refused_until_a_diffusion_engine_is_plugged_in(options: BrokerOptions) -> None:
+    with running_device(options), connected_client(options) as client:
+        with pytest.raises(RequestError) as err:
+            client.image("7", device="dev1")
+        assert err.value.code == ErrorCode.UNSUPPORTED
+
+
+def test_request_without_response_topic_is_reported_on_the_error_topic(options: BrokerOptions) -> None:
+    received: list[dict] = []
+    both = threading.Event()
+    with running_device(options), connected_client(options) as client:
+        raw = client._mqtt  # the client's own connection, publishing without the Response Topic property
+
+        def on_error(c: object, u: object, msg: object) -> None:
+            received.append(json.loads(msg.payload))  # type: ignore[attr-defined]
+            if len(received) == 2:
+                both.set()
+
+        raw.message_callback_add(topics.errors("dev1"), on_error)
+        raw.subscribe(topics.errors("dev1"), qos=1)  # SUBSCRIBE precedes the PUBLISHes on this connection
+        raw.publish(topics.device_request("dev1", "text"), b'{"v": 1, "id": "lost", "prompt": "hi"}', qos=1)
+        raw.publish(topics.device_request("dev1", "text"), b"not json", qos=1)
+        assert both.wait(10)
+    assert [(m["id"], m["code"]) for m in received] == [("lost", ErrorCode.NO_RESPONSE_TOPIC),
+                                                        (None, ErrorCode.INVALID_JSON)]
+
+
+def test_duplicate_request_is_answered_not_generated_twice(options: BrokerOptions) -> None:
+    with running_device(options) as (service, engine), connected_client(options) as client:
+        first = client.generate("twice", device="dev1", max_tokens=4, request_id="same-id").text()
+        again = client.generate("twice", device="dev1", max_tokens=4, request_id="same-id")
+        assert list(again) == []  # no chunks the second time: the remembered final answer only
+        assert again.result["text"] == first == expected_text("twice", 4)
+        assert engine.calls == ["same-id"] and service.counters["duplicates"] == 1
+
+
+def test_full_queue_answers_busy_then_serves_again(options: BrokerOptions) -> None:
+    gate = threading.Event()
+    engine = FakeTextEngine(delay_s=0.005)
+    with running_device(options, engine, queue_size=1) as (service, _), connected_client(options) as client:
+        first_piece = threading.Event()
+        engine.on_emit = lambda rid, seq: (first_piece.set(), gate.wait(10))
+        running = client.generate("one", device="dev1", max_tokens=3)
+        assert first_piece.wait(10)  # the first request is generating, the queue is empty
+        queued = client.generate("two", device="dev1", max_tokens=3)
+        with pytest.raises(RequestError) as err:
+            client.generate("three", device="dev1", max_tokens=3).text()
+        assert err.value.code == ErrorCode.BUSY
+        gate.set()
+        assert running.text() == expected_text("one", 3) and queued.text() == expected_text("two", 3)
+        assert client.generate("four", device="dev1", max_tokens=2).text() == expected_text("four", 2)
+
+
+def test_cancel_stops_a_running_generation(options: BrokerOptions) -> None:
+    engine = FakeTextEngine(delay_s=0.02)
+    with running_device(options, engine) as (service, _), connected_client(options) as client:
+        stream = client.generate("long", device="dev1", max_tokens=1000, request_id="to-cancel")
+        pieces = []
+        for piece in stream:
+            pieces.append(piece)
+            if len(pieces) == 2:
+                client.cancel("to-cancel", device="dev1")
+        assert stream.result["finish_reason"] == "cancelled"
+        assert 2 <= len(pieces) < 1000 and stream.result["text"] == "".join(pieces)
+        assert client.generate("after", device="dev1", max_tokens=2).text() == expected_text("after", 2)
+
+
+def test_status_and_models_are_retained_and_will_says_offline(options: BrokerOptions) -> None:
+    with running_device(options) as (service, _), connected_client(options) as client:
+        pass
+    # The device stopped cleanly: a late subscriber still reads its retained status and models.
+    states: dict[str, dict] = {}
+    done = threading.Event()
+    with connected_client(options) as client:
+        def on_message(c, u, msg) -> None:  # noqa: ANN001
+            states[msg.topic.rsplit("/", 1)[-1]] = json.loads(msg.payload)
+            if len(states) == 2:
+                done.set()
+
+        client._mqtt.on_message = on_message
+        client._mqtt.subscribe([(topics.status("dev1"), 1), (topics.models("dev1"), 1)])
+        assert done.wait(10)
+    assert states["status"]["state"] == "offline"
+    assert states["models"]["text"] == ["default"] and states["models"]["image"] == []
