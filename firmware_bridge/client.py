@@ -92,11 +92,13 @@ class Client:
         self._puback: dict[int, Any] = {}
         self._puback_cv = threading.Condition(self._lock)
         self._ready = threading.Event()
-        self._refused: str | None = None
+        self._refused: tuple[ErrorCode, str] | None = None
         self._mqtt = make_client(self.client_id, broker)
         self._mqtt.on_connect = self._on_connect
         self._mqtt.on_message = self._on_message
         self._mqtt.on_publish = self._on_publish
+        self._mqtt.on_connect_fail = self._on_connect_fail
+        self._mqtt.on_disconnect = self._on_disconnect
 
     def connect(self) -> Client:
         # A session that outlives a broker restart (with persistence) keeps our subscription and queued answers;
@@ -108,9 +110,8 @@ class Client:
         self._mqtt.loop_start()
         if not self._ready.wait(CONNECT_TIMEOUT_S) or self._refused:
             self.close()
-            why = self._refused or f"no answer within {CONNECT_TIMEOUT_S:g} s"
-            raise RequestError(ErrorCode.NOT_AUTHORIZED if self._refused else ErrorCode.TIMEOUT,
-                               f"cannot connect to {self.broker.host}:{self.broker.port}: {why}")
+            code, why = self._refused or (ErrorCode.TIMEOUT, f"no answer within {CONNECT_TIMEOUT_S:g} s")
+            raise RequestError(code, f"cannot connect to {self.broker.host}:{self.broker.port}: {why}")
         return self
 
     def close(self) -> None:
@@ -125,11 +126,21 @@ class Client:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            self._refused = str(reason_code)
+            self._refused = (ErrorCode.NOT_AUTHORIZED, f"the broker refused us ({reason_code})")
             client.disconnect()
         else:
             client.subscribe(self.response_topic, qos=1)  # in on_connect: restored after every reconnect
         self._ready.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._ready.is_set():  # TCP or TLS handshake failed: do not keep retrying behind connect()'s back
+            self._refused = (ErrorCode.CONNECTION_FAILED, "the connection failed (broker down, or TLS refused)")
+            self._ready.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if not self._ready.is_set():  # e.g. the broker rejected our TLS client certificate after the handshake
+            self._refused = (ErrorCode.CONNECTION_FAILED, f"the broker closed the connection ({reason_code})")
+            self._ready.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"  # the engine failed; the device keeps serving
     # Raised by the client, never sent by a device:
     NOT_AUTHORIZED = "not_authorized"  # the broker refused the connection or the publish (PUBACK 0x87)
+    CONNECTION_FAILED = "connection_failed"  # no broker there, or the TLS handshake failed
     TIMEOUT = "timeout"  # no answer in time
 
 

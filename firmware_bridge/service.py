@@ -89,6 +89,8 @@ class DeviceService:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self._subscribe_mid = -1
         offline = encode(responses.status(self.device, "offline", time.time()))
         self.client.will_set(topics.status(self.device), offline, qos=1, retain=True)
 
@@ -106,6 +108,7 @@ class DeviceService:
             self._threads.append(t)
 
     def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until connected and subscribed."""
         return self._connected.wait(timeout_s)
 
     def stop(self) -> None:
@@ -137,13 +140,20 @@ class DeviceService:
         with self._lock:
             self._connection += 1
         # Subscribing here restores the subscriptions after any reconnect, even to a broker that lost our session.
-        client.subscribe(self._subscriptions())
+        _, self._subscribe_mid = client.subscribe(self._subscriptions())
         self._publish_status(self._state)
         models = responses.models(self.device, sorted(self.text_engines), sorted(self.image_engines))
         client.publish(topics.models(self.device), encode(models), qos=1, retain=True)
         log.info("connected to %s:%d (session present: %s)", self.broker.host, self.broker.port,
                  flags.session_present)
-        self._connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list, properties: Any) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("broker refused subscriptions: %s", refused)
+        self._connected.set()  # ready: requests published from now on reach us
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()
