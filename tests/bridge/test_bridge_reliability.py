@@ -1,0 +1,116 @@
+"""Nothing is lost: a device SIGKILLed mid-generation and restarted, and a broker restarted mid-run."""
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
+
+from conftest import spawn
+from fake_engine import FakeTextEngine, expected_text
+from helpers import connected_client, running_device
+
+from firmware_bridge import topics
+from firmware_bridge.connection import BrokerOptions
+
+N_REQUESTS = 36
+TOKENS = 8
+TOKEN_DELAY_S = 0.03  # 0.24 s an answer: time to kill a device between its second and last chunk
+LINE_TIMEOUT_S = 20.0
+
+
+class DeviceProcess:
+    """tests/bridge/fake_device.py in a child process; its stdout lines (`ready`, `emit ID SEQ`) land in a queue."""
+
+    def __init__(self, port: int, device_id: str, pool: str):
+        self.args = ["tests/bridge/fake_device.py", "--port", str(port), "--device-id", device_id, "--pool", pool,
+                     "--delay-s", str(TOKEN_DELAY_S)]
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.start()
+
+    def start(self) -> None:
+        self.proc = spawn(self.args, stdout=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read(self, stream) -> None:  # noqa: ANN001
+        for line in stream:
+            self.lines.put(line.split())
+
+    def wait_for(self, predicate) -> list[str]:  # noqa: ANN001
+        deadline = time.monotonic() + LINE_TIMEOUT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                words = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if predicate(words):
+                return words
+        raise AssertionError(f"device {self.args} did not print the expected line in time")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.lines = queue.Queue()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def watch_status(client, device: str) -> queue.Queue:  # noqa: ANN001
+    states: queue.Queue[str] = queue.Queue()
+    topic = topics.status(device)
+    client._mqtt.message_callback_add(topic, lambda c, u, msg: states.put(json.loads(msg.payload)["state"]))
+    client._mqtt.subscribe(topic, qos=1)
+    return states
+
+
+def test_pool_device_killed_mid_generation_loses_nothing(broker) -> None:  # noqa: ANN001
+    options = BrokerOptions("127.0.0.1", broker.port)
+    devices = [DeviceProcess(broker.port, f"dev{i}", "fleet") for i in range(3)]
+    try:
+        for d in devices:
+            d.wait_for(lambda w: w == ["ready"])
+        with connected_client(options) as client:
+            status = watch_status(client, "dev0")
+            streams = {f"req-{i}": client.generate(f"word{i} please", pool="fleet", max_tokens=TOKENS,
+                                                   request_id=f"req-{i}") for i in range(N_REQUESTS)}
+            # SIGKILL dev0 once the client holds part of one of its answers, then start it again under the same id.
+            _, killed_id, _ = devices[0].wait_for(lambda w: w[0] == "emit" and int(w[2]) >= 2)
+            partial = iter(streams[killed_id])
+            pieces = [next(partial), next(partial)]
+            devices[0].kill()
+            deadline = time.monotonic() + LINE_TIMEOUT_S
+            while status.get(timeout=max(0.0, deadline - time.monotonic())) != "offline":
+                pass  # the Last Will: a crashed device shows as offline
+            devices[0].start()
+            pieces += list(partial)
+            texts = {rid: s.text() for rid, s in streams.items() if rid != killed_id}
+            texts[killed_id] = streams[killed_id].result["text"]
+            assert "".join(pieces) == texts[killed_id]
+            repeated = {rid: s.repeated_chunks for rid, s in streams.items()}
+            served_by = {rid: s.result["device"] for rid, s in streams.items()}
+        assert texts == {f"req-{i}": expected_text(f"word{i}", TOKENS) for i in range(N_REQUESTS)}  # 0 lost
+        assert served_by[killed_id] == "dev0"  # redelivered to the restarted device's session
+        assert repeated[killed_id] >= 2  # its first chunks came twice; the client skipped them (duplicates detected)
+        assert set(served_by.values()) == {"dev0", "dev1", "dev2"}
+    finally:
+        for d in devices:
+            d.stop()
+
+
+def test_broker_restart_mid_generation(broker) -> None:  # noqa: ANN001
+    options = BrokerOptions("127.0.0.1", broker.port)
+    started = threading.Event()
+    engine = FakeTextEngine(delay_s=0.02, on_emit=lambda rid, seq: seq == 3 and started.set())
+    with running_device(options, engine) as (service, _), connected_client(options) as client:
+        stream = client.generate("survivor", device="dev1", max_tokens=40)
+        assert started.wait(10)
+        broker.restart()  # SIGTERM: Mosquitto saves sessions; device and client reconnect with backoff
+        assert stream.text() == expected_text("survivor", 40)
+        assert service.wait_connected(20)
+        assert client.generate("after", device="dev1", max_tokens=3).text() == expected_text("after", 3)
+        assert engine.calls.count(stream.request_id) == 1  # the redelivered request was answered from memory
