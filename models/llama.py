@@ -86,9 +86,11 @@ class Block:
     def attention(self, x: Tensor, start_pos: int | UOp, cos: Tensor, sin: Tensor) -> Tensor:
         cfg, hd = self.cfg, self.cfg.head_dim
         B, T, _ = x.shape
-        q = self.attn_q(x).reshape(B, T, cfg.n_heads, hd)
-        k = self.attn_k(x).reshape(B, T, cfg.n_kv_heads, hd)
-        v = self.attn_v(x).reshape(B, T, cfg.n_kv_heads, hd)
+        # contiguous: left lazy, each projection was recomputed inside the RoPE + cache-store kernel for every
+        # element it wrote (measured: 7 ms instead of 0.05 ms per layer).
+        q = self.attn_q(x).contiguous().reshape(B, T, cfg.n_heads, hd)
+        k = self.attn_k(x).contiguous().reshape(B, T, cfg.n_kv_heads, hd)
+        v = self.attn_v(x).contiguous().reshape(B, T, cfg.n_kv_heads, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
 
@@ -108,7 +110,10 @@ class Block:
         return self.attn_output(out.transpose(1, 2).reshape(B, T, cfg.n_heads * hd))
 
     def feed_forward(self, x: Tensor) -> Tensor:
-        return self.ffn_down(self.ffn_gate(x).silu() * self.ffn_up(x))
+        # contiguous: gate and up fused into one kernel generated poor code (3 ms vs 0.2 ms each, measured), and
+        # left lazy the down projection recomputed both for each of its output rows.
+        gate, up = self.ffn_gate(x).contiguous(), self.ffn_up(x).contiguous()
+        return self.ffn_down((gate.silu() * up).contiguous())
 
     def __call__(self, x: Tensor, start_pos: int | UOp, cos: Tensor, sin: Tensor) -> Tensor:
         h = x + self.attention(rms_norm(x, self.attn_norm, self.cfg.norm_eps), start_pos, cos, sin)

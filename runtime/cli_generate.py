@@ -1,0 +1,50 @@
+"""`edgegen generate`: stream a model's answer to a prompt on stdout."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from runtime.errors import GenerationError
+from runtime.sampling import SamplingParams
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="the prompt text (a user message when --chat is on)")
+    p.add_argument("--model", default="default", help="GGUF file, or 'default' for the shipped SmolLM2-135M Q4_1")
+    p.add_argument("--device", default=None, help="tinygrad device: CPU, CL, CUDA, NV, METAL (default: tinygrad's choice)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default 0)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1] (1: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 is none; 1.1 discourages repeats")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same output")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    p.add_argument("--stop", action="append", default=[], help="stop when this string is produced (repeatable)")
+    p.add_argument("--context", type=int, default=1024, help="context length to allocate the KV cache for")
+    chat = p.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=True,
+                      help="wrap the prompt in the model's chat template (default)")
+    chat.add_argument("--no-chat", dest="chat", action="store_false", help="use the prompt as raw text")
+    p.add_argument("--stats", action="store_true", help="print timing statistics as JSON on stderr at the end")
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.engine import TextGenerator  # imports tinygrad: only once arguments parsed
+
+    if args.context < 2:
+        raise GenerationError(f"--context={args.context} is out of range: expected an integer >= 2")
+    params = SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop),
+    ).validate()  # fail on bad values before the model loads
+    if not args.prompt.strip():
+        raise GenerationError("the prompt is empty")
+    gen = TextGenerator.load(args.model, device=args.device, max_context=args.context)
+    stream = gen.stream(args.prompt, params, chat=args.chat)
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.stats and stream.result is not None:
+        print(json.dumps(stream.result.as_dict()), file=sys.stderr)
+    return 0
