@@ -1,0 +1,58 @@
+"""Choose per-tensor types so that the file fits a size budget while losing the least quality.
+
+The loss of storing a tensor as a type is its measured squared relative error (each matrix counts once, so a
+large tensor pays for its bytes). Start every matrix at the cheapest type, then repeatedly take the upgrade with the
+largest loss reduction per extra byte that still fits (greedy multiple-choice knapsack).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from quantize.blocks import WEIGHT_TYPES, Q, fits_blocks, packed_nbytes
+from quantize.errors import QuantizeError
+from quantize.recipes import is_weight_matrix
+
+MB = 1_000_000
+
+
+def choose_types_for_budget(
+    tensors: dict[str, np.ndarray],
+    budget_bytes: int,
+    overhead_bytes: int,
+    error_of: Callable[[str, GGMLQuantizationType], float],
+) -> dict[str, GGMLQuantizationType]:
+    """Types for every tensor so that tensor bytes + overhead_bytes <= budget_bytes, least total loss first."""
+    options: dict[str, list[GGMLQuantizationType]] = {}
+    types: dict[str, GGMLQuantizationType] = {}
+    for name, w in tensors.items():
+        if is_weight_matrix(name, w):
+            options[name] = [t for t in WEIGHT_TYPES if fits_blocks(w.shape, t)] or [Q.F16]
+            types[name] = options[name][0]
+        else:
+            types[name] = Q.F32
+    total = overhead_bytes + sum(packed_nbytes(tensors[n].shape, t) for n, t in types.items())
+    if total > budget_bytes:
+        raise QuantizeError(
+            f"budget {budget_bytes / MB:.2f} MB is too small: even at 4 bits the file needs {total / MB:.2f} MB"
+        )
+    loss = {n: {t: error_of(n, t) ** 2 for t in opts} for n, opts in options.items()}
+    while True:
+        best: tuple[float, str, GGMLQuantizationType, int] | None = None
+        for name, opts in options.items():
+            cur = types[name]
+            cur_bytes = packed_nbytes(tensors[name].shape, cur)
+            for t in opts:
+                extra = packed_nbytes(tensors[name].shape, t) - cur_bytes
+                gain = loss[name][cur] - loss[name][t]
+                if extra <= 0 or gain <= 0 or total + extra > budget_bytes:
+                    continue
+                if best is None or gain / extra > best[0]:
+                    best = (gain / extra, name, t, extra)
+        if best is None:
+            return types
+        _, name, t, extra = best
+        types[name] = t
+        total += extra

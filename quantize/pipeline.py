@@ -1,0 +1,138 @@
+"""Quantize a ModelSource by a recipe (optionally calibrated, optionally under a size budget)."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from quantize.blocks import WEIGHT_TYPES, QuantizedTensor, fits_blocks, quantize_tensor
+from quantize.budget import choose_types_for_budget
+from quantize.errors import QuantizeError
+from quantize.recipes import Recipe, assign_types, get_recipe, is_weight_matrix
+from quantize.source import ModelSource
+from quantize.writer import estimate_overhead_bytes
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# track(iterable, description, total) -> iterable: the CLI passes a progress bar, library callers nothing.
+Track = Callable[[Iterable[T], str, int], Iterable[T]]
+
+
+def no_track(it: Iterable[T], desc: str, total: int) -> Iterable[T]:
+    return it
+
+
+class Packer:
+    """Packs tensors on demand and remembers each (name, type), so recipes and budgets can compare errors cheaply."""
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        self.tensors = tensors
+        self._cache: dict[tuple[str, GGMLQuantizationType], QuantizedTensor] = {}
+
+    def pack(self, name: str, qtype: GGMLQuantizationType) -> QuantizedTensor:
+        key = (name, qtype)
+        if key not in self._cache:
+            self._cache[key] = quantize_tensor(self.tensors[name], qtype)
+        return self._cache[key]
+
+    def error(self, name: str, qtype: GGMLQuantizationType) -> float:
+        return self.pack(name, qtype).rel_error
+
+
+@dataclass
+class QuantizedModel:
+    """The packed tensors (in the source's order) and what was decided and measured on the way."""
+
+    recipe: Recipe
+    tensors: dict[str, QuantizedTensor]
+    source_float_bytes: int
+    promoted: list[str] = field(default_factory=list)  # error outliers given the recipe's outlier type
+    budget_bytes: int | None = None
+    calibration: dict[str, Any] | None = None  # what calibration changed (see quantize.calibrate)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(q.nbytes for q in self.tensors.values())
+
+    def type_counts(self) -> dict[str, int]:
+        return dict(Counter(q.qtype.name for q in self.tensors.values()))
+
+    def matrix_errors(self) -> dict[str, float]:
+        return {n: q.rel_error for n, q in self.tensors.items() if len(q.shape) >= 2}
+
+    def worst_tensor(self) -> tuple[str, float]:
+        errs = self.matrix_errors()
+        if not errs:
+            return "", 0.0
+        name = max(errs, key=lambda n: errs[n])
+        return name, errs[name]
+
+    def mean_error(self) -> float:
+        errs = list(self.matrix_errors().values())
+        return float(np.mean(errs)) if errs else 0.0
+
+    def recipe_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = dict(self.recipe.params())
+        if self.budget_bytes is not None:
+            params["budget_bytes"] = self.budget_bytes
+        if self.calibration is not None:
+            params["calibration"] = {k: self.calibration[k] for k in ("method", "tokens", "alpha_grid")}
+        return params
+
+    def report(self) -> dict[str, Any]:
+        """The quality report stored in the file and printed by the CLI."""
+        worst_name, worst_err = self.worst_tensor()
+        return {
+            "tensor_types": {n: q.qtype.name for n, q in self.tensors.items()},
+            "rel_errors": {n: round(e, 6) for n, e in self.matrix_errors().items()},
+            "type_counts": self.type_counts(),
+            "size_bytes_before_f32": self.source_float_bytes,
+            "size_bytes_after": self.nbytes,
+            "worst_tensor": worst_name,
+            "worst_rel_error": round(worst_err, 6),
+            "mean_rel_error": round(self.mean_error(), 6),
+            "promoted_outliers": self.promoted,
+            "calibration": self.calibration,
+        }
+
+
+def quantize_model(
+    source: ModelSource,
+    recipe: str | Recipe,
+    calibration_text: str | None = None,
+    budget_bytes: int | None = None,
+    track: Track = no_track,
+) -> QuantizedModel:
+    """Decide each tensor's type, optionally calibrate (AWQ-style scales), and pack every tensor."""
+    rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    tensors = dict(source.tensors)
+    packer = Packer(tensors)
+    if budget_bytes is not None:
+        names = [n for n, w in tensors.items() if is_weight_matrix(n, w)]
+        for name in track(names, "measuring each type's error", len(names)):
+            for qtype in WEIGHT_TYPES:
+                if fits_blocks(tensors[name].shape, qtype):
+                    packer.pack(name, qtype)
+        types = choose_types_for_budget(tensors, budget_bytes, estimate_overhead_bytes(source), packer.error)
+        promoted: list[str] = []
+    else:
+        types, promoted = assign_types(rec, tensors, packer.error)
+    calibration = None
+    if calibration_text is not None:
+        from quantize.calibrate import calibrate
+        from quantize.tokenizer import encode
+
+        tokens = encode(source, calibration_text)
+        if not tokens:
+            raise QuantizeError("calibration text produced no tokens")
+        tensors, calibration = calibrate(source, tokens, types, track=track)
+        packer = Packer(tensors)  # the weights changed: measure them again
+    packed = {n: packer.pack(n, types[n]) for n in track(list(tensors), "packing", len(tensors))}
+    return QuantizedModel(
+        rec, packed, source.size_bytes, promoted=promoted, budget_bytes=budget_bytes, calibration=calibration
+    )

@@ -1,0 +1,57 @@
+"""Human-readable tables of what a quantization did (the CLI prints them; the numbers come from the report)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quantize.pipeline import QuantizedModel
+    from quantize.source import ModelSource
+
+MB = 1_000_000
+
+
+def format_summary(source: ModelSource, result: QuantizedModel, file_bytes: int) -> str:
+    """Tensor count and bytes per type, size before/after, and the worst per-tensor error."""
+    count: dict[str, int] = defaultdict(int)
+    nbytes: dict[str, int] = defaultdict(int)
+    for q in result.tensors.values():
+        count[q.qtype.name] += 1
+        nbytes[q.qtype.name] += q.nbytes
+    lines = [f"{'type':<6} {'tensors':>8} {'MB':>9}"]
+    lines += [f"{t:<6} {count[t]:>8} {nbytes[t] / MB:>9.2f}" for t in sorted(count, key=lambda t: -nbytes[t])]
+    source_file = source.path.stat().st_size if source.path.is_file() else None
+    worst_name, worst_err = result.worst_tensor()
+    lines.append(f"size before: {source.size_bytes / MB:.2f} MB as float32"
+                 + (f", {source_file / MB:.2f} MB source file" if source_file else ""))
+    lines.append(f"size after:  {file_bytes / MB:.2f} MB file ({result.nbytes / MB:.2f} MB tensors)")
+    lines.append(f"worst per-tensor error: {worst_name} {worst_err:.4f} (relative; mean {result.mean_error():.4f})")
+    if result.promoted:
+        lines.append(f"error outliers promoted to {result.recipe.outlier_type.name if result.recipe.outlier_type else '?'}: "
+                     + ", ".join(result.promoted))
+    return "\n".join(lines)
+
+
+def format_assignment(result: QuantizedModel) -> str:
+    """Which tensor got which type, one line per type (for --budget-mb)."""
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for name, q in result.tensors.items():
+        if len(q.shape) >= 2:
+            by_type[q.qtype.name].append(name)
+    return "\n".join(f"{t} ({len(names)}): {', '.join(names)}" for t, names in sorted(by_type.items()))
+
+
+def format_calibration(calibration: dict) -> str:
+    """What calibration changed: per folded group, the chosen alpha and the error before/after."""
+    lines = [f"calibration: {calibration['tokens']} tokens, {calibration['method']}; "
+             f"layer output error {calibration['error_before']:.5g} -> {calibration['error_after']:.5g}, "
+             f"model KL vs float {calibration['kl_before']:.5g} -> {calibration['kl_after']:.5g}"]
+    if calibration["reverted"]:
+        lines.append("calibration made the model's KL worse on that text: scales NOT applied")
+        return "\n".join(lines)
+    changed = [g for g in calibration["groups"] if g["alpha"] > 0]
+    lines.append(f"scaled {len(changed)} of {len(calibration['groups'])} layer groups:")
+    for g in changed:
+        lines.append(f"  {g['group']:<28} alpha {g['alpha']:.2f}  error {g['error_before']:.4g} -> {g['error_after']:.4g}"
+                     f"  folded into {g['folded_into']}")
+    return "\n".join(lines)
