@@ -47,8 +47,10 @@ BAD_REQUESTS = [
     (json.dumps({"v": 1, "id": "x", "prompt": "a" * MAX_REQUEST_BYTES}).encode(), ErrorCode.PAYLOAD_TOO_LARGE),
     (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"temperature": -1}}', ErrorCode.INVALID_SAMPLING),
     (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"top_p": 1.5}}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"top_p": 0}}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"temperature": "hot"}}', ErrorCode.INVALID_SAMPLING),
     (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"top_k": 2.5}}', ErrorCode.INVALID_SAMPLING),
-    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"repetition_penalty": 9}}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"repetition_penalty": 11}}', ErrorCode.INVALID_SAMPLING),
     (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"seed": -3}}', ErrorCode.INVALID_SAMPLING),
     (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"mirostat": 2}}', ErrorCode.INVALID_SAMPLING),
     (b'{"v": 1, "id": "x", "prompt": "hi", "max_tokens": 0}', ErrorCode.INVALID_SAMPLING),
@@ -75,7 +77,7 @@ def test_client_checks_before_publishing(options: BrokerOptions) -> None:
             client.generate("a" * MAX_REQUEST_BYTES, device="dev1")
         assert err.value.code == ErrorCode.PAYLOAD_TOO_LARGE
         with pytest.raises(RequestError) as err:
-            client.generate("hi", device="dev1", sampling={"temperature": 7})
+            client.generate("hi", device="dev1", sampling={"temperature": 70})
         assert err.value.code == ErrorCode.INVALID_SAMPLING
 
 

@@ -1,0 +1,48 @@
+"""Shared fixtures: the tiny GGUF model and a recorder of tinygrad buffer allocations."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("DEV", "CPU")  # tinygrad's clang backend: the one every CI machine has
+
+
+@pytest.fixture(scope="session")
+def tiny_q4_path(tmp_path_factory):
+    from gguf import GGMLQuantizationType as Q
+
+    from tiny_llama import random_weights, write_gguf
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny-q4_1.gguf"
+    write_gguf(path, random_weights(seed=3), Q.Q4_1)
+    return path
+
+
+class AllocationRecorder:
+    """Records (nbytes, dtype) of every device buffer tinygrad allocates while active."""
+
+    def __init__(self) -> None:
+        self.allocations: list[tuple[int, str]] = []
+
+    def float_buffers(self) -> list[int]:
+        return [n for n, dt in self.allocations if "float" in dt or "half" in dt]
+
+
+@pytest.fixture
+def record_allocations(monkeypatch):
+    from tinygrad.device import Buffer
+
+    recorder = AllocationRecorder()
+    original = Buffer.allocate
+
+    def allocate(self, *args, **kwargs):
+        if self._base is None:
+            recorder.allocations.append((self.nbytes, str(self.dtype)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Buffer, "allocate", allocate)
+    return recorder

@@ -1,0 +1,151 @@
+"""The planner's arithmetic, its verdicts on real and oversized models, board profiles, and every bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import LLAMA7B, SMOLLM2_Q4_1
+from device import BOARD_PROFILES, DeviceError, get_profile
+from device.model_facts import read_model_facts
+from device.planner import RECIPE_BYTES_PER_WEIGHT, kv_cache_bytes, plan_memory, recipe_weights_bytes
+from device.profiles import match_profile
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def test_smollm2_facts_match_its_published_shape():
+    m = read_model_facts(SMOLLM2_Q4_1)
+    # SmolLM2-135M config.json: hidden 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536, vocab 49152.
+    assert (m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim, m.hidden_dim, m.vocab_size) == \
+        (576, 30, 9, 3, 64, 1536, 49152)
+    assert m.tied_embeddings
+    assert m.weights_bytes < SMOLLM2_Q4_1.stat().st_size < m.weights_bytes + 4 * MIB  # the rest is the tokenizer
+
+
+def test_kv_cache_is_two_float32_tensors_per_layer():
+    m = read_model_facts(SMOLLM2_Q4_1)
+    # K and V, 30 layers, 3 KV heads of 64, float32: 46,080 bytes per token.
+    assert kv_cache_bytes(m, 1) == 2 * 30 * 3 * 64 * 4
+    assert kv_cache_bytes(m, 8192) == 8192 * 46080
+
+
+def test_recipe_estimates_match_the_block_sizes():
+    m = read_model_facts(SMOLLM2_Q4_1)
+    matrices = sum(t.n_elements for t in m.tensors if t.n_dims == 2)
+    vectors = sum(t.n_elements for t in m.tensors if t.n_dims == 1)
+    assert recipe_weights_bytes(m, "w8") == int(matrices * 34 / 32 + vectors * 4)
+    assert recipe_weights_bytes(m, "w4") == int(matrices * 18 / 32 + vectors * 4)
+    # The shipped file is Q4_1 except its Q8_0 embedding: between the all-w4a and all-w8 estimates.
+    assert recipe_weights_bytes(m, "w4a") < m.weights_bytes < recipe_weights_bytes(m, "w8")
+
+
+def test_recipe_names_are_quantize_recipes():
+    from quantize.recipes import RECIPES
+
+    assert set(RECIPE_BYTES_PER_WEIGHT) <= set(RECIPES)
+
+
+def test_profiles_state_their_sources():
+    for p in BOARD_PROFILES.values():
+        assert p.memory_bytes > p.reserved_bytes > 0
+        assert p.bandwidth_bytes_per_s > 1e9
+        assert p.memory_source and p.bandwidth_source and p.reserved_source
+    # Spot checks against the vendors' figures.
+    assert get_profile("jetson-orin-nano-8gb").bandwidth_bytes_per_s == 68e9
+    assert get_profile("jetson-agx-orin-64gb").bandwidth_bytes_per_s == 204.8e9
+    assert get_profile("apple-m2-8gb").bandwidth_bytes_per_s == 100e9
+    assert get_profile("rpi5-4gb").memory_bytes == 4 * GIB
+
+
+@pytest.mark.parametrize("model, memory, expected", [
+    ("NVIDIA Jetson Orin Nano Developer Kit", int(7.4 * GIB), "jetson-orin-nano-8gb"),
+    ("NVIDIA Jetson Orin Nano 4GB", int(3.6 * GIB), "jetson-orin-nano-4gb"),
+    ("Jetson AGX Orin", int(61 * GIB), "jetson-agx-orin-64gb"),
+    ("Raspberry Pi 5 Model B Rev 1.0", int(3.9 * GIB), "rpi5-4gb"),
+    ("Raspberry Pi 5 Model B Rev 1.0", int(7.9 * GIB), "rpi5-8gb"),
+    ("Apple M2", 8 * GIB, "apple-m2-8gb"),
+    ("Raspberry Pi 4 Model B Rev 1.4", 4 * GIB, None),
+    (None, 4 * GIB, None),
+])
+def test_board_identity_maps_to_a_profile(model, memory, expected):
+    p = match_profile(model, memory)
+    assert (p.name if p else None) == expected
+
+
+def test_smollm2_fits_a_raspberry_pi_with_room_to_spare():
+    plan = plan_memory(read_model_facts(SMOLLM2_Q4_1), get_profile("rpi5-4gb"), 2048)
+    assert plan.fits and plan.suggestion == "fits as is"
+    assert plan.required_bytes == plan.total_bytes - plan.mapped_file_bytes
+    # Decode ceiling: 17.07 GB/s over the weights plus the KV cache at 2048 tokens.
+    assert plan.decode_ceiling_tok_s == pytest.approx(4267e6 * 4 / (plan.weights_bytes + plan.kv_cache_bytes))
+
+
+def test_7b_model_does_not_fit_a_4gb_board_and_says_why(llama7b_q4_path):
+    m = read_model_facts(llama7b_q4_path)
+    assert (m.dim, m.n_layers, m.max_context) == (LLAMA7B["dim"], LLAMA7B["n_layers"], LLAMA7B["context"])
+    plan = plan_memory(m, get_profile("rpi5-4gb"), 4096)
+    assert not plan.fits
+    assert plan.weights_bytes > 3.5 * GIB and plan.kv_cache_bytes == 4 * GIB  # 2 x 32 x 32 x 4096 x 128 x 4
+    assert "but only 3,686 MiB usable on rpi5-4gb" in plan.reason
+    assert "does not fit: even recipe w4" in plan.suggestion
+    # With twice the memory, only a shorter context would fit: the planner says how short.
+    plan8 = plan_memory(m, get_profile("rpi5-8gb"), 4096)
+    assert not plan8.fits
+    assert "recipe w4 fits with a context of at most" in plan8.suggestion
+    ctx = int(plan8.suggestion.rsplit("at most ", 1)[1].split()[0])
+    assert 0 < ctx < 4096 and plan_memory(m, get_profile("rpi5-8gb"), ctx).fits
+    assert not plan_memory(m, get_profile("rpi5-8gb"), ctx + 1).fits
+
+
+def test_plan_cli_reports_not_fitting(edgegen, llama7b_q4_path):
+    code, out, _ = edgegen("plan", str(llama7b_q4_path), "--board", "jetson-orin-nano-4gb", "--context", "2048")
+    assert code == 0
+    assert "DOES NOT FIT" in out and "usable on jetson-orin-nano-4gb" in out
+    code, out, _ = edgegen("plan", str(llama7b_q4_path), "--board", "jetson-agx-orin-32gb", "--context", "2048",
+                           "--json")
+    plan = json.loads(out)
+    assert plan["fits"] and plan["board_profile"]["bandwidth_bytes_per_s"] == 204.8e9
+    assert plan["decode_ceiling_tok_s"] == pytest.approx(204.8e9 / plan["bytes_per_token"])
+
+
+def test_plan_cli_suggests_a_recipe_when_the_file_is_too_big(edgegen, tmp_path):
+    from conftest import write_sparse_llama
+    from gguf import GGMLQuantizationType as Q
+
+    # A 3B-shaped model stored as F16 (~6 GB) misses an 8 GB Orin Nano, but its 4-bit forms would fit.
+    path = write_sparse_llama(tmp_path / "f16.gguf", Q.F16, dim=3200, n_layers=26, n_heads=32, n_kv_heads=32,
+                              hidden=8640, vocab=32000, context=2048)
+    code, out, _ = edgegen("plan", str(path), "--board", "jetson-orin-nano-8gb", "--context", "1024", "--json")
+    plan = json.loads(out)
+    assert not plan["fits"]
+    assert not plan["recipes"]["f16"]["fits"] and plan["recipes"]["w8"]["fits"]
+    assert plan["suggestion"].startswith("re-quantize with recipe w8")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--board", "pi-zero"], "unknown board 'pi-zero': expected one of jetson-orin-nano-4gb"),
+    (["--board", "rpi5-4gb", "--context", "0"], "--context must be a positive number of tokens, got 0"),
+    (["--board", "rpi5-4gb", "--context", "-5"], "--context must be a positive number of tokens, got -5"),
+    (["--board", "rpi5-4gb", "--context", "100000"], "context 100000 exceeds the model's trained context of 8192"),
+])
+def test_plan_bad_input(edgegen, argv, message):
+    code, out, err = edgegen("plan", str(SMOLLM2_Q4_1), *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("edgegen plan: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_plan_missing_and_non_gguf_files(edgegen, tmp_path):
+    code, _, err = edgegen("plan", str(tmp_path / "nope.gguf"), "--board", "rpi5-4gb")
+    assert code == 2 and f"model file '{tmp_path / 'nope.gguf'}' does not exist" in err
+    (tmp_path / "notes.txt").write_text("not a model")
+    code, _, err = edgegen("plan", str(tmp_path / "notes.txt"), "--board", "rpi5-4gb")
+    assert code == 2 and "is not a readable GGUF file" in err
+
+
+def test_get_profile_error_is_a_device_error():
+    with pytest.raises(DeviceError, match="unknown board 'x'") as info:
+        get_profile("x")
+    assert type(info.value).exit_code == 2
