@@ -57,6 +57,10 @@ class RuntimeTextEngine:
 
         return cls(TextGenerator.load(model, device=device))
 
+    def warm_up(self) -> None:
+        """Generate a few tokens so tinygrad compiles (and caches) the prefill and decode kernels now."""
+        self.generate(TextRequest(id="warm-up", prompt="Hi", max_tokens=4), threading.Event(), lambda _: None)
+
     def _prompt(self, request: TextRequest) -> str | list[dict]:
         return list(request.messages) if request.messages is not None else request.prompt  # type: ignore[return-value]
 

@@ -31,7 +31,7 @@ ROLES = ("system", "user", "assistant")
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """Sampling options; ranges mirror runtime.SamplingParams.validate()."""
+    """Sampling options; the ranges are runtime.SamplingParams.validate()'s, checked here before queueing."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -116,14 +116,17 @@ def decode_json(payload: bytes, request_id: str | None = None) -> dict[str, Any]
     return obj
 
 
-def _number(obj: dict, key: str, lo: float, hi: float, default: float, rid: str | None, integer: bool = False) -> Any:
+def _number(obj: dict, key: str, lo: float, hi: float, default: float, rid: str | None, integer: bool = False,
+            above_lo: bool = False) -> Any:
+    """obj[key] (or `default`) if it is a number in [lo, hi] ((lo, hi] with above_lo), else INVALID_SAMPLING."""
     value = obj.get(key, default)
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or (isinstance(value, float) and not math.isfinite(value)):
         raise _fail(ErrorCode.INVALID_SAMPLING, f"{key} must be {'an integer' if integer else 'a number'}, "
                     f"got {value!r}", rid)
-    if not lo <= value <= hi:
-        raise _fail(ErrorCode.INVALID_SAMPLING, f"{key}={value!r} is out of range [{lo}, {hi}]", rid)
+    if not (lo < value if above_lo else lo <= value) or value > hi:
+        interval = f"{'(' if above_lo else '['}{lo}, {hi}]"
+        raise _fail(ErrorCode.INVALID_SAMPLING, f"{key}={value!r} is out of range {interval}", rid)
     return value
 
 
@@ -141,10 +144,10 @@ def _parse_sampling(obj: Any, rid: str) -> Sampling:
             or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop)):
         raise _fail(ErrorCode.INVALID_SAMPLING, f"stop must be a list of up to {MAX_STOP_STRINGS} non-empty strings "
                     f"of up to 64 characters, got {stop!r}", rid)
-    return Sampling(temperature=float(_number(obj, "temperature", 0.0, 2.0, 0.0, rid)),
+    return Sampling(temperature=float(_number(obj, "temperature", 0.0, 10.0, 0.0, rid)),
                     top_k=_number(obj, "top_k", 0, 1_000_000, 0, rid, integer=True),
-                    top_p=float(_number(obj, "top_p", 0.0, 1.0, 1.0, rid)),
-                    repetition_penalty=float(_number(obj, "repetition_penalty", 0.5, 2.0, 1.0, rid)),
+                    top_p=float(_number(obj, "top_p", 0.0, 1.0, 1.0, rid, above_lo=True)),
+                    repetition_penalty=float(_number(obj, "repetition_penalty", 0.0, 10.0, 1.0, rid, above_lo=True)),
                     seed=seed, stop=tuple(stop))
 
 

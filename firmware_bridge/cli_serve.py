@@ -1,0 +1,49 @@
+"""`edgegen serve`: run a device agent that answers text prompts over MQTT until SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from firmware_bridge.cli_common import add_broker_arguments, broker_options
+from firmware_bridge.engines import RuntimeTextEngine
+from firmware_bridge.service import DeviceService, ServiceConfig
+
+log = logging.getLogger(__name__)
+CONNECT_WARN_S = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device-id", required=True, help="this device's id: its topic subtree and MQTT client id")
+    parser.add_argument("--pool", help="also take requests sent to this pool (a shared subscription)")
+    parser.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct Q4_1) or a GGUF file")
+    parser.add_argument("--backend", help="tinygrad device, e.g. CPU or CL (default: tinygrad's choice)")
+    parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait; more get 'busy' (8)")
+    parser.add_argument("--telemetry-interval-s", type=float, default=10.0, help="seconds between telemetry (10)")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the warm-up generation that compiles kernels before the device goes online")
+    add_broker_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = broker_options(args)
+    config = ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size,
+                           telemetry_interval_s=args.telemetry_interval_s)
+    engine = RuntimeTextEngine.load(args.model, device=args.backend)
+    if not args.no_warmup:
+        # tinygrad compiles kernels on first use: pay that before announcing `online`, not on the first request.
+        log.info("warming up %s", args.model)
+        engine.warm_up()
+    service = DeviceService(config, options, {"default": engine})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    if not service.wait_connected(CONNECT_WARN_S):
+        log.warning("not connected to %s yet; still trying", args.broker)
+    print(f"edgegen serve: device {args.device_id} serving {args.model} via {args.broker}"
+          + (f" (pool {args.pool})" if args.pool else ""), flush=True)
+    stop.wait()
+    service.stop()
+    return 0
