@@ -1,0 +1,52 @@
+"""`edgegen plan MODEL --board NAME --context N`: predicted memory and decode ceiling, and whether it fits."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from device.errors import DeviceError
+from device.model_facts import read_model_facts
+from device.planner import MIB, plan_memory
+from device.profiles import BOARD_PROFILES, get_profile
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a GGUF model file")
+    parser.add_argument("--board", required=True, metavar="NAME",
+                        help=f"board profile: {', '.join(BOARD_PROFILES)}, or host (this machine, measured)")
+    parser.add_argument("--context", type=int, default=1024, metavar="N",
+                        help="tokens of KV cache to plan for (default 1024, the runtime's default context)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as text: components, verdict, ceiling, and what each recipe would need."""
+    lines = [
+        f"model:    {plan['model']}",
+        f"board:    {plan['board']} ({plan['backend']}), context {plan['context']} tokens",
+        f"memory:   weights {plan['weights_bytes'] / MIB:,.1f} MiB + mapped file {plan['mapped_file_bytes'] / MIB:,.1f}"
+        f" + KV cache {plan['kv_cache_bytes'] / MIB:,.1f} + activations {plan['activations_bytes'] / MIB:,.1f}"
+        f" + runtime {plan['runtime_bytes'] / MIB:,.1f} = {plan['total_bytes'] / MIB:,.1f} MiB peak RSS",
+        f"verdict:  {'FITS' if plan['fits'] else 'DOES NOT FIT'}: {plan['reason']}",
+        f"decode:   at most {plan['decode_ceiling_tok_s']:,.1f} tok/s "
+        f"({plan['bytes_per_token'] / MIB:,.1f} MiB read per token at the full context)",
+        f"advice:   {plan['suggestion']}",
+        "recipes:  " + "; ".join(f"{name} {r['required_bytes'] / MIB:,.0f} MiB {'fits' if r['fits'] else 'no'}"
+                                 f" <= {r['decode_ceiling_tok_s']:,.0f} tok/s" for name, r in plan["recipes"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.context < 1:
+        raise DeviceError(f"--context must be a positive number of tokens, got {args.context}")
+    board = get_profile(args.board)
+    facts = read_model_facts(args.model)
+    plan = plan_memory(facts, board, args.context, file_bytes=os.path.getsize(args.model)).to_dict()
+    if args.json:
+        plan["board_profile"] = board.to_dict()
+        print(json.dumps(plan, indent=2))
+    else:
+        print(format_plan(plan))
+    return 0
