@@ -18,6 +18,24 @@ from quantize.recipes import is_weight_matrix
 MB = 1_000_000
 
 
+def weight_options(tensors: dict[str, np.ndarray]) -> dict[str, list[GGMLQuantizationType]]:
+    """The types each matrix may take, cheapest first (vectors are not listed: they stay F32)."""
+    return {n: [t for t in WEIGHT_TYPES if fits_blocks(w.shape, t)] or [Q.F16]
+            for n, w in tensors.items() if is_weight_matrix(n, w)}
+
+
+def check_budget(tensors: dict[str, np.ndarray], budget_bytes: int, overhead_bytes: int) -> int:
+    """The smallest possible file size; QuantizeError if even that exceeds the budget."""
+    options = weight_options(tensors)
+    total = overhead_bytes + sum(packed_nbytes(w.shape, options[n][0] if n in options else Q.F32)
+                                 for n, w in tensors.items())
+    if total > budget_bytes:
+        raise QuantizeError(
+            f"budget {budget_bytes / MB:.2f} MB is too small: even at 4 bits the file needs {total / MB:.2f} MB"
+        )
+    return total
+
+
 def choose_types_for_budget(
     tensors: dict[str, np.ndarray],
     budget_bytes: int,
@@ -25,19 +43,9 @@ def choose_types_for_budget(
     error_of: Callable[[str, GGMLQuantizationType], float],
 ) -> dict[str, GGMLQuantizationType]:
     """Types for every tensor so that tensor bytes + overhead_bytes <= budget_bytes, least total loss first."""
-    options: dict[str, list[GGMLQuantizationType]] = {}
-    types: dict[str, GGMLQuantizationType] = {}
-    for name, w in tensors.items():
-        if is_weight_matrix(name, w):
-            options[name] = [t for t in WEIGHT_TYPES if fits_blocks(w.shape, t)] or [Q.F16]
-            types[name] = options[name][0]
-        else:
-            types[name] = Q.F32
-    total = overhead_bytes + sum(packed_nbytes(tensors[n].shape, t) for n, t in types.items())
-    if total > budget_bytes:
-        raise QuantizeError(
-            f"budget {budget_bytes / MB:.2f} MB is too small: even at 4 bits the file needs {total / MB:.2f} MB"
-        )
+    options = weight_options(tensors)
+    types = {n: options[n][0] if n in options else Q.F32 for n in tensors}
+    total = check_budget(tensors, budget_bytes, overhead_bytes)
     loss = {n: {t: error_of(n, t) ** 2 for t in opts} for n, opts in options.items()}
     while True:
         best: tuple[float, str, GGMLQuantizationType, int] | None = None

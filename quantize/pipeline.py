@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantize.blocks import WEIGHT_TYPES, QuantizedTensor, fits_blocks, quantize_tensor
-from quantize.budget import choose_types_for_budget
+from quantize.blocks import QuantizedTensor, quantize_tensor
+from quantize.budget import check_budget, choose_types_for_budget, weight_options
 from quantize.errors import QuantizeError
-from quantize.recipes import Recipe, assign_types, get_recipe, is_weight_matrix
+from quantize.recipes import Recipe, assign_types, get_recipe
 from quantize.source import ModelSource
 from quantize.writer import estimate_overhead_bytes
 
@@ -89,16 +89,21 @@ class QuantizedModel:
         worst_name, worst_err = self.worst_tensor()
         return {
             "tensor_types": {n: q.qtype.name for n, q in self.tensors.items()},
-            "rel_errors": {n: round(e, 6) for n, e in self.matrix_errors().items()},
+            "rel_errors": {n: _sig(e) for n, e in self.matrix_errors().items()},
             "type_counts": self.type_counts(),
             "size_bytes_before_f32": self.source_float_bytes,
             "size_bytes_after": self.nbytes,
             "worst_tensor": worst_name,
-            "worst_rel_error": round(worst_err, 6),
-            "mean_rel_error": round(self.mean_error(), 6),
+            "worst_rel_error": _sig(worst_err),
+            "mean_rel_error": _sig(self.mean_error()),
             "promoted_outliers": self.promoted,
             "calibration": self.calibration,
         }
+
+
+def _sig(x: float) -> float:
+    """Six significant digits: enough for a report, half the characters of a full float."""
+    return float(f"{x:.6g}")
 
 
 def quantize_model(
@@ -113,12 +118,13 @@ def quantize_model(
     tensors = dict(source.tensors)
     packer = Packer(tensors)
     if budget_bytes is not None:
-        names = [n for n, w in tensors.items() if is_weight_matrix(n, w)]
-        for name in track(names, "measuring each type's error", len(names)):
-            for qtype in WEIGHT_TYPES:
-                if fits_blocks(tensors[name].shape, qtype):
-                    packer.pack(name, qtype)
-        types = choose_types_for_budget(tensors, budget_bytes, estimate_overhead_bytes(source), packer.error)
+        overhead = estimate_overhead_bytes(source)
+        check_budget(tensors, budget_bytes, overhead)  # fail before minutes of measuring
+        options = weight_options(tensors)
+        for name in track(list(options), "measuring each type's error", len(options)):
+            for qtype in options[name]:
+                packer.pack(name, qtype)
+        types = choose_types_for_budget(tensors, budget_bytes, overhead, packer.error)
         promoted: list[str] = []
     else:
         types, promoted = assign_types(rec, tensors, packer.error)
