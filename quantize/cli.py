@@ -26,16 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def read_calibration_text(path: str) -> str:
-    """The calibration text, or a QuantizeError for a missing, unreadable or empty file."""
+def read_text(path: str, what: str) -> str:
+    """The file's text, or a QuantizeError naming `what` it is for a missing, unreadable or empty file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise QuantizeError(f"calibration file {path!r} does not exist") from None
+        raise QuantizeError(f"{what} {path!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise QuantizeError(f"calibration file {path!r} is not readable UTF-8 text ({e})") from None
+        raise QuantizeError(f"{what} {path!r} is not readable UTF-8 text ({e})") from None
     if not text.strip():
-        raise QuantizeError(f"calibration file {path!r} is empty (expected text to run the model on)")
+        raise QuantizeError(f"{what} {path!r} is empty (expected text to run the model on)")
     return text
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     # Check every cheap thing before minutes of work.
     recipe = get_recipe(args.recipe)
     check_writable(args.output)
-    text = read_calibration_text(args.calibrate) if args.calibrate else None
+    text = read_text(args.calibrate, "calibration file") if args.calibrate else None
     budget = None
     if args.budget_mb is not None:
         if args.budget_mb <= 0:

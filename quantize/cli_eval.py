@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TypeVar
 
+from quantize.cli import read_text
 from quantize.errors import QuantizeError
 
 T = TypeVar("T")
@@ -23,20 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def read_text(path: str) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QuantizeError(f"text file {path!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise QuantizeError(f"text file {path!r} is not readable UTF-8 text ({e})") from None
-    if not text.strip():
-        raise QuantizeError(f"text file {path!r} is empty")
-    return text
-
-
 def run(args: argparse.Namespace) -> int:
-    text = read_text(args.text)
+    text = read_text(args.text, "text file")
     if args.max_tokens is not None and args.max_tokens < 2:
         raise QuantizeError(f"--max-tokens must be at least 2, got {args.max_tokens}")
     from runtime.engine import TextGenerator

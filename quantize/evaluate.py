@@ -48,6 +48,7 @@ def sliding_windows(n_tokens: int, window: int, stride: int) -> list[Window]:
     scored_until = 1  # token 0 has no prediction
     start = 0
     while scored_until < n_tokens:
+        start = min(start, scored_until - 1)  # the first new target needs at least one token before it
         end = min(start + window, n_tokens)
         out.append(Window(start, end, scored_until))
         scored_until = end
