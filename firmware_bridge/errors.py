@@ -32,7 +32,9 @@ class RequestError(Exception):
 
     exit_code = 2
 
-    def __init__(self, code: ErrorCode | str, message: str):
+    def __init__(self, code: ErrorCode | str, message: str, request_id: str | None = None):
         super().__init__(f"{code}: {message}")
         self.code = str(code)
         self.message = message
+        self.request_id = request_id  # echoed in the error answer when the request got that far
+        self.reply_to: str | None = None  # where an MQTT 3.1.1 client asked for answers, if readable

@@ -2,8 +2,10 @@
 
 A text request, UTF-8 JSON on `.../requests/text`:
     {"v": 1, "id": "r-42", "model": "default", "prompt": "Hi" | "messages": [{"role": "user", "content": "Hi"}],
-     "max_tokens": 64, "chat": true,
+     "max_tokens": 64, "chat": true, "stream": true,
      "sampling": {"temperature": 0.7, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 1, "stop": ["\\n"]}}
+The answer goes to the MQTT 5 Response Topic; a client that speaks only MQTT 3.1.1 (MicroPython's umqtt) names it
+in the payload instead: "reply_to": "edgegen/v1/clients/<client>/responses".
 An image request on `.../requests/image`: {"v": 1, "id": "r-43", "model": "default", "prompt": "7", "steps": 20,
 "seed": 0}. A cancel on `.../requests/cancel` or the pool's cancel topic: {"v": 1, "id": "r-42"}.
 """
@@ -14,6 +16,7 @@ import json
 import math
 from typing import Any
 
+from firmware_bridge import topics
 from firmware_bridge.errors import ErrorCode, RequestError
 
 SCHEMA_VERSION = 1
@@ -49,18 +52,22 @@ class TextRequest:
     model: str = "default"
     max_tokens: int = 128
     chat: bool = True
+    stream: bool = True  # false: no chunks, only the final message (one request, one answer, as mosquitto_rr wants)
     sampling: Sampling = Sampling()
+    reply_to: str | None = None  # for MQTT 3.1.1 clients (umqtt), which cannot send a Response Topic property
     v: int = SCHEMA_VERSION
     kind = "text"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": self.v, "id": self.id, "model": self.model, "max_tokens": self.max_tokens,
-                               "chat": self.chat, "sampling": dataclasses.asdict(self.sampling)}
+                               "chat": self.chat, "stream": self.stream, "sampling": dataclasses.asdict(self.sampling)}
         out["sampling"]["stop"] = list(self.sampling.stop)
         if self.prompt is not None:
             out["prompt"] = self.prompt
         if self.messages is not None:
             out["messages"] = [dict(m) for m in self.messages]
+        if self.reply_to is not None:
+            out["reply_to"] = self.reply_to
         return out
 
 
@@ -71,12 +78,14 @@ class ImageRequest:
     model: str = "default"
     steps: int | None = None
     seed: int | None = None
+    reply_to: str | None = None
     v: int = SCHEMA_VERSION
     kind = "image"
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": self.v, "id": self.id, "model": self.model, "prompt": self.prompt, "steps": self.steps,
-                "seed": self.seed}
+        out = {"v": self.v, "id": self.id, "model": self.model, "prompt": self.prompt, "steps": self.steps,
+               "seed": self.seed}
+        return out if self.reply_to is None else {**out, "reply_to": self.reply_to}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +102,7 @@ Request = TextRequest | ImageRequest | CancelRequest
 
 
 def _fail(code: ErrorCode, message: str, request_id: str | None) -> RequestError:
-    err = RequestError(code, message)
-    err.request_id = request_id  # type: ignore[attr-defined]  # lets the service echo the id in its error reply
-    return err
+    return RequestError(code, message, request_id)
 
 
 def decode_json(payload: bytes, request_id: str | None = None) -> dict[str, Any]:
@@ -185,6 +192,15 @@ def _check_head(obj: dict[str, Any], allowed: set[str]) -> str:
     return rid
 
 
+def _reply_to(obj: dict[str, Any], rid: str) -> str | None:
+    reply_to = obj.get("reply_to")
+    if reply_to is not None and not (isinstance(reply_to, str) and len(reply_to) <= 256 and topics.is_publishable(
+            reply_to)):
+        raise _fail(ErrorCode.INVALID_REQUEST, f"reply_to must be a topic without wildcards, got {reply_to!r:.80}",
+                    rid)
+    return reply_to
+
+
 def _model(obj: dict[str, Any], rid: str) -> str:
     model = obj.get("model", "default")
     if not isinstance(model, str) or not 0 < len(model) <= 256:
@@ -193,7 +209,8 @@ def _model(obj: dict[str, Any], rid: str) -> str:
 
 
 def parse_text_request(obj: dict[str, Any]) -> TextRequest:
-    rid = _check_head(obj, {"v", "id", "model", "prompt", "messages", "max_tokens", "chat", "sampling"})
+    rid = _check_head(obj, {"v", "id", "model", "prompt", "messages", "max_tokens", "chat", "stream", "sampling",
+                      "reply_to"})
     prompt, messages = obj.get("prompt"), obj.get("messages")
     if prompt is not None and messages is not None:
         raise _fail(ErrorCode.INVALID_REQUEST, "give either prompt or messages, not both", rid)
@@ -208,16 +225,16 @@ def parse_text_request(obj: dict[str, Any]) -> TextRequest:
             raise _fail(ErrorCode.PROMPT_TOO_LONG, f"prompt has {len(prompt)} characters, limit {MAX_PROMPT_CHARS}",
                         rid)
     parsed_messages = _parse_messages(messages, rid) if messages is not None else None
-    chat = obj.get("chat", True)
-    if not isinstance(chat, bool):
-        raise _fail(ErrorCode.INVALID_REQUEST, f"chat must be true or false, got {chat!r}", rid)
+    chat, stream = obj.get("chat", True), obj.get("stream", True)
+    if not isinstance(chat, bool) or not isinstance(stream, bool):
+        raise _fail(ErrorCode.INVALID_REQUEST, f"chat and stream must be true or false, got {chat!r}, {stream!r}", rid)
     max_tokens = _number(obj, "max_tokens", 1, MAX_TOKENS_LIMIT, 128, rid, integer=True)
     return TextRequest(id=rid, prompt=prompt, messages=parsed_messages, model=_model(obj, rid), max_tokens=max_tokens,
-                       chat=chat, sampling=_parse_sampling(obj.get("sampling", {}), rid))
+                       chat=chat, stream=stream, sampling=_parse_sampling(obj.get("sampling", {}), rid), reply_to=_reply_to(obj, rid))
 
 
 def parse_image_request(obj: dict[str, Any]) -> ImageRequest:
-    rid = _check_head(obj, {"v", "id", "model", "prompt", "steps", "seed"})
+    rid = _check_head(obj, {"v", "id", "model", "prompt", "steps", "seed", "reply_to"})
     prompt = obj.get("prompt")
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise _fail(ErrorCode.MISSING_PROMPT, "an image request needs a non-empty prompt (e.g. a class label '7')", rid)
@@ -231,7 +248,8 @@ def parse_image_request(obj: dict[str, Any]) -> ImageRequest:
     seed = obj.get("seed")
     if seed is not None:
         seed = _number(obj, "seed", 0, 2**63 - 1, 0, rid, integer=True)
-    return ImageRequest(id=rid, prompt=prompt, model=_model(obj, rid), steps=steps, seed=seed)
+    return ImageRequest(id=rid, prompt=prompt, model=_model(obj, rid), steps=steps, seed=seed,
+                        reply_to=_reply_to(obj, rid))
 
 
 def parse_cancel(obj: dict[str, Any]) -> CancelRequest:
@@ -247,7 +265,14 @@ def parse_request(kind: str, payload: bytes) -> Request:
     >>> parse_request("text", b'{"v": 1, "id": "a", "prompt": "Hi"}').prompt
     'Hi'
     """
-    return _PARSERS[kind](decode_json(payload))
+    obj = decode_json(payload)
+    try:
+        return _PARSERS[kind](obj)
+    except RequestError as e:
+        reply_to = obj.get("reply_to")
+        if isinstance(reply_to, str) and topics.is_publishable(reply_to):
+            e.reply_to = reply_to  # so an MQTT 3.1.1 client hears about its bad request
+        raise
 
 
 def encode(obj: dict[str, Any], limit_bytes: int = MAX_REQUEST_BYTES) -> bytes:

@@ -182,11 +182,12 @@ class DeviceService:
         try:
             request: Request = parse_request(kind, msg.payload)
         except RequestError as e:
-            self._send_error(response_topic, correlation, getattr(e, "request_id", None), e.code, e.message)
+            self._send_error(response_topic or e.reply_to, correlation, e.request_id, e.code, e.message)
             return False
         if request.kind == "cancel":
             self._cancel(request.id)
             return False
+        response_topic = response_topic or request.reply_to
         if response_topic is None:
             self._send_error(None, correlation, request.id, ErrorCode.NO_RESPONSE_TOPIC,
                              f"request on {msg.topic} has no usable MQTT 5 Response Topic")
@@ -337,9 +338,10 @@ class DeviceService:
             if job.deadline_s is not None and time.monotonic() > job.deadline_s:
                 deadline_hit = True
                 job.cancel.set()
-            payload = encode(responses.chunk(request.id, seq, text), responses.MAX_RESPONSE_BYTES)
-            self._publish(job.response_topic, job.correlation, payload)
-            seq += 1
+            if request.stream:
+                payload = encode(responses.chunk(request.id, seq, text), responses.MAX_RESPONSE_BYTES)
+                self._publish(job.response_topic, job.correlation, payload)
+                seq += 1
 
         if job.cancel.is_set():  # cancelled while queued: nothing to run
             outcome_text, reason, stats = "", "cancelled", responses.Stats(queue_ms=round(queue_ms, 3))

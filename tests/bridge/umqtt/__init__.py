@@ -1,0 +1,1 @@
+"""Stand-in for MicroPython's `umqtt` package so the reference client runs under CPython in tests."""
