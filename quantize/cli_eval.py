@@ -27,9 +27,8 @@ def run(args: argparse.Namespace) -> int:
     text = read_text(args.text, "text file")
     if args.max_tokens is not None and args.max_tokens < 2:
         raise QuantizeError(f"--max-tokens must be at least 2, got {args.max_tokens}")
-    from runtime.engine import TextGenerator
-
     from quantize.evaluate import evaluate
+    from runtime.engine import TextGenerator
 
     model = TextGenerator.load(args.model)
     reference = TextGenerator.load(args.reference) if args.reference else None

@@ -68,8 +68,9 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         header = json.loads(f.read(header_len))
     base = 8 + header_len
     with safe_open(path, framework="numpy") as st:
-        for name in st.keys():
-            info = header[name]
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
             if info["dtype"] == "BF16":
                 start, end = info["data_offsets"]
                 raw = np.fromfile(path, dtype=np.uint16, count=(end - start) // 2, offset=base + start)
@@ -134,9 +135,9 @@ def load_hf_folder(folder: Path) -> ModelSource:
             elif name.endswith("attn_k.weight"):
                 w = permute_qk(w, n_kv)
             tensors[name] = np.ascontiguousarray(w, dtype=np.float32)
-    if cfg.get("tie_word_embeddings") and "output.weight" in tensors:
-        if np.array_equal(tensors["output.weight"], tensors["token_embd.weight"]):
-            del tensors["output.weight"]  # tied: the runtime reuses token_embd, as llama.cpp does
+    tied = cfg.get("tie_word_embeddings") and "output.weight" in tensors
+    if tied and np.array_equal(tensors["output.weight"], tensors["token_embd.weight"]):
+        del tensors["output.weight"]  # tied: the runtime reuses token_embd, as llama.cpp does
     hashed = [cfg_path, *(p for p in (folder / "tokenizer.json", folder / "tokenizer_config.json") if p.is_file()),
               *files]
     return ModelSource(path=folder, architecture="llama", tensors=tensors, metadata=metadata,

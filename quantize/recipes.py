@@ -1,7 +1,8 @@
 """Named quantization recipes in one registry; a recipe decides each tensor's stored type.
 
 A name says what the recipe does: `w8` is 8-bit weights (Q8_0), `w4` 4-bit symmetric (Q4_0), `w4a` 4-bit with a
-per-block minimum (asymmetric, Q4_1), `w4-mix8` 4-bit with the sensitive tensors kept at 8 bits. Every block type is
+per-block minimum (asymmetric, Q4_1), `w4-head8` 4-bit with the token embedding/output head at 8 bits, `w4-mix8`
+that plus every tensor whose measured 4-bit error is an outlier. Every block type is
 group-wise with 32 weights per block along a row. Vectors (norm weights, biases) always stay F32.
 """
 from __future__ import annotations
@@ -53,6 +54,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("w8", "8-bit weights, Q8_0 (block 32, one scale)", Q.Q8_0),
         Recipe("w4", "4-bit weights, Q4_0 (block 32, one scale)", Q.Q4_0),
         Recipe("w4a", "4-bit asymmetric weights, Q4_1 (block 32, scale and minimum)", Q.Q4_1),
+        Recipe("w4-head8", "Q4_0 weights; token embedding/output head at Q8_0 (llama.cpp's Q4_0 layout when they are "
+               "tied)", Q.Q4_0, head_type=Q.Q8_0),
         Recipe(
             "w4-mix8",
             "Q4_0 weights; token embedding/output head and tensors with outlier error at Q8_0",

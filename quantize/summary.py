@@ -43,15 +43,16 @@ def format_assignment(result: QuantizedModel) -> str:
 
 def format_calibration(calibration: dict) -> str:
     """What calibration changed: per folded group, the chosen alpha and the error before/after."""
-    lines = [f"calibration: {calibration['tokens']} tokens, {calibration['method']}; "
-             f"layer output error {calibration['error_before']:.5g} -> {calibration['error_after']:.5g}, "
-             f"model KL vs float {calibration['kl_before']:.5g} -> {calibration['kl_after']:.5g}"]
+    head = (f"calibration: {calibration['tokens']} tokens, {calibration['method']}; "
+            f"layer output error {calibration['error_before']:.5g} -> {calibration['error_after']:.5g}, "
+            f"model KL vs float {calibration['kl_before']:.5g} -> {calibration['kl_after']:.5g}")
+    lines = [head]
     if calibration["reverted"]:
         lines.append("calibration made the model's KL worse on that text: scales NOT applied")
         return "\n".join(lines)
     changed = [g for g in calibration["groups"] if g["alpha"] > 0]
     lines.append(f"scaled {len(changed)} of {len(calibration['groups'])} layer groups:")
     for g in changed:
-        lines.append(f"  {g['group']:<28} alpha {g['alpha']:.2f}  error {g['error_before']:.4g} -> {g['error_after']:.4g}"
-                     f"  folded into {g['folded_into']}")
+        lines.append(f"  {g['group']:<28} alpha {g['alpha']:.2f}  error {g['error_before']:.4g} -> "
+                      f"{g['error_after']:.4g}  folded into {g['folded_into']}")
     return "\n".join(lines)

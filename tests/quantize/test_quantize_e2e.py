@@ -37,11 +37,10 @@ def test_w8_file_metadata(w8_file):
 
 
 def test_w8_runs_in_edgegen_runtime(w8_file):
-    from runtime import SamplingParams
-    from runtime.engine import TextGenerator
-
     from quantize.import_gguf import load_gguf
     from quantize.llama_numpy import LlamaHParams, forward
+    from runtime import SamplingParams
+    from runtime.engine import TextGenerator
 
     gen = TextGenerator.load(w8_file, max_context=64)
     result = gen.generate("What is the capital of France?", SamplingParams(max_tokens=6))

