@@ -50,7 +50,7 @@ class EchoEngine:
         words = (request.prompt or "").split()[: request.max_tokens]
         for w in words:
             emit(w + " ")
-        return TextOutcome(" ".join(words) + " ", "length", len(words), len(words), 0.0, 0.0)
+        return TextOutcome(" ".join(words) + " ", "length", len(words), len(words), 0.0)
 
 
 def serve_worker(args: argparse.Namespace) -> int:

@@ -21,7 +21,6 @@ class TextOutcome:
     finish_reason: str  # "stop" | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
-    ttft_s: float
     tokens_per_s: float
 
 
@@ -77,27 +76,46 @@ class RuntimeTextEngine:
             raise RequestError(ErrorCode.INVALID_SAMPLING, str(e)) from e
         return params
 
-    def check(self, request: TextRequest) -> None:
-        self._params(request)
-        prompt = self._prompt(request)
-        if request.chat:
-            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            prompt = self.generator.render_chat(messages)
-        elif isinstance(prompt, list):
-            prompt = "\n".join(m["content"] for m in prompt)
-        n_tokens, context = len(self.generator.tokenizer.encode(prompt)), self.generator.config.max_context
-        if n_tokens >= context:
-            raise RequestError(ErrorCode.PROMPT_TOO_LONG, f"prompt is {n_tokens} tokens, the model's context is "
-                               f"{context}")
-
-    def generate(self, request: TextRequest, cancel: threading.Event, emit: Callable[[str], None]) -> TextOutcome:
+    def _text_prompt(self, request: TextRequest) -> str | list[dict]:
         prompt = self._prompt(request)
         if not request.chat and isinstance(prompt, list):
-            prompt = "\n".join(m["content"] for m in prompt)
-        stream = self.generator.stream(prompt, self._params(request), chat=request.chat, cancel=cancel)
+            return "\n".join(m["content"] for m in prompt)
+        return prompt
+
+    def check(self, request: TextRequest) -> None:
+        """Sampling ranges, and a prompt whose text alone exceeds the context; cheap (no chat template render)."""
+        self._params(request)
+        prompt = self._text_prompt(request)
+        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+        n_tokens, context = len(self.generator.tokenizer.encode(text)), self.generator.config.max_context
+        if n_tokens >= context:
+            raise RequestError(ErrorCode.PROMPT_TOO_LONG, f"prompt is at least {n_tokens} tokens, the model's "
+                               f"context is {context}")
+
+    def _rendered_tokens(self, prompt: str | list[dict], chat: bool) -> int:
+        from runtime import GenerationError
+
+        try:
+            if isinstance(prompt, list) or chat:
+                messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+                prompt = self.generator.render_chat(messages)
+            return len(self.generator.tokenizer.encode(prompt))
+        except GenerationError:
+            return 0
+
+    def generate(self, request: TextRequest, cancel: threading.Event, emit: Callable[[str], None]) -> TextOutcome:
+        from runtime import GenerationError
+
+        prompt = self._text_prompt(request)
+        try:
+            stream = self.generator.stream(prompt, self._params(request), chat=request.chat, cancel=cancel)
+        except GenerationError as e:
+            # check() counted the text alone; the chat template adds tokens, or refused the messages.
+            code = ErrorCode.PROMPT_TOO_LONG if self._rendered_tokens(prompt, request.chat) >= \
+                self.generator.config.max_context else ErrorCode.INVALID_REQUEST
+            raise RequestError(code, str(e)) from e
         for piece in stream:
             emit(piece)
         r = stream.result
         return TextOutcome(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
-                           completion_tokens=r.completion_tokens, ttft_s=r.ttft_s,
-                           tokens_per_s=r.decode_tokens_per_s)
+                           completion_tokens=r.completion_tokens, tokens_per_s=r.decode_tokens_per_s)

@@ -27,7 +27,8 @@ FINISH_REASONS = ("stop", "length", "cancelled", "deadline")
 
 @dataclasses.dataclass(frozen=True)
 class Stats:
-    """What one generation cost on the device."""
+    """What one generation cost on the device. ttft_ms: from the engine call (prompt rendering and tokenizing
+    included, as for a direct caller of the runtime) to the first text piece; queue_ms: from arrival to that call."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0

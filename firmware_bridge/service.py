@@ -331,10 +331,11 @@ class DeviceService:
             request = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling,
                                                                                 seed=stable_seed(request.id)))
         seq, start = 0, time.monotonic()
-        deadline_hit = False
+        deadline_hit, first_piece_s = False, 0.0
 
         def emit(text: str) -> None:
-            nonlocal seq, deadline_hit
+            nonlocal seq, deadline_hit, first_piece_s
+            first_piece_s = first_piece_s or time.monotonic()
             if job.deadline_s is not None and time.monotonic() > job.deadline_s:
                 deadline_hit = True
                 job.cancel.set()
@@ -351,7 +352,8 @@ class DeviceService:
                 return None  # not acked: the broker redelivers it to this device's session after a restart
             outcome_text, reason = out.text, "deadline" if deadline_hit else out.finish_reason
             stats = responses.Stats(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
-                                    ttft_ms=round(out.ttft_s * 1000, 3), tokens_per_s=round(out.tokens_per_s, 2),
+                                    ttft_ms=round(((first_piece_s or time.monotonic()) - start) * 1000, 3),
+                                    tokens_per_s=round(out.tokens_per_s, 2),
                                     total_ms=round((time.monotonic() - start) * 1000, 3),
                                     queue_ms=round(queue_ms, 3), peak_rss_bytes=peak_rss_bytes())
         if reason == "cancelled":

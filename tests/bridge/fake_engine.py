@@ -43,4 +43,4 @@ class FakeTextEngine:
             if self.on_emit:
                 self.on_emit(request.id, i)
         return TextOutcome(text=text, finish_reason=reason, prompt_tokens=len(prompt.split()),
-                           completion_tokens=len(text.split()), ttft_s=0.001, tokens_per_s=1000.0)
+                           completion_tokens=len(text.split()), tokens_per_s=1000.0)

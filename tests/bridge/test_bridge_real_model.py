@@ -8,6 +8,7 @@ from helpers import connected_client
 
 from firmware_bridge.connection import BrokerOptions
 from firmware_bridge.engines import RuntimeTextEngine
+from firmware_bridge.errors import ErrorCode, RequestError
 from firmware_bridge.schema import TextRequest
 from firmware_bridge.service import DeviceService, ServiceConfig
 
@@ -27,6 +28,15 @@ def test_real_model_round_trip_over_mqtt(broker) -> None:  # noqa: ANN001
             client.timeout_s = 600  # kernels compile on first use: minutes on 2 shared cores
             stream = client.generate(PROMPT, device="smol", max_tokens=MAX_TOKENS)
             pieces = list(stream)
+            # Too long as text (refused before queueing), and too long only once the chat template wraps it
+            # (refused by the runtime before any compute): both are prompt_too_long.
+            context = engine.generator.config.max_context
+            for n_tokens in (context + 10, context - 5):
+                prompt = " hello" * n_tokens
+                assert len(engine.generator.tokenizer.encode(prompt)) == n_tokens
+                with pytest.raises(RequestError) as err:
+                    client.generate(prompt, device="smol", max_tokens=4).text()
+                assert err.value.code == ErrorCode.PROMPT_TOO_LONG
     finally:
         service.stop()
     result = stream.result
