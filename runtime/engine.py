@@ -20,7 +20,8 @@ from tinygrad import Device, Tensor, TinyJit, UOp
 from models.llama import Llama, LlamaConfig
 from runtime.chat import render_chat, validate_messages
 from runtime.errors import ArtifactError, GenerationError
-from runtime.loader import GGUFWeights, build_llama
+from runtime import jit_cache as jit_cache_store
+from runtime.loader import GGUFWeights, build_llama, config_from_gguf
 from runtime.model_file import ModelFile, open_model
 from runtime.quant import embedding_rows
 from runtime.sampling import Sampler, SamplingParams, find_stop, holdback
@@ -77,32 +78,99 @@ def _resolve_device(device: str | None) -> str:
 
 
 class TextGenerator:
-    def __init__(self, model_file: ModelFile, model: Llama, weights: GGUFWeights, device: str) -> None:
-        self.model_file, self.model, self.weights, self.device = model_file, model, weights, device
-        self.config: LlamaConfig = model.cfg
+    def __init__(self, model_file: ModelFile, device: str, max_context: int | None = DEFAULT_CONTEXT,
+                 jit_cache: bool = True) -> None:
+        self.model_file, self.device = model_file, device
+        self.config: LlamaConfig = config_from_gguf(model_file, max_context)
         self.tokenizer = load_tokenizer(model_file)
         self.chat_template: str | None = model_file.get("tokenizer.chat_template")
         self._embedding = model_file.tensors["token_embd.weight"]
         self._lock = threading.Lock()
+        self._model: Llama | None = None
+        self._weights: GGUFWeights | None = None
         self._start = UOp.variable("start_pos", 0, self.config.max_context - 1)
         self._last = UOp.variable("last", 0, max(PREFILL_BUCKETS) - 1)
-        self._decode_jit = TinyJit(self._decode_step)
-        self._prefill_jits = {b: TinyJit(self._prefill_step) for b in PREFILL_BUCKETS}
         self._end_ids = self._end_of_turn_ids()
-        model.allocate_cache(1, device)
+        self._cache_key = jit_cache_store.cache_key(model_file.path, device, self.config.max_context) \
+            if jit_cache else None
+        self._new_graphs()
+        self._graphs_from_disk = False
+        if self._cache_key is not None and (graphs := jit_cache_store.load(self._cache_key)) is not None:
+            self._install_graphs(graphs)
+        self._saved_graphs = self._captured_names()
 
     @classmethod
     def load(cls, model: str | os.PathLike = "default", device: str | None = None,
-             max_context: int | None = DEFAULT_CONTEXT) -> "TextGenerator":
-        """Open and validate the file, then repack its weights for the device. Raises ArtifactError."""
+             max_context: int | None = DEFAULT_CONTEXT, jit_cache: bool = True) -> "TextGenerator":
+        """Open and validate the file, then prepare generation on the device. Raises ArtifactError.
+
+        jit_cache: reuse decode/prefill graphs captured by an earlier process for this file (see runtime.jit_cache);
+        without a cache entry the weights are repacked from the GGUF and the graphs captured on first use."""
         mf = open_model(model)
         dev = _resolve_device(device)
         if "token_embd.weight" not in mf.tensors:
             raise ArtifactError(f"{mf.path.name}: tensor token_embd.weight is missing")
-        llama, weights = build_llama(mf, dev, max_context)
-        log.info("loaded %s on %s: %d layers, %d MB packed", mf.path.name, dev, llama.cfg.n_layers,
-                 mf.size_bytes // 2**20)
-        return cls(mf, llama, weights, dev)
+        gen = cls(mf, dev, max_context, jit_cache)
+        if not gen._graphs_from_disk:
+            gen.model  # noqa: B018 - repack the weights now, so a bad tensor fails at load, not mid-request
+        log.info("loaded %s on %s (%d MB packed, graphs %s)", mf.path.name, dev, mf.size_bytes // 2**20,
+                 "from the JIT cache" if gen._graphs_from_disk else "captured on first use")
+        return gen
+
+    # ---- the model and its captured graphs ---------------------------------------------------------------------
+    @property
+    def model(self) -> Llama:
+        """The tinygrad model, with weights repacked from the GGUF; built on first use."""
+        if self._model is None:
+            self._model, self._weights = build_llama(self.model_file, self.device, self.config.max_context)
+            self._model.allocate_cache(1, self.device)
+        return self._model
+
+    @property
+    def weights(self) -> GGUFWeights:
+        self.model  # noqa: B018
+        assert self._weights is not None
+        return self._weights
+
+    def _new_graphs(self) -> None:
+        # cnt = 1: capture on the first call. TinyJit's default first call runs the graph eagerly without
+        # recording it, which in a fresh process costs as much Python scheduling time as the capture itself.
+        self._decode_jit = TinyJit(self._decode_step)
+        self._prefill_jits = {b: TinyJit(self._prefill_step) for b in PREFILL_BUCKETS}
+        for jit in (self._decode_jit, *self._prefill_jits.values()):
+            jit.cnt = 1
+
+    def _install_graphs(self, graphs: dict) -> None:
+        if "decode" not in graphs:
+            return
+        self._decode_jit.captured, self._decode_jit.cnt = graphs["decode"], 2
+        for bucket, captured in graphs.get("prefill", {}).items():
+            if bucket in self._prefill_jits:
+                self._prefill_jits[bucket].captured, self._prefill_jits[bucket].cnt = captured, 2
+        self._graphs_from_disk = True
+
+    def _own_graphs(self) -> None:
+        """Graphs loaded from disk own their KV cache and weights; anything that must run the Python model (a
+        prefill length with no cached graph, eval) drops them and recaptures from the model, so all share one
+        cache."""
+        if self._graphs_from_disk:
+            log.info("the JIT cache lacks a graph needed now: recapturing from the model")
+            self._new_graphs()
+            self._graphs_from_disk = False
+            self._saved_graphs = set()
+
+    def _captured_names(self) -> set[str]:
+        names = {"decode"} if self._decode_jit.captured is not None else set()
+        return names | {f"prefill{b}" for b, j in self._prefill_jits.items() if j.captured is not None}
+
+    def _save_graphs(self) -> None:
+        names = self._captured_names()
+        if self._cache_key is None or "decode" not in names or names <= self._saved_graphs:
+            return
+        graphs = {"decode": self._decode_jit.captured,
+                  "prefill": {b: j.captured for b, j in self._prefill_jits.items() if j.captured is not None}}
+        if jit_cache_store.save(self._cache_key, graphs) is not None:
+            self._saved_graphs = names
 
     @property
     def path(self) -> Path:
@@ -122,7 +190,10 @@ class TextGenerator:
         """Run the prompt from position 0 in one batch; return the logits after its last token."""
         n = len(ids)
         bucket = next((b for b in PREFILL_BUCKETS if b >= n), None)
+        if bucket is not None and self._prefill_jits[bucket].captured is None:
+            self._own_graphs()
         if bucket is None or bucket > self.config.max_context:
+            self._own_graphs()
             # Longer than every bucket: one exact-size graph (compiled for this length only).
             h = Tensor(self._embed(ids)[None]).realize()
             return self.model(h, 0, logits_at=n - 1).realize().numpy().reshape(-1)
@@ -140,6 +211,7 @@ class TextGenerator:
         if not ids or len(ids) > self.config.max_context:
             raise GenerationError(f"logits() needs 1 to {self.config.max_context} tokens, got {len(ids)}")
         with self._lock:
+            self._own_graphs()
             h = Tensor(self._embed(ids)[None]).realize()
             return self.model(h, 0, last_only=False).realize().numpy().reshape(len(ids), -1)
 
@@ -187,9 +259,20 @@ class TextGenerator:
                cancel: threading.Event | None = None) -> TextStream:
         """Validate now (errors raise here, before any compute), then generate lazily as the stream is read."""
         params = (params or SamplingParams()).validate()
-        ids = self.encode_prompt(prompt, chat)
+        return self.stream_ids(self.encode_prompt(prompt, chat), params, cancel)
+
+    def stream_ids(self, ids: list[int], params: SamplingParams | None = None,
+                   cancel: threading.Event | None = None, ignore_eos: bool = False) -> TextStream:
+        """Generate from exact token ids (benchmarks and evaluation feed the same ids to every runtime).
+        ignore_eos: keep going past end-of-turn tokens, so a benchmark always decodes max_tokens."""
+        params = (params or SamplingParams()).validate()
+        ids = [int(i) for i in ids]
+        if not ids or len(ids) >= self.config.max_context:
+            raise GenerationError(f"need 1 to {self.config.max_context - 1} prompt tokens, got {len(ids)}")
+        if min(ids) < 0 or max(ids) >= self.config.vocab_size:
+            raise GenerationError(f"token ids must be in [0, {self.config.vocab_size}), got {min(ids)}..{max(ids)}")
         stream = TextStream(iter(()))
-        stream._pieces = self._run(ids, params, cancel, stream)
+        stream._pieces = self._run(ids, params, cancel, stream, () if ignore_eos else self._end_ids)
         return stream
 
     def generate(self, prompt: str | list[dict], params: SamplingParams | None = None, chat: bool = True,
@@ -201,7 +284,7 @@ class TextGenerator:
         return stream.result
 
     def _run(self, ids: list[int], params: SamplingParams, cancel: threading.Event | None,
-             stream: TextStream) -> Iterator[str]:
+             stream: TextStream, end_ids: set[int] | tuple = ()) -> Iterator[str]:
         with self._lock:
             t0 = time.perf_counter()
             sampler = Sampler(params)
@@ -217,7 +300,7 @@ class TextGenerator:
                 token = sampler(logits, context)
                 if t_first is None:
                     t_first = time.perf_counter()
-                if token in self._end_ids:
+                if token in end_ids:
                     finish = "stop"
                     break
                 generated.append(token)
@@ -242,6 +325,7 @@ class TextGenerator:
             if len(text) > emitted:
                 yield text[emitted:]
             t_end = time.perf_counter()
+            self._save_graphs()
             first = t_first or t_end
             n = len(generated)
             stream.result = GenerationResult(

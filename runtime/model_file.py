@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from runtime.errors import ArtifactError
 
@@ -90,14 +91,87 @@ class ModelFile:
         return sum(t.size_bytes for t in self.tensors.values())
 
 
-def _field_value(reader_field: Any) -> Any:
-    """A metadata value as a Python object (strings decoded, arrays of strings as lists)."""
-    types = reader_field.types
-    if not types:
-        return None
-    if types[0] == GGUFValueType.ARRAY and len(types) > 1 and types[1] == GGUFValueType.STRING:
-        return [bytes(reader_field.parts[i]).decode("utf-8", errors="replace") for i in reader_field.data]
-    return reader_field.contents()
+# GGUF value types (gguf-py constants.GGUFValueType) -> struct format of one scalar.
+_SCALAR = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}
+_NUMPY = {
+    GGUFValueType.UINT8: np.uint8, GGUFValueType.INT8: np.int8, GGUFValueType.UINT16: np.uint16,
+    GGUFValueType.INT16: np.int16, GGUFValueType.UINT32: np.uint32, GGUFValueType.INT32: np.int32,
+    GGUFValueType.FLOAT32: np.float32, GGUFValueType.BOOL: np.bool_, GGUFValueType.UINT64: np.uint64,
+    GGUFValueType.INT64: np.int64, GGUFValueType.FLOAT64: np.float64,
+}
+DEFAULT_ALIGNMENT = 32
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads over the file's bytes.
+
+    We parse the header ourselves instead of with gguf.GGUFReader because the reader builds numpy views for every
+    part of every field: for SmolLM2's 49k-token vocabulary and 49k merges that took 3-11 s per process start
+    (measured here), the largest share of start-up. gguf-py still provides the constants, the block tables and the
+    writer; tests/test_runtime_model_file.py checks this parser against gguf.GGUFReader.
+    """
+
+    def __init__(self, buf: memoryview, path: Path) -> None:
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise ArtifactError(f"{self.path} is truncated or corrupt: needs {n} bytes at offset {self.pos}, "
+                                f"file has {len(self.buf)}")
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def scalar(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        raw = self.take(self.scalar("<Q"))
+        return bytes(raw).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int) -> Any:
+        vtype = GGUFValueType(vtype)
+        if vtype == GGUFValueType.STRING:
+            return self.string()
+        if vtype == GGUFValueType.ARRAY:
+            etype, count = GGUFValueType(self.scalar("<I")), self.scalar("<Q")
+            if etype in _NUMPY:
+                dt = np.dtype(_NUMPY[etype])
+                return np.frombuffer(self.take(count * dt.itemsize), dtype=dt).tolist()
+            return [self.value(etype) for _ in range(count)]
+        return self.scalar(_SCALAR[vtype])
+
+
+def _parse(path: Path, buf: memoryview) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], int, int]], int]:
+    """GGUF v2/v3 header: metadata and (name, dims fastest-first, type, offset) per tensor, and the data start."""
+    c = _Cursor(buf, path)
+    if bytes(c.take(4)) != GGUF_MAGIC:
+        raise ArtifactError(f"{path} is not a GGUF file")
+    version = c.scalar("<I")
+    if version not in (2, 3):
+        raise ArtifactError(f"{path}: unsupported GGUF version {version} (supported: 2, 3; big-endian files are not)")
+    n_tensors, n_kv = c.scalar("<Q"), c.scalar("<Q")
+    if n_tensors > 1_000_000 or n_kv > 1_000_000:
+        raise ArtifactError(f"{path} is truncated or corrupt: {n_tensors} tensors, {n_kv} metadata keys")
+    metadata: dict[str, Any] = {}
+    try:
+        for _ in range(n_kv):
+            key = c.string()
+            metadata[key] = c.value(c.scalar("<I"))
+        infos = []
+        for _ in range(n_tensors):
+            name = c.string()
+            dims = tuple(c.scalar("<Q") for _ in range(c.scalar("<I")))
+            infos.append((name, dims, c.scalar("<I"), c.scalar("<Q")))
+    except ValueError as e:  # an unknown value type number
+        raise ArtifactError(f"{path} is truncated or corrupt: {e}") from e
+    align = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+    data_start = (c.pos + align - 1) // align * align
+    return metadata, infos, data_start
 
 
 def open_model(model: str | os.PathLike) -> ModelFile:
@@ -111,40 +185,38 @@ def open_model(model: str | os.PathLike) -> ModelFile:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise ArtifactError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
-    try:
-        reader = GGUFReader(path, "r")
-    except (ValueError, IndexError, OSError, struct_error()) as e:
-        raise ArtifactError(f"{path} is truncated or corrupt: {e}") from e
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    metadata, infos, data_start = _parse(path, memoryview(data))
 
-    metadata = {}
-    for key, reader_field in reader.fields.items():
-        try:
-            metadata[key] = _field_value(reader_field)
-        except (ValueError, IndexError, UnicodeDecodeError) as e:
-            raise ArtifactError(f"{path}: metadata key {key!r} is unreadable: {e}") from e
     architecture = metadata.get("general.architecture")
     if architecture not in SUPPORTED_ARCHITECTURES:
         raise ArtifactError(
             f"{path.name}: unsupported architecture {architecture!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
-
     tensors: dict[str, TensorInfo] = {}
-    for t in reader.tensors:
+    for name, dims, type_id, offset in infos:
         try:
-            ggml_type = GGMLQuantizationType(int(t.tensor_type))
+            ggml_type = GGMLQuantizationType(type_id)
         except ValueError as e:
-            raise ArtifactError(f"{path.name}: tensor {t.name} has unknown GGML type {int(t.tensor_type)}") from e
+            raise ArtifactError(f"{path.name}: tensor {name} has unknown GGML type {type_id}") from e
         if ggml_type not in SUPPORTED_TYPES:
             supported = ", ".join(s.name for s in SUPPORTED_TYPES)
-            raise ArtifactError(f"{path.name}: tensor {t.name} has unsupported type {ggml_type.name} (supported: {supported})")
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims fastest-first
-        tensors[t.name] = TensorInfo(t.name, ggml_type, shape, t.data)
+            raise ArtifactError(f"{path.name}: tensor {name} has unsupported type {ggml_type.name} (supported: {supported})")
+        shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims fastest-first
+        block, type_size = GGML_QUANT_SIZES[ggml_type]
+        n = int(np.prod(shape)) if shape else 1
+        if shape and shape[-1] % block:
+            raise ArtifactError(f"{path.name}: tensor {name} row of {shape[-1]} is not a multiple of {block}")
+        start, nbytes = data_start + offset, n // block * type_size
+        if start + nbytes > len(data):
+            raise ArtifactError(f"{path} is truncated or corrupt: tensor {name} ends at byte {start + nbytes}, "
+                                f"file has {len(data)}")
+        raw = data[start : start + nbytes]
+        if ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            arr = raw.view(np.float32 if ggml_type == GGMLQuantizationType.F32 else np.float16).reshape(shape)
+        else:
+            arr = raw.reshape(*shape[:-1], shape[-1] // block * type_size)
+        tensors[name] = TensorInfo(name, ggml_type, shape, arr)
     if not tensors:
         raise ArtifactError(f"{path.name}: the file has no tensors")
     return ModelFile(path, architecture, metadata, tensors)
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("DEV", "CPU")  # tinygrad's clang backend: the one every CI machine has
+# Captured decode/prefill graphs go to a per-run folder, never the user's ~/.cache/edgegen.
+os.environ["EDGEGEN_CACHE"] = tempfile.mkdtemp(prefix="edgegen-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -165,3 +165,44 @@ def test_status_and_models_are_retained_and_will_says_offline(options: BrokerOpt
         assert done.wait(10)
     assert states["status"]["state"] == "offline"
     assert states["models"]["text"] == ["default"] and states["models"]["image"] == []
+
+
+def test_message_expiry_is_a_deadline(options: BrokerOptions) -> None:
+    engine = FakeTextEngine(delay_s=0.05)
+    with running_device(options, engine) as (service, _), connected_client(options) as client:
+        running = client.generate("slow", device="dev1", max_tokens=400, expiry_s=1)
+        waiting = client.generate("late", device="dev1", max_tokens=2, expiry_s=1)
+        text = running.text()
+        assert running.result["finish_reason"] == "deadline" and 0 < len(text.split()) < 400
+        with pytest.raises(RequestError) as err:
+            waiting.text()
+        assert err.value.code == ErrorCode.EXPIRED
+        assert engine.calls == [running.request_id]
+
+
+def test_pool_cancel_reaches_the_member_running_it(options: BrokerOptions) -> None:
+    engine = FakeTextEngine(delay_s=0.02)
+    with running_device(options, engine, pool="fleet"), connected_client(options) as client:
+        stream = client.generate("pooled", pool="fleet", max_tokens=1000, request_id="pool-cancel")
+        assert next(iter_stream := iter(stream)) == "pooled-0 "
+        client.cancel("pool-cancel", pool="fleet")
+        rest = list(iter_stream)
+        assert stream.result["finish_reason"] == "cancelled" and len(rest) < 999
+
+
+def test_telemetry_is_published_periodically(options: BrokerOptions) -> None:
+    reports: list[dict] = []
+    two = threading.Event()
+    with connected_client(options) as client:
+        def on_report(c: object, u: object, msg: object) -> None:
+            reports.append(json.loads(msg.payload))  # type: ignore[attr-defined]
+            if len(reports) == 2:
+                two.set()
+
+        client._mqtt.message_callback_add(topics.telemetry("dev1"), on_report)
+        client._mqtt.subscribe(topics.telemetry("dev1"), qos=0)
+        with running_device(options, telemetry_interval_s=0.05):
+            client.generate("count me", device="dev1", max_tokens=2).text()
+            assert two.wait(10)
+    assert {"state", "queue_depth", "uptime_s", "peak_rss_bytes"} <= set(reports[-1])
+    assert reports[-1]["device"] == "dev1" and reports[-1]["queue_depth"] == 0

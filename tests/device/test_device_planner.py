@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import LLAMA7B, SMOLLM2_Q4_1
+
 from device import BOARD_PROFILES, DeviceError, get_profile
 from device.model_facts import read_model_facts
 from device.planner import RECIPE_BYTES_PER_WEIGHT, kv_cache_bytes, plan_memory, recipe_weights_bytes
@@ -118,6 +118,7 @@ def test_plan_cli_suggests_a_recipe_when_the_file_is_too_big(edgegen, tmp_path):
     path = write_sparse_llama(tmp_path / "f16.gguf", Q.F16, dim=3200, n_layers=26, n_heads=32, n_kv_heads=32,
                               hidden=8640, vocab=32000, context=2048)
     code, out, _ = edgegen("plan", str(path), "--board", "jetson-orin-nano-8gb", "--context", "1024", "--json")
+    assert code == 0
     plan = json.loads(out)
     assert not plan["fits"]
     assert not plan["recipes"]["f16"]["fits"] and plan["recipes"]["w8"]["fits"]

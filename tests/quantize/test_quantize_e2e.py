@@ -61,3 +61,20 @@ def test_w8_loads_and_generates_in_llama_cpp(w8_file):
     llm = llama_cpp.Llama(model_path=str(w8_file), n_ctx=256, verbose=False)
     out = llm("The capital of France is", max_tokens=4, temperature=0.0)
     assert out["choices"][0]["text"].strip()
+
+
+def test_eval_cli_against_the_source(w8_file, tmp_path, capsys):
+    """`edgegen eval` on the w8 file with the original Q4_1 file as reference: 8 bits of a 4-bit model barely move."""
+    text = tmp_path / "text.txt"
+    text.write_text("The GNU General Public License is a free, copyleft license for software and other kinds of "
+                    "works. The licenses for most software and other practical works are designed to take away your "
+                    "freedom to share and change the works. By contrast, the GNU General Public License is intended "
+                    "to guarantee your freedom to share and change all versions of a program.")
+    code = edgegen_cli.main(["eval", str(w8_file), "--text", str(text), "--reference", str(SMOLLM2),
+                             "--max-tokens", "48", "--window", "32", "--stride", "16", "--json", "--no-progress"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["tokens_scored"] == 47
+    assert 1.5 < out["perplexity"] < 200
+    assert 0 < out["mean_kl"] < 0.05
+    assert out["top1_agreement"] >= 0.9

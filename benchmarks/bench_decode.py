@@ -1,0 +1,209 @@
+"""edgegen vs llama.cpp on the same GGUF, the same machine, the same run, the same thread count.
+
+    .venv/bin/pip install -e ".[bench]"          # llama-cpp-python (compiles llama.cpp once)
+    .venv/bin/python benchmarks/bench_decode.py  # table on stdout, JSON in benchmarks/results/decode.json
+
+Measured per runtime, each in its own process (so peak RSS and start-up are that runtime's alone):
+- time to first token for a 64-token prompt (prefill + first sample), median over runs after one warm-up run
+- decode tokens/s over 128 greedy tokens, median of 5 runs
+- peak RSS of the process
+- process start to first token, with a cold tinygrad kernel cache (empty CACHEDB) and with the warm one
+The prompt is the first 64 tokens of ../shared/eval/gpl-3.txt; both runtimes get the same token ids.
+tinygrad's CPU backend runs kernels on one thread, so llama.cpp runs with n_threads=1 too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_TEXT = ROOT.parent / "shared" / "eval" / "gpl-3.txt"
+
+
+def prompt_ids(model: str, n: int, text_path: Path) -> list[int]:
+    from runtime.model_file import open_model
+    from runtime.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(open_model(model))
+    ids = tok.encode(text_path.read_text(encoding="utf-8"))
+    if len(ids) < n:
+        raise SystemExit(f"{text_path} has only {len(ids)} tokens, need {n}")
+    return ids[:n]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ---- workers: run in a child process, print one JSON line ---------------------------------------------------------
+def worker_edgegen(a: argparse.Namespace, ids: list[int]) -> dict:
+    from runtime import SamplingParams
+    from runtime.engine import TextGenerator
+
+    gen = TextGenerator.load(a.model, max_context=a.context)
+    params = SamplingParams(max_tokens=a.gen_tokens)
+    first_token_at = None
+    ttft, decode = [], []
+    for run in range(a.runs + 1):
+        stream = gen.stream_ids(ids, params, ignore_eos=True)
+        for _ in stream:
+            if first_token_at is None:
+                first_token_at = time.time()
+        r = stream.result
+        if first_token_at is None:
+            first_token_at = time.time()
+        if a.start_only:
+            break
+        if run > 0:  # run 0 warms up: kernel compilation and JIT capture
+            ttft.append(r.ttft_s)
+            decode.append(r.decode_tokens_per_s)
+    return {"first_token_wall": first_token_at, "ttft_s": ttft, "decode_tok_s": decode, "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_llamacpp(a: argparse.Namespace, ids: list[int]) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=a.model, n_ctx=a.context, n_threads=a.threads, n_threads_batch=a.threads,
+                n_batch=max(len(ids), 64), verbose=False)
+    first_token_at = None
+    ttft, decode = [], []
+    for run in range(a.runs + 1):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t1 = time.perf_counter()
+        if first_token_at is None:
+            first_token_at = time.time()
+        if a.start_only:
+            break
+        for _ in range(a.gen_tokens - 1):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t2 = time.perf_counter()
+        if run > 0:
+            ttft.append(t1 - t0)
+            decode.append((a.gen_tokens - 1) / (t2 - t1))
+    return {"first_token_wall": first_token_at, "ttft_s": ttft, "decode_tok_s": decode, "peak_rss_mb": peak_rss_mb()}
+
+
+# ---- parent ------------------------------------------------------------------------------------------------------
+def spawn(a: argparse.Namespace, runtime: str, runs: int, start_only: bool = False,
+          env_extra: dict | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", runtime, "--model", a.model, "--runs", str(runs),
+           "--gen-tokens", str(a.gen_tokens), "--prompt-tokens", str(a.prompt_tokens), "--context", str(a.context),
+           "--threads", str(a.threads), "--text", str(a.text)]
+    if start_only:
+        cmd.append("--start-only")
+    env = dict(os.environ, **(env_extra or {}))
+    t_spawn = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"{runtime} worker failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["start_to_first_token_s"] = out["first_token_wall"] - t_spawn
+    return out
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="GGUF file (default: the shipped SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--gen-tokens", type=int, default=128)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--context", type=int, default=512)
+    p.add_argument("--threads", type=int, default=1, help="llama.cpp threads (tinygrad's CPU backend uses one)")
+    p.add_argument("--text", type=Path, default=DEFAULT_TEXT)
+    p.add_argument("--out", type=Path, default=RESULTS / "decode.json")
+    p.add_argument("--skip-llamacpp", action="store_true")
+    p.add_argument("--worker", choices=["edgegen", "llamacpp"], help=argparse.SUPPRESS)
+    p.add_argument("--start-only", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.model is None:
+        from runtime.model_file import default_model_path
+
+        a.model = str(default_model_path())
+    ids = prompt_ids(a.model, a.prompt_tokens, a.text)
+
+    if a.worker:
+        fn = worker_edgegen if a.worker == "edgegen" else worker_llamacpp
+        print(json.dumps(fn(a, ids)))
+        return 0
+
+    runtimes = ["edgegen"] + ([] if a.skip_llamacpp else ["llamacpp"])
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cold_cache = {"CACHEDB": str(Path(tmp) / "cold-cache.db")}
+        # Cold start first (empty kernel cache), then the steady-state runs, which also leave the cache warm, then a
+        # warm start. llama.cpp has no kernel cache: its cold and warm starts are the same program.
+        for rt in runtimes:
+            print(f"[{rt}] cold start ...", file=sys.stderr, flush=True)
+            cold = spawn(a, rt, 0, start_only=True, env_extra=cold_cache if rt == "edgegen" else None)
+            print(f"[{rt}] {a.runs} runs of {a.prompt_tokens}-token prefill + {a.gen_tokens} tokens ...",
+                  file=sys.stderr, flush=True)
+            steady = spawn(a, rt, a.runs)
+            print(f"[{rt}] warm start ...", file=sys.stderr, flush=True)
+            warm = spawn(a, rt, 0, start_only=True)
+            results[rt] = {
+                "ttft_64_s": median(steady["ttft_s"]),
+                "decode_tok_s": median(steady["decode_tok_s"]),
+                "decode_tok_s_runs": steady["decode_tok_s"],
+                "ttft_runs_s": steady["ttft_s"],
+                "peak_rss_mb": steady["peak_rss_mb"],
+                "start_to_first_token_cold_s": cold["start_to_first_token_s"],
+                "start_to_first_token_warm_s": warm["start_to_first_token_s"],
+            }
+
+    report = {
+        "model": a.model, "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "runs": a.runs,
+        "threads": a.threads, "context": a.context, "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "results": results,
+    }
+    if "llamacpp" in results:
+        e, l = results["edgegen"], results["llamacpp"]
+        report["ratios_edgegen_over_llamacpp"] = {
+            "decode_tok_s": e["decode_tok_s"] / l["decode_tok_s"],
+            "ttft_64_s": e["ttft_64_s"] / l["ttft_64_s"],
+            "peak_rss_mb": e["peak_rss_mb"] / l["peak_rss_mb"],
+        }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"\nwrote {a.out}")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    rows = [("time to first token, 64-token prompt (s)", "ttft_64_s", "{:.3f}"),
+            ("decode tokens/s (median of runs)", "decode_tok_s", "{:.1f}"),
+            ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+            ("start to first token, cold cache (s)", "start_to_first_token_cold_s", "{:.1f}"),
+            ("start to first token, warm cache (s)", "start_to_first_token_warm_s", "{:.1f}")]
+    names = list(report["results"])
+    print(f"\n{'':44s}" + "".join(f"{n:>14s}" for n in names) + ("   edgegen/llama.cpp" if len(names) > 1 else ""))
+    for label, key, fmt in rows:
+        vals = [report["results"][n][key] for n in names]
+        line = f"{label:44s}" + "".join(f"{fmt.format(v):>14s}" if v is not None else f"{'-':>14s}" for v in vals)
+        if len(names) > 1 and all(vals):
+            line += f"   {vals[0] / vals[1]:.2f}x"
+        print(line)
+    print(f"(load average during the run: {report['load_avg_1m']:.1f} on {report['cpus']} CPUs)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Our GGUF header parser agrees with gguf-py's reader: every metadata value and every tensor's bytes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGUFReader, GGUFValueType
+
+from runtime.model_file import default_model_path, open_model
+
+
+def reader_value(field):
+    if field.types[0] == GGUFValueType.ARRAY and field.types[1] == GGUFValueType.STRING:
+        return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
+    v = field.contents()
+    return v
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_parser_matches_gguf_reader(which, tiny_q4_path):
+    path = tiny_q4_path if which == "tiny" else default_model_path()
+    ours, ref = open_model(path), GGUFReader(path)
+    keys = [k for k in ref.fields if not k.startswith("GGUF.")]
+    assert sorted(ours.metadata) == sorted(keys)
+    for k in keys:
+        expected = reader_value(ref.fields[k])
+        got = ours.metadata[k]
+        if isinstance(expected, float):
+            assert got == pytest.approx(expected), k
+        else:
+            assert got == expected, k
+    assert [t.name for t in ref.tensors] == list(ours.tensors)
+    for t in ref.tensors:
+        mine = ours.tensors[t.name]
+        assert mine.ggml_type == t.tensor_type and mine.shape == tuple(reversed(t.shape.tolist()))
+        assert np.array_equal(np.asarray(mine.data).view(np.uint8).reshape(-1), np.asarray(t.data).view(np.uint8).reshape(-1))
