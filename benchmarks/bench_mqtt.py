@@ -24,12 +24,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from firmware_bridge.client import Client  # noqa: E402
-from firmware_bridge.connection import BrokerOptions  # noqa: E402
-from firmware_bridge.engines import TextOutcome  # noqa: E402
-from firmware_bridge.local_broker import LocalBroker, die_with_parent  # noqa: E402
-from firmware_bridge.schema import TextRequest  # noqa: E402
-from firmware_bridge.service import DeviceService, ServiceConfig  # noqa: E402
+from firmware_bridge.client import Client
+from firmware_bridge.connection import BrokerOptions
+from firmware_bridge.engines import TextOutcome
+from firmware_bridge.local_broker import LocalBroker, die_with_parent
+from firmware_bridge.schema import TextRequest
+from firmware_bridge.service import DeviceService, ServiceConfig
 
 RESULTS = REPO / "benchmarks" / "results" / "mqtt.json"
 PROMPT = "Name three things a microcontroller is good at."
@@ -139,8 +139,13 @@ def bench_model(client: Client, options: BrokerOptions, runs: int, max_tokens: i
     try:
         for _ in range(runs):
             first: list[float] = []
+
+            def note_first(_: str, first: list[float] = first) -> None:
+                if not first:
+                    first.append(time.perf_counter())
+
             t0 = time.perf_counter()
-            out = engine.generate(request, threading.Event(), lambda _: first or first.append(time.perf_counter()))
+            out = engine.generate(request, threading.Event(), note_first)
             direct.append({"ttft_ms": (first[0] - t0) * 1000, "total_ms": (time.perf_counter() - t0) * 1000})
             t0 = time.perf_counter()
             stream = client.generate(PROMPT, device="bench-model", max_tokens=max_tokens)
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "cpus": __import__("os").cpu_count(),
                                     "load_avg_1m": __import__("os").getloadavg()[0]},
                         "broker": "mosquitto " + subprocess.run(["mosquitto", "-h"], capture_output=True,
-                                                                text=True).stdout.split()[2]}
+                                                                text=True, check=False).stdout.split()[2]}
         try:
             with Client(options, timeout_s=1200) as client:
                 report["round_trip"] = bench_round_trip(client, broker.port, args.rtt_requests)

@@ -56,7 +56,7 @@ class LocalBroker:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=subprocess.PIPE, text=True,
                                      preexec_fn=die_with_parent)
 
-        def read(stream) -> None:  # noqa: ANN001
+        def read(stream) -> None:
             for line in stream:
                 self.log.append(line.rstrip())
                 if re.search(r"\brunning\b", line):  # needs `log_type information`

@@ -230,7 +230,8 @@ def parse_text_request(obj: dict[str, Any]) -> TextRequest:
         raise _fail(ErrorCode.INVALID_REQUEST, f"chat and stream must be true or false, got {chat!r}, {stream!r}", rid)
     max_tokens = _number(obj, "max_tokens", 1, MAX_TOKENS_LIMIT, 128, rid, integer=True)
     return TextRequest(id=rid, prompt=prompt, messages=parsed_messages, model=_model(obj, rid), max_tokens=max_tokens,
-                       chat=chat, stream=stream, sampling=_parse_sampling(obj.get("sampling", {}), rid), reply_to=_reply_to(obj, rid))
+                       chat=chat, stream=stream, sampling=_parse_sampling(obj.get("sampling", {}), rid),
+                       reply_to=_reply_to(obj, rid))
 
 
 def parse_image_request(obj: dict[str, Any]) -> ImageRequest:

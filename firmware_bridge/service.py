@@ -166,7 +166,7 @@ class DeviceService:
         try:
             if self._accept(msg, delivery):
                 return  # queued: acknowledged when answered
-        except Exception:  # noqa: BLE001 - one bad message must not stop the device
+        except Exception:  # one bad message must not stop the device
             log.exception("failed to handle a message on %s", msg.topic)
             self.counters["internal_errors"] += 1
         self._ack([delivery])
@@ -297,7 +297,7 @@ class DeviceService:
                 job = self._queue.popleft()
             try:
                 self._run(job)
-            except Exception:  # noqa: BLE001 - the device keeps serving
+            except Exception:  # the device keeps serving
                 log.exception("request %s failed", job.request.id)
                 self._finish(job, self._send_error(job.response_topic, job.correlation, job.request.id,
                                                    ErrorCode.INTERNAL, "the engine failed; see the device log"))

@@ -23,7 +23,8 @@ def make_tls_files(folder: Path) -> dict[str, str]:
 
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
         "-subj", "/CN=edgegen test CA")
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+    extensions = {"server": "subjectAltName=IP:127.0.0.1,DNS:localhost", "client": "extendedKeyUsage=clientAuth"}
+    for name, ext in extensions.items():
         run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
             "-subj", f"/CN=edgegen-{name}")
         (folder / f"{name}.ext").write_text(ext + "\n")
@@ -67,7 +68,7 @@ def tls_broker(tmp_path: Path, tls_files: dict[str, str]):
     b.stop()
 
 
-def spawn(args: list[str], **kwargs) -> subprocess.Popen:  # noqa: ANN003
+def spawn(args: list[str], **kwargs) -> subprocess.Popen:
     """A child Python process that dies with the test process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, preexec_fn=die_with_parent, **kwargs)

@@ -13,7 +13,7 @@ from firmware_bridge.service import DeviceService, ServiceConfig
 
 @contextlib.contextmanager
 def running_device(options: BrokerOptions, engine: FakeTextEngine | None = None, device_id: str = "dev1",
-                   **config) -> Iterator[tuple[DeviceService, FakeTextEngine]]:  # noqa: ANN003
+                   **config) -> Iterator[tuple[DeviceService, FakeTextEngine]]:
     engine = engine or FakeTextEngine()
     service = DeviceService(ServiceConfig(device_id, **config), options, {"default": engine})
     service.start()
@@ -25,7 +25,7 @@ def running_device(options: BrokerOptions, engine: FakeTextEngine | None = None,
 
 
 @contextlib.contextmanager
-def connected_client(options: BrokerOptions, **kwargs) -> Iterator[Client]:  # noqa: ANN003
+def connected_client(options: BrokerOptions, **kwargs) -> Iterator[Client]:
     client = Client(options, timeout_s=30, **kwargs).connect()
     try:
         yield client

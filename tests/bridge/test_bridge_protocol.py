@@ -15,12 +15,12 @@ from firmware_bridge.schema import MAX_PROMPT_CHARS, MAX_REQUEST_BYTES
 
 
 @pytest.fixture
-def options(broker) -> BrokerOptions:  # noqa: ANN001
+def options(broker) -> BrokerOptions:
     return BrokerOptions("127.0.0.1", broker.port)
 
 
 def test_round_trip_tokens_in_order(options: BrokerOptions) -> None:
-    with running_device(options) as (service, _), connected_client(options) as client:
+    with running_device(options) as (_, _), connected_client(options) as client:
         stream = client.generate("river delta", device="dev1", max_tokens=12)
         pieces = list(stream)
         assert pieces == [f"river-{i} " for i in range(12)]
@@ -120,7 +120,7 @@ def test_duplicate_request_is_answered_not_generated_twice(options: BrokerOption
 def test_full_queue_answers_busy_then_serves_again(options: BrokerOptions) -> None:
     gate = threading.Event()
     engine = FakeTextEngine(delay_s=0.005)
-    with running_device(options, engine, queue_size=1) as (service, _), connected_client(options) as client:
+    with running_device(options, engine, queue_size=1) as (_, _), connected_client(options) as client:
         first_piece = threading.Event()
         engine.on_emit = lambda rid, seq: (first_piece.set(), gate.wait(10))
         running = client.generate("one", device="dev1", max_tokens=3)
@@ -136,7 +136,7 @@ def test_full_queue_answers_busy_then_serves_again(options: BrokerOptions) -> No
 
 def test_cancel_stops_a_running_generation(options: BrokerOptions) -> None:
     engine = FakeTextEngine(delay_s=0.02)
-    with running_device(options, engine) as (service, _), connected_client(options) as client:
+    with running_device(options, engine) as (_, _), connected_client(options) as client:
         stream = client.generate("long", device="dev1", max_tokens=1000, request_id="to-cancel")
         pieces = []
         for piece in stream:
@@ -149,13 +149,13 @@ def test_cancel_stops_a_running_generation(options: BrokerOptions) -> None:
 
 
 def test_status_and_models_are_retained_and_will_says_offline(options: BrokerOptions) -> None:
-    with running_device(options) as (service, _), connected_client(options) as client:
+    with running_device(options) as (_, _), connected_client(options) as client:
         pass
     # The device stopped cleanly: a late subscriber still reads its retained status and models.
     states: dict[str, dict] = {}
     done = threading.Event()
     with connected_client(options) as client:
-        def on_message(c, u, msg) -> None:  # noqa: ANN001
+        def on_message(c, u, msg) -> None:
             states[msg.topic.rsplit("/", 1)[-1]] = json.loads(msg.payload)
             if len(states) == 2:
                 done.set()
@@ -169,7 +169,7 @@ def test_status_and_models_are_retained_and_will_says_offline(options: BrokerOpt
 
 def test_message_expiry_is_a_deadline(options: BrokerOptions) -> None:
     engine = FakeTextEngine(delay_s=0.05)
-    with running_device(options, engine) as (service, _), connected_client(options) as client:
+    with running_device(options, engine) as (_, _), connected_client(options) as client:
         running = client.generate("slow", device="dev1", max_tokens=400, expiry_s=1)
         waiting = client.generate("late", device="dev1", max_tokens=2, expiry_s=1)
         text = running.text()
@@ -184,9 +184,10 @@ def test_pool_cancel_reaches_the_member_running_it(options: BrokerOptions) -> No
     engine = FakeTextEngine(delay_s=0.02)
     with running_device(options, engine, pool="fleet"), connected_client(options) as client:
         stream = client.generate("pooled", pool="fleet", max_tokens=1000, request_id="pool-cancel")
-        assert next(iter_stream := iter(stream)) == "pooled-0 "
+        pieces = iter(stream)
+        assert next(pieces) == "pooled-0 "
         client.cancel("pool-cancel", pool="fleet")
-        rest = list(iter_stream)
+        rest = list(pieces)
         assert stream.result["finish_reason"] == "cancelled" and len(rest) < 999
 
 

@@ -17,7 +17,7 @@ MAX_TOKENS = 8
 
 
 @pytest.mark.slow
-def test_real_model_round_trip_over_mqtt(broker) -> None:  # noqa: ANN001
+def test_real_model_round_trip_over_mqtt(broker) -> None:
     engine = RuntimeTextEngine.load("default")
     options = BrokerOptions("127.0.0.1", broker.port)
     service = DeviceService(ServiceConfig("smol"), options, {"default": engine})

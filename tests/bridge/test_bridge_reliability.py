@@ -34,11 +34,11 @@ class DeviceProcess:
         self.proc = spawn(self.args, stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
 
-    def _read(self, stream) -> None:  # noqa: ANN001
+    def _read(self, stream) -> None:
         for line in stream:
             self.lines.put(line.split())
 
-    def wait_for(self, predicate) -> list[str]:  # noqa: ANN001
+    def wait_for(self, predicate) -> list[str]:
         deadline = time.monotonic() + LINE_TIMEOUT_S
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -60,7 +60,7 @@ class DeviceProcess:
             self.proc.wait(timeout=10)
 
 
-def watch_status(client, device: str) -> queue.Queue:  # noqa: ANN001
+def watch_status(client, device: str) -> queue.Queue:
     states: queue.Queue[str] = queue.Queue()
     topic = topics.status(device)
     client._mqtt.message_callback_add(topic, lambda c, u, msg: states.put(json.loads(msg.payload)["state"]))
@@ -68,7 +68,7 @@ def watch_status(client, device: str) -> queue.Queue:  # noqa: ANN001
     return states
 
 
-def test_pool_device_killed_mid_generation_loses_nothing(broker) -> None:  # noqa: ANN001
+def test_pool_device_killed_mid_generation_loses_nothing(broker) -> None:
     options = BrokerOptions("127.0.0.1", broker.port)
     devices = [DeviceProcess(broker.port, f"dev{i}", "fleet") for i in range(3)]
     try:
@@ -102,7 +102,7 @@ def test_pool_device_killed_mid_generation_loses_nothing(broker) -> None:  # noq
             d.stop()
 
 
-def test_broker_restart_mid_generation(broker) -> None:  # noqa: ANN001
+def test_broker_restart_mid_generation(broker) -> None:
     options = BrokerOptions("127.0.0.1", broker.port)
     started = threading.Event()
     engine = FakeTextEngine(delay_s=0.02, on_emit=lambda rid, seq: seq == 3 and started.set())

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import threading
 
-import paho.mqtt.client as mqtt
 import pytest
 from conftest import PASSWORDS
 from fake_engine import expected_text
@@ -16,7 +15,7 @@ from firmware_bridge.errors import ErrorCode, RequestError
 NOT_AUTHORIZED = 0x87
 
 
-def login(broker, user: str | None, password: str | None = None) -> BrokerOptions:  # noqa: ANN001
+def login(broker, user: str | None, password: str | None = None) -> BrokerOptions:
     return BrokerOptions("127.0.0.1", broker.port, username=user,
                          password=password if password is not None else PASSWORDS.get(user or ""))
 
@@ -40,7 +39,7 @@ def puback_reason(options: BrokerOptions, client_id: str, topic: str) -> int:
     return reasons[0]
 
 
-def test_acl_lets_each_party_do_its_job(auth_broker) -> None:  # noqa: ANN001
+def test_acl_lets_each_party_do_its_job(auth_broker) -> None:
     with running_device(login(auth_broker, "dev1"), pool="fleet"), \
             connected_client(login(auth_broker, "alice"), client_id="alice-1") as client:
         assert client.generate("allowed", device="dev1", max_tokens=3).text() == expected_text("allowed", 3)
@@ -48,14 +47,13 @@ def test_acl_lets_each_party_do_its_job(auth_broker) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("user,password", [(None, None), ("alice", "wrong"), ("mallory", "x")])
-def test_unauthenticated_client_is_refused(auth_broker, user, password) -> None:  # noqa: ANN001
-    with pytest.raises(RequestError) as err:
-        with connected_client(login(auth_broker, user, password)):
-            pass
+def test_unauthenticated_client_is_refused(auth_broker, user, password) -> None:
+    with pytest.raises(RequestError) as err, connected_client(login(auth_broker, user, password)):
+        pass
     assert err.value.code == ErrorCode.NOT_AUTHORIZED
 
 
-def test_device_publishing_outside_its_subtree_gets_puback_0x87(auth_broker) -> None:  # noqa: ANN001
+def test_device_publishing_outside_its_subtree_gets_puback_0x87(auth_broker) -> None:
     dev1 = login(auth_broker, "dev1")
     assert puback_reason(dev1, "dev1", topics.status("dev1")) < 0x80  # 0x10: accepted, no subscribers
     assert puback_reason(dev1, "dev1", topics.status("dev2")) == NOT_AUTHORIZED
@@ -63,25 +61,23 @@ def test_device_publishing_outside_its_subtree_gets_puback_0x87(auth_broker) -> 
     assert puback_reason(login(auth_broker, "alice"), "alice-1", topics.status("dev1")) == NOT_AUTHORIZED
 
 
-def test_client_reports_a_refused_publish(auth_broker) -> None:  # noqa: ANN001
+def test_client_reports_a_refused_publish(auth_broker) -> None:
     with connected_client(login(auth_broker, "dev2"), client_id="dev2") as client:
         with pytest.raises(RequestError) as err:
             client.generate("not mine", device="dev1")
         assert err.value.code == ErrorCode.NOT_AUTHORIZED
 
 
-def test_tls_with_client_certificates(tls_broker, tls_files) -> None:  # noqa: ANN001
+def test_tls_with_client_certificates(tls_broker, tls_files) -> None:
     tls = BrokerOptions("127.0.0.1", tls_broker.port, cafile=tls_files["cafile"], certfile=tls_files["certfile"],
                         keyfile=tls_files["keyfile"])
     with running_device(tls), connected_client(tls) as client:
         assert client.generate("secret", device="dev1", max_tokens=2).text() == expected_text("secret", 2)
     no_client_cert = BrokerOptions("127.0.0.1", tls_broker.port, cafile=tls_files["cafile"])
-    with pytest.raises(RequestError) as err:
-        with connected_client(no_client_cert):
-            pass
+    with pytest.raises(RequestError) as err, connected_client(no_client_cert):
+        pass
     assert err.value.code == ErrorCode.CONNECTION_FAILED
     plain = BrokerOptions("127.0.0.1", tls_broker.port)
-    with pytest.raises(RequestError) as err:
-        with connected_client(plain):
-            pass
+    with pytest.raises(RequestError) as err, connected_client(plain):
+        pass
     assert err.value.code == ErrorCode.CONNECTION_FAILED

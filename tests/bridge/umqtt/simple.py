@@ -15,8 +15,8 @@ class MQTTException(Exception):
 
 
 class MQTTClient:
-    def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0, ssl=False,  # noqa: ANN001
-                 ssl_params=None):  # noqa: ANN001
+    def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0, ssl=False,
+                 ssl_params=None):
         self.server, self.port, self.keepalive = server, port or 1883, keepalive
         self._paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                                  clean_session=True)
@@ -26,10 +26,10 @@ class MQTTClient:
         self._callback = None
         self._paho.on_message = lambda c, u, msg: self._messages.put((msg.topic.encode(), msg.payload))
 
-    def set_callback(self, f) -> None:  # noqa: ANN001
+    def set_callback(self, f) -> None:
         self._callback = f
 
-    def connect(self, clean_session=True) -> int:  # noqa: ANN001
+    def connect(self, clean_session=True) -> int:
         connected = threading.Event()
         self._paho.on_connect = lambda c, u, f, rc, p: connected.set()
         self._paho.connect(self.server, self.port, self.keepalive or 60)
@@ -38,14 +38,14 @@ class MQTTClient:
             raise MQTTException("no CONNACK")
         return 0
 
-    def subscribe(self, topic, qos=0) -> None:  # noqa: ANN001
+    def subscribe(self, topic, qos=0) -> None:
         done = threading.Event()
         self._paho.on_subscribe = lambda c, u, mid, rcs, p: done.set()
         self._paho.subscribe(topic, qos)
         if not done.wait(10):
             raise MQTTException("no SUBACK")
 
-    def publish(self, topic, msg, retain=False, qos=0) -> None:  # noqa: ANN001
+    def publish(self, topic, msg, retain=False, qos=0) -> None:
         self._paho.publish(topic, msg, qos=qos, retain=retain).wait_for_publish(10)
 
     def check_msg(self) -> None:
