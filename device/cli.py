@@ -27,11 +27,11 @@ def format_report(report: dict) -> str:
     """The report as aligned text lines."""
     host = report["host"]
     lines = [
-        f"board:     {host['board_model'] or 'not identified (no device-tree model / Apple chip)'}"
-        + (f"  [{host['tegra_release']}]" if host["tegra_release"] else ""),
+        (f"board:     {host['board_model'] or 'not identified (no device-tree model / Apple chip)'}"
+         + (f"  [{host['tegra_release']}]" if host["tegra_release"] else "")),
         f"profile:   {report['board_profile'] or '-'}",
-        f"cpu:       {host['cpu_model'] or '?'} ({host['cpu_logical_cores']} logical, "
-        f"{host['cpu_physical_cores'] or '?'} physical cores, {host['machine']})",
+        (f"cpu:       {host['cpu_model'] or '?'} ({host['cpu_logical_cores']} logical, "
+         f"{host['cpu_physical_cores'] or '?'} physical cores, {host['machine']})"),
         f"memory:    {_mib(host['memory_total_bytes'])} total, {_mib(host['memory_available_bytes'])} available",
         "backends:",
     ]

@@ -25,12 +25,12 @@ def format_plan(plan: dict) -> str:
     lines = [
         f"model:    {plan['model']}",
         f"board:    {plan['board']} ({plan['backend']}), context {plan['context']} tokens",
-        f"memory:   weights {plan['weights_bytes'] / MIB:,.1f} MiB + mapped file {plan['mapped_file_bytes'] / MIB:,.1f}"
-        f" + KV cache {plan['kv_cache_bytes'] / MIB:,.1f} + activations {plan['activations_bytes'] / MIB:,.1f}"
-        f" + runtime {plan['runtime_bytes'] / MIB:,.1f} = {plan['total_bytes'] / MIB:,.1f} MiB peak RSS",
+        (f"memory:   weights {plan['weights_bytes'] / MIB:,.1f} MiB + mapped file {plan['mapped_file_bytes'] / MIB:,.1f}"
+         f" + KV cache {plan['kv_cache_bytes'] / MIB:,.1f} + activations {plan['activations_bytes'] / MIB:,.1f}"
+         f" + runtime {plan['runtime_bytes'] / MIB:,.1f} = {plan['total_bytes'] / MIB:,.1f} MiB peak RSS"),
         f"verdict:  {'FITS' if plan['fits'] else 'DOES NOT FIT'}: {plan['reason']}",
-        f"decode:   at most {plan['decode_ceiling_tok_s']:,.1f} tok/s "
-        f"({plan['bytes_per_token'] / MIB:,.1f} MiB read per token at the full context)",
+        (f"decode:   at most {plan['decode_ceiling_tok_s']:,.1f} tok/s "
+         f"({plan['bytes_per_token'] / MIB:,.1f} MiB read per token at the full context)"),
         f"advice:   {plan['suggestion']}",
         "recipes:  " + "; ".join(f"{name} {r['required_bytes'] / MIB:,.0f} MiB {'fits' if r['fits'] else 'no'}"
                                  f" <= {r['decode_ceiling_tok_s']:,.0f} tok/s" for name, r in plan["recipes"].items()),

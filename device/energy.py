@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 NOT_AVAILABLE = "not available"
 
@@ -81,7 +82,7 @@ class EnergyMeter:
         t, p = time.perf_counter(), self._power_w()
         self.joules += (p + last_p) / 2 * (t - last_t)
 
-    def __enter__(self) -> EnergyMeter:
+    def __enter__(self) -> Self:
         self.joules = None
         if self.zones:
             self._start_uj = [_read_int(z / "energy_uj") or 0 for z in self.zones]

@@ -9,6 +9,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import psutil
@@ -78,7 +79,7 @@ class TokenTimer:
     def token_latencies_ms(self) -> list[float]:
         """Gap before each token after the first: the per-token decode latency."""
         times = self.token_times_s
-        return [(b - a) * 1000 for a, b in zip(times, times[1:])]
+        return [(b - a) * 1000 for a, b in pairwise(times)]
 
     @property
     def decode_tokens_per_s(self) -> float | None:

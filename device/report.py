@@ -36,15 +36,15 @@ def format_table(r: dict) -> str:
         ("prefill", _fmt(r["prefill_tok_s"], " tok/s", digits=1)),
         ("decode", _fmt(r["decode_tok_s"], " tok/s", digits=1)),
         ("per-token latency p50 / p99", f"{_fmt(r['latency_p50_ms'], ' ms', digits=1)} / "
-                                        f"{_fmt(r['latency_p99_ms'], ' ms', digits=1)}"),
+                                        + _fmt(r["latency_p99_ms"], " ms", digits=1)),
         ("peak host RSS", _fmt(r["peak_rss_bytes"], " MiB", MIB, 1)),
         ("peak tinygrad device memory", _fmt(r["peak_device_bytes"], " MiB", MIB, 1)),
         ("start-up, cold / warm kernel cache", f"{_fmt(r['compile_cold_s'], ' s', digits=1)} / "
-                                               f"{_fmt(r['compile_warm_s'], ' s', digits=1)}"),
+                                               + _fmt(r["compile_warm_s"], " s", digits=1)),
         ("kernel compile time (cold - warm)", _fmt(r["kernel_compile_s"], " s", digits=1)),
-        ("achieved memory bandwidth", f"{_fmt(r['achieved_bandwidth_bytes_per_s'], ' GB/s', 1e9)} = "
-                                      f"{_fmt(r['bandwidth_share'], '%', 0.01, 1)} of {r['board']}'s "
-                                      f"{_fmt(r['board_bandwidth_bytes_per_s'], ' GB/s', 1e9, 1)}"),
+        ("achieved memory bandwidth", (f"{_fmt(r['achieved_bandwidth_bytes_per_s'], ' GB/s', 1e9)} = "
+                                       f"{_fmt(r['bandwidth_share'], '%', 0.01, 1)} of {r['board']}'s "
+                                       f"{_fmt(r['board_bandwidth_bytes_per_s'], ' GB/s', 1e9, 1)}")),
         ("energy per token", _fmt(r["joules_per_token"], " J", digits=3) if r["joules_per_token"] is not None
          else f"{r['energy_source']}"),
     ]
@@ -101,7 +101,7 @@ def plot_latency(r: dict, path: Path) -> None:
 
 
 def plot_comparison(history: list[dict], path: Path) -> None:
-    """Bar chart of decode and prefill tok/s, the latest history row per (label, device)."""
+    """Bar charts of decode tok/s, prefill tok/s and peak RSS: the latest history row per (label, device)."""
     latest: dict[tuple[str, str], dict] = {}
     for row in history:
         latest[(row["label"], row["device"])] = row
@@ -110,12 +110,14 @@ def plot_comparison(history: list[dict], path: Path) -> None:
     plt = _pyplot()
     names = [f"{label}\n{dev}" for label, dev in latest]
 
-    def values(key: str) -> list[float]:
-        return [float(row[key]) if row.get(key) else 0.0 for row in latest.values()]
+    def values(key: str, scale: float) -> list[float]:
+        return [float(row[key]) / scale if row.get(key) else 0.0 for row in latest.values()]
 
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 2 + 1.6 * len(names)), 4))
-    for ax, key, title in ((axes[0], "decode_tok_s", "decode tok/s"), (axes[1], "prefill_tok_s", "prefill tok/s")):
-        bars = ax.bar(names, values(key), color="tab:blue" if key.startswith("decode") else "tab:orange")
+    panels = (("decode_tok_s", "decode tok/s", 1.0, "tab:blue"), ("prefill_tok_s", "prefill tok/s", 1.0, "tab:orange"),
+              ("peak_rss_bytes", "peak RSS (MiB)", MIB, "tab:green"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8, 2 + 2.4 * len(names)), 4))
+    for ax, (key, title, scale, color) in zip(axes, panels, strict=True):
+        bars = ax.bar(names, values(key, scale), color=color)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_title(title)
         ax.tick_params(axis="x", labelsize=8)

@@ -1,0 +1,290 @@
+"""`edgegen bench MODEL`: latency, throughput, memory, compile time, bandwidth share and energy of a model here.
+
+The one module of `device` that imports `runtime`, and only inside functions: it is the command's front end,
+which must load and drive a model; the measurement library it uses (device.measure, energy, report, planner) stays
+free of runtime imports, so `device` remains a leaf for everything else.
+
+Kernel compile time is measured in two fresh processes, each loading the model and producing a first token: one
+with empty caches (tinygrad's compiled kernels: `CACHEDB` pointed at a new file; the runtime's captured JIT graphs:
+`EDGEGEN_CACHE` pointed at a new folder), one with the default caches, which this process has just filled. Their
+difference is the compilation a first deployment pays; the warm figure is what every later start pays.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from device.backends import BACKENDS
+from device.energy import NOT_AVAILABLE, EnergyMeter
+from device.errors import DeviceError
+from device.measure import TokenTimer, latency_stats, peak_rss_bytes, tinygrad_memory_bytes
+from device.model_facts import ModelFacts, read_model_facts
+from device.planner import decode_bytes_per_token
+from device.profiles import BoardProfile, get_profile, match_profile
+
+log = logging.getLogger(__name__)
+# Plain English that the tokenizer splits into ordinary word tokens; repeated to any prompt length.
+PROMPT_TEXT = ("A microcontroller is a small computer on a single chip. It reads sensors, drives motors and talks "
+               "to other devices over serial buses, and it runs for years on a battery. ")
+STARTUP_TIMEOUT_S = 900
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a GGUF model file, or 'default' (SmolLM2-135M-Instruct Q4_1)")
+    parser.add_argument("--prompt-tokens", type=int, default=64, metavar="N", help="prompt length (default 64)")
+    parser.add_argument("--gen-tokens", type=int, default=32, metavar="M", help="tokens generated per run (default 32)")
+    parser.add_argument("--runs", type=int, default=3, metavar="K", help="measured runs after a warm-up (default 3)")
+    parser.add_argument("--device", default="CPU", help=f"tinygrad backend: {', '.join(BACKENDS)} (default CPU)")
+    parser.add_argument("--board", metavar="NAME",
+                        help="profile whose bandwidth the achieved bandwidth is compared with (default: the detected "
+                             "board, else 'host', this machine's measured copy bandwidth)")
+    parser.add_argument("--context", type=int, default=1024, metavar="N", help="KV cache size (default 1024)")
+    parser.add_argument("--label", help="name of this model/recipe in the history and bar chart (default: file name)")
+    parser.add_argument("--results", default="bench-results", metavar="DIR",
+                        help="folder for bench.json, history.csv and PNG plots (default ./bench-results)")
+    parser.add_argument("--no-compile-times", action="store_true",
+                        help="skip the cold/warm kernel-cache start-up measurement (two extra model loads)")
+    parser.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise DeviceError(f"{name} must be a positive integer, got {value}")
+
+
+def resolve_model(model: str) -> Path:
+    """The model's path: 'default' asks the runtime; anything else must be an existing file."""
+    if model == "default":
+        from runtime import default_model_path
+
+        return Path(default_model_path())
+    path = Path(model)
+    if not path.is_file():
+        raise DeviceError(f"model file {model!r} does not exist")
+    return path
+
+
+def validate(args: argparse.Namespace) -> tuple[Path, ModelFacts, str]:
+    """Every cheap check before minutes of work: numbers, device name, model file, context."""
+    for name in ("prompt_tokens", "gen_tokens", "runs", "context"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    device = args.device.upper()
+    if device not in BACKENDS:
+        raise DeviceError(f"unknown device {args.device!r}: expected one of {', '.join(BACKENDS)}")
+    path = resolve_model(args.model)
+    facts = read_model_facts(path)
+    if args.context > facts.max_context:
+        raise DeviceError(f"--context {args.context} exceeds the model's trained context of {facts.max_context}")
+    if args.prompt_tokens + args.gen_tokens > args.context:
+        raise DeviceError(f"--prompt-tokens {args.prompt_tokens} + --gen-tokens {args.gen_tokens} do not fit a "
+                          f"context of {args.context} tokens (raise --context)")
+    return path, facts, device
+
+
+def pick_board(name: str | None) -> BoardProfile:
+    if name:
+        return get_profile(name)
+    from device.host import read_host
+
+    host = read_host()
+    return match_profile(host.board_model, host.memory_total_bytes) or get_profile("host")
+
+
+def load_generator(path: Path, device: str, context: int):
+    """Load through the runtime on `device`. tinygrad 0.14 refuses `Device.DEFAULT = ...`, so the backend is
+    chosen with its DEV context variable and the runtime is asked for its default device."""
+    from tinygrad.helpers import DEV
+
+    from runtime.engine import TextGenerator
+
+    DEV.value = device
+    return TextGenerator.load(str(path), device=None, max_context=context)
+
+
+def make_prompt(tokenizer, n_tokens: int) -> str:
+    """Text that encodes to about `n_tokens` tokens (exactly, unless a cut re-tokenizes differently)."""
+    text = PROMPT_TEXT * (n_tokens // 20 + 2)
+    return tokenizer.decode(tokenizer.encode(text)[:n_tokens])
+
+
+def timed_generation(gen, prompt: str, max_tokens: int, on_token=None) -> tuple[TokenTimer, object, int]:
+    """Run one generation, marking every streamed piece; returns the timer, the runtime's result, pieces seen."""
+    from runtime import SamplingParams
+
+    timer = TokenTimer()
+    pieces = 0
+    timer.start()
+    stream = gen.stream(prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens), chat=False)
+    for _ in stream:
+        timer.mark()
+        pieces += 1
+        if on_token is not None:
+            on_token()
+    return timer, stream.result, pieces
+
+
+def measure_startup(path: Path, device: str, prompt_tokens: int, context: int, cache_dir: str | None) -> dict:
+    """Load and first token in a fresh process, with empty caches in `cache_dir` (None: the default caches)."""
+    env = dict(os.environ, DEV=device)
+    if cache_dir is not None:
+        env["CACHEDB"] = os.path.join(cache_dir, "tinygrad-cache.db")  # tinygrad.helpers.CACHEDB
+        env["EDGEGEN_CACHE"] = os.path.join(cache_dir, "edgegen")  # runtime.jit_cache.cache_dir
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "device.cli_bench", "--startup-probe", str(path), device, str(prompt_tokens),
+           str(context)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S,
+                          check=False)
+    wall = time.perf_counter() - start
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DeviceError(f"start-up probe failed (exit {proc.returncode}): {tail}") from None
+    out["process_s"] = wall
+    return out
+
+
+def _startup_probe(path: str, device: str, prompt_tokens: int, context: int) -> None:
+    """Child of measure_startup: import, load, generate 2 tokens; print times and peak RSS as one JSON line."""
+    t0 = time.perf_counter()
+    gen = load_generator(Path(path), device, context)
+    t_load = time.perf_counter()
+    timer, result, _ = timed_generation(gen, make_prompt(gen.tokenizer, prompt_tokens), 2)
+    t_end = time.perf_counter()
+    print(json.dumps({"load_s": t_load - t0, "first_token_s": t_load - t0 + (timer.ttft_s or 0.0),
+                      "first_generation_s": t_end - t0, "completion_tokens": result.completion_tokens,
+                      "peak_rss_bytes": peak_rss_bytes()}))
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="bench", unit="tok", file=sys.stderr, leave=False)
+
+
+def bench(args: argparse.Namespace) -> dict:
+    """Measure; return the report dict (every field present; None or a string where something does not apply)."""
+    path, facts, device = validate(args)
+    board = pick_board(args.board)
+    label = args.label or path.stem
+    t0 = time.perf_counter()
+    gen = load_generator(path, device, args.context)
+    load_s = time.perf_counter() - t0
+    prompt = make_prompt(gen.tokenizer, args.prompt_tokens)
+
+    # Warm-up: compiles the prefill and decode kernels and captures the JITs. TinyJit runs a function plainly on
+    # its 1st call, captures it on the 2nd and replays from the 3rd, and prefill is called once per generation:
+    # two warm-up generations leave both graphs captured.
+    warm_timer, _, _ = timed_generation(gen, prompt, min(args.gen_tokens, 4) + 1)
+    timed_generation(gen, prompt, 2)
+    bar = _progress(args.runs * args.gen_tokens, not args.no_progress)
+    timers, results, pieces = [], [], []
+    with EnergyMeter() as meter:
+        for _ in range(args.runs):
+            timer, result, n = timed_generation(gen, prompt, args.gen_tokens, bar.update if bar else None)
+            timers.append(timer)
+            results.append(result)
+            pieces.append(n)
+    if bar is not None:
+        bar.close()
+    peak_rss = peak_rss_bytes()
+    device_now = tinygrad_memory_bytes() or {}
+
+    latencies = [t.token_latencies_ms for t in timers]
+    flat = [x for run in latencies for x in run]
+    stats = latency_stats(flat)
+    ttfts = sorted(t.ttft_s for t in timers if t.ttft_s is not None)
+    ttft = ttfts[len(ttfts) // 2] if ttfts else None
+    decode_rates = [t.decode_tokens_per_s for t in timers if t.decode_tokens_per_s]
+    decode = sum(decode_rates) / len(decode_rates) if decode_rates else None
+    prompt_tokens = results[0].prompt_tokens
+    completion = [r.completion_tokens for r in results]
+    # Bytes one decode step reads, at the run's average position; times tokens/s is the bandwidth decode used.
+    mean_pos = prompt_tokens + sum(completion) / len(completion) / 2
+    per_token = decode_bytes_per_token(facts, facts.weights_bytes, int(mean_pos))
+    achieved = per_token * decode if decode else None
+    generated = sum(completion)
+
+    cold = warm = None
+    if not args.no_compile_times:
+        with tempfile.TemporaryDirectory(prefix="edgegen-cold-cache-") as tmp:
+            cold = measure_startup(path, device, args.prompt_tokens, args.context, tmp)
+        warm = measure_startup(path, device, args.prompt_tokens, args.context, None)
+    not_measured = "not measured (--no-compile-times)"
+    return {
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "label": label, "model": str(path), "model_bytes": path.stat().st_size, "device": device,
+        "board": board.name, "board_bandwidth_bytes_per_s": board.bandwidth_bytes_per_s,
+        "board_bandwidth_source": board.bandwidth_source,
+        "prompt_tokens": prompt_tokens, "gen_tokens": args.gen_tokens, "runs": args.runs, "context": args.context,
+        "completion_tokens": completion, "finish_reasons": [r.finish_reason for r in results],
+        "latency_unit": "token" if pieces == completion else "streamed text piece (some tokens were held back)",
+        "load_s": load_s, "warmup_ttft_s": warm_timer.ttft_s,
+        "ttft_s": ttft, "prefill_tok_s": prompt_tokens / ttft if ttft else None,
+        "decode_tok_s": decode, "runtime_decode_tok_s": [r.decode_tokens_per_s for r in results],
+        "latency_p50_ms": stats["p50_ms"], "latency_p99_ms": stats["p99_ms"], "latency_mean_ms": stats["mean_ms"],
+        "latency_max_ms": stats["max_ms"], "token_latencies_ms": latencies,
+        "peak_rss_bytes": peak_rss,
+        "peak_device_bytes": max([t.peak_device_bytes for t in [warm_timer, *timers]] + [sum(device_now.values())]),
+        "device_memory_bytes": device_now,
+        "compile_cold_s": cold["first_token_s"] if cold else not_measured,
+        "compile_warm_s": warm["first_token_s"] if warm else not_measured,
+        "kernel_compile_s": cold["first_token_s"] - warm["first_token_s"] if cold and warm else not_measured,
+        "startup_cold": cold or not_measured, "startup_warm": warm or not_measured,
+        "decode_bytes_per_token": per_token, "achieved_bandwidth_bytes_per_s": achieved,
+        "bandwidth_share": achieved / board.bandwidth_bytes_per_s if achieved else None,
+        "energy_source": meter.source,
+        "energy_j": meter.joules if meter.available else NOT_AVAILABLE,
+        "joules_per_token": meter.joules / generated if meter.available and meter.joules and generated else None,
+    }
+
+
+def write_outputs(report: dict, results: Path, plots: bool) -> dict[str, str]:
+    """bench-<label>.json, history.csv (appended), latency-<label>.png and comparison.png under `results`."""
+    from device import report as rep
+
+    results.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in report["label"])
+    files = {"json": results / f"bench-{safe}.json", "csv": results / "history.csv"}
+    files["json"].write_text(json.dumps(report, indent=2) + "\n")
+    rep.append_csv(report, files["csv"])
+    if plots:
+        files["latency_png"] = results / f"latency-{safe}.png"
+        files["comparison_png"] = results / "comparison.png"
+        rep.plot_latency(report, files["latency_png"])
+        rep.plot_comparison(rep.read_history(files["csv"]), files["comparison_png"])
+    return {k: str(v) for k, v in files.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    report = bench(args)
+    report["files"] = write_outputs(report, Path(args.results), not args.no_plots)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        from device.report import format_table
+
+        print(format_table(report))
+        print("\n".join(f"wrote {p}" for p in report["files"].values()))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--startup-probe":
+        _startup_probe(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        sys.exit("usage: python -m device.cli_bench --startup-probe MODEL DEVICE PROMPT_TOKENS CONTEXT")
