@@ -9,6 +9,7 @@ tinygrad and edgegen version); a stale or unreadable file is ignored and rewritt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -27,12 +28,26 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "jit"
 
 
-def cache_key(model_path: Path, device: str, max_context: int) -> str:
+@functools.cache
+def _code_version() -> str:
+    """Hash of the code that builds the graphs (runtime/ and models/), so a changed model never reuses old graphs."""
     import tinygrad
+
+    h = hashlib.sha256(getattr(tinygrad, "__version__", "?").encode())
+    for package in ("runtime", "models"):
+        folder = Path(__file__).resolve().parents[1] / package
+        for source in sorted(folder.glob("*.py")):
+            h.update(source.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(model_path: Path, device: str, max_context: int) -> str:
+    """Everything a captured graph depends on: the file, device, context, code, and BEAM (it picks the kernels)."""
+    from tinygrad.helpers import BEAM, getenv
 
     st = model_path.stat()
     ident = f"{FORMAT_VERSION}|{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{device}|{max_context}|" \
-            f"{getattr(tinygrad, '__version__', '?')}"
+            f"{_code_version()}|beam={BEAM.value}|jitbeam={getenv('JITBEAM', BEAM.value)}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
