@@ -51,6 +51,15 @@ class _Job:
     received_s: float
     deadline_s: float | None
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    twin_correlations: list[bytes | None] = dataclasses.field(default_factory=list)  # repeats that joined this job
+
+
+# What a finished request was answered with, beyond its chunks: (payload, content type) messages, final one last.
+Answer = tuple[tuple[bytes, str], ...]
+
+
+def _json(payload: bytes) -> Answer:
+    return ((payload, responses.JSON_CONTENT_TYPE),)
 
 
 def stable_seed(request_id: str) -> int:
@@ -78,7 +87,7 @@ class DeviceService:
         self._wake = threading.Condition(self._lock)
         self._queue: collections.deque[_Job] = collections.deque()
         self._active: dict[tuple[str, str], _Job] = {}
-        self._answers: collections.OrderedDict[tuple[str, str], tuple[bytes, str]] = collections.OrderedDict()
+        self._answers: collections.OrderedDict[tuple[str, str], Answer] = collections.OrderedDict()
         self._connection = 0
         self._state = "online"
         self._connected = threading.Event()
@@ -198,6 +207,8 @@ class DeviceService:
             twin = self._active.get(key)
             if twin is not None:
                 twin.deliveries.append(delivery)
+                if correlation != twin.correlation:  # a repeat, not a redelivered copy: it is owed its own answer
+                    twin.twin_correlations.append(correlation)
             if answer is not None or twin is not None:
                 self.counters["duplicates"] += 1
         if twin is not None:
@@ -205,7 +216,7 @@ class DeviceService:
             return True
         if answer is not None:
             log.info("request %s was answered before; sending the answer again", request.id)
-            self._publish(response_topic, correlation, answer[0], answer[1])
+            self._send_answer(response_topic, correlation, answer)
             return False
         try:
             self._check(request)
@@ -299,15 +310,15 @@ class DeviceService:
                 self._run(job)
             except Exception:  # the device keeps serving
                 log.exception("request %s failed", job.request.id)
-                self._finish(job, self._send_error(job.response_topic, job.correlation, job.request.id,
-                                                   ErrorCode.INTERNAL, "the engine failed; see the device log"))
+                self._finish(job, _json(self._send_error(job.response_topic, job.correlation, job.request.id,
+                                                         ErrorCode.INTERNAL, "the engine failed; see the device log")))
 
     def _run(self, job: _Job) -> None:
         now = time.monotonic()
         if job.deadline_s is not None and now > job.deadline_s and not job.cancel.is_set():
-            self._send_error(job.response_topic, job.correlation, job.request.id, ErrorCode.EXPIRED,
-                             f"request waited {now - job.received_s:.1f} s, past its message expiry")
-            self._finish(job, None)
+            self._finish(job, _json(self._send_error(job.response_topic, job.correlation, job.request.id,
+                                                     ErrorCode.EXPIRED, f"request waited {now - job.received_s:.1f} s, "
+                                                     "past its message expiry")))
             return
         if self._state != "busy":
             self._publish_status("busy")
@@ -318,7 +329,7 @@ class DeviceService:
             else:
                 payload = self._run_image(job, job.request, queue_ms)
         except RequestError as e:
-            payload = self._send_error(job.response_topic, job.correlation, job.request.id, e.code, e.message)
+            payload = _json(self._send_error(job.response_topic, job.correlation, job.request.id, e.code, e.message))
         if payload is not None:
             self._finish(job, payload)
         with self._lock:
@@ -326,7 +337,7 @@ class DeviceService:
         if idle and not self._stopping.is_set():
             self._publish_status("online")
 
-    def _run_text(self, job: _Job, request: TextRequest, queue_ms: float) -> bytes | None:
+    def _run_text(self, job: _Job, request: TextRequest, queue_ms: float) -> Answer | None:
         if request.sampling.seed is None:
             request = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling,
                                                                                 seed=stable_seed(request.id)))
@@ -362,32 +373,38 @@ class DeviceService:
         payload = encode(responses.final(request.id, outcome_text, reason, seq, self.device, stats),
                          responses.MAX_RESPONSE_BYTES)
         self._wait(self._publish(job.response_topic, job.correlation, payload))
-        return payload
+        return _json(payload)
 
-    def _run_image(self, job: _Job, request: ImageRequest, queue_ms: float) -> bytes | None:
+    def _run_image(self, job: _Job, request: ImageRequest, queue_ms: float) -> Answer | None:
         start = time.monotonic()
         out = self.image_engines[request.model].generate(request, job.cancel)
         if self._stopping.is_set():
             return None
-        if out.finish_reason == "stop":
+        image: Answer = ((out.png, responses.PNG_CONTENT_TYPE),) if out.finish_reason == "stop" else ()
+        if image:
             self._publish(job.response_topic, job.correlation, out.png, responses.PNG_CONTENT_TYPE)
         stats = responses.Stats(total_ms=round((time.monotonic() - start) * 1000, 3), queue_ms=round(queue_ms, 3),
                                 peak_rss_bytes=peak_rss_bytes())
         self.counters["served"] += 1
         payload = encode(responses.final(request.id, "", out.finish_reason, 0, self.device, stats))
         self._wait(self._publish(job.response_topic, job.correlation, payload))
-        return payload
+        return image + _json(payload)
 
-    def _finish(self, job: _Job, answer: bytes | None) -> None:
-        """Remember the answer (so a duplicate gets it again) and acknowledge every copy of the request."""
+    def _finish(self, job: _Job, answer: Answer) -> None:
+        """Remember the answer (so a repeat gets it again), send it to repeats that joined, ack every copy."""
         with self._lock:
             self._active.pop(job.key, None)
-            if answer is not None:
-                self._answers[job.key] = (answer, responses.JSON_CONTENT_TYPE)
-                while len(self._answers) > self.config.remembered_answers:
-                    self._answers.popitem(last=False)
-            deliveries = list(job.deliveries)
+            self._answers[job.key] = answer
+            while len(self._answers) > self.config.remembered_answers:
+                self._answers.popitem(last=False)
+            deliveries, twins = list(job.deliveries), list(job.twin_correlations)
+        for correlation in twins:
+            self._send_answer(job.response_topic, correlation, answer)
         self._ack(deliveries)
+
+    def _send_answer(self, topic: str, correlation: bytes | None, answer: Answer) -> None:
+        for payload, content_type in answer:
+            self._publish(topic, correlation, payload, content_type)
 
     def _report(self) -> None:
         while not self._stopping.wait(self.config.telemetry_interval_s):

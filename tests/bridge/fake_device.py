@@ -19,10 +19,16 @@ def main() -> int:
     parser.add_argument("--pool")
     parser.add_argument("--delay-s", type=float, default=0.01)
     parser.add_argument("--queue-size", type=int, default=64)
+    parser.add_argument("--stall-at-seq", type=int, help="after emitting this seq of the first request, hang "
+                        "(until killed): a crash mid-generation at a known point")
     args = parser.parse_args()
+    hang = threading.Event()
 
     def report(request_id: str, seq: int) -> None:
         print(f"emit {request_id} {seq}", flush=True)
+        if seq == args.stall_at_seq:
+            print(f"stalled {request_id} {seq}", flush=True)
+            hang.wait()
 
     engine = FakeTextEngine(delay_s=args.delay_s, on_emit=report)
     service = DeviceService(ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size),

@@ -1,12 +1,14 @@
-"""A small deterministic text engine for the bridge's protocol tests (the real model is tested separately)."""
+"""Small deterministic text and image engines for the bridge's protocol tests (the real model is tested separately)."""
 from __future__ import annotations
 
+import struct
 import threading
+import zlib
 from collections.abc import Callable
 
-from firmware_bridge.engines import TextOutcome
+from firmware_bridge.engines import ImageOutcome, TextOutcome
 from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.schema import TextRequest
+from firmware_bridge.schema import ImageRequest, TextRequest
 
 
 def expected_text(prompt: str, max_tokens: int) -> str:
@@ -44,3 +46,28 @@ class FakeTextEngine:
                 self.on_emit(request.id, i)
         return TextOutcome(text=text, finish_reason=reason, prompt_tokens=len(prompt.split()),
                            completion_tokens=len(text.split()), tokens_per_s=1000.0)
+
+
+def tiny_png(gray: int) -> bytes:
+    """A valid 1x1 8-bit grayscale PNG (PNG spec: signature, IHDR, IDAT, IEND chunks)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes([0, gray]))) + \
+        chunk(b"IEND", b"")
+
+
+class FakeImageEngine:
+    """Draws the digit prompt as a 1x1 PNG whose gray level is 25 times the digit."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def check(self, request: ImageRequest) -> None:
+        if not request.prompt.isdigit():
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"prompt must be a digit, got {request.prompt!r}")
+
+    def generate(self, request: ImageRequest, cancel: threading.Event) -> ImageOutcome:
+        self.calls.append(request.id)
+        return ImageOutcome(png=tiny_png(25 * int(request.prompt)))

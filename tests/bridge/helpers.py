@@ -13,9 +13,9 @@ from firmware_bridge.service import DeviceService, ServiceConfig
 
 @contextlib.contextmanager
 def running_device(options: BrokerOptions, engine: FakeTextEngine | None = None, device_id: str = "dev1",
-                   **config) -> Iterator[tuple[DeviceService, FakeTextEngine]]:
+                   image_engines: dict | None = None, **config) -> Iterator[tuple[DeviceService, FakeTextEngine]]:
     engine = engine or FakeTextEngine()
-    service = DeviceService(ServiceConfig(device_id, **config), options, {"default": engine})
+    service = DeviceService(ServiceConfig(device_id, **config), options, {"default": engine}, image_engines)
     service.start()
     try:
         assert service.wait_connected(10), "device did not connect"

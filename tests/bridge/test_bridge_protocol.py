@@ -5,7 +5,7 @@ import json
 import threading
 
 import pytest
-from fake_engine import FakeTextEngine, expected_text
+from fake_engine import FakeImageEngine, FakeTextEngine, expected_text, tiny_png
 from helpers import connected_client, running_device
 
 from firmware_bridge import topics
@@ -88,6 +88,17 @@ def test_images_are_refused_until_a_diffusion_engine_is_plugged_in(options: Brok
         assert err.value.code == ErrorCode.UNSUPPORTED
 
 
+def test_a_plugged_in_image_engine_answers_with_png(options: BrokerOptions) -> None:
+    images = FakeImageEngine()
+    with running_device(options, image_engines={"digits": images}), connected_client(options) as client:
+        assert client.image("7", device="dev1", model="digits") == tiny_png(175)
+        for prompt, model, code in (("x", "digits", ErrorCode.INVALID_REQUEST), ("7", "default", ErrorCode.UNKNOWN_MODEL)):
+            with pytest.raises(RequestError) as err:
+                client.image(prompt, device="dev1", model=model)
+            assert err.value.code == code
+        assert len(images.calls) == 1
+
+
 def test_request_without_response_topic_is_reported_on_the_error_topic(options: BrokerOptions) -> None:
     received: list[dict] = []
     both = threading.Event()
@@ -115,6 +126,17 @@ def test_duplicate_request_is_answered_not_generated_twice(options: BrokerOption
         assert list(again) == []  # no chunks the second time: the remembered final answer only
         assert again.result["text"] == first == expected_text("twice", 4)
         assert engine.calls == ["same-id"] and service.counters["duplicates"] == 1
+
+
+def test_repeat_of_a_running_request_joins_it(options: BrokerOptions) -> None:
+    engine = FakeTextEngine(delay_s=0.01)
+    with running_device(options, engine), connected_client(options) as client:
+        first = client.generate("joined", device="dev1", max_tokens=20, request_id="twin")
+        pieces = iter(first)
+        next(pieces)  # running now
+        repeat = client.generate("joined", device="dev1", max_tokens=20, request_id="twin")
+        assert repeat.text() == "".join(["joined-0 ", *pieces]) == expected_text("joined", 20)
+        assert engine.calls == ["twin"]
 
 
 def test_full_queue_answers_busy_then_serves_again(options: BrokerOptions) -> None:
@@ -170,8 +192,8 @@ def test_status_and_models_are_retained_and_will_says_offline(options: BrokerOpt
 def test_message_expiry_is_a_deadline(options: BrokerOptions) -> None:
     engine = FakeTextEngine(delay_s=0.05)
     with running_device(options, engine) as (_, _), connected_client(options) as client:
-        running = client.generate("slow", device="dev1", max_tokens=400, expiry_s=1)
-        waiting = client.generate("late", device="dev1", max_tokens=2, expiry_s=1)
+        running = client.generate("slow", device="dev1", max_tokens=400, expiry_s=2)  # stops after 2 s
+        waiting = client.generate("late", device="dev1", max_tokens=2, expiry_s=1)  # expired by the time it starts
         text = running.text()
         assert running.result["finish_reason"] == "deadline" and 0 < len(text.split()) < 400
         with pytest.raises(RequestError) as err:

@@ -17,21 +17,21 @@ from firmware_bridge.connection import BrokerOptions
 
 N_REQUESTS = 36
 TOKENS = 8
-TOKEN_DELAY_S = 0.03  # 0.24 s an answer: time to kill a device between its second and last chunk
+TOKEN_DELAY_S = 0.01
 LINE_TIMEOUT_S = 20.0
 
 
 class DeviceProcess:
     """tests/bridge/fake_device.py in a child process; its stdout lines (`ready`, `emit ID SEQ`) land in a queue."""
 
-    def __init__(self, port: int, device_id: str, pool: str):
+    def __init__(self, port: int, device_id: str, pool: str, stall_at_seq: int | None = None):
         self.args = ["tests/bridge/fake_device.py", "--port", str(port), "--device-id", device_id, "--pool", pool,
                      "--delay-s", str(TOKEN_DELAY_S)]
         self.lines: queue.Queue[str] = queue.Queue()
-        self.start()
+        self.start([] if stall_at_seq is None else ["--stall-at-seq", str(stall_at_seq)])
 
-    def start(self) -> None:
-        self.proc = spawn(self.args, stdout=subprocess.PIPE, text=True)
+    def start(self, extra_args: list[str] | None = None) -> None:
+        self.proc = spawn(self.args + (extra_args or []), stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
 
     def _read(self, stream) -> None:
@@ -70,7 +70,8 @@ def watch_status(client, device: str) -> queue.Queue:
 
 def test_pool_device_killed_mid_generation_loses_nothing(broker) -> None:
     options = BrokerOptions("127.0.0.1", broker.port)
-    devices = [DeviceProcess(broker.port, f"dev{i}", "fleet") for i in range(3)]
+    # dev0 hangs after streaming chunk 2 of its first request, so the SIGKILL lands mid-generation every time.
+    devices = [DeviceProcess(broker.port, f"dev{i}", "fleet", stall_at_seq=2 if i == 0 else None) for i in range(3)]
     try:
         for d in devices:
             d.wait_for(lambda w: w == ["ready"])
@@ -79,14 +80,14 @@ def test_pool_device_killed_mid_generation_loses_nothing(broker) -> None:
             streams = {f"req-{i}": client.generate(f"word{i} please", pool="fleet", max_tokens=TOKENS,
                                                    request_id=f"req-{i}") for i in range(N_REQUESTS)}
             # SIGKILL dev0 once the client holds part of one of its answers, then start it again under the same id.
-            _, killed_id, _ = devices[0].wait_for(lambda w: w[0] == "emit" and int(w[2]) >= 2)
+            _, killed_id, _ = devices[0].wait_for(lambda w: w[0] == "stalled")
             partial = iter(streams[killed_id])
             pieces = [next(partial), next(partial)]
             devices[0].kill()
             deadline = time.monotonic() + LINE_TIMEOUT_S
             while status.get(timeout=max(0.0, deadline - time.monotonic())) != "offline":
                 pass  # the Last Will: a crashed device shows as offline
-            devices[0].start()
+            devices[0].start()  # without the stall
             pieces += list(partial)
             texts = {rid: s.text() for rid, s in streams.items() if rid != killed_id}
             texts[killed_id] = streams[killed_id].result["text"]
