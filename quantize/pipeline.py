@@ -85,10 +85,13 @@ class QuantizedModel:
         return params
 
     def report(self) -> dict[str, Any]:
-        """The quality report stored in the file and printed by the CLI."""
+        """The quality report stored in the file and printed by the CLI.
+
+        Compact on purpose, since it is part of the artifact: per-tensor types are already in the GGUF tensor
+        infos, and calibration is summarized by its alpha per layer group (the full table is printed by the CLI).
+        """
         worst_name, worst_err = self.worst_tensor()
-        return {
-            "tensor_types": {n: q.qtype.name for n, q in self.tensors.items()},
+        report: dict[str, Any] = {
             "rel_errors": {n: _sig(e) for n, e in self.matrix_errors().items()},
             "type_counts": self.type_counts(),
             "size_bytes_before_f32": self.source_float_bytes,
@@ -97,8 +100,15 @@ class QuantizedModel:
             "worst_rel_error": _sig(worst_err),
             "mean_rel_error": _sig(self.mean_error()),
             "promoted_outliers": self.promoted,
-            "calibration": self.calibration,
         }
+        if self.calibration is not None:
+            c = self.calibration
+            alphas: dict[str, list[float]] = {}
+            for g in c["groups"]:  # "blk.3.attn_qkv" -> alphas["attn_qkv"][3]
+                alphas.setdefault(g["group"].split(".", 2)[2], []).append(g["alpha"])
+            report["calibration"] = {k: (_sig(v) if isinstance(v, float) else v) for k, v in c.items()
+                                     if k not in ("groups", "alpha_grid")} | {"alpha_per_layer": alphas}
+        return report
 
 
 def _sig(x: float) -> float:

@@ -67,4 +67,6 @@ def test_pipeline_reports_what_calibration_changed(tmp_path, calibration_text):
     assert cal["tokens"] == min(MAX_TOKENS, len(encode(source, calibration_text)))
     assert len(cal["groups"]) == 4 * 2  # qkv, o, gate/up, down per layer
     assert {g["folded_into"] for g in cal["groups"]} >= {"blk.0.attn_norm.weight", "blk.1.ffn_up.weight rows"}
-    assert result.report()["calibration"]["kl_after"] <= result.report()["calibration"]["kl_before"]
+    stored = result.report()["calibration"]
+    assert stored["kl_after"] <= stored["kl_before"]
+    assert stored["alpha_per_layer"]["attn_qkv"] == [g["alpha"] for g in cal["groups"] if g["group"].endswith("qkv")]
