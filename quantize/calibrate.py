@@ -25,6 +25,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantize.blocks import Q, dequantized
+from quantize.evaluate import log_softmax
 from quantize.llama_numpy import LlamaHParams, forward
 from quantize.source import ModelSource
 
@@ -99,11 +100,6 @@ class _Scaling:
         return (self.weights[name] * col[None, :] / row[:, None]).astype(np.float32)
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def mean_kl(reference: list[np.ndarray], tensors: dict[str, np.ndarray], types: dict[str, GGMLQuantizationType],
             hp: LlamaHParams, seqs: list[list[int]]) -> float:
     """Mean KL(reference || model) per token of the model with `tensors` stored as `types`, on `seqs`."""
@@ -122,6 +118,33 @@ def _identity(s: np.ndarray) -> np.ndarray:
 
 def _quantized(types: dict[str, GGMLQuantizationType], names: list[str]) -> bool:
     return any(types[n] not in (Q.F32, Q.F16) for n in names)
+
+
+Plan = list[tuple[str, list[Member], np.ndarray, Callable[[np.ndarray], np.ndarray], str]]
+
+
+def _layer_plan(p: str, hp: LlamaHParams, a: np.ndarray, o_in: np.ndarray, f: np.ndarray, h: np.ndarray) -> Plan:
+    """One layer's search groups, in order: (name, members, activations for the statistic, expand, folded into).
+
+    a: attention input (normed), o_in: attention output (o's input), f: FFN input (normed), h: silu(gate) * up.
+    """
+    group = hp.n_heads // hp.n_kv_heads
+
+    def expand_heads(s: np.ndarray) -> np.ndarray:  # (KV*D,) -> (H*D,): query heads share their kv head's s
+        return np.tile(s.reshape(hp.n_kv_heads, 1, hp.head_dim), (1, group, 1)).reshape(-1)
+
+    # o's statistic per kv channel: mean |input| over the query heads that share it.
+    o_stat = np.abs(o_in).reshape(-1, hp.n_kv_heads, group, hp.head_dim).mean(axis=2).reshape(len(o_in), -1)
+    return [
+        ("attn_qkv", [Member(p + x, a, True) for x in ("attn_q.weight", "attn_k.weight", "attn_v.weight")],
+         a, _identity, p + "attn_norm.weight"),
+        ("attn_output", [Member(p + "attn_output.weight", o_in, True), Member(p + "attn_v.weight", a, False)],
+         o_stat, expand_heads, p + "attn_v.weight rows"),
+        ("ffn_gate_up", [Member(p + x, f, True) for x in ("ffn_gate.weight", "ffn_up.weight")],
+         f, _identity, p + "ffn_norm.weight"),
+        ("ffn_down", [Member(p + "ffn_down.weight", h, True), Member(p + "ffn_up.weight", f, False)],
+         h, _identity, p + "ffn_up.weight rows"),
+    ]
 
 
 def calibrate(
@@ -144,32 +167,14 @@ def calibrate(
     rng = np.random.default_rng(0)
     scaling = _Scaling(source.tensors, types)
     tensors = dict(source.tensors)
-    group = hp.n_heads // hp.n_kv_heads
     groups: list[dict[str, Any]] = []
     before_total = after_total = 0.0
     for i in track(range(hp.n_layers), "calibration search", hp.n_layers):
-        p = f"blk.{i}."
         layer = {k: np.concatenate(v) for k, v in acts[i].items()}
         acts[i] = {}
         n = next(iter(layer.values())).shape[0]
         rows = np.sort(rng.choice(n, size=min(n, MAX_ROWS), replace=False))
-        a, o_in, f, h = (layer[k][rows] for k in ("attn_in", "attn_out", "ffn_in", "ffn_act"))
-
-        def expand_heads(s: np.ndarray) -> np.ndarray:  # (KV*D,) -> (H*D,): query heads share their kv head's s
-            return np.tile(s.reshape(hp.n_kv_heads, 1, hp.head_dim), (1, group, 1)).reshape(-1)
-
-        # o's statistic per kv channel: mean |input| over the query heads that share it.
-        o_stat = np.abs(o_in).reshape(-1, hp.n_kv_heads, group, hp.head_dim).mean(axis=2).reshape(len(rows), -1)
-        plan = [  # (group name, members, activations for the statistic, expand, where 1/s is folded)
-            ("attn_qkv", [Member(p + x, a, True) for x in ("attn_q.weight", "attn_k.weight", "attn_v.weight")],
-             a, _identity, p + "attn_norm.weight"),
-            ("attn_output", [Member(p + "attn_output.weight", o_in, True), Member(p + "attn_v.weight", a, False)],
-             o_stat, expand_heads, p + "attn_v.weight rows"),
-            ("ffn_gate_up", [Member(p + x, f, True) for x in ("ffn_gate.weight", "ffn_up.weight")],
-             f, _identity, p + "ffn_norm.weight"),
-            ("ffn_down", [Member(p + "ffn_down.weight", h, True), Member(p + "ffn_up.weight", f, False)],
-             h, _identity, p + "ffn_up.weight rows"),
-        ]
+        plan = _layer_plan(f"blk.{i}.", hp, *(layer[k][rows] for k in ("attn_in", "attn_out", "ffn_in", "ffn_act")))
         layer_members = {m.name: m for _, members, *_ in plan for m in members}
         before_total += sum(scaling.error(m) for m in layer_members.values())
         for gname, members, stat, expand, folded in plan:
@@ -186,8 +191,8 @@ def calibrate(
                 scaling.apply(members, best_s, expand)
                 if folded.endswith("norm.weight"):
                     tensors[folded] = (tensors[folded] / best_s).astype(np.float32)
-            groups.append({"group": p + gname, "alpha": best_alpha, "error_before": base, "error_after": best_err,
-                           "folded_into": folded})
+            groups.append({"group": f"blk.{i}.{gname}", "alpha": best_alpha, "error_before": base,
+                           "error_after": best_err, "folded_into": folded})
         after_total += sum(scaling.error(m) for m in layer_members.values())
         for name in layer_members:
             tensors[name] = scaling.scaled(name)
