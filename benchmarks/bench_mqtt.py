@@ -4,7 +4,8 @@ QoS 1 round trip p50/p99 for a tiny request, and a 3-device pool's throughput. P
     .venv/bin/python benchmarks/bench_mqtt.py                  # everything (the model part takes minutes)
     .venv/bin/python benchmarks/bench_mqtt.py --skip-model     # transport only, seconds
 
-Transport numbers use an echo engine (answers at once, or after --work-ms) in separate device processes, so they
+Devices run in their own processes, as on a network (in one process the client's and the device's threads would
+queue for the same GIL). Transport numbers use an echo engine (answers at once, or after --work-ms), so they
 measure the broker, paho and the bridge, not the model. A Mosquitto with the shipped settings is started for the run.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from firmware_bridge.service import DeviceService, ServiceConfig
 
 RESULTS = REPO / "benchmarks" / "results" / "mqtt.json"
 PROMPT = "Name three things a microcontroller is good at."
+SWITCH_INTERVAL_S = 0.001  # firmware_bridge/cli_serve.py
 
 
 class EchoEngine:
@@ -54,9 +56,19 @@ class EchoEngine:
 
 
 def serve_worker(args: argparse.Namespace) -> int:
-    """--worker mode: one echo device in this process until stdin closes."""
+    """--worker mode: one device in this process until stdin closes; the echo engine, or the real model."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as `edgegen serve` does
+    if args.model:
+        from firmware_bridge.engines import RuntimeTextEngine
+
+        engine = RuntimeTextEngine.load(args.model)
+        request = TextRequest(id="warm", prompt=PROMPT, max_tokens=args.max_tokens)
+        for _ in range(2):  # compile and capture the prefill bucket and decode graphs the benchmark prompt uses
+            engine.generate(request, threading.Event(), lambda _: None)
+    else:
+        engine = EchoEngine(args.work_ms / 1000)  # type: ignore[assignment]
     service = DeviceService(ServiceConfig(args.device_id, pool=args.pool, queue_size=100_000),
-                            BrokerOptions("127.0.0.1", args.port), {"default": EchoEngine(args.work_ms / 1000)})
+                            BrokerOptions("127.0.0.1", args.port), {"default": engine})
     service.start()
     if not service.wait_connected(10):
         return 1
@@ -66,16 +78,18 @@ def serve_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_devices(port: int, ids: list[str], pool: str | None, work_ms: float) -> list[subprocess.Popen]:
+def start_devices(port: int, ids: list[str], pool: str | None, work_ms: float,
+                  extra_args: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+    """Device processes (separate from the client, as on a real network), once each is connected and subscribed."""
     procs = []
     for device_id in ids:
         cmd = [sys.executable, __file__, "--worker", "--port", str(port), "--device-id", device_id,
-               "--work-ms", str(work_ms)] + (["--pool", pool] if pool else [])
+               "--work-ms", str(work_ms), *extra_args] + (["--pool", pool] if pool else [])
         procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                       preexec_fn=die_with_parent))
     for p in procs:
         if p.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
-            raise RuntimeError("a device process did not connect")
+            raise RuntimeError("a device process did not start")
     return procs
 
 
@@ -122,8 +136,8 @@ def bench_pool(client: Client, port: int, n_devices: int, n: int, work_ms: float
             "requests_per_s": n / elapsed, "per_device": {d: served.count(d) for d in sorted(set(served))}}
 
 
-def bench_model(client: Client, options: BrokerOptions, runs: int, max_tokens: int) -> dict:
-    """The same greedy request, alternately direct and over MQTT, on one loaded model."""
+def bench_model(client: Client, port: int, runs: int, max_tokens: int) -> dict:
+    """The same greedy request: direct calls in this process, then over MQTT to a device process."""
     from firmware_bridge.engines import RuntimeTextEngine
 
     t0 = time.perf_counter()
@@ -132,21 +146,21 @@ def bench_model(client: Client, options: BrokerOptions, runs: int, max_tokens: i
     request = TextRequest(id="bench", prompt=PROMPT, max_tokens=max_tokens)
     for _ in range(2):  # compile and capture the prefill bucket and decode graphs this prompt uses
         engine.generate(request, threading.Event(), lambda _: None)
-    service = DeviceService(ServiceConfig("bench-model"), options, {"default": engine})
-    service.start()
-    service.wait_connected(10)
     direct, mqtt, overhead = [], [], []
+    for _ in range(runs):
+        first: list[float] = []
+
+        def note_first(_: str, first: list[float] = first) -> None:
+            if not first:
+                first.append(time.perf_counter())
+
+        t0 = time.perf_counter()
+        out = engine.generate(request, threading.Event(), note_first)
+        direct.append({"ttft_ms": (first[0] - t0) * 1000, "total_ms": (time.perf_counter() - t0) * 1000})
+    del engine
+    procs = start_devices(port, ["bench-model"], None, 0.0, ("--model", "default", "--max-tokens", str(max_tokens)))
     try:
         for _ in range(runs):
-            first: list[float] = []
-
-            def note_first(_: str, first: list[float] = first) -> None:
-                if not first:
-                    first.append(time.perf_counter())
-
-            t0 = time.perf_counter()
-            out = engine.generate(request, threading.Event(), note_first)
-            direct.append({"ttft_ms": (first[0] - t0) * 1000, "total_ms": (time.perf_counter() - t0) * 1000})
             t0 = time.perf_counter()
             stream = client.generate(PROMPT, device="bench-model", max_tokens=max_tokens)
             t_first = None
@@ -155,15 +169,15 @@ def bench_model(client: Client, options: BrokerOptions, runs: int, max_tokens: i
             total_ms = (time.perf_counter() - t0) * 1000
             assert stream.result is not None and stream.result["text"] == out.text, "MQTT answer differs"
             mqtt.append({"ttft_ms": ((t_first or time.perf_counter()) - t0) * 1000, "total_ms": total_ms})
-            # Same request: the client's time to first token minus the device's own (runtime) time to first token.
+            # Same request: the client's time to first token minus the device's own (the engine call's) one.
             overhead.append(mqtt[-1]["ttft_ms"] - stream.result["stats"]["ttft_ms"])
     finally:
-        service.stop()
+        stop_devices(procs)
 
     def median(rows: list[dict], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
-    return {"model": str(engine.generator.path.name), "load_s": load_s, "runs": runs, "max_tokens": max_tokens,
+    return {"model": "default (SmolLM2-135M-Instruct Q4_1)", "load_s": load_s, "runs": runs, "max_tokens": max_tokens,
             "completion_tokens": out.completion_tokens, "direct": direct, "mqtt": mqtt,
             "direct_ttft_ms_median": median(direct, "ttft_ms"), "mqtt_ttft_ms_median": median(mqtt, "ttft_ms"),
             "direct_total_ms_median": median(direct, "total_ms"), "mqtt_total_ms_median": median(mqtt, "total_ms"),
@@ -203,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--device-id", help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return serve_worker(args)
@@ -220,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["pools"] = [bench_pool(client, broker.port, n, args.pool_requests, work)
                                    for work in (0.0, args.work_ms) for n in (1, 3)]
                 if not args.skip_model:
-                    report["model"] = bench_model(client, options, args.runs, args.max_tokens)
+                    report["model"] = bench_model(client, broker.port, args.runs, args.max_tokens)
         finally:
             broker.stop()
     print_table(report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 
 from firmware_bridge.cli_common import add_broker_arguments, broker_options
@@ -12,6 +13,9 @@ from firmware_bridge.service import DeviceService, ServiceConfig
 
 log = logging.getLogger(__name__)
 CONNECT_WARN_S = 10.0
+# While the worker thread decodes (Python between tinygrad kernels), paho's network thread waits for the GIL to send
+# each chunk: up to the switch interval, 5 ms by default. 1 ms keeps that wait small against a token's ~100+ ms.
+SWITCH_INTERVAL_S = 0.001
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = broker_options(args)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     config = ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size,
                            telemetry_interval_s=args.telemetry_interval_s)
     engine = RuntimeTextEngine.load(args.model, device=args.backend)

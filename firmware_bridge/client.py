@@ -43,6 +43,8 @@ class TextStream:
         self.image: bytes | None = None
 
     def __iter__(self) -> Iterator[str]:
+        if self.result is not None:
+            return  # already read to the end: `text()` after a loop just returns the final text
         inbox = self._client._inboxes[self._correlation]
         next_seq = 0
         deadline = time.monotonic() + self._timeout_s
