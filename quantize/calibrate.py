@@ -163,7 +163,8 @@ def calibrate(
         for k, v in inputs.items():
             acts[layer].setdefault(k, []).append(v)
 
-    float_logits = [forward(source.tensors, hp, seq, hook=keep) for seq in track(seqs, "calibration forward", len(seqs))]
+    float_logits = [forward(source.tensors, hp, seq, hook=keep)
+                    for seq in track(seqs, "calibration forward", len(seqs))]
     rng = np.random.default_rng(0)
     scaling = _Scaling(source.tensors, types)
     tensors = dict(source.tensors)

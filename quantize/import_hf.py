@@ -113,7 +113,8 @@ def load_hf_folder(folder: Path) -> ModelSource:
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     archs = cfg.get("architectures") or [cfg.get("model_type")]
     if not any(a in _SUPPORTED_ARCHS for a in archs):
-        raise QuantizeError(f"{cfg_path}: architecture {archs} is not supported (expected {', '.join(_SUPPORTED_ARCHS)})")
+        raise QuantizeError(
+            f"{cfg_path}: architecture {archs} is not supported (expected {', '.join(_SUPPORTED_ARCHS)})")
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise QuantizeError(f"{folder}: no *.safetensors files")

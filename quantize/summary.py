@@ -27,8 +27,8 @@ def format_summary(source: ModelSource, result: QuantizedModel, file_bytes: int)
     lines.append(f"size after:  {file_bytes / MB:.2f} MB file ({result.nbytes / MB:.2f} MB tensors)")
     lines.append(f"worst per-tensor error: {worst_name} {worst_err:.4f} (relative; mean {result.mean_error():.4f})")
     if result.promoted:
-        lines.append(f"error outliers promoted to {result.recipe.outlier_type.name if result.recipe.outlier_type else '?'}: "
-                     + ", ".join(result.promoted))
+        promoted_to = result.recipe.outlier_type.name if result.recipe.outlier_type else "?"
+        lines.append(f"error outliers promoted to {promoted_to}: " + ", ".join(result.promoted))
     return "\n".join(lines)
 
 

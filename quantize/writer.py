@@ -34,7 +34,7 @@ def check_writable(out_path: str | Path) -> Path:
     p = Path(out_path)
     if p.is_dir():
         raise QuantizeError(f"output path {str(p)!r} is a directory (expected a .gguf file path)")
-    parent = p.parent if str(p.parent) else Path(".")
+    parent = p.parent  # Path("m.gguf").parent is Path(".")
     if not parent.is_dir():
         raise QuantizeError(f"output path {str(p)!r} is not writable: folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -87,7 +87,7 @@ def write_artifact(out_path: str | Path, source: ModelSource, result: QuantizedM
     """
     out = check_writable(out_path)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     except OSError as e:
         raise QuantizeError(f"output path {str(out)!r} is not writable ({e.strerror})") from e
     os.close(fd)

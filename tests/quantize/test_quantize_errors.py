@@ -79,7 +79,8 @@ def test_hf_folder_with_unsupported_tensor(capsys, tmp_path, out_dir):
 def test_gguf_without_tokenizer(capsys, tmp_path, out_dir):
     src = write_tiny_gguf(tmp_path / "notok.gguf", tiny_tensors(), with_tokenizer=False)
     code, err = run_cli(capsys, "quantize", str(src), "--recipe", "w8", "-o", str(out_dir / "m.gguf"))
-    assert_failed(code, err, out_dir, "no tokenizer in the source (missing tokenizer.ggml.model, tokenizer.ggml.tokens)")
+    assert_failed(code, err, out_dir,
+                  "no tokenizer in the source (missing tokenizer.ggml.model, tokenizer.ggml.tokens)")
 
 
 def test_hf_folder_without_tokenizer(capsys, tmp_path, out_dir):
@@ -133,7 +134,8 @@ def test_empty_calibration_file(capsys, tiny_gguf, tmp_path, out_dir, content):
 
 
 def test_missing_source(capsys, tmp_path, out_dir):
-    code, err = run_cli(capsys, "quantize", str(tmp_path / "none.gguf"), "--recipe", "w8", "-o", str(out_dir / "m.gguf"))
+    code, err = run_cli(capsys, "quantize", str(tmp_path / "none.gguf"), "--recipe", "w8",
+                        "-o", str(out_dir / "m.gguf"))
     assert_failed(code, err, out_dir, "does not exist (expected a .gguf file or a Hugging Face folder)")
 
 

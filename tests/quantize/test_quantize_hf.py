@@ -50,7 +50,8 @@ def write_hf_folder(folder, src) -> None:
     (folder / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": md["llama.embedding_length"],
         "intermediate_size": md["llama.feed_forward_length"], "num_hidden_layers": N_LAYERS,
-        "num_attention_heads": n_head, "num_key_value_heads": n_kv, "max_position_embeddings": md["llama.context_length"],
+        "num_attention_heads": n_head, "num_key_value_heads": n_kv,
+        "max_position_embeddings": md["llama.context_length"],
         "rms_norm_eps": md["llama.attention.layer_norm_rms_epsilon"], "rope_theta": md["llama.rope.freq_base"],
         "vocab_size": md["llama.vocab_size"], "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2}))
     tokens = md["tokenizer.ggml.tokens"]
