@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             return it
         from tqdm import tqdm
 
-        return tqdm(it, desc=desc, total=total, unit="tensor", leave=False)
+        return tqdm(it, desc=desc, total=total, leave=False)
 
     source = load_source(args.source)
     result = quantize_model(source, recipe, calibration_text=text, budget_bytes=budget, track=track)
