@@ -60,6 +60,7 @@ def worker_edgegen(a: argparse.Namespace, ids: list[int]) -> dict:
             if first_token_at is None:
                 first_token_at = time.time()
         r = stream.result
+        tokens = list(r.token_ids)
         if first_token_at is None:
             first_token_at = time.time()
         if a.start_only:
@@ -67,22 +68,31 @@ def worker_edgegen(a: argparse.Namespace, ids: list[int]) -> dict:
         if run > 0:  # run 0 warms up: kernel compilation and JIT capture
             ttft.append(r.ttft_s)
             decode.append(r.decode_tokens_per_s)
-    return {"first_token_wall": first_token_at, "ttft_s": ttft, "decode_tok_s": decode, "peak_rss_mb": peak_rss_mb()}
+    return {"first_token_wall": first_token_at, "ttft_s": ttft, "decode_tok_s": decode, "peak_rss_mb": peak_rss_mb(),
+            "tokens": tokens}
 
 
 def worker_llamacpp(a: argparse.Namespace, ids: list[int]) -> dict:
+    import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
     llm = Llama(model_path=a.model, n_ctx=a.context, n_threads=a.threads, n_threads_batch=a.threads,
                 n_batch=max(len(ids), 64), verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:
+        # llama-cpp-python 0.3 no longer copies logits into `scores` unless logits_all; read the context's row.
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+
     first_token_at = None
     ttft, decode = [], []
     for run in range(a.runs + 1):
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(ids)
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits()))
+        tokens = [token]
         t1 = time.perf_counter()
         if first_token_at is None:
             first_token_at = time.time()
@@ -90,12 +100,14 @@ def worker_llamacpp(a: argparse.Namespace, ids: list[int]) -> dict:
             break
         for _ in range(a.gen_tokens - 1):
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(last_logits()))
+            tokens.append(token)
         t2 = time.perf_counter()
         if run > 0:
             ttft.append(t1 - t0)
             decode.append((a.gen_tokens - 1) / (t2 - t1))
-    return {"first_token_wall": first_token_at, "ttft_s": ttft, "decode_tok_s": decode, "peak_rss_mb": peak_rss_mb()}
+    return {"first_token_wall": first_token_at, "ttft_s": ttft, "decode_tok_s": decode, "peak_rss_mb": peak_rss_mb(),
+            "tokens": tokens}
 
 
 # ---- parent ------------------------------------------------------------------------------------------------------
@@ -148,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = ["edgegen"] + ([] if a.skip_llamacpp else ["llamacpp"])
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cold_cache = {"CACHEDB": str(Path(tmp) / "cold-cache.db")}
+        # cold: empty tinygrad kernel cache and empty edgegen graph cache; steady and warm runs share a graph cache
+        cold_cache = {"CACHEDB": str(Path(tmp) / "cold-cache.db"), "EDGEGEN_CACHE": str(Path(tmp) / "cold-graphs")}
+        os.environ["EDGEGEN_CACHE"] = str(Path(tmp) / "graphs")
         # Cold start first (empty kernel cache), then the steady-state runs, which also leave the cache warm, then a
         # warm start. llama.cpp has no kernel cache: its cold and warm starts are the same program.
         for rt in runtimes:
@@ -167,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_rss_mb": steady["peak_rss_mb"],
                 "start_to_first_token_cold_s": cold["start_to_first_token_s"],
                 "start_to_first_token_warm_s": warm["start_to_first_token_s"],
+                "greedy_tokens": steady["tokens"],
             }
 
     report = {
@@ -176,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "llamacpp" in results:
         e, l = results["edgegen"], results["llamacpp"]
+        same = 0
+        for x, y in zip(e["greedy_tokens"], l["greedy_tokens"]):
+            if x != y:
+                break
+            same += 1
+        report["greedy_tokens_identical_prefix"] = f"{same}/{len(l['greedy_tokens'])}"
         report["ratios_edgegen_over_llamacpp"] = {
             "decode_tok_s": e["decode_tok_s"] / l["decode_tok_s"],
             "ttft_64_s": e["ttft_64_s"] / l["ttft_64_s"],
@@ -202,6 +223,8 @@ def print_table(report: dict) -> None:
         if len(names) > 1 and all(vals):
             line += f"   {vals[0] / vals[1]:.2f}x"
         print(line)
+    if "greedy_tokens_identical_prefix" in report:
+        print(f"greedy tokens identical to llama.cpp's: {report['greedy_tokens_identical_prefix']}")
     print(f"(load average during the run: {report['load_avg_1m']:.1f} on {report['cpus']} CPUs)")
 
 
