@@ -1,35 +1,37 @@
-"""End to end with the real SmolLM2 model: the answer over MQTT equals the runtime's own answer, token for token."""
+"""End to end with the real SmolLM2 model behind `edgegen serve`: the answer over MQTT equals the runtime's own."""
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
-from helpers import connected_client
+from helpers import ChildProcess, connected_client
 
+from firmware_bridge import topics
 from firmware_bridge.connection import BrokerOptions
 from firmware_bridge.engines import RuntimeTextEngine
 from firmware_bridge.errors import ErrorCode, RequestError
 from firmware_bridge.schema import TextRequest
-from firmware_bridge.service import DeviceService, ServiceConfig
 
 PROMPT = "Name three rivers."
 MAX_TOKENS = 8
+START_TIMEOUT_S = 600.0  # loading the model; kernels compile on first use: minutes on 2 shared cores
 
 
 @pytest.mark.slow
-def test_real_model_round_trip_over_mqtt(broker) -> None:
-    engine = RuntimeTextEngine.load("default")
+def test_real_model_round_trip_through_edgegen_serve(broker) -> None:
     options = BrokerOptions("127.0.0.1", broker.port)
-    service = DeviceService(ServiceConfig("smol"), options, {"default": engine})
-    service.start()
+    serve = ChildProcess(["edgegen_cli.py", "serve", "--broker", f"127.0.0.1:{broker.port}", "--device-id", "smol",
+                          "--no-warmup"])
     try:
-        assert service.wait_connected(10)
+        serve.wait_for(lambda words: words[:2] == ["edgegen", "serve:"], START_TIMEOUT_S)
         with connected_client(options) as client:
-            client.timeout_s = 600  # kernels compile on first use: minutes on 2 shared cores
+            client.timeout_s = START_TIMEOUT_S
             stream = client.generate(PROMPT, device="smol", max_tokens=MAX_TOKENS)
             pieces = list(stream)
+            engine = RuntimeTextEngine.load("default")  # for the direct call and token counts below
             # Too long as text (refused before queueing), and too long only once the chat template wraps it
-            # (refused by the runtime before any compute): both are prompt_too_long.
+            # (refused by the runtime before any compute): both are prompt_too_long, and the device goes on.
             context = engine.generator.config.max_context
             for n_tokens in (context + 10, context - 5):
                 prompt = " hello" * n_tokens
@@ -37,11 +39,13 @@ def test_real_model_round_trip_over_mqtt(broker) -> None:
                 with pytest.raises(RequestError) as err:
                     client.generate(prompt, device="smol", max_tokens=4).text()
                 assert err.value.code == ErrorCode.PROMPT_TOO_LONG
+            again = client.generate(PROMPT, device="smol", max_tokens=MAX_TOKENS).text()
+        assert serve.stop() == 0  # SIGTERM: a clean stop
     finally:
-        service.stop()
+        serve.stop()
     result = stream.result
     assert len(pieces) >= 2 and all(pieces)
-    assert "".join(pieces) == result["text"]
+    assert "".join(pieces) == result["text"] == again
     assert result["finish_reason"] in ("stop", "length") and result["stats"]["completion_tokens"] <= MAX_TOKENS
     assert result["stats"]["ttft_ms"] > 0 and result["stats"]["prompt_tokens"] > 0
     # Greedy decoding: the direct call (no MQTT) gives the same text, in the same pieces.
@@ -49,3 +53,18 @@ def test_real_model_round_trip_over_mqtt(broker) -> None:
     outcome = engine.generate(TextRequest(id="direct", prompt=PROMPT, max_tokens=MAX_TOKENS), threading.Event(),
                               direct.append)
     assert direct == pieces and outcome.text == result["text"]
+    assert retained_state(options, "smol") == "offline"
+
+
+def retained_state(options: BrokerOptions, device: str) -> str:
+    states: list[str] = []
+    got = threading.Event()
+    with connected_client(options) as client:
+        def on_status(c: object, u: object, msg: object) -> None:
+            states.append(json.loads(msg.payload)["state"])  # type: ignore[attr-defined]
+            got.set()
+
+        client._mqtt.message_callback_add(topics.status(device), on_status)
+        client._mqtt.subscribe(topics.status(device), qos=1)
+        assert got.wait(10)
+    return states[0]

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import json
 import queue
-import signal
-import subprocess
 import threading
 import time
 
-from conftest import spawn
 from fake_engine import FakeTextEngine, expected_text
-from helpers import connected_client, running_device
+from helpers import ChildProcess, connected_client, running_device
 
 from firmware_bridge import topics
 from firmware_bridge.connection import BrokerOptions
@@ -21,43 +18,11 @@ TOKEN_DELAY_S = 0.01
 LINE_TIMEOUT_S = 20.0
 
 
-class DeviceProcess:
-    """tests/bridge/fake_device.py in a child process; its stdout lines (`ready`, `emit ID SEQ`) land in a queue."""
-
-    def __init__(self, port: int, device_id: str, pool: str, stall_at_seq: int | None = None):
-        self.args = ["tests/bridge/fake_device.py", "--port", str(port), "--device-id", device_id, "--pool", pool,
-                     "--delay-s", str(TOKEN_DELAY_S)]
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.start([] if stall_at_seq is None else ["--stall-at-seq", str(stall_at_seq)])
-
-    def start(self, extra_args: list[str] | None = None) -> None:
-        self.proc = spawn(self.args + (extra_args or []), stdout=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.lines.put(line.split())
-
-    def wait_for(self, predicate) -> list[str]:
-        deadline = time.monotonic() + LINE_TIMEOUT_S
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                words = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if predicate(words):
-                return words
-        raise AssertionError(f"device {self.args} did not print the expected line in time")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.lines = queue.Queue()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+def fake_device(port: int, device_id: str, pool: str, stall_at_seq: int | None = None) -> ChildProcess:
+    """tests/bridge/fake_device.py: prints `ready`, `emit ID SEQ`, and `stalled ID SEQ` when it hangs on purpose."""
+    args = ["tests/bridge/fake_device.py", "--port", str(port), "--device-id", device_id, "--pool", pool,
+            "--delay-s", str(TOKEN_DELAY_S)]
+    return ChildProcess(args, None if stall_at_seq is None else ["--stall-at-seq", str(stall_at_seq)])
 
 
 def watch_status(client, device: str) -> queue.Queue:
@@ -71,23 +36,23 @@ def watch_status(client, device: str) -> queue.Queue:
 def test_pool_device_killed_mid_generation_loses_nothing(broker) -> None:
     options = BrokerOptions("127.0.0.1", broker.port)
     # dev0 hangs after streaming chunk 2 of its first request, so the SIGKILL lands mid-generation every time.
-    devices = [DeviceProcess(broker.port, f"dev{i}", "fleet", stall_at_seq=2 if i == 0 else None) for i in range(3)]
+    devices = [fake_device(broker.port, f"dev{i}", "fleet", stall_at_seq=2 if i == 0 else None) for i in range(3)]
     try:
         for d in devices:
-            d.wait_for(lambda w: w == ["ready"])
+            d.wait_for(lambda w: w == ["ready"], LINE_TIMEOUT_S)
         with connected_client(options) as client:
             status = watch_status(client, "dev0")
             streams = {f"req-{i}": client.generate(f"word{i} please", pool="fleet", max_tokens=TOKENS,
                                                    request_id=f"req-{i}") for i in range(N_REQUESTS)}
             # SIGKILL dev0 once the client holds part of one of its answers, then start it again under the same id.
-            _, killed_id, _ = devices[0].wait_for(lambda w: w[0] == "stalled")
+            _, killed_id, _ = devices[0].wait_for(lambda w: w[0] == "stalled", LINE_TIMEOUT_S)
             partial = iter(streams[killed_id])
             pieces = [next(partial), next(partial)]
             devices[0].kill()
             deadline = time.monotonic() + LINE_TIMEOUT_S
             while status.get(timeout=max(0.0, deadline - time.monotonic())) != "offline":
                 pass  # the Last Will: a crashed device shows as offline
-            devices[0].start()  # without the stall
+            devices[0].start()  # the same device id, without the stall
             pieces += list(partial)
             texts = {rid: s.text() for rid, s in streams.items()}
             assert "".join(pieces) == texts[killed_id]
