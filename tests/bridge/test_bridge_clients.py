@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from fake_engine import expected_text
-from helpers import running_device
+from bridge_fakes import expected_text
+from bridge_helpers import REPO, running_device
 
 from firmware_bridge.connection import BrokerOptions
 

@@ -5,8 +5,8 @@ import json
 import threading
 
 import pytest
-from fake_engine import FakeImageEngine, FakeTextEngine, expected_text, tiny_png
-from helpers import connected_client, running_device
+from bridge_fakes import FakeImageEngine, FakeTextEngine, expected_text, tiny_png
+from bridge_helpers import connected_client, running_device
 
 from firmware_bridge import topics
 from firmware_bridge.connection import BrokerOptions

@@ -5,7 +5,7 @@ import json
 import threading
 
 import pytest
-from helpers import ChildProcess, connected_client
+from bridge_helpers import ChildProcess, connected_client
 
 from firmware_bridge import topics
 from firmware_bridge.connection import BrokerOptions

@@ -6,8 +6,8 @@ import queue
 import threading
 import time
 
-from fake_engine import FakeTextEngine, expected_text
-from helpers import ChildProcess, connected_client, running_device
+from bridge_fakes import FakeTextEngine, expected_text
+from bridge_helpers import ChildProcess, connected_client, running_device
 
 from firmware_bridge import topics
 from firmware_bridge.connection import BrokerOptions
@@ -19,8 +19,8 @@ LINE_TIMEOUT_S = 20.0
 
 
 def fake_device(port: int, device_id: str, pool: str, stall_at_seq: int | None = None) -> ChildProcess:
-    """tests/bridge/fake_device.py: prints `ready`, `emit ID SEQ`, and `stalled ID SEQ` when it hangs on purpose."""
-    args = ["tests/bridge/fake_device.py", "--port", str(port), "--device-id", device_id, "--pool", pool,
+    """tests/bridge/bridge_fake_device.py: prints `ready`, `emit ID SEQ`, and `stalled ID SEQ` when it hangs on purpose."""
+    args = ["tests/bridge/bridge_fake_device.py", "--port", str(port), "--device-id", device_id, "--pool", pool,
             "--delay-s", str(TOKEN_DELAY_S)]
     return ChildProcess(args, None if stall_at_seq is None else ["--stall-at-seq", str(stall_at_seq)])
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import PASSWORDS
-from fake_engine import expected_text
-from helpers import connected_client, running_device
+from bridge_fakes import expected_text
+from bridge_helpers import PASSWORDS, connected_client, running_device
 
 from firmware_bridge import topics
 from firmware_bridge.connection import BrokerOptions, make_client

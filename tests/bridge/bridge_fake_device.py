@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from fake_engine import FakeTextEngine
+from bridge_fakes import FakeTextEngine
 
 from firmware_bridge.connection import BrokerOptions
 from firmware_bridge.service import DeviceService, ServiceConfig

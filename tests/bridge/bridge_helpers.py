@@ -1,20 +1,54 @@
-"""Shared pieces of the bridge tests: an in-process device over FakeTextEngine and a connected client."""
+"""Shared pieces of the bridge tests: TLS files, an in-process device, a connected client, child processes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from conftest import spawn
-from fake_engine import FakeTextEngine
+from bridge_fakes import FakeTextEngine
 
 from firmware_bridge.client import Client
 from firmware_bridge.connection import BrokerOptions
+from firmware_bridge.local_broker import die_with_parent
 from firmware_bridge.service import DeviceService, ServiceConfig
+
+REPO = Path(__file__).resolve().parents[2]
+PASSWORDS = {"dev0": "pw-dev0", "dev1": "pw-dev1", "dev2": "pw-dev2", "alice": "pw-alice"}  # users of acl.example
+
+
+def make_tls_files(folder: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=edgegen test CA")
+    extensions = {"server": "subjectAltName=IP:127.0.0.1,DNS:localhost", "client": "extendedKeyUsage=clientAuth"}
+    for name, ext in extensions.items():
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=edgegen-{name}")
+        (folder / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    return {k: str(folder / f) for k, f in (("cafile", "ca.crt"), ("server_cert", "server.crt"),
+                                            ("server_key", "server.key"), ("certfile", "client.crt"),
+                                            ("keyfile", "client.key"))}
+
+
+
+def spawn(args: list[str], **kwargs) -> subprocess.Popen:
+    """A child Python process that dies with the test process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, preexec_fn=die_with_parent, **kwargs)
 
 
 @contextlib.contextmanager
