@@ -111,20 +111,22 @@ def load_generator(path: Path, device: str, context: int):
     return TextGenerator.load(str(path), device=None, max_context=context)
 
 
-def make_prompt(tokenizer, n_tokens: int) -> str:
-    """Text that encodes to about `n_tokens` tokens (exactly, unless a cut re-tokenizes differently)."""
-    text = PROMPT_TEXT * (n_tokens // 20 + 2)
-    return tokenizer.decode(tokenizer.encode(text)[:n_tokens])
+def make_prompt(tokenizer, n_tokens: int) -> list[int]:
+    """Exactly `n_tokens` token ids of plain English."""
+    ids = tokenizer.encode(PROMPT_TEXT * (n_tokens // 20 + 2))
+    assert len(ids) >= n_tokens, "PROMPT_TEXT repeats enough to cover any length"
+    return ids[:n_tokens]
 
 
-def timed_generation(gen, prompt: str, max_tokens: int, on_token=None) -> tuple[TokenTimer, object, int]:
-    """Run one generation, marking every streamed piece; returns the timer, the runtime's result, pieces seen."""
+def timed_generation(gen, prompt: list[int], max_tokens: int, on_token=None) -> tuple[TokenTimer, object, int]:
+    """Run one greedy generation of exactly `max_tokens` tokens (end-of-turn ignored), marking every streamed
+    piece; returns the timer, the runtime's result, and the number of pieces seen."""
     from runtime import SamplingParams
 
     timer = TokenTimer()
     pieces = 0
     timer.start()
-    stream = gen.stream(prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens), chat=False)
+    stream = gen.stream_ids(prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens), ignore_eos=True)
     for _ in stream:
         timer.mark()
         pieces += 1
@@ -158,14 +160,18 @@ def measure_startup(path: Path, device: str, prompt_tokens: int, context: int, c
 
 def _startup_probe(path: str, device: str, prompt_tokens: int, context: int) -> None:
     """Child of measure_startup: import, load, generate 2 tokens; print times and peak RSS as one JSON line."""
+    from runtime import jit_cache
+
     t0 = time.perf_counter()
+    # Whether the runtime will find captured graphs: its key hashes the file, device, context and runtime code.
+    cache_hit = (jit_cache.cache_dir() / f"{jit_cache.cache_key(Path(path), device, context)}.pkl").is_file()
     gen = load_generator(Path(path), device, context)
     t_load = time.perf_counter()
     timer, result, _ = timed_generation(gen, make_prompt(gen.tokenizer, prompt_tokens), 2)
     t_end = time.perf_counter()
     print(json.dumps({"load_s": t_load - t0, "first_token_s": t_load - t0 + (timer.ttft_s or 0.0),
                       "first_generation_s": t_end - t0, "completion_tokens": result.completion_tokens,
-                      "peak_rss_bytes": peak_rss_bytes()}))
+                      "peak_rss_bytes": peak_rss_bytes(), "jit_cache_hit": cache_hit}))
 
 
 def _progress(total: int, enabled: bool):

@@ -25,9 +25,11 @@ def format_plan(plan: dict) -> str:
     lines = [
         f"model:    {plan['model']}",
         f"board:    {plan['board']} ({plan['backend']}), context {plan['context']} tokens",
-        (f"memory:   weights {plan['weights_bytes'] / MIB:,.1f} MiB + mapped file {plan['mapped_file_bytes'] / MIB:,.1f}"
-         f" + KV cache {plan['kv_cache_bytes'] / MIB:,.1f} + activations {plan['activations_bytes'] / MIB:,.1f}"
-         f" + runtime {plan['runtime_bytes'] / MIB:,.1f} = {plan['total_bytes'] / MIB:,.1f} MiB peak RSS"),
+        (f"memory:   weights {plan['weights_bytes'] / MIB:,.1f} MiB, mapped file {plan['mapped_file_bytes'] / MIB:,.1f},"
+         f" KV cache {plan['kv_cache_bytes'] / MIB:,.1f}, activations {plan['activations_bytes'] / MIB:,.1f},"
+         f" graph copy {plan['graph_copy_bytes'] / MIB:,.1f}, runtime {plan['runtime_bytes'] / MIB:,.1f}"),
+        (f"peak RSS: {plan['first_start_bytes'] / MIB:,.1f} MiB on a first start, "
+         f"{plan['cached_start_bytes'] / MIB:,.1f} MiB with graphs from the JIT cache"),
         f"verdict:  {'FITS' if plan['fits'] else 'DOES NOT FIT'}: {plan['reason']}",
         (f"decode:   at most {plan['decode_ceiling_tok_s']:,.1f} tok/s "
          f"({plan['bytes_per_token'] / MIB:,.1f} MiB read per token at the full context)"),

@@ -39,9 +39,9 @@ def format_table(r: dict) -> str:
                                         + _fmt(r["latency_p99_ms"], " ms", digits=1)),
         ("peak host RSS", _fmt(r["peak_rss_bytes"], " MiB", MIB, 1)),
         ("peak tinygrad device memory", _fmt(r["peak_device_bytes"], " MiB", MIB, 1)),
-        ("start-up, cold / warm kernel cache", f"{_fmt(r['compile_cold_s'], ' s', digits=1)} / "
+        ("start to first token, cold / warm caches", f"{_fmt(r['compile_cold_s'], ' s', digits=1)} / "
                                                + _fmt(r["compile_warm_s"], " s", digits=1)),
-        ("kernel compile time (cold - warm)", _fmt(r["kernel_compile_s"], " s", digits=1)),
+        ("compile + capture time (cold - warm)", _fmt(r["kernel_compile_s"], " s", digits=1)),
         ("achieved memory bandwidth", (f"{_fmt(r['achieved_bandwidth_bytes_per_s'], ' GB/s', 1e9)} = "
                                        f"{_fmt(r['bandwidth_share'], '%', 0.01, 1)} of {r['board']}'s "
                                        f"{_fmt(r['board_bandwidth_bytes_per_s'], ' GB/s', 1e9, 1)}")),

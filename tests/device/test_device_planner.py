@@ -114,10 +114,11 @@ def test_plan_cli_suggests_a_recipe_when_the_file_is_too_big(edgegen, tmp_path):
     from conftest import write_sparse_llama
     from gguf import GGMLQuantizationType as Q
 
-    # A 3B-shaped model stored as F16 (~6 GB) misses an 8 GB Orin Nano, but its 4-bit forms would fit.
-    path = write_sparse_llama(tmp_path / "f16.gguf", Q.F16, dim=3200, n_layers=26, n_heads=32, n_kv_heads=32,
-                              hidden=8640, vocab=32000, context=2048)
-    code, out, _ = edgegen("plan", str(path), "--board", "jetson-orin-nano-8gb", "--context", "1024", "--json")
+    # TinyLlama-1.1B's shape (its config.json) stored as F16 (2.1 GB) misses a 4 GB Raspberry Pi 5 once the
+    # graph copy is counted, but its 8-bit form fits.
+    path = write_sparse_llama(tmp_path / "f16.gguf", Q.F16, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4,
+                              hidden=5632, vocab=32000, context=2048)
+    code, out, _ = edgegen("plan", str(path), "--board", "rpi5-4gb", "--context", "1024", "--json")
     assert code == 0
     plan = json.loads(out)
     assert not plan["fits"]
