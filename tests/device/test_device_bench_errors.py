@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SMOLLM2_Q4_1
+from device_helpers import SMOLLM2_Q4_1
 
 
 @pytest.mark.parametrize("argv, message", [

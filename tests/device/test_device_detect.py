@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
+from device_helpers import REPO
 
 from device.backends import probe_backends
 from device.host import read_host

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import LLAMA7B, SMOLLM2_Q4_1
+from device_helpers import LLAMA7B, SMOLLM2_Q4_1
 
 from device import BOARD_PROFILES, DeviceError, get_profile
 from device.model_facts import read_model_facts
@@ -111,7 +111,7 @@ def test_plan_cli_reports_not_fitting(edgegen, llama7b_q4_path):
 
 
 def test_plan_cli_suggests_a_recipe_when_the_file_is_too_big(edgegen, tmp_path):
-    from conftest import write_sparse_llama
+    from device_helpers import write_sparse_llama
     from gguf import GGMLQuantizationType as Q
 
     # TinyLlama-1.1B's shape (its config.json) stored as F16 (2.1 GB) misses a 4 GB Raspberry Pi 5 once the

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMOLLM2_Q4_1
+from device_helpers import REPO, SMOLLM2_Q4_1
 
 from device.machine import host_profile
 from device.model_facts import read_model_facts
