@@ -103,12 +103,14 @@ class Client:
         self._mqtt.on_disconnect = self._on_disconnect
 
     def connect(self) -> Client:
-        # A session that outlives a broker restart (with persistence) keeps our subscription and queued answers;
-        # the first connection starts clean because this client id is new.
+        # A session that outlives a broker restart keeps our subscription, so answers a device sends before we are
+        # back are queued for us, not dropped. clean_start=False even on the first connection: Mosquitto 2.0 saves
+        # only sessions of clients that connected with clean_start=False (measured: with clean_start=True the
+        # answers published between the broker's restart and our reconnect were lost).
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self._mqtt.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
-                                 clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
+        self._mqtt.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s, clean_start=False,
+                                 properties=props)
         self._mqtt.loop_start()
         if not self._ready.wait(CONNECT_TIMEOUT_S) or self._refused:
             self.close()
@@ -117,7 +119,10 @@ class Client:
         return self
 
     def close(self) -> None:
-        self._mqtt.disconnect()
+        # Our session only had to outlive a broker restart: end it now rather than have the broker keep it 300 s.
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        self._mqtt.disconnect(properties=props)
         self._mqtt.loop_stop()
 
     def __enter__(self) -> Client:

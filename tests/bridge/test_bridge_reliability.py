@@ -1,6 +1,7 @@
 """Nothing is lost: a device SIGKILLed mid-generation and restarted, and a broker restarted mid-run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import threading
@@ -69,9 +70,12 @@ def test_pool_device_killed_mid_generation_loses_nothing(broker) -> None:
 
 def test_broker_restart_mid_generation(broker) -> None:
     options = BrokerOptions("127.0.0.1", broker.port)
+    # The client comes back 3 s after the restart, the device after 1 s: the rest of the answer reaches the broker
+    # while the client is away, and must wait in the client's saved session.
+    slow_client = dataclasses.replace(options, reconnect_min_delay_s=3)
     started = threading.Event()
     engine = FakeTextEngine(delay_s=0.02, on_emit=lambda rid, seq: seq == 3 and started.set())
-    with running_device(options, engine) as (service, _), connected_client(options) as client:
+    with running_device(options, engine) as (service, _), connected_client(slow_client) as client:
         stream = client.generate("survivor", device="dev1", max_tokens=40)
         assert started.wait(10)
         broker.restart()  # SIGTERM: Mosquitto saves sessions; device and client reconnect with backoff
