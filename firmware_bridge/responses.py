@@ -22,6 +22,8 @@ JSON_CONTENT_TYPE = "application/json"
 PNG_CONTENT_TYPE = "image/png"
 # A final answer repeats the whole text: allow more than a request but stay far below Mosquitto's limits.
 MAX_RESPONSE_BYTES = 256 * 1024
+# A PNG answer: below the shipped broker's max_packet_size (1 MiB), which would disconnect the device otherwise.
+MAX_IMAGE_BYTES = 512 * 1024
 FINISH_REASONS = ("stop", "length", "cancelled", "deadline")
 
 

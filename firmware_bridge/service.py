@@ -380,6 +380,9 @@ class DeviceService:
         out = self.image_engines[request.model].generate(request, job.cancel)
         if self._stopping.is_set():
             return None
+        if len(out.png) > responses.MAX_IMAGE_BYTES:  # checked before publishing: see responses.MAX_IMAGE_BYTES
+            raise RequestError(ErrorCode.INTERNAL, f"the image engine made a {len(out.png)}-byte PNG, over the "
+                               f"{responses.MAX_IMAGE_BYTES}-byte limit")
         image: Answer = ((out.png, responses.PNG_CONTENT_TYPE),) if out.finish_reason == "stop" else ()
         if image:
             self._publish(job.response_topic, job.correlation, out.png, responses.PNG_CONTENT_TYPE)

@@ -61,8 +61,9 @@ def tiny_png(gray: int) -> bytes:
 class FakeImageEngine:
     """Draws the digit prompt as a 1x1 PNG whose gray level is 25 times the digit."""
 
-    def __init__(self) -> None:
+    def __init__(self, pad_bytes: int = 0) -> None:
         self.calls: list[str] = []
+        self.pad_bytes = pad_bytes  # trailing bytes after IEND: an oversized image
 
     def check(self, request: ImageRequest) -> None:
         if not request.prompt.isdigit():
@@ -70,4 +71,4 @@ class FakeImageEngine:
 
     def generate(self, request: ImageRequest, cancel: threading.Event) -> ImageOutcome:
         self.calls.append(request.id)
-        return ImageOutcome(png=tiny_png(25 * int(request.prompt)))
+        return ImageOutcome(png=tiny_png(25 * int(request.prompt)) + bytes(self.pad_bytes))

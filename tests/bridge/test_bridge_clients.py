@@ -25,9 +25,9 @@ def options(broker) -> BrokerOptions:
 
 
 def run_shell(options: BrokerOptions, prompt: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", str(SHELL_CLIENT), "dev1", prompt], capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, "HOST": options.host, "PORT": str(options.port), "MAX_TOKENS": "5",
-                               **env})
+    env = {**os.environ, "HOST": options.host, "PORT": str(options.port), "MAX_TOKENS": "5", **env}
+    return subprocess.run(["sh", str(SHELL_CLIENT), "dev1", prompt], capture_output=True, text=True, timeout=60,
+                          check=False, env=env)
 
 
 def test_shell_example_streams_and_answers_once(options: BrokerOptions) -> None:

@@ -11,6 +11,7 @@ from bridge_helpers import connected_client, running_device
 from firmware_bridge import topics
 from firmware_bridge.connection import BrokerOptions
 from firmware_bridge.errors import ErrorCode, RequestError
+from firmware_bridge.responses import MAX_IMAGE_BYTES
 from firmware_bridge.schema import MAX_PROMPT_CHARS, MAX_REQUEST_BYTES
 
 
@@ -90,9 +91,12 @@ def test_images_are_refused_until_a_diffusion_engine_is_plugged_in(options: Brok
 
 def test_a_plugged_in_image_engine_answers_with_png(options: BrokerOptions) -> None:
     images = FakeImageEngine()
-    with running_device(options, image_engines={"digits": images}), connected_client(options) as client:
+    engines = {"digits": images, "huge": FakeImageEngine(pad_bytes=MAX_IMAGE_BYTES)}
+    with running_device(options, image_engines=engines), connected_client(options) as client:
         assert client.image("7", device="dev1", model="digits") == tiny_png(175)
-        for prompt, model, code in (("x", "digits", ErrorCode.INVALID_REQUEST), ("7", "default", ErrorCode.UNKNOWN_MODEL)):
+        refusals = (("x", "digits", ErrorCode.INVALID_REQUEST), ("7", "default", ErrorCode.UNKNOWN_MODEL),
+                    ("7", "huge", ErrorCode.INTERNAL))
+        for prompt, model, code in refusals:
             with pytest.raises(RequestError) as err:
                 client.image(prompt, device="dev1", model=model)
             assert err.value.code == code

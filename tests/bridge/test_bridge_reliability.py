@@ -20,7 +20,7 @@ LINE_TIMEOUT_S = 20.0
 
 
 def fake_device(port: int, device_id: str, pool: str, stall_at_seq: int | None = None) -> ChildProcess:
-    """tests/bridge/bridge_fake_device.py: prints `ready`, `emit ID SEQ`, and `stalled ID SEQ` when it hangs on purpose."""
+    """bridge_fake_device.py: prints `ready`, `emit ID SEQ`, and `stalled ID SEQ` when it hangs on purpose."""
     args = ["tests/bridge/bridge_fake_device.py", "--port", str(port), "--device-id", device_id, "--pool", pool,
             "--delay-s", str(TOKEN_DELAY_S)]
     return ChildProcess(args, None if stall_at_seq is None else ["--stall-at-seq", str(stall_at_seq)])
