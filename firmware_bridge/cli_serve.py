@@ -7,8 +7,10 @@ import signal
 import sys
 import threading
 
+from firmware_bridge import topics
 from firmware_bridge.cli_common import add_broker_arguments, broker_options
 from firmware_bridge.engines import RuntimeTextEngine
+from firmware_bridge.errors import ErrorCode, RequestError
 from firmware_bridge.service import DeviceService, ServiceConfig
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = broker_options(args)
+    if args.queue_size < 1 or not args.telemetry_interval_s > 0:
+        raise RequestError(ErrorCode.INVALID_REQUEST, f"--queue-size must be >= 1 and --telemetry-interval-s > 0, "
+                           f"got {args.queue_size} and {args.telemetry_interval_s}")
+    topics.check_name(args.device_id)
+    if args.pool is not None:
+        topics.check_name(args.pool, "pool")
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     config = ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size,
                            telemetry_interval_s=args.telemetry_interval_s)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from firmware_bridge.errors import ErrorCode, RequestError
+
 ROOT = "edgegen/v1"
 KINDS = ("text", "image")
 # A device or pool name becomes one topic level and a Mosquitto ACL `%u`: keep it to a safe alphabet.
@@ -20,9 +22,10 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def check_name(name: str, what: str = "device id") -> str:
-    """Return `name` if it can be one topic level (letters, digits, `_.-`, up to 64), else raise ValueError."""
+    """Return `name` if it can be one topic level (letters, digits, `_.-`, up to 64), else raise RequestError."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"{what} {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'")
+        raise RequestError(ErrorCode.INVALID_REQUEST,
+                           f"{what} {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'")
     return name
 
 

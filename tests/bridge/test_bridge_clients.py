@@ -80,9 +80,15 @@ def test_edgegen_prompt_cli(options: BrokerOptions, tmp_path: Path) -> None:
     assert not (tmp_path / "x.png").exists()
 
 
-def test_edgegen_serve_refuses_a_bad_broker_address() -> None:
-    done = edgegen("serve", "--device-id", "dev1", "--broker", "localhost:notaport")
-    assert done.returncode == 2 and "HOST:PORT" in done.stderr
+@pytest.mark.parametrize("args,message", [
+    (["--device-id", "dev1", "--broker", "localhost:notaport"], "HOST:PORT"),
+    (["--device-id", "dev/1"], "device id 'dev/1'"),
+    (["--device-id", "dev1", "--pool", "a+b"], "pool 'a+b'"),
+    (["--device-id", "dev1", "--queue-size", "0"], "--queue-size"),
+])
+def test_edgegen_serve_refuses_bad_arguments(args: list[str], message: str) -> None:
+    done = edgegen("serve", *args)
+    assert done.returncode == 2 and "edgegen serve: error: invalid_request:" in done.stderr and message in done.stderr
 
 
 def test_cli_reports_a_missing_broker(options: BrokerOptions) -> None:
