@@ -144,6 +144,11 @@ class Llama:
         cos, sin = self.cos[start_pos : start_pos + T], self.sin[start_pos : start_pos + T]
         for block in self.blocks:
             h = block(h, start_pos, cos, sin)
+            if T > 1:
+                # Batched steps schedule layer by layer: a weight the layer dequantizes into a temporary buffer is
+                # then freed before the next layer, instead of the scheduler hoisting every layer's dequantization
+                # to the front of the graph (measured: a 425 MB arena for SmolLM2's 64-token prefill).
+                h = h.realize()
         if logits_at is not None:
             h = h[:, logits_at : logits_at + 1, :]  # (B, 1, dim)
         elif last_only:

@@ -124,6 +124,7 @@ class TextGenerator:
         if self._model is None:
             self._model, self._weights = build_llama(self.model_file, self.device, self.config.max_context)
             self._model.allocate_cache(1, self.device)
+            self.model_file.release_pages()
         return self._model
 
     @property

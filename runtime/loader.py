@@ -58,6 +58,7 @@ class GGUFWeights:
             )
         layer = pack_linear(info, self.device)
         self.layers[name] = layer
+        self.mf.release_pages()  # the packed copy is on the device now; keep RSS to one copy while loading
         return layer
 
     def vector(self, name: str, size: int) -> Tensor:

@@ -6,6 +6,7 @@ The tensors are not converted: each stays the numpy view of its packed blocks in
 from __future__ import annotations
 
 import importlib.util
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -77,6 +78,18 @@ class ModelFile:
     architecture: str
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
+    mapping: np.memmap | None = field(default=None, repr=False)
+
+    def release_pages(self) -> None:
+        """Drop the mapping's resident pages once the weights have been copied to the device.
+
+        Pages of a read-only file mapping count towards the process's RSS once touched; repacking touches all of
+        them. MADV_DONTNEED returns them (the file is unchanged) and later reads, such as embedding rows, fault
+        back only what they use.
+        """
+        mm = getattr(self.mapping, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -219,4 +232,4 @@ def open_model(model: str | os.PathLike) -> ModelFile:
         tensors[name] = TensorInfo(name, ggml_type, shape, arr)
     if not tensors:
         raise ArtifactError(f"{path.name}: the file has no tensors")
-    return ModelFile(path, architecture, metadata, tensors)
+    return ModelFile(path, architecture, metadata, tensors, data)

@@ -72,8 +72,11 @@ class PackedLinear:
         lead = x.shape[:-1]
         rows = int(np.prod(lead)) if lead else 1
         if rows != 1:
-            # Prefill / batches: a matmul whose weight operand is the dequantizing expression, fused by tinygrad.
-            return x @ self.weight().T
+            # Prefill / batches: dequantize once into a temporary float buffer, then an ordinary matmul. Fused
+            # into the matmul, the dequantization was redone for every tile of rows (2.8 s vs 1.7 s for a 64-token
+            # prefill, measured). The model realizes layer by layer in this mode, so only one layer's temporaries
+            # are alive at a time; decode (rows == 1) never takes this path.
+            return x @ self.weight().contiguous().T
         out, nb = self.out_features, self.in_features // BLOCK
         if self.ggml_type in (T.F32, T.F16):
             lanes = 16 if self.in_features % 16 == 0 else 1
