@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from firmware_bridge import topics
@@ -257,7 +258,8 @@ def parse_cancel(obj: dict[str, Any]) -> CancelRequest:
     return CancelRequest(id=_check_head(obj, {"v", "id"}))
 
 
-_PARSERS = {"text": parse_text_request, "image": parse_image_request, "cancel": parse_cancel}
+_PARSERS: dict[str, Callable[[dict[str, Any]], Request]] = {
+    "text": parse_text_request, "image": parse_image_request, "cancel": parse_cancel}
 
 
 def parse_request(kind: str, payload: bytes) -> Request:

@@ -25,7 +25,7 @@ from firmware_bridge import responses, topics
 from firmware_bridge.connection import BrokerOptions, make_client
 from firmware_bridge.engines import ImageEngine, TextEngine
 from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.schema import ImageRequest, Request, TextRequest, encode, parse_request
+from firmware_bridge.schema import CancelRequest, ImageRequest, Request, TextRequest, encode, parse_request
 
 log = logging.getLogger(__name__)
 PUBLISH_WAIT_S = 10.0
@@ -149,7 +149,8 @@ class DeviceService:
         with self._lock:
             self._connection += 1
         # Subscribing here restores the subscriptions after any reconnect, even to a broker that lost our session.
-        _, self._subscribe_mid = client.subscribe(self._subscriptions())
+        _, mid = client.subscribe(self._subscriptions())
+        self._subscribe_mid = -1 if mid is None else mid
         self._publish_status(self._state)
         models = responses.models(self.device, sorted(self.text_engines), sorted(self.image_engines))
         client.publish(topics.models(self.device), encode(models), qos=1, retain=True)
@@ -189,11 +190,11 @@ class DeviceService:
         if response_topic is not None and not topics.is_publishable(response_topic):
             response_topic = None
         try:
-            request: Request = parse_request(kind, msg.payload)
+            request: Request = parse_request(kind, bytes(msg.payload))
         except RequestError as e:
             self._send_error(response_topic or e.reply_to, correlation, e.request_id, e.code, e.message)
             return False
-        if request.kind == "cancel":
+        if isinstance(request, CancelRequest):
             self._cancel(request.id)
             return False
         response_topic = response_topic or request.reply_to
