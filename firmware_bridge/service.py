@@ -226,7 +226,7 @@ class DeviceService:
             return False
         expiry_s = getattr(props, "MessageExpiryInterval", None)
         now = time.monotonic()
-        job = _Job(key, request, response_topic, correlation, [delivery], now,  # type: ignore[arg-type]
+        job = _Job(key, request, response_topic, correlation, [delivery], now,
                    now + expiry_s if expiry_s else None)
         with self._lock:
             full = len(self._queue) >= self.config.queue_size
