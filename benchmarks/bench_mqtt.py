@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from firmware_bridge.client import Client
 from firmware_bridge.connection import BrokerOptions
 from firmware_bridge.engines import TextOutcome
-from firmware_bridge.local_broker import LocalBroker, die_with_parent
+from firmware_bridge.local_broker import MOSQUITTO, LocalBroker, die_with_parent
 from firmware_bridge.schema import TextRequest
 from firmware_bridge.service import DeviceService, ServiceConfig
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         report: dict = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                                     "cpus": __import__("os").cpu_count(),
                                     "load_avg_1m": __import__("os").getloadavg()[0]},
-                        "broker": "mosquitto " + subprocess.run(["mosquitto", "-h"], capture_output=True,
+                        "broker": "mosquitto " + subprocess.run([MOSQUITTO, "-h"], capture_output=True,
                                                                 text=True, check=False).stdout.split()[2]}
         try:
             with Client(options, timeout_s=1200) as client:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 SHIPPED_CONF = Path(__file__).parent / "mosquitto" / "edgegen.conf"
 SHIPPED_ACL = Path(__file__).parent / "mosquitto" / "acl.example"
 READY_TIMEOUT_S = 10.0
+# Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Lines of the shipped file that a throwaway broker sets itself.
 _OWNED = ("listener", "persistence_location", "allow_anonymous", "log_dest")
@@ -53,7 +56,7 @@ class LocalBroker:
 
     def start(self) -> LocalBroker:
         ready = threading.Event()
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=subprocess.PIPE, text=True,
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stderr=subprocess.PIPE, text=True,
                                      preexec_fn=die_with_parent)
 
         def read(stream) -> None:

@@ -14,4 +14,4 @@ sed -e "s|^listener 1883 127.0.0.1|listener $PORT 127.0.0.1|" \
     -e "s|^persistence_location .*|persistence_location $STATE/|" "$HERE/edgegen.conf" > "$CONF"
 [ "$(id -u)" -eq 0 ] && echo "user root" >> "$CONF"
 echo "edgegen: mosquitto on 127.0.0.1:$PORT (config $CONF)" >&2
-exec mosquitto -c "$CONF"
+exec "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$CONF"
