@@ -168,7 +168,8 @@ def bench_model(client: Client, port: int, runs: int, max_tokens: int) -> dict:
                 t_first = t_first or time.perf_counter()
             total_ms = (time.perf_counter() - t0) * 1000
             assert stream.result is not None and stream.result["text"] == out.text, "MQTT answer differs"
-            mqtt.append({"ttft_ms": ((t_first or time.perf_counter()) - t0) * 1000, "total_ms": total_ms})
+            mqtt.append({"ttft_ms": ((t_first or time.perf_counter()) - t0) * 1000, "total_ms": total_ms,
+                         "device_stats": stream.result["stats"]})
             # Same request: the client's time to first token minus the device's own (the engine call's) one.
             overhead.append(mqtt[-1]["ttft_ms"] - stream.result["stats"]["ttft_ms"])
     finally:
