@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from tinygrad import Tensor
 
-from models.llama import Llama, LlamaConfig
+from models.llama import Linear, Llama, LlamaConfig
 from runtime.errors import ArtifactError
 from runtime.model_file import ModelFile
 from runtime.quant import PackedLinear, pack_linear
@@ -51,15 +51,27 @@ class GGUFWeights:
         return self.mf.tensors[name]
 
     def linear(self, name: str, in_features: int, out_features: int) -> PackedLinear:
-        info = self._info(name)
-        if info.shape != (out_features, in_features):
-            raise ArtifactError(
-                f"{self.mf.path.name}: tensor {name} has shape {info.shape}, expected {(out_features, in_features)}"
-            )
-        layer = pack_linear(info, self.device)
-        self.layers[name] = layer
+        return self.linear_group([name], in_features, [out_features])
+
+    def linear_group(self, names: list[str], in_features: int, out_features: list[int]) -> Linear:
+        """One layer whose output is the named tensors' outputs side by side: rows concatenated when the tensors
+        share a type, otherwise separate layers whose outputs are concatenated (mixed-precision files)."""
+        infos = [self._info(n) for n in names]
+        for info, out in zip(infos, out_features):
+            if info.shape != (out, in_features):
+                raise ArtifactError(
+                    f"{self.mf.path.name}: tensor {info.name} has shape {info.shape}, expected {(out, in_features)}"
+                )
+        if len({i.ggml_type for i in infos}) == 1:
+            layers = [pack_linear(infos, self.device)]
+        else:
+            layers = [pack_linear(i, self.device) for i in infos]
+        for layer in layers:
+            self.layers[layer.name] = layer
         self.mf.release_pages()  # the packed copy is on the device now; keep RSS to one copy while loading
-        return layer
+        if len(layers) == 1:
+            return layers[0]
+        return lambda x: Tensor.cat(*[layer(x) for layer in layers], dim=-1)
 
     def vector(self, name: str, size: int) -> Tensor:
         info = self._info(name)

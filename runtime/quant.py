@@ -38,7 +38,7 @@ def _f16(raw: np.ndarray, start: int) -> np.ndarray:
 class PackedLinear:
     """y = x @ W.T with W kept as packed blocks on the device. Call with x of shape (..., in_features)."""
 
-    name: str
+    name: str  # the GGUF tensor name, or names joined by "+" for row-concatenated tensors
     ggml_type: T
     out_features: int
     in_features: int
@@ -103,31 +103,42 @@ class PackedLinear:
         return t.sum(axis=1).sum(axis=1).reshape(*lead, out)
 
 
-def pack_linear(info: TensorInfo, device: str | None = None) -> PackedLinear:
-    """Repack one GGUF weight matrix for the device. Rows stay packed; only the block layout changes."""
+def _packed_arrays(info: TensorInfo) -> list[np.ndarray]:
+    """The numpy arrays a layer keeps for one tensor: [weight] for floats, [qs, d] or [qs, d, m] for blocks."""
     if len(info.shape) != 2:
         raise ArtifactError(f"tensor {info.name}: expected a 2-D weight, got shape {info.shape}")
     out, inn = info.shape
     t = info.ggml_type
     if t in (T.F32, T.F16):
-        w = np.ascontiguousarray(info.data).reshape(out, inn)
-        return PackedLinear(info.name, t, out, inn, Tensor(w, device=device).realize())
+        return [np.ascontiguousarray(info.data).reshape(out, inn)]
     if t not in BLOCK_BYTES:
         raise ArtifactError(f"tensor {info.name}: type {t.name} cannot be used as a linear layer")
     if inn % BLOCK:
         raise ArtifactError(f"tensor {info.name}: input size {inn} is not a multiple of the block size {BLOCK}")
-    nb = inn // BLOCK
-    raw = np.asarray(info.data).reshape(out, nb, BLOCK_BYTES[t])
-    d = Tensor(_f16(raw, 0), device=device).realize()
+    raw = np.asarray(info.data).reshape(out, inn // BLOCK, BLOCK_BYTES[t])
     if t == T.Q8_0:
-        qs = Tensor(np.ascontiguousarray(raw[:, :, 2:]).view(np.int8), device=device).realize()
-        return PackedLinear(info.name, t, out, inn, qs, d)
+        return [np.ascontiguousarray(raw[:, :, 2:]).view(np.int8), _f16(raw, 0)]
     if t == T.Q4_0:
-        qs = Tensor(np.ascontiguousarray(raw[:, :, 2:]), device=device).realize()
-        return PackedLinear(info.name, t, out, inn, qs, d)
-    m = Tensor(_f16(raw, 2), device=device).realize()
-    qs = Tensor(np.ascontiguousarray(raw[:, :, 4:]), device=device).realize()
-    return PackedLinear(info.name, t, out, inn, qs, d, m)
+        return [np.ascontiguousarray(raw[:, :, 2:]), _f16(raw, 0)]
+    return [np.ascontiguousarray(raw[:, :, 4:]), _f16(raw, 0), _f16(raw, 2)]
+
+
+def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None) -> PackedLinear:
+    """Repack GGUF weight matrices for the device. Rows stay packed; only the block layout changes.
+
+    Several tensors of one type and input size (Q, K and V; gate and up) become one layer with their rows
+    concatenated, so one kernel computes all of them: fewer kernels per decode step, each costing a fixed
+    dispatch overhead (~90 us measured on this CPU backend).
+    """
+    infos = [infos] if isinstance(infos, TensorInfo) else list(infos)
+    first = infos[0]
+    if any(i.ggml_type != first.ggml_type or i.shape[1:] != first.shape[1:] for i in infos):
+        raise ArtifactError(f"cannot concatenate {[i.name for i in infos]}: types or input sizes differ")
+    parts = [_packed_arrays(i) for i in infos]
+    arrays = [np.concatenate(group) if len(infos) > 1 else group[0] for group in zip(*parts)]
+    tensors = [Tensor(a, device=device).realize() for a in arrays]
+    out = sum(i.shape[0] for i in infos)
+    return PackedLinear("+".join(i.name for i in infos), first.ggml_type, out, first.shape[1], *tensors)
 
 
 def embedding_rows(info: TensorInfo, token_ids: list[int] | np.ndarray) -> np.ndarray:

@@ -37,19 +37,34 @@ def test_logits_match_numpy_reference(tmp_path, weights, qtype):
                                    err_msg=f"decode step at position {pos}")
 
 
+def test_mixed_precision_file(tmp_path, weights):
+    """Tensors of one layer group in different types (as mixed recipes write) run as separate kernels."""
+    path = tmp_path / "tiny-mixed.gguf"
+    mixed = {"blk.0.attn_q.weight": Q.Q8_0, "blk.1.ffn_up.weight": Q.F16, "token_embd.weight": Q.Q8_0}
+    stored = write_gguf(path, weights, Q.Q4_0, overrides=mixed)
+    gen = TextGenerator.load(path, max_context=32)
+    assert "blk.0.attn_q.weight" in gen.weights.layers and "blk.1.attn_q.weight+blk.1.attn_k.weight+" \
+        "blk.1.attn_v.weight" in gen.weights.layers
+    ref = reference_logits(stored, IDS)
+    np.testing.assert_allclose(gen.logits(IDS), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(gen._prefill(IDS[:4]), ref[3], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(gen._decode(IDS[4], 4), ref[4], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
 def test_quantized_layers_stay_packed(tmp_path, weights):
     """Q4_1 weights occupy their packed size on the device: no float copy is held by the model."""
     path = tmp_path / "tiny-q41.gguf"
     write_gguf(path, weights, Q.Q4_1)
     gen = TextGenerator.load(path, max_context=32)
-    layer = gen.weights.layers["blk.0.ffn_up.weight"]
-    assert isinstance(layer, PackedLinear)
+    layer = gen.weights.layers["blk.0.ffn_gate.weight+blk.0.ffn_up.weight"]  # rows of gate and up, one layer
+    assert isinstance(layer, PackedLinear) and layer.out_features == 2 * 128
     n = layer.out_features * layer.in_features
     assert layer.size_bytes == n // 32 * 20  # Q4_1: 20 bytes per 32 weights, like the file
     assert layer.qs.dtype.itemsize == 1 and layer.d.dtype.itemsize == 2
     # the tinygrad buffers for all matrices add up to the file's packed bytes for those tensors
     packed = sum(l.size_bytes for l in gen.weights.layers.values())
-    in_file = sum(t.size_bytes for name, t in gen.model_file.tensors.items() if name in gen.weights.layers)
+    names = {n for key in gen.weights.layers for n in key.split("+")}
+    in_file = sum(t.size_bytes for name, t in gen.model_file.tensors.items() if name in names)
     assert packed == in_file
 
 

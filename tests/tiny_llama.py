@@ -42,8 +42,10 @@ def random_weights(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_gguf(path: Path, weights: dict[str, np.ndarray], qtype: Q, architecture: str = "llama",
-               extra_tensor: tuple[str, np.ndarray, Q] | None = None) -> dict[str, np.ndarray]:
-    """Write the model with every matrix in `qtype` (norms stay F32); return the dequantized weights as stored."""
+               extra_tensor: tuple[str, np.ndarray, Q] | None = None,
+               overrides: dict[str, Q] | None = None) -> dict[str, np.ndarray]:
+    """Write the model with every matrix in `qtype` (norms stay F32) except those named in `overrides`;
+    return the dequantized weights as stored."""
     w = gguf.GGUFWriter(str(path), architecture)
     w.add_block_count(N_LAYERS)
     w.add_context_length(CONTEXT)
@@ -62,16 +64,17 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], qtype: Q, architectur
     w.add_bos_token_id(VOCAB - 2)
     stored = {}
     for name, arr in weights.items():
-        if arr.ndim == 1 or qtype == Q.F32:
+        t = (overrides or {}).get(name, qtype)
+        if arr.ndim == 1 or t == Q.F32:
             stored[name] = arr
             w.add_tensor(name, arr)
-        elif qtype == Q.F16:
+        elif t == Q.F16:
             stored[name] = arr.astype(np.float16).astype(np.float32)
             w.add_tensor(name, arr.astype(np.float16))
         else:
-            packed = gguf.quants.quantize(arr, qtype)
-            stored[name] = gguf.quants.dequantize(packed, qtype).reshape(arr.shape)
-            w.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=qtype)
+            packed = gguf.quants.quantize(arr, t)
+            stored[name] = gguf.quants.dequantize(packed, t).reshape(arr.shape)
+            w.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=t)
     if extra_tensor is not None:
         name, arr, t = extra_tensor
         packed = gguf.quants.quantize(arr, t)
