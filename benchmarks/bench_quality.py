@@ -85,6 +85,21 @@ class LlamaCppLogits:
         return count / (time.perf_counter() - start) if start and count else float("nan")
 
 
+class NumpyFloat:
+    """The float reference computed by the quantizer's numpy Llama (matches llama.cpp F32: top-1 100%, max logit
+    difference 0.08 over 256 tokens here). Used for the edgegen columns because edgegen's runtime at this commit
+    cannot load F32/F16 matrices (`Tensor(read-only memmap)` raises in runtime/quant.py pack_linear)."""
+
+    def __init__(self, path: Path):
+        from quantize.llama_numpy import LlamaHParams, forward
+
+        src = load_source(path)
+        self.tensors, self.hp, self.forward = src.tensors, LlamaHParams.from_source(src), forward
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self.forward(self.tensors, self.hp, ids)
+
+
 class Cached:
     """Remembers a reference model's logits per window (as float16, half the memory), so every compared model
     reuses them instead of running the reference again."""
@@ -179,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     ap.add_argument("--skip-edgegen", action="store_true", help="llama.cpp measurements only")
+    ap.add_argument("--skip-llama-cpp", action="store_true", help="edgegen measurements only")
+    ap.add_argument("--merge", action="store_true", help="keep measurements of an existing result JSON that this "
+                    "run does not make (e.g. one run per runtime, in parallel)")
     ap.add_argument("--reuse", action="store_true", help="reuse model files already in --work-dir")
-    ap.add_argument("--only", metavar="LABELS", help="comma-separated files to (re)make and measure; their rows "
-                    "replace those in an existing result JSON")
+    ap.add_argument("--only", metavar="LABELS", help="comma-separated files to (re)make and measure (with --merge: "
+                    "their rows replace those of an existing result JSON)")
     args = ap.parse_args(argv)
 
     text = Path(args.text).read_text(encoding="utf-8")
@@ -210,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ids = encode(load_source(files["reference-f32"]), text)
     llama_ids = ids[: args.llama_max_tokens] if args.llama_max_tokens else ids
-    previous = Path(args.out + ".json")
-    rows: dict[str, dict] = json.loads(previous.read_text())["results"] if args.only and previous.is_file() else {}
+    rows: dict[str, dict] = {}
     for lb in labels:
         rows[lb] = {"size_bytes": files[lb].stat().st_size, **quant_log.get(lb, {})}
     if "edgegen-w4-head8" in labels and files["llama.cpp-Q4_0"].is_file():
@@ -221,15 +238,41 @@ def main(argv: list[str] | None = None) -> int:
         rows["edgegen-w8"]["bit_identical_to_llama.cpp-Q8_0"] = same_blocks(files["edgegen-w8"],
                                                                             files["llama.cpp-Q8_0"])
 
-    # llama.cpp: every file, the whole text (or --llama-max-tokens)
+    if not args.skip_llama_cpp:
+        measure_llama_cpp(args, files, labels, llama_ids, rows)
+    if not args.skip_edgegen:
+        measure_edgegen(args, files, labels, ids[: args.max_tokens], rows)
+    out_json = Path(args.out + ".json")
+    if args.merge and out_json.is_file():  # another run's measurements of the same files: keep what this one lacks
+        for lb, old in json.loads(out_json.read_text())["results"].items():
+            rows[lb] = {**old, **rows.get(lb, {})}
+    import llama_cpp
+
+    lc_tokens = llama_cpp.Llama(model_path=str(files["llama.cpp-Q4_0"]), vocab_only=True, verbose=False).tokenize(
+        text.encode(), add_bos=False, special=False)
+    out = {
+        "model": Path(args.source).name, "text": str(Path(args.text).name), "text_tokens": len(ids),
+        "llama_cpp_tokens": len(llama_ids), "edgegen_tokens": min(len(ids), args.max_tokens),
+        "window": args.window, "stride": args.stride, "tokenizers_agree": lc_tokens == ids,
+        "calibration": {"modules": list(CALIBRATION_MODULES), "chars": len(calib)},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "results": {lb: rows[lb] for lb in LABELS if lb in rows},
+    }
+    out_json.write_text(json.dumps(out, indent=1, default=float))
+    Path(args.out + ".md").write_text(table(out))
+    print(table(out))
+    return 0
+
+
+def measure_llama_cpp(args: argparse.Namespace, files: dict[str, Path], labels: list[str], ids: list[int],
+                      rows: dict[str, dict]) -> None:
+    """Every file in llama.cpp, against llama.cpp running the F32 reference."""
     ref_lc = LlamaCppLogits(files["reference-f32"], args.window, args.threads)
     ref = Cached(ref_lc)
-    lc_tokens = ref_lc.llm.tokenize(text.encode(), add_bos=False, special=False)
-    tokenizers_agree = lc_tokens[: len(ids)] == ids
     for lb in tqdm(labels, desc="llama.cpp eval"):
         model = ref_lc if lb == "reference-f32" else LlamaCppLogits(files[lb], args.window, args.threads)
         t0 = time.perf_counter()
-        r = evaluate(ref if model is ref_lc else model, llama_ids, None if model is ref_lc else ref, args.window,
+        r = evaluate(ref if model is ref_lc else model, ids, None if model is ref_lc else ref, args.window,
                      args.stride, bar(f"llama.cpp {lb}"))
         rows[lb]["llama.cpp"] = as_dict(r) | {"eval_s": round(time.perf_counter() - t0, 1),
                                               "decode_tok_s": model.decode_tokens_per_s(args.decode_tokens)}
@@ -238,44 +281,32 @@ def main(argv: list[str] | None = None) -> int:
             del model
     del ref, ref_lc
 
-    if not args.skip_edgegen:
-        from runtime import SamplingParams
-        from runtime.engine import TextGenerator
 
-        eg_ids = ids[: args.max_tokens]
-        ref_eg = None
-        for lb in tqdm(labels, desc="edgegen eval"):
-            try:
-                gen = TextGenerator.load(files[lb], max_context=max(args.window, 512))
-            except Exception as e:  # noqa: BLE001 - a file the runtime refuses is a result, not a crash
-                rows[lb]["edgegen"] = {"error": f"{type(e).__name__}: {e}"}
-                continue
-            if lb == "reference-f32":
-                ref_eg = Cached(gen)
-            t0 = time.perf_counter()
-            r = evaluate(ref_eg if lb == "reference-f32" else gen, eg_ids,
-                         None if lb == "reference-f32" else ref_eg, args.window, args.stride, bar(f"edgegen {lb}"))
-            eval_s = time.perf_counter() - t0
-            gen.generate(DECODE_PROMPT, SamplingParams(max_tokens=8))  # warm-up: compiles the decode kernels
-            res = gen.generate(DECODE_PROMPT, SamplingParams(max_tokens=args.decode_tokens))
-            rows[lb]["edgegen"] = as_dict(r) | {"eval_s": round(eval_s, 1), "decode_tok_s": res.decode_tokens_per_s,
-                                                "decode_tokens": res.completion_tokens}
-            print(f"edgegen {lb}: ppl {r.perplexity:.4f} kl {r.mean_kl} top1 {r.top1_agreement} "
-                  f"decode {res.decode_tokens_per_s:.2f} tok/s", flush=True)
-            del gen
+def measure_edgegen(args: argparse.Namespace, files: dict[str, Path], labels: list[str], ids: list[int],
+                    rows: dict[str, dict]) -> None:
+    """Every file in edgegen's runtime, against the float reference (numpy, see NumpyFloat)."""
+    from runtime import SamplingParams
+    from runtime.engine import TextGenerator
 
-    out = {
-        "model": Path(args.source).name, "text": str(Path(args.text).name), "text_tokens": len(ids),
-        "llama_cpp_tokens": len(llama_ids), "edgegen_tokens": min(len(ids), args.max_tokens),
-        "window": args.window, "stride": args.stride, "tokenizers_agree": tokenizers_agree,
-        "calibration": {"modules": list(CALIBRATION_MODULES), "chars": len(calib)},
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
-        "results": {lb: rows[lb] for lb in LABELS if lb in rows},
-    }
-    Path(args.out + ".json").write_text(json.dumps(out, indent=1, default=float))
-    Path(args.out + ".md").write_text(table(out))
-    print(table(out))
-    return 0
+    ref = Cached(NumpyFloat(files["reference-f32"]))
+    r = evaluate(ref, ids, None, args.window, args.stride, bar("numpy float reference"))
+    rows["reference-f32"]["numpy_float"] = as_dict(r)
+    for lb in tqdm([x for x in labels if x != "reference-f32"], desc="edgegen eval"):
+        try:
+            gen = TextGenerator.load(files[lb], max_context=max(args.window, 512))
+        except Exception as e:  # noqa: BLE001 - a file the runtime refuses is a result, not a crash
+            rows[lb]["edgegen"] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        t0 = time.perf_counter()
+        r = evaluate(gen, ids, ref, args.window, args.stride, bar(f"edgegen {lb}"))
+        eval_s = time.perf_counter() - t0
+        gen.generate(DECODE_PROMPT, SamplingParams(max_tokens=8))  # warm-up: compiles the decode kernels
+        res = gen.generate(DECODE_PROMPT, SamplingParams(max_tokens=args.decode_tokens))
+        rows[lb]["edgegen"] = as_dict(r) | {"eval_s": round(eval_s, 1), "decode_tok_s": res.decode_tokens_per_s,
+                                            "decode_tokens": res.completion_tokens}
+        print(f"edgegen {lb}: ppl {r.perplexity:.4f} kl {r.mean_kl} top1 {r.top1_agreement} "
+              f"decode {res.decode_tokens_per_s:.2f} tok/s", flush=True)
+        del gen
 
 
 def table(out: dict) -> str:
@@ -287,13 +318,15 @@ def table(out: dict) -> str:
         "",
         (f"llama.cpp columns: {out['llama_cpp_tokens']} tokens; edgegen columns: {out['edgegen_tokens']} tokens; "
          f"window {out['window']}, stride {out['stride']}; KL = KL(reference || model) in nats/token; "
-         f"top-1 = agreement of the most likely next token with the reference. Decode: tokens/s after warm-up."),
+         f"top-1 = agreement of the most likely next token with the reference. Decode: tokens/s after warm-up. "
+         f"Reference for the edgegen columns: the float model in numpy (edgegen's runtime cannot load F32 matrices "
+         f"at this commit); its row shows that numpy perplexity."),
         "",
         "| file | MB | ppl (llama.cpp) | KL | top-1 | ppl (edgegen) | KL | top-1 | decode tok/s edgegen | llama.cpp |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lb, r in out["results"].items():
-        lc, eg = r.get("llama.cpp", {}), r.get("edgegen", {})
+        lc, eg = r.get("llama.cpp", {}), r.get("edgegen", r.get("numpy_float", {}))
         lines.append(
             f"| {lb} | {r['size_bytes'] / 1e6:.2f} | {f(lc.get('perplexity'), '.4f')} | {f(lc.get('mean_kl'), '.5f')} "
             f"| {f(lc.get('top1'), '.2%')} | {f(eg.get('perplexity'), '.4f')} | {f(eg.get('mean_kl'), '.5f')} "
