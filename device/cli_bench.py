@@ -192,9 +192,9 @@ def bench(args: argparse.Namespace) -> dict:
     load_s = time.perf_counter() - t0
     prompt = make_prompt(gen.tokenizer, args.prompt_tokens)
 
-    # Warm-up: compiles the prefill and decode kernels and captures the JITs. TinyJit runs a function plainly on
-    # its 1st call, captures it on the 2nd and replays from the 3rd, and prefill is called once per generation:
-    # two warm-up generations leave both graphs captured.
+    # Warm-up: compiles the prefill and decode kernels and captures their graphs (the runtime's TinyJits capture
+    # on the first call; tinygrad's default would be the second), so the measured runs only replay. Two warm-up
+    # generations, because prefill runs once per generation, leave it replaying under either rule.
     warm_timer, _, _ = timed_generation(gen, prompt, min(args.gen_tokens, 4) + 1)
     timed_generation(gen, prompt, 2)
     bar = _progress(args.runs * args.gen_tokens, not args.no_progress)

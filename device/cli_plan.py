@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from device.errors import DeviceError
 from device.model_facts import read_model_facts
@@ -25,16 +24,16 @@ def format_plan(plan: dict) -> str:
     lines = [
         f"model:    {plan['model']}",
         f"board:    {plan['board']} ({plan['backend']}), context {plan['context']} tokens",
-        (f"memory:   weights {plan['weights_bytes'] / MIB:,.1f} MiB, mapped file {plan['mapped_file_bytes'] / MIB:,.1f},"
-         f" KV cache {plan['kv_cache_bytes'] / MIB:,.1f}, activations {plan['activations_bytes'] / MIB:,.1f},"
-         f" graph copy {plan['graph_copy_bytes'] / MIB:,.1f}, runtime {plan['runtime_bytes'] / MIB:,.1f}"),
+        (f"memory:   weights {plan['weights_bytes'] / MIB:,.1f} MiB, KV cache {plan['kv_cache_bytes'] / MIB:,.1f},"
+         f" activations {plan['activations_bytes'] / MIB:,.1f}, load transient"
+         f" {plan['load_transient_bytes'] / MIB:,.1f}, runtime {plan['runtime_bytes'] / MIB:,.1f}"),
         (f"peak RSS: {plan['first_start_bytes'] / MIB:,.1f} MiB on a first start, "
          f"{plan['cached_start_bytes'] / MIB:,.1f} MiB with graphs from the JIT cache"),
         f"verdict:  {'FITS' if plan['fits'] else 'DOES NOT FIT'}: {plan['reason']}",
         (f"decode:   at most {plan['decode_ceiling_tok_s']:,.1f} tok/s "
          f"({plan['bytes_per_token'] / MIB:,.1f} MiB read per token at the full context)"),
         f"advice:   {plan['suggestion']}",
-        "recipes:  " + "; ".join(f"{name} {r['required_bytes'] / MIB:,.0f} MiB {'fits' if r['fits'] else 'no'}"
+        "recipes:  " + "; ".join(f"{name} {r['total_bytes'] / MIB:,.0f} MiB {'fits' if r['fits'] else 'no'}"
                                  f" <= {r['decode_ceiling_tok_s']:,.0f} tok/s" for name, r in plan["recipes"].items()),
     ]
     return "\n".join(lines)
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise DeviceError(f"--context must be a positive number of tokens, got {args.context}")
     board = get_profile(args.board)
     facts = read_model_facts(args.model)
-    plan = plan_memory(facts, board, args.context, file_bytes=os.path.getsize(args.model)).to_dict()
+    plan = plan_memory(facts, board, args.context).to_dict()
     if args.json:
         plan["board_profile"] = board.to_dict()
         print(json.dumps(plan, indent=2))

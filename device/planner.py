@@ -1,22 +1,20 @@
 """The memory planner: will this model file run on that board at this context, and how fast can decode go?
 
 The runtime starts one of two ways (runtime/jit_cache.py), and the planner predicts the peak RSS of each:
-- first start, no cached graphs: the GGUF is read through a memory map and every block repacked into device
-  buffers; the decode and prefill graphs are captured, then pickled to the JIT cache with their buffers.
-  Peak = runtime + mapped file + device buffers + the pickled copy of the graphs' buffers.
-- cached start: the pickled graphs are loaded instead. Peak = runtime + device buffers + the unpickled copy.
-Terms, each mirroring what the runtime allocates:
+- first start, no cached graphs: every GGUF tensor is repacked from the memory map into device buffers, the map's
+  pages released after each one (ModelFile.release_pages); the decode and prefill graphs are captured, then
+  saved to the JIT cache with their buffer bytes streamed to a side file.
+- cached start: the graphs are unpickled, each buffer copied from the side file's map and its pages released.
+Either way one copy of the weights stays resident. Terms, each mirroring what the runtime allocates:
 - weights: the tensor table's packed bytes; repacking keeps the size (runtime/quant.py), F32 norms included.
-- mapped file: loading touches every page of the map, so the file's bytes stay resident as clean page cache
-  (measured: RssFile grows by the file size). They count in peak RSS, but the kernel can drop them under
-  pressure (after load only a few embedding rows are read), so whether a model fits is decided without them.
+- load transient (first start only): the tensor being repacked, resident twice for a moment (its mapped pages
+  and its repacked arrays): the largest tensor's bytes.
 - KV cache: 2 (K and V) x layers x kv heads x context x head_dim x 4 bytes (float32, models/llama.py), allocated
   for the whole context at load.
 - activations: the largest prefill graph's buffers (the prompt up to the largest prefill bucket, 512 tokens): per
   token the residual, q/k/v, attention output, the MLP's two hidden projections, and a row of attention scores.
-- graph copy: the graphs' buffers (weights and KV cache) once more, as pickle bytes while saving or loading.
-- runtime: interpreter, numpy, tinygrad, tokenizer, kernels and graphs; a per-backend constant for each start
-  path, calibrated against measured peak RSS (tests/device/test_device_real_model.py).
+- runtime: interpreter, numpy, tinygrad, tokenizer, kernels and captured graphs; a per-backend constant for each
+  start path, calibrated against measured peak RSS (tests/device/test_device_real_model.py).
 
 The decode ceiling is memory bandwidth over the bytes one decode step must read: every packed weight (the tied
 embedding is the output head, read whole; an untied embedding is only looked up, one row) plus the KV cache.
@@ -35,17 +33,17 @@ ACT_BYTES = 4  # float32 activations
 MAX_PREFILL_TOKENS = 512  # runtime/engine.py PREFILL_BUCKETS: the largest graph a prompt is padded to
 
 # Runtime overhead beyond the terms above, per backend, for (first start, cached start). CPU: measured on this
-# host (2-core AMD EPYC VM, tinygrad 0.14, runtime with the JIT cache of 2026-11-22), SmolLM2-135M Q4_1 at the
-# default 1024-token context, peak RSS (VmHWM): a first start peaked at 470 MiB when it generated 2 tokens from a
-# 16-token prompt and 558-570 MiB for 8 tokens from a 40-token chat prompt; a cached start at 390-412 MiB. These
-# constants put the prediction in the middle of those ranges. The w8 file is the out-of-sample check. Other
-# backends are estimates: tinygrad's process plus a driver context.
+# host (2-core AMD EPYC VM, tinygrad 0.14, runtime at commit 8da4aa4 and the one before it), SmolLM2-135M Q4_1 at
+# the default 1024-token context, 8 tokens generated: peak RSS (VmHWM) 320-337 MiB on a first start and 293-299 MiB
+# on a cached start; the constants are the middle of those peaks less the modelled terms. The w8 file is the
+# out-of-sample check (measured 364 / 334 MiB, predicted 373 / 341). Other backends are estimates: the CPU
+# figures plus a driver context.
 RUNTIME_OVERHEAD_BYTES: dict[str, tuple[int, int]] = {
-    "CPU": (133 * MIB, 105 * MIB),
-    "CL": (230 * MIB, 160 * MIB),  # estimate: ICD loader and the OpenCL compiler on top of the CPU figures
-    "CUDA": (470 * MIB, 400 * MIB),  # estimate: a CUDA context on Jetson takes roughly 300 MiB of unified memory
-    "NV": (470 * MIB, 400 * MIB),
-    "METAL": (330 * MIB, 260 * MIB),  # estimate
+    "CPU": (144 * MIB, 140 * MIB),
+    "CL": (200 * MIB, 200 * MIB),  # estimate: ICD loader and the OpenCL compiler on top of the CPU figures
+    "CUDA": (450 * MIB, 440 * MIB),  # estimate: a CUDA context on Jetson takes roughly 300 MiB of unified memory
+    "NV": (450 * MIB, 440 * MIB),
+    "METAL": (310 * MIB, 300 * MIB),  # estimate
 }
 
 # Bytes per weight of each quantize recipe (quantize/recipes.py names; GGML block sizes from gguf-py
@@ -71,21 +69,19 @@ class MemoryPlan:
     backend: str
     context: int
     weights_bytes: int
-    mapped_file_bytes: int
+    load_transient_bytes: int
     kv_cache_bytes: int
     activations_bytes: int
-    graph_copy_bytes: int
     runtime_bytes: int  # first-start overhead
     first_start_bytes: int  # predicted peak RSS without cached graphs
     cached_start_bytes: int  # predicted peak RSS with graphs from the JIT cache
-    total_bytes: int  # predicted peak RSS: the larger of the two
-    required_bytes: int  # what must fit: the total less the reclaimable mapped file
+    total_bytes: int  # predicted peak RSS: the larger of the two, and what must fit
     usable_bytes: int
     fits: bool
     reason: str
     bytes_per_token: int  # read by one decode step at the full context
     decode_ceiling_tok_s: float  # bandwidth / bytes_per_token
-    recipes: dict  # recipe name -> {"weights_bytes", "total_bytes", "required_bytes", "fits", "decode_ceiling_tok_s"}
+    recipes: dict  # recipe name -> {"weights_bytes", "total_bytes", "fits", "decode_ceiling_tok_s"}
     suggestion: str
 
     def to_dict(self) -> dict:
@@ -102,16 +98,13 @@ def activation_bytes(m: ModelFacts, context: int) -> int:
     return t * per_token * ACT_BYTES + m.vocab_size * ACT_BYTES
 
 
-def recipe_weights_bytes(m: ModelFacts, recipe: str) -> int:
-    """Packed size of the model's tensors if re-quantized with `recipe` (estimated from parameter counts)."""
+def recipe_weights_bytes(m: ModelFacts, recipe: str) -> tuple[int, int]:
+    """Packed size of the model's tensors if re-quantized with `recipe`, and of its largest tensor (estimated from
+    parameter counts)."""
     matrix, head = RECIPE_BYTES_PER_WEIGHT[recipe]
-    total = 0.0
-    for t in m.tensors:
-        if t.n_dims < 2:
-            total += t.n_elements * 4  # vectors stay F32
-        else:
-            total += t.n_elements * (head if t.name in HEAD_TENSORS else matrix)
-    return int(total)
+    sizes = [t.n_elements * 4 if t.n_dims < 2 else t.n_elements * (head if t.name in HEAD_TENSORS else matrix)
+             for t in m.tensors]  # vectors stay F32
+    return int(sum(sizes)), int(max(sizes))
 
 
 def decode_bytes_per_token(m: ModelFacts, weights_bytes: int, context: int) -> int:
@@ -128,56 +121,53 @@ def check_context(m: ModelFacts, context: int) -> None:
         raise DeviceError(f"context {context} exceeds the model's trained context of {m.max_context} tokens")
 
 
-def predict_memory(m: ModelFacts, weights: int, mapped: int, context: int, backend: str) -> dict[str, int]:
-    """Every term of the prediction, both start paths, and what must fit (see the module docstring)."""
+def predict_memory(m: ModelFacts, weights: int, largest_tensor: int, context: int, backend: str) -> dict[str, int]:
+    """Every term of the prediction and both start paths (see the module docstring)."""
     first_overhead, cached_overhead = RUNTIME_OVERHEAD_BYTES.get(backend, RUNTIME_OVERHEAD_BYTES["CPU"])
     kv, act = kv_cache_bytes(m, context), activation_bytes(m, context)
-    device = weights + kv + act
-    copy = weights + kv
-    first = first_overhead + mapped + device + copy
-    cached = cached_overhead + device + copy
-    total = max(first, cached)
-    return {"weights": weights, "mapped": mapped, "kv": kv, "act": act, "copy": copy, "runtime": first_overhead,
-            "first": first, "cached": cached, "total": total, "required": max(first - mapped, cached)}
+    resident = weights + kv + act
+    first = first_overhead + resident + largest_tensor
+    cached = cached_overhead + resident
+    return {"weights": weights, "transient": largest_tensor, "kv": kv, "act": act, "runtime": first_overhead,
+            "first": first, "cached": cached, "total": max(first, cached)}
 
 
-def plan_memory(m: ModelFacts, board: BoardProfile, context: int, file_bytes: int | None = None) -> MemoryPlan:
+def plan_memory(m: ModelFacts, board: BoardProfile, context: int) -> MemoryPlan:
     """Predict peak memory and the decode ceiling of model `m` on `board` with a KV cache of `context` tokens."""
     check_context(m, context)
     weights = m.weights_bytes
-    p = predict_memory(m, weights, weights if file_bytes is None else file_bytes, context, board.backend)
+    p = predict_memory(m, weights, max(t.n_bytes for t in m.tensors), context, board.backend)
     usable = board.usable_bytes
     per_token = decode_bytes_per_token(m, weights, context)
-    fits = p["required"] <= usable
-    reason = (f"needs {p['required'] / MIB:,.0f} MiB (weights {weights / MIB:,.0f}, KV cache {p['kv'] / MIB:,.0f} "
-              f"for {context} tokens, activations {p['act'] / MIB:,.0f}, graph copy {p['copy'] / MIB:,.0f}, "
-              f"runtime {p['runtime'] / MIB:,.0f}; plus {p['mapped'] / MIB:,.0f} MiB of reclaimable mapped file) "
+    fits = p["total"] <= usable
+    reason = (f"needs {p['total'] / MIB:,.0f} MiB (weights {weights / MIB:,.0f}, KV cache {p['kv'] / MIB:,.0f} "
+              f"for {context} tokens, activations {p['act'] / MIB:,.0f}, load transient "
+              f"{p['transient'] / MIB:,.0f}, runtime {p['runtime'] / MIB:,.0f}) "
               f"{'within' if fits else 'but only'} {usable / MIB:,.0f} MiB usable on {board.name} "
               f"({board.memory_bytes / MIB:,.0f} MiB less {board.reserved_bytes / MIB:,.0f} reserved)")
     recipes = {}
     for name in RECIPE_BYTES_PER_WEIGHT:
-        w = recipe_weights_bytes(m, name)
-        r = predict_memory(m, w, w, context, board.backend)
-        recipes[name] = {"weights_bytes": w, "total_bytes": r["total"], "required_bytes": r["required"],
-                         "fits": r["required"] <= usable,
+        w, largest = recipe_weights_bytes(m, name)
+        r = predict_memory(m, w, largest, context, board.backend)
+        recipes[name] = {"weights_bytes": w, "total_bytes": r["total"], "fits": r["total"] <= usable,
                          "decode_ceiling_tok_s": board.bandwidth_bytes_per_s / decode_bytes_per_token(m, w, context)}
     return MemoryPlan(
         model=m.path, board=board.name, backend=board.backend, context=context, weights_bytes=weights,
-        mapped_file_bytes=p["mapped"], kv_cache_bytes=p["kv"], activations_bytes=p["act"],
-        graph_copy_bytes=p["copy"], runtime_bytes=p["runtime"], first_start_bytes=p["first"],
-        cached_start_bytes=p["cached"], total_bytes=p["total"], required_bytes=p["required"], usable_bytes=usable,
-        fits=fits, reason=reason, bytes_per_token=per_token,
+        load_transient_bytes=p["transient"], kv_cache_bytes=p["kv"], activations_bytes=p["act"],
+        runtime_bytes=p["runtime"], first_start_bytes=p["first"], cached_start_bytes=p["cached"],
+        total_bytes=p["total"], usable_bytes=usable, fits=fits, reason=reason, bytes_per_token=per_token,
         decode_ceiling_tok_s=board.bandwidth_bytes_per_s / per_token, recipes=recipes,
         suggestion=_suggest(m, board, context, fits, recipes),
     )
 
 
-def max_context_that_fits(m: ModelFacts, board: BoardProfile, weights_bytes: int) -> int:
-    """Largest context (KV grows linearly) whose prediction fits the board; 0 if not even one token fits."""
+def max_context_that_fits(m: ModelFacts, board: BoardProfile, recipe: str) -> int:
+    """Largest context (KV grows linearly) whose prediction with `recipe` fits the board; 0 if none does."""
+    weights, largest = recipe_weights_bytes(m, recipe)
     lo, hi = 0, m.max_context
     while lo < hi:  # predicted total grows monotonically with context
         mid = (lo + hi + 1) // 2
-        if predict_memory(m, weights_bytes, weights_bytes, mid, board.backend)["required"] <= board.usable_bytes:
+        if predict_memory(m, weights, largest, mid, board.backend)["total"] <= board.usable_bytes:
             lo = mid
         else:
             hi = mid - 1
@@ -192,7 +182,7 @@ def _suggest(m: ModelFacts, board: BoardProfile, context: int, fits: bool, recip
     if fitting:
         return f"re-quantize with recipe {fitting[0]} (fits: {', '.join(fitting)})"
     smallest = min(recipes, key=lambda n: recipes[n]["weights_bytes"])
-    ctx = max_context_that_fits(m, board, recipes[smallest]["weights_bytes"])
+    ctx = max_context_that_fits(m, board, smallest)
     if ctx >= 1:
         return f"no recipe fits at context {context}; recipe {smallest} fits with a context of at most {ctx} tokens"
     return f"does not fit: even recipe {smallest} at a 1-token context exceeds the board's usable memory"

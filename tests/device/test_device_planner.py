@@ -35,10 +35,13 @@ def test_recipe_estimates_match_the_block_sizes():
     m = read_model_facts(SMOLLM2_Q4_1)
     matrices = sum(t.n_elements for t in m.tensors if t.n_dims == 2)
     vectors = sum(t.n_elements for t in m.tensors if t.n_dims == 1)
-    assert recipe_weights_bytes(m, "w8") == int(matrices * 34 / 32 + vectors * 4)
-    assert recipe_weights_bytes(m, "w4") == int(matrices * 18 / 32 + vectors * 4)
+    assert recipe_weights_bytes(m, "w8")[0] == int(matrices * 34 / 32 + vectors * 4)
+    assert recipe_weights_bytes(m, "w4")[0] == int(matrices * 18 / 32 + vectors * 4)
+    # The largest tensor is the 49152 x 576 embedding.
+    assert recipe_weights_bytes(m, "w4")[1] == 49152 * 576 * 18 // 32
+    assert recipe_weights_bytes(m, "w4-mix8")[1] == 49152 * 576 * 34 // 32
     # The shipped file is Q4_1 except its Q8_0 embedding: between the all-w4a and all-w8 estimates.
-    assert recipe_weights_bytes(m, "w4a") < m.weights_bytes < recipe_weights_bytes(m, "w8")
+    assert recipe_weights_bytes(m, "w4a")[0] < m.weights_bytes < recipe_weights_bytes(m, "w8")[0]
 
 
 def test_recipe_names_are_quantize_recipes():
@@ -77,7 +80,8 @@ def test_board_identity_maps_to_a_profile(model, memory, expected):
 def test_smollm2_fits_a_raspberry_pi_with_room_to_spare():
     plan = plan_memory(read_model_facts(SMOLLM2_Q4_1), get_profile("rpi5-4gb"), 2048)
     assert plan.fits and plan.suggestion == "fits as is"
-    assert plan.required_bytes == plan.total_bytes - plan.mapped_file_bytes
+    assert plan.total_bytes == max(plan.first_start_bytes, plan.cached_start_bytes)
+    assert plan.load_transient_bytes == 49152 * 576 * 34 // 32  # the Q8_0 embedding, the largest tensor
     # Decode ceiling: 17.07 GB/s over the weights plus the KV cache at 2048 tokens.
     assert plan.decode_ceiling_tok_s == pytest.approx(4267e6 * 4 / (plan.weights_bytes + plan.kv_cache_bytes))
 
@@ -114,11 +118,10 @@ def test_plan_cli_suggests_a_recipe_when_the_file_is_too_big(edgegen, tmp_path):
     from device_helpers import write_sparse_llama
     from gguf import GGMLQuantizationType as Q
 
-    # TinyLlama-1.1B's shape (its config.json) stored as F16 (2.1 GB) misses a 4 GB Raspberry Pi 5 once the
-    # graph copy is counted, but its 8-bit form fits.
-    path = write_sparse_llama(tmp_path / "f16.gguf", Q.F16, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4,
-                              hidden=5632, vocab=32000, context=2048)
-    code, out, _ = edgegen("plan", str(path), "--board", "rpi5-4gb", "--context", "1024", "--json")
+    # An OpenLLaMA-3B-shaped model stored as F16 (~6.4 GB) misses an 8 GB Orin Nano, but its 8-bit form fits.
+    path = write_sparse_llama(tmp_path / "f16.gguf", Q.F16, dim=3200, n_layers=26, n_heads=32, n_kv_heads=32,
+                              hidden=8640, vocab=32000, context=2048)
+    code, out, _ = edgegen("plan", str(path), "--board", "jetson-orin-nano-8gb", "--context", "1024", "--json")
     assert code == 0
     plan = json.loads(out)
     assert not plan["fits"]
