@@ -70,3 +70,28 @@ def test_pipeline_reports_what_calibration_changed(tmp_path, calibration_text):
     stored = result.report()["calibration"]
     assert stored["kl_after"] <= stored["kl_before"]
     assert stored["alpha_per_layer"]["attn_qkv"] == [g["alpha"] for g in cal["groups"] if g["group"].endswith("qkv")]
+
+
+def test_calibration_with_a_budget_calibrates_the_chosen_types(tiny_gguf, calibration_text, tmp_path):
+    from quantize.writer import write_artifact
+
+    source = load_source(tiny_gguf)
+    budget = 150_000
+    result = quantize_model(source, "w4", calibration_text=calibration_text, budget_bytes=budget)
+    assert write_artifact(tmp_path / "b.gguf", source, result) <= budget
+    cal = result.calibration
+    assert cal is not None and cal["error_after"] <= cal["error_before"]
+    # Here the layer-wise search helps each layer but not the whole model (measured: KL up), so the guard must keep
+    # the unscaled weights: whichever way it goes, the model's calibration-set KL is never worse.
+    assert cal["reverted"] == (cal["kl_after"] > cal["kl_before"])
+    if cal["reverted"]:
+        assert np.array_equal(dequantized(source.tensors["blk.0.attn_q.weight"], result.tensors["blk.0.attn_q.weight"]
+                                          .qtype), _stored(result, "blk.0.attn_q.weight"))
+    assert len({q.qtype for n, q in result.tensors.items() if n.startswith("blk.") and len(q.shape) == 2}) > 1
+
+
+def _stored(result, name):
+    from gguf.quants import dequantize
+
+    q = result.tensors[name]
+    return dequantize(q.data, q.qtype).reshape(q.shape)
