@@ -1,6 +1,8 @@
 """Chat templates: the Jinja template a GGUF carries (`tokenizer.chat_template`), rendered as Hugging Face does."""
 from __future__ import annotations
 
+import functools
+
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -23,16 +25,22 @@ def validate_messages(messages: object) -> list[dict[str, str]]:
     return messages  # type: ignore[return-value]
 
 
+def _raise_exception(message: str) -> None:
+    raise GenerationError(f"chat template rejected the messages: {message}")
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str):  # noqa: ANN202 - a jinja2 Template
+    """Compiling a template costs 2-13 ms (measured by the MQTT bridge); a model's template never changes."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
+    return env.from_string(template)
+
+
 def render_chat(template: str | None, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "") -> str:
     """Render messages with the model's template (sandboxed: templates come from model files)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message: str) -> None:
-        raise GenerationError(f"chat template rejected the messages: {message}")
-
-    env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template or CHATML).render(
+        return _compiled(template or CHATML).render(
             messages=validate_messages(messages), add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
         )
     except TemplateError as e:

@@ -39,12 +39,36 @@ def run(args: argparse.Namespace) -> int:
     ).validate()  # fail on bad values before the model loads
     if not args.prompt.strip():
         raise GenerationError("the prompt is empty")
+    status = _Status(sys.stderr.isatty())
+    status.show("loading model ...")
     gen = TextGenerator.load(args.model, device=args.device, max_context=args.context)
+    if not gen._graphs_from_disk:
+        status.show("compiling kernels for this model and device (once; about a minute on a small CPU) ...")
     stream = gen.stream(args.prompt, params, chat=args.chat)
     for piece in stream:
+        status.clear()
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     if args.stats and stream.result is not None:
         print(json.dumps(stream.result.as_dict()), file=sys.stderr)
     return 0
+
+
+class _Status:
+    """One transient status line on a terminal's stderr; silent when stderr is a pipe or a file."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.visible = enabled, False
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K" + text)
+            sys.stderr.flush()
+            self.visible = True
+
+    def clear(self) -> None:
+        if self.visible:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.visible = False

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 from tinygrad import Device, Tensor, TinyJit, UOp
+from tinygrad.helpers import DEV
 
 from models.llama import Llama, LlamaConfig
 from runtime.chat import render_chat, validate_messages
@@ -73,7 +74,7 @@ def _resolve_device(device: str | None) -> str:
         Device[name]  # opens the backend: fails here if its compiler or driver is missing
     except Exception as e:  # noqa: BLE001 - tinygrad raises many kinds of errors for an unusable backend
         raise ArtifactError(f"tinygrad device {device!r} is not usable here: {type(e).__name__}: {e}") from e
-    Device.DEFAULT = name
+    DEV.value = name  # tinygrad 0.14: the default device is the DEV context variable (Device.DEFAULT is read-only)
     return name
 
 

@@ -110,7 +110,8 @@ def _packed_arrays(info: TensorInfo) -> list[np.ndarray]:
     out, inn = info.shape
     t = info.ggml_type
     if t in (T.F32, T.F16):
-        return [np.ascontiguousarray(info.data).reshape(out, inn)]
+        # a writable copy: tinygrad refuses a read-only memory map ("underlying buffer is not writable")
+        return [np.array(info.data, copy=True).reshape(out, inn)]
     if t not in BLOCK_BYTES:
         raise ArtifactError(f"tensor {info.name}: type {t.name} cannot be used as a linear layer")
     if inn % BLOCK:

@@ -12,7 +12,8 @@ PY=${PYTHON:-python3}
 
 # clang: tinygrad's CPU backend compiles every kernel with it. mosquitto: the MQTT broker the bridge and its
 # tests use. pocl + ocl-icd: an OpenCL platform on hosts without a GPU, so the CL backend is exercised too.
-SYSTEM_PACKAGES=(clang mosquitto mosquitto-clients pocl-opencl-icd ocl-icd-libopencl1)
+# openssl: the bridge's TLS tests make their certificates with its CLI.
+SYSTEM_PACKAGES=(clang mosquitto mosquitto-clients pocl-opencl-icd ocl-icd-libopencl1 openssl)
 missing=()
 for p in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
