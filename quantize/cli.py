@@ -15,7 +15,8 @@ MB = 1_000_000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source",
-                        help="a GGUF file, or a Hugging Face folder (config.json, *.safetensors, tokenizer.json)")
+                        help="a GGUF file, a Hugging Face folder (config.json, *.safetensors, tokenizer.json), "
+                             "or 'default' for the shipped SmolLM2-135M-Instruct")
     parser.add_argument("--recipe", required=True, metavar="NAME",
                         help="; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()))
     parser.add_argument("-o", "--output", required=True, metavar="OUT.gguf", help="file to write")

@@ -73,7 +73,12 @@ def sha256_files(paths: list[Path], root: Path | None = None) -> str:
 
 
 def load_source(path: str | Path) -> ModelSource:
-    """Import a GGUF file or a Hugging Face-style folder (config.json + *.safetensors + tokenizer.json)."""
+    """Import a GGUF file or a Hugging Face-style folder (config.json + *.safetensors + tokenizer.json);
+    `default` names the shipped SmolLM2-135M-Instruct GGUF, as everywhere in edgegen."""
+    if str(path) == "default":
+        from runtime.model_file import default_model_path
+
+        path = default_model_path()
     p = Path(path)
     if p.is_dir():
         from quantize.import_hf import load_hf_folder

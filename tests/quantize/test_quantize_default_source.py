@@ -1,0 +1,11 @@
+"""`default` names the shipped model in `edgegen quantize` as it does in `edgegen generate`."""
+from __future__ import annotations
+
+from quantize.source import load_source
+from runtime.model_file import default_model_path
+
+
+def test_default_source_is_the_shipped_model():
+    source = load_source("default")
+    assert source.path == default_model_path()
+    assert "token_embd.weight" in source.tensors and len(source.tensors) == 272
