@@ -9,6 +9,8 @@ same model re-quantized with each --recipes recipe (a bar chart compares them), 
 that exists in benchmarks/. A script is run in its own process with a time limit; the report gets what it printed
 (its table) and every file it wrote or updated under benchmarks/results/ (PNG plots shown, markdown inlined, the
 rest linked). A missing script is noted, not an error: they are written by different people at different times.
+Each section is kept in benchmarks/results/sections/, stamped with when it ran, and the report is assembled from
+all of them: `--only device` re-measures one section and keeps the others as they were.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 REPORT = RESULTS / "REPORT.md"
+SECTION_DIR = RESULTS / "sections"  # one markdown file per section: a partial re-run keeps the others
 # name -> script; the names are what --only / --skip / --script-args take.
 SCRIPTS = {
     "decode": "bench_decode.py",  # tinygrad decode vs llama.cpp (llama-cpp-python) on the same files
@@ -59,8 +62,9 @@ def run_process(cmd: list[str], timeout_s: float) -> tuple[int | None, str, floa
 
 
 def files_since(start: float) -> list[Path]:
-    """Files under benchmarks/results written since `start` (the report itself excluded)."""
-    return sorted(p for p in RESULTS.rglob("*") if p.is_file() and p != REPORT and p.stat().st_mtime >= start)
+    """Files under benchmarks/results written since `start` (the report and its sections excluded)."""
+    return sorted(p for p in RESULTS.rglob("*") if p.is_file() and p != REPORT and SECTION_DIR not in p.parents
+                  and p.stat().st_mtime >= start)
 
 
 def render_files(paths: list[Path]) -> list[str]:
@@ -185,17 +189,31 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("DEV", "CPU")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    body = ["# edgegen benchmark report", "", (f"Started {started}; sections: {', '.join(chosen)}. "
-                                               "Regenerate with `.venv/bin/python benchmarks/run_all.py`."), ""]
-    body += section_machine()
+    SECTION_DIR.mkdir(parents=True, exist_ok=True)
+    machine = section_machine()
     for section in chosen:
         print(f"run_all: {section} ...", file=sys.stderr, flush=True)
-        body += section_device_bench(args) if section == "device" else section_script(section, args)
-        REPORT.write_text("\n".join(body) + "\n")  # a partial report survives an interrupted run
+        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        lines = section_device_bench(args) if section == "device" else section_script(section, args)
+        lines.insert(2, f"_Measured {started}._\n")
+        (SECTION_DIR / f"{section}.md").write_text("\n".join(lines) + "\n")
+        write_report(machine)  # a partial report survives an interrupted run
+    write_report(machine)
     print(f"run_all: wrote {REPORT}", file=sys.stderr)
     return 0
+
+
+def write_report(machine: list[str]) -> None:
+    """REPORT.md: this machine, then every section file there is, in the fixed section order."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    body = ["# edgegen benchmark report", "",
+            (f"Assembled {now} from benchmarks/results/sections/ (each section says when it was measured). "
+             "Regenerate with `.venv/bin/python benchmarks/run_all.py`."), "", *machine]
+    for section in SECTIONS:
+        path = SECTION_DIR / f"{section}.md"
+        if path.exists():
+            body += [path.read_text().strip(), ""]
+    REPORT.write_text("\n".join(body) + "\n")
 
 
 if __name__ == "__main__":

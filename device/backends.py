@@ -14,7 +14,8 @@ BACKENDS = ("CPU", "CL", "CUDA", "NV", "METAL")
 PROBE_TIMEOUT_S = 60.0  # a cold CPU probe (import tinygrad, compile one kernel with clang) takes ~2 s here
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """This environment for a child `python -m device...`: no DEV, and this package importable."""
     env = dict(os.environ)
     env.pop("DEV", None)  # the probe names its device; a bogus DEV in the caller's environment must not interfere
     root = str(Path(__file__).resolve().parent.parent)  # so `-m device.backend_probe` imports this very package
@@ -29,7 +30,7 @@ def _failure(name: str, error: str, elapsed_s: float) -> dict:
 def probe_backends(names: tuple[str, ...] = BACKENDS, timeout_s: float = PROBE_TIMEOUT_S) -> list[dict]:
     """Probe every backend in parallel; a hang becomes 'timed out', a crash 'exited with code N'."""
     start = time.perf_counter()
-    procs = {name: subprocess.Popen([sys.executable, "-m", "device.backend_probe", name], env=_child_env(),
+    procs = {name: subprocess.Popen([sys.executable, "-m", "device.backend_probe", name], env=child_env(),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names}
     results = []
     for name, proc in procs.items():

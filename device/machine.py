@@ -1,11 +1,13 @@
 """This machine as a whole: host facts, working backends, the matching board profile, and a 'host' profile."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import numpy as np
 
-from device.backends import BACKENDS, probe_backends
+from device.backends import BACKENDS, child_env, probe_backends
 from device.host import read_host
 from device.profiles import BoardProfile, match_profile
 
@@ -28,11 +30,20 @@ def measure_copy_bandwidth(size_bytes: int = COPY_BYTES, repeats: int = 5) -> fl
     return 2 * src.nbytes / best_s
 
 
+def measure_copy_bandwidth_in_child(timeout_s: float = 120) -> float:
+    """measure_copy_bandwidth in a child process, so that its 512 MiB of arrays never count in the caller's peak
+    RSS (a bench process measures its own)."""
+    code = "from device.machine import measure_copy_bandwidth; print(measure_copy_bandwidth())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, check=True,
+                         env=child_env())
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def host_profile(bandwidth_bytes_per_s: float | None = None) -> BoardProfile:
     """A profile of this very machine: its memory now, and its copy bandwidth measured (or given)."""
     host = read_host()
     if bandwidth_bytes_per_s is None:
-        bandwidth_bytes_per_s = measure_copy_bandwidth()
+        bandwidth_bytes_per_s = measure_copy_bandwidth_in_child()
         source = "measured on this host: best numpy copy of 256 MiB (read + write), a sustained figure, not peak"
     else:
         source = "given by the caller"

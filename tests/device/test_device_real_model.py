@@ -157,7 +157,9 @@ def test_bench_memory_figures(measured):
     # The packed weights and the KV cache live in tinygrad CPU buffers, which are part of the process's RSS.
     assert facts.weights_bytes + kv_cache_bytes(facts, 1024) <= r["peak_device_bytes"] < r["peak_rss_bytes"]
     assert r["peak_device_bytes"] < facts.weights_bytes + kv_cache_bytes(facts, 1024) + 256 * MIB
-    assert 200 * MIB < r["peak_rss_bytes"] < 4096 * MIB
+    # The bench process is one more first start (its JIT cache folder starts empty): the planner covers it too, so
+    # nothing of the harness (the host bandwidth measurement's arrays, plots) leaks into the figure.
+    assert abs(_prediction_error(SMOLLM2_Q4_1, r["peak_rss_bytes"], 1024, "first")) < TOLERANCE
     assert r["device_memory_bytes"]["CPU"] >= facts.weights_bytes
 
 
