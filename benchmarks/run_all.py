@@ -61,10 +61,11 @@ def run_process(cmd: list[str], timeout_s: float) -> tuple[int | None, str, floa
     return code, out, time.perf_counter() - start
 
 
-def files_since(start: float) -> list[Path]:
-    """Files under benchmarks/results written since `start` (the report and its sections excluded)."""
+def files_since(start: float, name: str) -> list[Path]:
+    """Files under benchmarks/results written since `start` whose path names the section (decode.json,
+    quality/...): other people's scripts write there at the same time, and their files are not this run's."""
     return sorted(p for p in RESULTS.rglob("*") if p.is_file() and p != REPORT and SECTION_DIR not in p.parents
-                  and p.stat().st_mtime >= start)
+                  and name in p.relative_to(RESULTS).as_posix() and p.stat().st_mtime >= start)
 
 
 def render_files(paths: list[Path]) -> list[str]:
@@ -153,7 +154,7 @@ def section_script(name: str, args: argparse.Namespace) -> list[str]:
     status = "timed out" if code is None else ("ok" if code == 0 else f"failed with exit code {code}")
     lines += [f"`{' '.join(['python', 'benchmarks/' + script.name, *extra])}`: {status} in {seconds:.0f} s", "",
               "```", text.strip()[-OUTPUT_TAIL_CHARS:], "```", ""]
-    return lines + render_files(files_since(start))
+    return lines + render_files(files_since(start, name))
 
 
 def parse_script_args(values: list[str]) -> dict[str, str]:
