@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgegen: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - only errors that declare themselves user-facing are caught
+    except Exception as e:
         code = getattr(type(e), "exit_code", None)
         if code is None:
             raise

@@ -110,6 +110,39 @@ def worker_llamacpp(a: argparse.Namespace, ids: list[int]) -> dict:
             "tokens": tokens}
 
 
+def worker_logits(a: argparse.Namespace, ids: list[int], runtime: str) -> list[list[float]]:
+    """Next-token logits at every position of `ids` (teacher forcing), as nested lists."""
+    if runtime == "edgegen":
+        from runtime.engine import TextGenerator
+
+        return TextGenerator.load(a.model, max_context=a.context, jit_cache=False).logits(ids).tolist()
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=a.model, n_ctx=a.context, n_threads=a.threads, n_batch=len(ids), logits_all=True,
+                verbose=False)
+    llm.eval(ids)
+    return llm.scores[: len(ids)].tolist()
+
+
+def logits_agreement(a: argparse.Namespace, ids: list[int]) -> dict:
+    """Top-1 agreement and logit differences between the runtimes on the same token ids: separates arithmetic
+    differences (llama.cpp quantizes activations to Q8_1 for its Q4_1 dot products) from implementation errors."""
+    import numpy as np
+
+    out = {}
+    for rt in ("edgegen", "llamacpp"):
+        cmd = [sys.executable, __file__, "--worker", f"logits-{rt}", "--model", a.model, "--context", str(a.context),
+               "--threads", str(a.threads), "--text", str(a.text), "--prompt-tokens", str(len(ids))]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"logits worker {rt} failed:\n{proc.stderr[-3000:]}")
+        out[rt] = np.asarray(json.loads(proc.stdout.strip().splitlines()[-1]), dtype=np.float32)
+    e, l = out["edgegen"], out["llamacpp"]
+    return {"positions": len(ids), "top1_agreement": float((e.argmax(-1) == l.argmax(-1)).mean()),
+            "max_abs_logit_diff": float(np.abs(e - l).max()), "mean_abs_logit_diff": float(np.abs(e - l).mean()),
+            "logit_scale_mean_abs": float(np.abs(l).mean())}
+
+
 # ---- parent ------------------------------------------------------------------------------------------------------
 def spawn(a: argparse.Namespace, runtime: str, runs: int, start_only: bool = False,
           env_extra: dict | None = None) -> dict:
@@ -120,7 +153,7 @@ def spawn(a: argparse.Namespace, runtime: str, runs: int, start_only: bool = Fal
         cmd.append("--start-only")
     env = dict(os.environ, **(env_extra or {}))
     t_spawn = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{runtime} worker failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -143,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text", type=Path, default=DEFAULT_TEXT)
     p.add_argument("--out", type=Path, default=RESULTS / "decode.json")
     p.add_argument("--skip-llamacpp", action="store_true")
-    p.add_argument("--worker", choices=["edgegen", "llamacpp"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["edgegen", "llamacpp", "logits-edgegen", "logits-llamacpp"],
+                   help=argparse.SUPPRESS)
+    p.add_argument("--agreement-tokens", type=int, default=192, help="teacher-forced positions to compare logits on")
     p.add_argument("--start-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.model is None:
@@ -153,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ids = prompt_ids(a.model, a.prompt_tokens, a.text)
 
     if a.worker:
+        if a.worker.startswith("logits-"):
+            print(json.dumps(worker_logits(a, ids, a.worker.split("-", 1)[1])))
+            return 0
         fn = worker_edgegen if a.worker == "edgegen" else worker_llamacpp
         print(json.dumps(fn(a, ids)))
         return 0
@@ -197,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             same += 1
         report["greedy_tokens_identical_prefix"] = f"{same}/{len(l['greedy_tokens'])}"
+        print(f"[both] teacher-forced logits over {a.agreement_tokens} tokens ...", file=sys.stderr, flush=True)
+        report["logits_vs_llamacpp"] = logits_agreement(a, prompt_ids(a.model, a.agreement_tokens, a.text))
         report["ratios_edgegen_over_llamacpp"] = {
             "decode_tok_s": e["decode_tok_s"] / l["decode_tok_s"],
             "ttft_64_s": e["ttft_64_s"] / l["ttft_64_s"],
@@ -225,6 +265,10 @@ def print_table(report: dict) -> None:
         print(line)
     if "greedy_tokens_identical_prefix" in report:
         print(f"greedy tokens identical to llama.cpp's: {report['greedy_tokens_identical_prefix']}")
+    if "logits_vs_llamacpp" in report:
+        g = report["logits_vs_llamacpp"]
+        print(f"teacher-forced over {g['positions']} tokens: top-1 agreement {100 * g['top1_agreement']:.1f}%, "
+              f"mean |logit diff| {g['mean_abs_logit_diff']:.3f} (mean |logit| {g['logit_scale_mean_abs']:.2f})")
     print(f"(load average during the run: {report['load_avg_1m']:.1f} on {report['cpus']} CPUs)")
 
 

@@ -9,8 +9,9 @@ adjacent (interleaved, "normal" RoPE mode), so we rotate (x[2i], x[2i+1]) pairs 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from tinygrad import Tensor, UOp, dtypes
 

@@ -10,18 +10,18 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tinygrad import Device, Tensor, TinyJit, UOp
 from tinygrad.helpers import DEV
 
 from models.llama import Llama, LlamaConfig
+from runtime import jit_cache as jit_cache_store
 from runtime.chat import render_chat, validate_messages
 from runtime.errors import ArtifactError, GenerationError
-from runtime import jit_cache as jit_cache_store
 from runtime.loader import GGUFWeights, build_llama, config_from_gguf
 from runtime.model_file import ModelFile, open_model
 from runtime.quant import embedding_rows
@@ -72,7 +72,7 @@ def _resolve_device(device: str | None) -> str:
     name = device.upper()
     try:
         Device[name]  # opens the backend: fails here if its compiler or driver is missing
-    except Exception as e:  # noqa: BLE001 - tinygrad raises many kinds of errors for an unusable backend
+    except Exception as e:
         raise ArtifactError(f"tinygrad device {device!r} is not usable here: {type(e).__name__}: {e}") from e
     DEV.value = name  # tinygrad 0.14: the default device is the DEV context variable (Device.DEFAULT is read-only)
     return name
@@ -102,7 +102,7 @@ class TextGenerator:
 
     @classmethod
     def load(cls, model: str | os.PathLike = "default", device: str | None = None,
-             max_context: int | None = DEFAULT_CONTEXT, jit_cache: bool = True) -> "TextGenerator":
+             max_context: int | None = DEFAULT_CONTEXT, jit_cache: bool = True) -> TextGenerator:
         """Open and validate the file, then prepare generation on the device. Raises ArtifactError.
 
         jit_cache: reuse decode/prefill graphs captured by an earlier process for this file (see runtime.jit_cache);

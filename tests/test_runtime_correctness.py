@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
+from tiny_llama import VOCAB, random_weights, reference_logits, write_gguf
 
 from runtime.engine import TextGenerator
 from runtime.quant import PackedLinear
-from tiny_llama import VOCAB, random_weights, reference_logits, write_gguf
 
 IDS = [5, 17, 42, 3, 88, 60, 7, 7, 31, 90, 12]
 
