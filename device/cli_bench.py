@@ -101,14 +101,10 @@ def pick_board(name: str | None) -> BoardProfile:
 
 
 def load_generator(path: Path, device: str, context: int):
-    """Load through the runtime on `device`. tinygrad 0.14 refuses `Device.DEFAULT = ...`, so the backend is
-    chosen with its DEV context variable and the runtime is asked for its default device."""
-    from tinygrad.helpers import DEV
-
+    """Load through the runtime on `device`; an unusable backend is the runtime's ArtifactError (exit code 2)."""
     from runtime.engine import TextGenerator
 
-    DEV.value = device
-    return TextGenerator.load(str(path), device=None, max_context=context)
+    return TextGenerator.load(str(path), device=device, max_context=context)
 
 
 def make_prompt(tokenizer, n_tokens: int) -> list[int]:

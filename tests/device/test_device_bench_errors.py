@@ -1,6 +1,8 @@
 """`edgegen bench` refuses bad input with one clear line, before loading anything."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 from device_helpers import SMOLLM2_Q4_1
 
@@ -24,3 +26,10 @@ def test_bench_bad_input(edgegen, argv, message):
 def test_bench_missing_model(edgegen, tmp_path):
     code, _, err = edgegen("bench", str(tmp_path / "missing.gguf"))
     assert code == 2 and f"model file '{tmp_path / 'missing.gguf'}' does not exist" in err
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="METAL works on a Mac")
+def test_bench_unusable_backend(edgegen):
+    code, out, err = edgegen("bench", str(SMOLLM2_Q4_1), "--device", "METAL", "--no-compile-times")
+    assert code == 2 and out == ""
+    assert err.startswith("edgegen bench: error: tinygrad device 'METAL' is not usable here")
