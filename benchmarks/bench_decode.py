@@ -42,6 +42,15 @@ def prompt_ids(model: str, n: int, text_path: Path) -> list[int]:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident set of this process. VmHWM belongs to the address space, which exec replaces; getrusage's
+    ru_maxrss can carry the spawning parent's peak into the child on Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
