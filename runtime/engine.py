@@ -21,6 +21,7 @@ from tinygrad.helpers import DEV
 from models.llama import Llama, LlamaConfig
 from runtime import jit_cache as jit_cache_store
 from runtime.chat import render_chat, validate_messages
+from runtime.cpu_replay import CPUReplay
 from runtime.errors import ArtifactError, GenerationError
 from runtime.loader import GGUFWeights, build_llama, config_from_gguf
 from runtime.model_file import ModelFile, open_model
@@ -135,6 +136,9 @@ class TextGenerator:
         return self._weights
 
     def _new_graphs(self) -> None:
+        self._decode_input: Tensor | None = None
+        self._replay: CPUReplay | None = None  # direct kernel calls for the decode graph, once it is captured
+        self._replay_tried = False
         # cnt = 1: capture on the first call. TinyJit's default first call runs the graph eagerly without
         # recording it, which in a fresh process costs as much Python scheduling time as the capture itself.
         self._decode_jit = TinyJit(self._decode_step)
@@ -145,6 +149,7 @@ class TextGenerator:
     def _install_graphs(self, graphs: dict) -> None:
         if "decode" not in graphs:
             return
+        self._decode_input = None
         self._decode_jit.captured, self._decode_jit.cnt = graphs["decode"], 2
         for bucket, captured in graphs.get("prefill", {}).items():
             if bucket in self._prefill_jits:
@@ -204,8 +209,20 @@ class TextGenerator:
         return self._prefill_jits[bucket](Tensor(emb).realize(), self._last.bind(n - 1)).numpy().reshape(-1)
 
     def _decode(self, token: int, pos: int) -> np.ndarray:
-        h = Tensor(self._embed([token])[None]).realize()
-        return self._decode_jit(h, self._start.bind(pos)).numpy().reshape(-1)
+        emb = self._embed([token])[None]  # (1, 1, dim)
+        if self._decode_input is None:
+            self._decode_input = Tensor(emb).realize()  # one persistent input buffer: replays read it in place
+        else:
+            buf = self._decode_input.uop.buffer
+            buf.allocator._copyin(buf._buf, memoryview(np.ascontiguousarray(emb, dtype=np.float32)).cast("B"))
+        if self._replay is not None:
+            self._replay({"start_pos": pos})
+            return self._decode_jit.captured.ret.numpy().reshape(-1)
+        out = self._decode_jit(self._decode_input, self._start.bind(pos)).numpy().reshape(-1)
+        if self._decode_jit.captured is not None and not self._replay_tried:
+            self._replay_tried = True
+            self._replay = CPUReplay.build(self._decode_jit, (self._decode_input, self._start.bind(pos)))
+        return out
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """Next-token logits at every position of one causal forward pass (T, vocab), for evaluation."""
