@@ -197,10 +197,9 @@ class TextGenerator:
         """Run the prompt from position 0 in one batch; return the logits after its last token."""
         n = len(ids)
         bucket = next((b for b in PREFILL_BUCKETS if b >= n), None)
-        if bucket is not None and self._prefill_jits[bucket].captured is None:
-            self._own_graphs()
+        if bucket is None or bucket > self.config.max_context or self._prefill_jits[bucket].captured is None:
+            self._own_graphs()  # this prefill will be captured from the Python model (a no-op unless from disk)
         if bucket is None or bucket > self.config.max_context:
-            self._own_graphs()
             # Longer than every bucket: one exact-size graph (compiled for this length only).
             h = Tensor(self._embed(ids)[None]).realize()
             return self.model(h, 0, logits_at=n - 1).realize().numpy().reshape(-1)
@@ -264,14 +263,17 @@ class TextGenerator:
         else:
             raise GenerationError(f"prompt must be a string or a list of messages, not {type(prompt).__name__}")
         ids = self.tokenizer.encode(text)
-        if not ids:
+        self._check_prompt_length(len(ids))
+        return ids
+
+    def _check_prompt_length(self, n: int) -> None:
+        if n == 0:
             raise GenerationError("the prompt encodes to no tokens")
-        if len(ids) >= self.config.max_context:
+        if n >= self.config.max_context:
             raise GenerationError(
-                f"the prompt is {len(ids)} tokens, longer than the context of {self.config.max_context} "
+                f"the prompt is {n} tokens, longer than the context of {self.config.max_context} "
                 f"(at least one token must be left to generate)"
             )
-        return ids
 
     # ---- generation --------------------------------------------------------------------------------------------
     def stream(self, prompt: str | list[dict], params: SamplingParams | None = None, chat: bool = True,
@@ -286,8 +288,7 @@ class TextGenerator:
         ignore_eos: keep going past end-of-turn tokens, so a benchmark always decodes max_tokens."""
         params = (params or SamplingParams()).validate()
         ids = [int(i) for i in ids]
-        if not ids or len(ids) >= self.config.max_context:
-            raise GenerationError(f"need 1 to {self.config.max_context - 1} prompt tokens, got {len(ids)}")
+        self._check_prompt_length(len(ids))
         if min(ids) < 0 or max(ids) >= self.config.vocab_size:
             raise GenerationError(f"token ids must be in [0, {self.config.vocab_size}), got {min(ids)}..{max(ids)}")
         stream = TextStream(iter(()))
