@@ -84,6 +84,24 @@ def test_cli_generate_bad_inputs(tiny_q4_path):
     assert_clean_error(edgegen("generate", "--model", m, "hi", "--max-tokens", "0"), "max_tokens=0")
     assert_clean_error(edgegen("generate", "--model", m, "x" * 200, "--no-chat", "--context", "16"),
                        "longer than the context of 16")
+    assert_clean_error(edgegen("generate", "--model", m, "hi", "--context", "1"), "--context=1 is out of range")
+
+
+def test_token_id_inputs_are_checked(tiny_q4_path):
+    from runtime.engine import TextGenerator
+    from tiny_llama import VOCAB
+
+    gen = TextGenerator.load(tiny_q4_path, max_context=16, jit_cache=False)
+    with pytest.raises(GenerationError, match=rf"token ids must be in \[0, {VOCAB}\), got -1\.\.5"):
+        gen.stream_ids([5, -1])
+    with pytest.raises(GenerationError, match=rf"token ids must be in \[0, {VOCAB}\), got 3\.\.{VOCAB}"):
+        gen.stream_ids([3, VOCAB])
+    with pytest.raises(GenerationError, match="the prompt encodes to no tokens"):
+        gen.stream_ids([])
+    with pytest.raises(GenerationError, match="the prompt is 16 tokens, longer than the context of 16"):
+        gen.stream_ids([1] * 16)
+    with pytest.raises(GenerationError, match=r"logits\(\) needs 1 to 16 tokens, got 17"):
+        gen.logits([1] * 17)
 
 
 def test_cli_generate_and_info_on_tiny_model(tiny_q4_path):
