@@ -16,6 +16,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("runtime.cli_generate", "generate text from a prompt with a GGUF model"),
     "info": ("runtime.cli_info", "show a model file's architecture, tensor types and sizes"),
+    "run-onnx": ("runtime.cli_run_onnx", "run an ONNX model (float or quantized) with tinygrad's ONNX runner"),
     "quantize": ("quantize.cli", "quantize a model into one deployable file"),
     "eval": ("quantize.cli_eval", "measure a model's quality (perplexity, KL, top-1 vs a reference)"),
     "device": ("device.cli", "what this machine is and which tinygrad backends work on it"),

