@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("runtime.cli_info", "show a model file's architecture, tensor types and sizes"),
     "run-onnx": ("runtime.cli_run_onnx", "run an ONNX model (float or quantized) with tinygrad's ONNX runner"),
     "quantize": ("quantize.cli", "quantize a model into one deployable file"),
+    "train-diffusion": ("models.train_diffusion", "train the MNIST diffusion U-Net or its evaluation classifier"),
+    "diffuse": ("runtime.cli_diffuse", "generate digit images from a prompt with a diffusion model"),
     "eval": ("quantize.cli_eval", "measure a model's quality (perplexity, KL, top-1 vs a reference)"),
     "device": ("device.cli", "what this machine is and which tinygrad backends work on it"),
     "plan": ("device.cli_plan", "predict whether a model fits a board's memory"),

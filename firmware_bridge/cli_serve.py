@@ -1,4 +1,4 @@
-"""`edgegen serve`: run a device agent that answers text prompts over MQTT until SIGINT/SIGTERM."""
+"""`edgegen serve`: run a device agent that answers text (and image) prompts over MQTT until SIGINT/SIGTERM."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import threading
 
 from firmware_bridge import topics
 from firmware_bridge.cli_common import add_broker_arguments, broker_options
-from firmware_bridge.engines import RuntimeTextEngine
+from firmware_bridge.engines import RuntimeImageEngine, RuntimeTextEngine
 from firmware_bridge.errors import ErrorCode, RequestError
 from firmware_bridge.service import DeviceService, ServiceConfig
 
@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-id", required=True, help="this device's id: its topic subtree and MQTT client id")
     parser.add_argument("--pool", help="also take requests sent to this pool (a shared subscription)")
     parser.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct Q4_1) or a GGUF file")
+    parser.add_argument("--image-model", nargs="?", const="default", default=None, metavar="FILE",
+                        help="also answer image requests with this diffusion U-Net ('default' or no value: the "
+                             "shipped MNIST U-Net)")
     parser.add_argument("--backend", help="tinygrad device, e.g. CPU or CL (default: tinygrad's choice)")
     parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait; more get 'busy' (8)")
     parser.add_argument("--telemetry-interval-s", type=float, default=10.0, help="seconds between telemetry (10)")
@@ -48,7 +51,14 @@ def run(args: argparse.Namespace) -> int:
         # tinygrad compiles kernels on first use: pay that before announcing `online`, not on the first request.
         log.info("warming up %s", args.model)
         engine.warm_up()
-    service = DeviceService(config, options, {"default": engine})
+    images = {}
+    if args.image_model is not None:
+        image_engine = RuntimeImageEngine.load(None if args.image_model == "default" else args.image_model,
+                                               device=args.backend)
+        if not args.no_warmup:
+            image_engine.warm_up()
+        images["default"] = image_engine
+    service = DeviceService(config, options, {"default": engine}, images)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,8 +1,8 @@
 """The narrow interface the service calls to generate, and its adapter over runtime.engine.TextGenerator.
 
 The service never touches a model: it asks an engine to `check` a request (cheap, before queueing, so a bad prompt
-is answered at once) and to `generate` it, streaming text through `emit`. An image engine (the diffusion runtime,
-once it exists) plugs in the same way: give the service an `ImageEngine` under a model name.
+is answered at once) and to `generate` it, streaming text through `emit`. The image engine (the diffusion runtime)
+plugs in the same way: the service gets an `ImageEngine` under a model name and answers with a PNG.
 """
 from __future__ import annotations
 
@@ -119,3 +119,58 @@ class RuntimeTextEngine:
         r = stream.result
         return TextOutcome(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
                            completion_tokens=r.completion_tokens, tokens_per_s=r.decode_tokens_per_s)
+
+
+class RuntimeImageEngine:
+    """An `ImageEngine` over `runtime.diffusion.ImageGenerator`: a digit prompt in, one PNG out."""
+
+    def __init__(self, generator: Any, steps: int = 20, guidance: float = 3.0, scale: int = 4):
+        self.generator, self.steps, self.guidance, self.scale = generator, steps, guidance, scale
+
+    @classmethod
+    def load(cls, model: str | None = None, device: str | None = None) -> RuntimeImageEngine:
+        from runtime.diffusion import DEFAULT_UNET, ImageGenerator
+
+        return cls(ImageGenerator.load(model or DEFAULT_UNET, device=device))
+
+    def warm_up(self) -> None:
+        """One short sample so tinygrad compiles the U-Net's kernels before the device announces `online`."""
+        self.generate(ImageRequest(id="warm-up", prompt="0", steps=1), threading.Event())
+
+    def _params(self, request: ImageRequest) -> Any:
+        from runtime.diffusion import DiffusionParams, parse_prompt
+        from runtime.errors import GenerationError
+
+        try:
+            parse_prompt(request.prompt)
+        except GenerationError as e:
+            raise RequestError(ErrorCode.INVALID_REQUEST, str(e)) from e
+        params = DiffusionParams(steps=request.steps or self.steps, guidance=self.guidance,
+                                 seed=0 if request.seed is None else request.seed)
+        try:
+            params.validate(self.generator.cfg.timesteps)
+        except GenerationError as e:
+            raise RequestError(ErrorCode.INVALID_SAMPLING, str(e)) from e
+        return params
+
+    def check(self, request: ImageRequest) -> None:
+        """A prompt that names no digit, or steps / seed out of range."""
+        self._params(request)
+
+    def generate(self, request: ImageRequest, cancel: threading.Event) -> ImageOutcome:
+        import io
+
+        from PIL import Image
+
+        from runtime.diffusion import parse_prompt, to_uint8
+
+        params = self._params(request)
+        for _step, _total, images in self.generator.sample_iter([parse_prompt(request.prompt)], params):
+            if cancel.is_set():
+                return ImageOutcome(png=b"", finish_reason="cancelled")
+            if images is not None:
+                img = to_uint8(images[0, 0]).repeat(self.scale, 0).repeat(self.scale, 1)
+                buf = io.BytesIO()
+                Image.fromarray(img, mode="L").save(buf, format="PNG")
+                return ImageOutcome(png=buf.getvalue())
+        raise RequestError(ErrorCode.INTERNAL, "the sampler ended without an image")

@@ -1,4 +1,8 @@
-"""`edgegen eval MODEL --text FILE [--reference MODEL]`: perplexity, KL and top-1 agreement in edgegen's runtime."""
+"""`edgegen eval MODEL`: what a model's quantization cost, measured in edgegen's runtime.
+
+Text models (`--text FILE [--reference MODEL]`): perplexity, KL and top-1 agreement. Diffusion U-Nets: prompt
+accuracy, confidence and Frechet distance of generated digits, scored by the shipped MNIST classifier.
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,17 +17,31 @@ T = TypeVar("T")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="GGUF model file to evaluate")
-    parser.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to measure perplexity on")
+    parser.add_argument("model", help="GGUF model file to evaluate (a text model or a diffusion U-Net)")
+    parser.add_argument("--text", metavar="FILE", help="UTF-8 text to measure perplexity on (text models)")
     parser.add_argument("--reference", metavar="MODEL", help="GGUF model to compare next-token distributions with")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="use only the first N tokens of the text")
     parser.add_argument("--window", type=int, default=256, help="tokens per forward pass (default 256)")
     parser.add_argument("--stride", type=int, default=128, help="tokens between window starts (default 128)")
+    img = parser.add_argument_group("diffusion models")
+    img.add_argument("--per-digit", type=int, default=100, help="images generated per digit (default 100)")
+    img.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    img.add_argument("--sampler", default="ddim", help="ddim or ddpm (default ddim)")
+    img.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance weight (default 3)")
+    img.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    img.add_argument("--classifier", metavar="FILE", help="scoring classifier (default: the shipped one)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from models.unet import UNET_ARCH
+    from runtime.model_file import SUPPORTED_ARCHITECTURES, open_model
+
+    if open_model(args.model, architectures=SUPPORTED_ARCHITECTURES).architecture == UNET_ARCH:
+        return run_diffusion(args)
+    if args.text is None:
+        raise QuantizeError("--text FILE is required to evaluate a text model")
     text = read_text(args.text, "text file")
     if args.max_tokens is not None and args.max_tokens < 2:
         raise QuantizeError(f"--max-tokens must be at least 2, got {args.max_tokens}")
@@ -56,4 +74,34 @@ def run(args: argparse.Namespace) -> int:
     if result.mean_kl is not None:
         print(f"vs {args.reference}: mean KL {result.mean_kl:.5f} nats/token, top-1 agreement "
               f"{100 * result.top1_agreement:.2f}%")
+    return 0
+
+
+def run_diffusion(args: argparse.Namespace) -> int:
+    from quantize.evaluate_diffusion import evaluate_diffusion
+    from runtime.diffusion import DEFAULT_CLASSIFIER, Classifier, DiffusionParams, ImageGenerator
+
+    if not 1 <= args.per_digit <= 500:
+        raise QuantizeError(f"--per-digit must be from 1 to 500 (got {args.per_digit})")
+    DiffusionParams(steps=args.steps, sampler=args.sampler, guidance=args.guidance, seed=args.seed).validate()
+    gen = ImageGenerator.load(args.model)
+    clf = Classifier(args.classifier or DEFAULT_CLASSIFIER)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, desc="denoising", unit="step")
+    quality, _ = evaluate_diffusion(gen, clf, per_digit=args.per_digit, steps=args.steps, sampler=args.sampler,
+                                    guidance=args.guidance, seed=args.seed,
+                                    on_step=(lambda s, t: bar.update(1)) if bar else None)
+    if bar:
+        bar.close()
+    if args.json:
+        print(json.dumps({"model": args.model, **quality.as_dict()}, indent=2))
+        return 0
+    q = quality
+    print(f"{args.model}: prompt accuracy {100 * q.prompt_accuracy:.1f}% over {q.images} digits "
+          f"(real digits: {100 * q.real_accuracy:.1f}%), mean confidence {q.mean_confidence:.3f}, "
+          f"Frechet distance {q.frechet_distance:.3f} (real vs real: {q.real_vs_real_fd:.3f})")
+    print("per digit: " + " ".join(f"{d}:{100 * a:.0f}%" for d, a in enumerate(q.per_digit_accuracy)))
     return 0

@@ -10,6 +10,7 @@ from gguf.quants import dequantize
 
 from quantize.errors import QuantizeError
 from quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
+from runtime.model_file import IMAGE_ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def load_gguf(path: Path) -> ModelSource:
     metadata = read_metadata(reader)
     if "general.architecture" not in metadata:
         raise QuantizeError(f"{path}: GGUF file has no general.architecture")
-    check_tokenizer(path, metadata)
+    if str(metadata["general.architecture"].value) not in IMAGE_ARCHITECTURES:  # image models have no tokenizer
+        check_tokenizer(path, metadata)
     tensors: dict[str, np.ndarray] = {}
     types: dict[str, str] = {}
     for t in reader.tensors:

@@ -67,7 +67,8 @@ class TextStream:
         return self._pieces
 
 
-def _resolve_device(device: str | None) -> str:
+def resolve_device(device: str | None) -> str:
+    """The tinygrad device to run on: its default, or `device` made the default after checking it opens."""
     if device is None:
         return Device.DEFAULT
     name = device.upper()
@@ -109,7 +110,7 @@ class TextGenerator:
         jit_cache: reuse decode/prefill graphs captured by an earlier process for this file (see runtime.jit_cache);
         without a cache entry the weights are repacked from the GGUF and the graphs captured on first use."""
         mf = open_model(model)
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         if "token_embd.weight" not in mf.tensors:
             raise ArtifactError(f"{mf.path.name}: tensor token_embd.weight is missing")
         gen = cls(mf, dev, max_context, jit_cache)

@@ -19,7 +19,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from runtime.errors import ArtifactError
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHITECTURES = ("llama",)
+TEXT_ARCHITECTURES = ("llama",)
+# Our own image models (models/unet.py, models/classifier.py) use the same container.
+IMAGE_ARCHITECTURES = ("edgegen-unet", "edgegen-mnist-classifier")
+SUPPORTED_ARCHITECTURES = TEXT_ARCHITECTURES + IMAGE_ARCHITECTURES
 # The block types whose dequantization runtime.quant expresses in tinygrad.
 SUPPORTED_TYPES = (
     GGMLQuantizationType.F32,
@@ -187,8 +190,11 @@ def _parse(path: Path, buf: memoryview) -> tuple[dict[str, Any], list[tuple[str,
     return metadata, infos, data_start
 
 
-def open_model(model: str | os.PathLike) -> ModelFile:
-    """Read and validate a GGUF file; every problem becomes one ArtifactError naming the file and the cause."""
+def open_model(model: str | os.PathLike, architectures: tuple[str, ...] = TEXT_ARCHITECTURES) -> ModelFile:
+    """Read and validate a GGUF file; every problem becomes one ArtifactError naming the file and the cause.
+
+    `architectures`: the ones the caller can run (text generation by default; `edgegen diffuse` passes the U-Net's).
+    """
     path = resolve_model_path(model)
     if not path.exists():
         raise ArtifactError(f"model file not found: {path}")
@@ -202,9 +208,14 @@ def open_model(model: str | os.PathLike) -> ModelFile:
     metadata, infos, data_start = _parse(path, memoryview(data))
 
     architecture = metadata.get("general.architecture")
-    if architecture not in SUPPORTED_ARCHITECTURES:
+    if architecture not in architectures:
+        hint = ""
+        if architecture in IMAGE_ARCHITECTURES:
+            hint = "; it is an image model: use `edgegen diffuse`"
+        elif architecture in TEXT_ARCHITECTURES:
+            hint = "; it is a text model: use `edgegen generate`"
         raise ArtifactError(
-            f"{path.name}: unsupported architecture {architecture!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{path.name}: unsupported architecture {architecture!r} here (supported: {', '.join(architectures)}){hint}"
         )
     tensors: dict[str, TensorInfo] = {}
     for name, dims, type_id, offset in infos:

@@ -2,30 +2,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_helpers import assert_clean_error, edgegen
 from gguf import GGMLQuantizationType as Q
 from tiny_llama import random_weights, write_gguf
 
 from runtime import ArtifactError, GenerationError, SamplingParams
 from runtime.model_file import open_model
-
-
-def edgegen(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgegen_cli", *args], capture_output=True, text=True, timeout=600,
-                          check=False)
-
-
-def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_missing_file(tmp_path):
@@ -88,8 +73,9 @@ def test_cli_generate_bad_inputs(tiny_q4_path):
 
 
 def test_token_id_inputs_are_checked(tiny_q4_path):
-    from runtime.engine import TextGenerator
     from tiny_llama import VOCAB
+
+    from runtime.engine import TextGenerator
 
     gen = TextGenerator.load(tiny_q4_path, max_context=16, jit_cache=False)
     with pytest.raises(GenerationError, match=rf"token ids must be in \[0, {VOCAB}\), got -1\.\.5"):

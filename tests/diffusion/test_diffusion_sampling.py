@@ -1,0 +1,77 @@
+"""Sampling: seeds reproduce, the samplers differ as they should, and bad prompts / step counts get clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cli_helpers import assert_clean_error, edgegen
+
+from runtime.diffusion import DiffusionParams, ImageGenerator, grid, parse_prompt
+from runtime.errors import GenerationError
+
+
+@pytest.mark.parametrize("prompt,digit", [("7", 7), ("seven", 7), (" Seven ", 7), ("a 3", 3), ("digit zero", 0),
+                                          ("the number 9", 9), ("EIGHT", 8)])
+def test_prompts(prompt, digit):
+    assert parse_prompt(prompt) == digit
+
+
+@pytest.mark.parametrize("prompt", ["", "cat", "12", "-1", "7 8", "seventy", "3.5", "digit"])
+def test_bad_prompts(prompt):
+    with pytest.raises(GenerationError, match="is not a digit"):
+        parse_prompt(prompt)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"steps": 0}, "steps must be"), ({"steps": 1001}, "steps must be"), ({"steps": 2.5}, "steps must be"),
+    ({"sampler": "euler"}, "sampler must be"), ({"guidance": -1.0}, "guidance must be"),
+    ({"seed": -3}, "seed must be"), ({"n": 0}, "n must be"),
+])
+def test_bad_params(kwargs, needle):
+    with pytest.raises(GenerationError, match=needle):
+        DiffusionParams(**kwargs).validate()
+
+
+def test_steps_beyond_the_models_schedule(tiny_unet_files):
+    gen = ImageGenerator.load(tiny_unet_files["w8"])  # trained with 100 timesteps
+    with pytest.raises(GenerationError, match="from 1 to 100"):
+        gen.generate("4", DiffusionParams(steps=101))
+
+
+def test_seeded_sampling_reproduces(tiny_unet_files):
+    gen = ImageGenerator.load(tiny_unet_files["w4"])
+    a = gen.generate("5", DiffusionParams(steps=4, seed=11, n=2))
+    b = gen.generate("five", DiffusionParams(steps=4, seed=11, n=2))
+    c = gen.generate("5", DiffusionParams(steps=4, seed=12, n=2))
+    assert a.shape == (2, 28, 28) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # DDPM adds fresh noise every step: same seed reproduces, and it differs from DDIM's deterministic path
+    d1 = gen.generate("5", DiffusionParams(steps=4, seed=11, n=2, sampler="ddpm"))
+    d2 = gen.generate("5", DiffusionParams(steps=4, seed=11, n=2, sampler="ddpm"))
+    assert np.array_equal(d1, d2) and not np.array_equal(a, d1)
+
+
+def test_timesteps_span_the_schedule(tiny_unet_files):
+    gen = ImageGenerator.load(tiny_unet_files["w8"])
+    ts = gen.timesteps(10)
+    assert ts[0] == 99 and ts[-1] == 0 and len(ts) == 10 and np.all(np.diff(ts) < 0)
+
+
+def test_grid_tiles_images():
+    imgs = np.stack([np.full((28, 28), i * 20, np.uint8) for i in range(5)])
+    g = grid(imgs, pad=2)
+    assert g.shape == (2 * 30 + 2, 3 * 30 + 2)
+    assert g[2, 2] == 0 and g[2 + 30, 2 + 30] == 80 and g[-1, -1] == 0
+
+
+def test_cli_bad_prompt_and_steps(tmp_path, tiny_unet_files):
+    model = str(tiny_unet_files["w8"])
+    assert_clean_error(edgegen("diffuse", "banana", "--model", model), "'banana' is not a digit")
+    assert_clean_error(edgegen("diffuse", "7", "--model", model, "--steps", "0"), "steps must be")
+    assert_clean_error(edgegen("diffuse", "7", "--model", model, "--steps", "500"), "from 1 to 100")
+    assert_clean_error(edgegen("diffuse", "7", "--model", model, "-o", str(tmp_path / "x.jpg")), "must end in .png")
+    assert_clean_error(edgegen("diffuse", "7", "--model", str(tmp_path / "none.gguf")), "not found")
+
+
+def test_cli_refuses_a_text_model_for_images(tiny_q4_path):
+    assert_clean_error(edgegen("diffuse", "7", "--model", str(tiny_q4_path)), "it is a text model")
