@@ -91,3 +91,14 @@ def ort_run(path: Path, feeds: dict[str, np.ndarray], optimize: bool = True) -> 
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def load_script(name: str):
+    """A module from scripts/ (they are not a package): the exporters the repo ships."""
+    from importlib import util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = util.spec_from_file_location(name, path)
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
