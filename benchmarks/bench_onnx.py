@@ -35,6 +35,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 MODELS = RESULTS / "onnx_models.tmp"  # ignored by git
 SENTENCES = ROOT / "tests" / "onnx" / "sentences.txt"
 ONE_SENTENCE = "A small board can run a quantized language model slowly."
+DECODER_CACHE = 64  # export_llama_onnx.DEFAULT_CACHE
 
 
 def tokenize(sentences: list[str]) -> dict[str, np.ndarray]:
@@ -140,6 +141,43 @@ def torch_check(fp32_reference: np.ndarray, feeds: dict[str, np.ndarray]) -> flo
     return float(cosines(emb[0].numpy(), fp32_reference).min())
 
 
+def decoder_check(n_new: int, runs: int) -> dict:
+    """SmolLM2-135M exported as an ONNX decode step: greedy tokens vs the GGUF runtime, and the step's latency."""
+    import export_llama_onnx as E
+
+    from runtime.engine import TextGenerator
+    from runtime.model_file import default_model_path
+
+    gguf = default_model_path()
+    path = E.export(gguf, MODELS / "smollm2-135m-step.onnx", DECODER_CACHE)
+
+    prompt = "The capital of France is"
+    ids = TextGenerator.load(gguf, device="CPU").encode_prompt(prompt, chat=False)
+    result = E.check(gguf, path, ids, n_new)
+    result |= {"prompt": prompt, "size_mb": round(path.stat().st_size / 1e6, 1)}
+    step, shape = E.tinygrad_step(path)
+    feeds = {"input_ids": np.array([ids[0]], np.int64), "position": np.array([0], np.int64),
+             "past_k": np.zeros(shape, np.float32), "past_v": np.zeros(shape, np.float32)}
+    for _ in range(3):
+        step(feeds)
+    result["tinygrad_step_ms"] = round(median_ms(lambda: step(feeds), runs), 1)
+    ort_step = E.onnxruntime_step(path, threads=1)
+    ort_step(feeds)
+    result["ort_step_ms"] = round(median_ms(lambda: ort_step(feeds), runs * 4), 2)
+    result["ratio_step"] = round(result["tinygrad_step_ms"] / result["ort_step_ms"], 1)
+    from quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
+
+    for name, recipe in ONNX_RECIPES.items():  # quantized decoders: greedy agreement in onnxruntime
+        q = MODELS / f"smollm2-135m-step-{name}.onnx"
+        quantize_onnx_file(path, recipe, q)
+        tokens = E.greedy(E.onnxruntime_step(q), shape, ids, n_new)
+        same = next((i for i, (a, b) in enumerate(zip(tokens, result["gguf_runtime"])) if a != b), len(tokens))
+        result[f"{name}_size_mb"], result[f"{name}_tokens"] = round(q.stat().st_size / 1e6, 1), tokens
+        result[f"{name}_first_difference"] = same
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     head = ("| variant | file MB | embedding table | cos vs ORT fp32, tinygrad (mean / min) | cos, onnxruntime (mean / min) | "
             "tinygrad 1 sentence ms | ORT 1 sentence ms | ratio | tinygrad 62 sentences ms | ORT 62 sentences ms | "
@@ -165,12 +203,29 @@ def markdown(rows: list[dict], meta: dict) -> str:
          " MatMulInteger); ORT MatMulNBits quantizes MatMul weights only. tinygrad runs MatMulNBits with edgegen's "
          "implementation of that contrib op."),
     ]
+    if "decoder" in meta:
+        d = meta["decoder"]
+        notes += [
+            "",
+            (f"Decoder: SmolLM2-135M-Instruct (the shipped Q4_1 GGUF, dequantized) exported by "
+            f"scripts/export_llama_onnx.py as one decode step with a {DECODER_CACHE}-slot KV cache "
+            f"({d['size_mb']:.0f} MB fp32). Greedy, {len(d['gguf_runtime'])} tokens after {d['prompt']!r}: ONNX in "
+            f"tinygrad {'equals' if d['tinygrad_equal'] else 'DIFFERS from'} edgegen's GGUF runtime, ONNX in "
+            f"onnxruntime {'equals' if d['onnxruntime_equal'] else 'DIFFERS from'} it. One decode step: tinygrad "
+            f"{d['tinygrad_step_ms']:.1f} ms, onnxruntime {d['ort_step_ms']:.2f} ms ({d['ratio_step']:.1f}x)."),
+            (f"edgegen w8 of that file ({d['w8_size_mb']:.0f} MB) and w4 ({d['w4_size_mb']:.0f} MB) in onnxruntime: "
+             f"greedy tokens equal the GGUF runtime's for the first {d['w8_first_difference']} and "
+             f"{d['w4_first_difference']} of {len(d['gguf_runtime'])} tokens (the GGUF file is Q4_1, not the same "
+             f"quantization)."),
+        ]
     return "\n".join(lines + notes) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10, help="timed tinygrad calls per workload (onnxruntime: 4x)")
+    ap.add_argument("--decoder-tokens", type=int, default=16,
+                    help="greedy tokens for the SmolLM2 decoder check (0: skip it)")
     args = ap.parse_args(argv)
     from importlib.metadata import version
 
@@ -191,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "machine": platform.machine(),
             "torch_vs_ort": torch_check(reference, workloads["batch"])}
     rows = [measure(name, path, workloads, reference, args.runs) for name, path in build_variants(fp32).items()]
+    if args.decoder_tokens:
+        meta["decoder"] = decoder_check(args.decoder_tokens, args.runs)
     meta["loadavg_end"] = round(os.getloadavg()[0], 2)
     (RESULTS / "onnx.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     md = markdown(rows, meta)

@@ -134,10 +134,12 @@ def tinygrad_step(path: Path) -> tuple[Step, tuple[int, ...]]:
     return model.run, tuple(int(d) for d in model.inputs["past_k"].shape)
 
 
-def onnxruntime_step(path: Path) -> Step:
+def onnxruntime_step(path: Path, threads: int = 0) -> Step:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads  # 0: onnxruntime's default
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return lambda feeds: dict(zip(OUTPUT_NAMES, sess.run(OUTPUT_NAMES, feeds)))
 
 
