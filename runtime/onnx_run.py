@@ -26,6 +26,7 @@ import numpy as np
 from tinygrad import Device, Tensor, TinyJit, dtypes
 from tinygrad.nn.onnx import Domain, OnnxPBParser, OnnxRunner, OpSetId, onnx_ops
 
+from runtime.engine import resolve_device
 from runtime.errors import OnnxModelError
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,7 @@ class OnnxModel:
             raise OnnxModelError(f"ONNX file {str(p)!r} does not exist")
         if p.stat().st_size == 0:
             raise OnnxModelError(f"{str(p)!r} is empty, not an ONNX file")
-        if device is not None:
-            Device.DEFAULT = device
+        resolve_device(device)  # checks it opens and makes it tinygrad's default: ArtifactError if not
         try:
             model = _Parser(p, load_external_data=True).parse()
         except OnnxModelError:

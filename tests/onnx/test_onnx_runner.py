@@ -62,3 +62,36 @@ def test_int32_ids_accepted_for_int64_input(tmp_path):
     f = onnx.load(str(path))
     w = {t.name: numpy_helper.to_array(t) for t in f.graph.initializer}
     np.testing.assert_allclose(out, w["table"][ids] @ w["W"], rtol=1e-5, atol=1e-5)
+
+
+def test_runs_on_opencl_like_on_cpu(tmp_path):
+    """Any tinygrad backend: the int4 file on CL (PoCL here) gives the CPU's numbers. A separate process, since the
+    device is chosen per process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
+
+    path = tmp_path / "w4.onnx"
+    quantize_onnx_file(save(linear_model(64, 32), tmp_path / "f.onnx"), ONNX_RECIPES["w4"], path)
+    x = np.random.default_rng(4).normal(0, 1, (3, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "edgegen_cli", "run-onnx", str(path), "--device", "CL", "--input",
+                           f"x={tmp_path / 'x.npy'}", "-o", str(tmp_path / "y.npz")], cwd=root, capture_output=True,
+                          text=True, timeout=600, check=False, env={**os.environ, "DEV": "CL"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["y"], OnnxModel.load(path).run({"x": x})["y"],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unusable_device_is_one_clear_error(capsys, tmp_path):
+    import edgegen_cli
+
+    path = save(linear_model(64, 32), tmp_path / "f.onnx")
+    code = edgegen_cli.main(["run-onnx", str(path), "--device", "NOSUCHDEV", "--shape", "x=1x64"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("edgegen run-onnx: error: tinygrad device 'NOSUCHDEV' is not usable here"), err
