@@ -212,7 +212,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # progress lines on stderr even when the CLI's logging is at WARNING (minutes pass between them)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     if args.steps < 1 or args.batch < 1:
         raise TrainingError(f"--steps and --batch must be positive (got {args.steps}, {args.batch})")
     out = Path(args.output)

@@ -14,10 +14,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def describe(model: str) -> dict:
     from runtime.loader import config_from_gguf
-    from runtime.model_file import open_model
+    from runtime.model_file import SUPPORTED_ARCHITECTURES, TEXT_ARCHITECTURES, open_model
 
-    mf = open_model(model)
-    cfg = config_from_gguf(mf)
+    mf = open_model(model, architectures=SUPPORTED_ARCHITECTURES)
+    if mf.architecture in TEXT_ARCHITECTURES:
+        config = dict(config_from_gguf(mf).__dict__)
+    else:  # our image models keep their config as `<arch>.<field>` keys
+        prefix = mf.architecture + "."
+        config = {k[len(prefix):]: v for k, v in mf.metadata.items() if k.startswith(prefix)}
     types = Counter(t.ggml_type.name for t in mf.tensors.values())
     bytes_by_type = Counter()
     for t in mf.tensors.values():
@@ -27,7 +31,7 @@ def describe(model: str) -> dict:
         "path": str(mf.path),
         "architecture": mf.architecture,
         "name": mf.get("general.name"),
-        "config": cfg.__dict__,
+        "config": config,
         "parameters": n_params,
         "size_bytes": mf.size_bytes,
         "bits_per_weight": round(8 * mf.size_bytes / max(n_params, 1), 3),
@@ -53,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = info["config"]
     print(f"file          {info['path']}")
     print(f"architecture  {info['architecture']} ({info['name']})")
+    if "n_layers" not in cfg:  # an image model
+        print("config        " + ", ".join(f"{k} {v}" for k, v in cfg.items()))
+        print(f"parameters    {info['parameters'] / 1e6:.2f} M in {info['size_bytes'] / 2**20:.2f} MiB "
+              f"({info['bits_per_weight']} bits/weight)")
+        print("tensor types  " + ", ".join(f"{k}: {v}" for k, v in sorted(info["tensor_types"].items())))
+        return 0
     print(f"layers        {cfg['n_layers']}  dim {cfg['dim']}  heads {cfg['n_heads']}/{cfg['n_kv_heads']} kv  "
           f"ffn {cfg['hidden_dim']}  vocab {cfg['vocab_size']}  context {cfg['max_context']}")
     print(f"parameters    {info['parameters'] / 1e6:.1f} M in {info['size_bytes'] / 2**20:.1f} MiB "
