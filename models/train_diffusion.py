@@ -91,9 +91,28 @@ def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * p)))
 
 
+def read_checkpoint(path: Path, arch: str) -> dict[str, np.ndarray]:
+    """The float32 tensors of a checkpoint written by `write_checkpoint` (numpy order)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"--init {path}: not a readable GGUF checkpoint ({e})") from None
+    found = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    if found != arch:
+        raise TrainingError(f"--init {path}: architecture {found!r}, expected {arch!r}")
+    return {t.name: np.array(t.data, dtype=np.float32).reshape(tuple(int(d) for d in reversed(t.shape)))
+            for t in reader.tensors}
+
+
 def train_unet(cfg: UNetConfig, steps: int, batch: int, lr: float, seed: int, out: Path, ema_decay: float = 0.999,
-               p_uncond: float = 0.1, save_every: int = 200, provenance: dict | None = None) -> dict[str, float]:
-    """DDPM training (epsilon prediction, MSE) of the class-conditional U-Net; writes the EMA weights to `out`."""
+               p_uncond: float = 0.1, save_every: int = 200, provenance: dict | None = None,
+               init_from: Path | None = None) -> dict[str, float]:
+    """DDPM training (epsilon prediction, MSE) of the class-conditional U-Net; writes the EMA weights to `out`.
+
+    `init_from`: continue from a checkpoint's (EMA) weights with a fresh optimizer and learning-rate schedule.
+    """
     rng = np.random.default_rng(seed)
     Tensor.manual_seed(seed)
     images, labels = load_mnist("train")
@@ -101,6 +120,12 @@ def train_unet(cfg: UNetConfig, steps: int, batch: int, lr: float, seed: int, ou
     # The last layer of every residual branch and the output start at zero: each block starts as the identity and
     # the untrained network predicts zero noise (a common DDPM trick that steadies the first steps).
     init = init_parameters(parameter_shapes(cfg), rng, zero=("conv2.weight", "conv_out.weight", "attn.out.weight"))
+    if init_from is not None:
+        loaded = read_checkpoint(init_from, UNET_ARCH)
+        bad = {n for n, a in init.items() if n not in loaded or loaded[n].shape != a.shape}
+        if bad:
+            raise TrainingError(f"--init {init_from}: tensors missing or of another shape: {sorted(bad)[:5]}")
+        init = {n: loaded[n] for n in init}
     params = {n: Tensor(a).realize() for n, a in init.items()}
     ema = {n: Tensor(a.copy()).realize() for n, a in init.items()}
     opt = Adam(list(params.values()), lr=lr)
@@ -208,6 +233,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 U-Net, 2e-3 CNN)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--channels", default="32,32,64", help="U-Net channels at 28/14/7 px (default 32,32,64)")
+    parser.add_argument("--init", default=None, metavar="FILE",
+                        help="U-Net: continue from this checkpoint's weights (fresh optimizer and schedule)")
     parser.add_argument("-o", "--output", required=True, help="checkpoint to write (.gguf)")
 
 
@@ -231,7 +258,14 @@ def run(args: argparse.Namespace) -> int:
             raise TrainingError(f"--channels must be three integers like 32,32,64 (got {args.channels!r})") from None
         if len(channels) != 3:
             raise TrainingError(f"--channels must be three integers like 32,32,64 (got {args.channels!r})")
+        init = Path(args.init) if args.init else None
+        if init is not None:
+            if not init.is_file():
+                raise TrainingError(f"--init {args.init}: no such file")
+            import hashlib
+
+            prov["init_sha256"] = hashlib.sha256(init.read_bytes()).hexdigest()
         res = train_unet(UNetConfig(channels=channels), args.steps, args.batch, args.lr or 2e-3, args.seed, out,
-                         provenance=prov)
+                         provenance=prov, init_from=init)
     print(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
     return 0

@@ -137,7 +137,7 @@ def quantize_model(
         types = choose_types_for_budget(tensors, budget_bytes, overhead, packer.error)
         promoted: list[str] = []
     else:
-        types, promoted = assign_types(rec, tensors, packer.error)
+        types, promoted = assign_types(rec, tensors, packer.error, source.architecture)
     calibration = None
     if calibration_text is not None:
         from quantize.calibrate import calibrate

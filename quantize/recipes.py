@@ -13,12 +13,20 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantize.blocks import Q, fits_blocks
+from quantize.blocks import Q, bits_per_weight, fits_blocks
 from quantize.errors import QuantizeError
 
 # The token embedding doubles as the output head when the model ties them (SmolLM2 does): every logit goes through
 # it, so the mixed recipe treats both names as sensitive.
 HEAD_TENSORS = ("token_embd.weight", "output.weight")
+
+# Tensors that 4-bit recipes store at Q8_0 whatever the recipe, by architecture. For the diffusion U-Net: the
+# layers that touch pixels (conv_in, conv_out) and the conditioning (class table, timestep MLP), 1.4% of its
+# weights. Measured on the shipped model: the noise prediction's error vs fp32 at t=600 fell from 7.2% to 2.4%
+# (Q4_0 elsewhere), as much as storing every tensor as Q4_1 (2.9%) gained.
+KEEP_8BIT: dict[str, tuple[str, ...]] = {
+    "edgegen-unet": ("conv_in.weight", "conv_out.weight", "class_emb", "time.fc1.weight", "time.fc2.weight"),
+}
 
 # Modified z-score above which a tensor's error is an outlier (Iglewicz & Hoaglin, 1993: |M| > 3.5).
 OUTLIER_Z = 3.5
@@ -95,16 +103,20 @@ def outliers(errors: dict[str, float], z: float) -> list[str]:
 
 
 def assign_types(
-    recipe: Recipe, tensors: dict[str, np.ndarray], error_of: Callable[[str, GGMLQuantizationType], float]
+    recipe: Recipe, tensors: dict[str, np.ndarray], error_of: Callable[[str, GGMLQuantizationType], float],
+    architecture: str = "llama",
 ) -> tuple[dict[str, GGMLQuantizationType], list[str]]:
     """Each tensor's type under `recipe`, and the names promoted as error outliers.
 
     error_of(name, qtype) gives the measured relative error of storing that tensor as qtype (cached by the caller).
     """
     types: dict[str, GGMLQuantizationType] = {}
+    keep8 = KEEP_8BIT.get(architecture, ()) if bits_per_weight(recipe.weight_type) < 8 else ()
     for name, w in tensors.items():
         if not is_weight_matrix(name, w):
             types[name] = Q.F32
+        elif name in keep8:
+            types[name] = storable_type(w.shape, Q.Q8_0)
         elif recipe.head_type is not None and name in HEAD_TENSORS:
             types[name] = storable_type(w.shape, recipe.head_type)
         else:
