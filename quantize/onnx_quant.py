@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from quantize.blocks import relative_error
 from quantize.errors import QuantizeError
 from quantize.onnx_blocks import quantize_int8_channels, quantize_uint4_blocks
-from runtime.onnx_run import MIN_OPSET
+from runtime.onnx_format import MIN_OPSET
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,11 @@ from tinygrad.nn.onnx import Domain, OnnxPBParser, OnnxRunner, OpSetId, onnx_ops
 
 from runtime.engine import resolve_device
 from runtime.errors import OnnxModelError
+from runtime.onnx_format import INT4, MIN_OPSET, UINT4
 
 log = logging.getLogger(__name__)
 
-# The oldest default-domain opset accepted: 13 is where per-axis DequantizeLinear, ReduceSum with axes as an input
-# and today's Softmax semantics begin; older files should be re-exported.
-MIN_OPSET = 13
-INT4_TYPES = {21: False, 22: True}  # ONNX TensorProto.UINT4, TensorProto.INT4 -> signed
+INT4_TYPES = {UINT4: False, INT4: True}  # -> signed
 
 
 @dataclass(frozen=True)
