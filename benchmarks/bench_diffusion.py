@@ -29,7 +29,16 @@ from quantize.evaluate_diffusion import evaluate_diffusion
 from quantize.pipeline import quantize_model
 from quantize.source import load_source
 from quantize.writer import write_artifact
-from runtime.diffusion import DEFAULT_UNET, Classifier, DiffusionParams, ImageGenerator, grid, save_png, to_uint8
+from runtime.diffusion import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_UNET,
+    Classifier,
+    DiffusionParams,
+    ImageGenerator,
+    grid,
+    save_png,
+    to_uint8,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {  # from the issue: vs fp32
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_UNET), help="fp32 U-Net checkpoint")
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
-    ap.add_argument("--guidance", type=float, default=3.0, help="guidance weight (default 3)")
+    ap.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="guidance weight (default 5)")
     ap.add_argument("--per-digit", type=int, default=50, help="images per digit for the scores (default 50)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of the one-image latency (default 5)")
     ap.add_argument("--out", default=str(RESULTS), help="folder for diffusion.json / .md / PNGs")

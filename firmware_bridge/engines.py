@@ -124,8 +124,11 @@ class RuntimeTextEngine:
 class RuntimeImageEngine:
     """An `ImageEngine` over `runtime.diffusion.ImageGenerator`: a digit prompt in, one PNG out."""
 
-    def __init__(self, generator: Any, steps: int = 20, guidance: float = 3.0, scale: int = 4):
-        self.generator, self.steps, self.guidance, self.scale = generator, steps, guidance, scale
+    def __init__(self, generator: Any, steps: int = 20, guidance: float | None = None, scale: int = 4):
+        from runtime.diffusion import DEFAULT_GUIDANCE
+
+        self.generator, self.steps, self.scale = generator, steps, scale
+        self.guidance = DEFAULT_GUIDANCE if guidance is None else guidance
 
     @classmethod
     def load(cls, model: str | None = None, device: str | None = None) -> RuntimeImageEngine:

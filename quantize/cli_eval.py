@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     img.add_argument("--per-digit", type=int, default=100, help="images generated per digit (default 100)")
     img.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     img.add_argument("--sampler", default="ddim", help="ddim or ddpm (default ddim)")
-    img.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance weight (default 3)")
+    img.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (default 5)")
     img.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     img.add_argument("--classifier", metavar="FILE", help="scoring classifier (default: the shipped one)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
 def run_diffusion(args: argparse.Namespace) -> int:
     from quantize.evaluate_diffusion import evaluate_diffusion
-    from runtime.diffusion import DEFAULT_CLASSIFIER, Classifier, DiffusionParams, ImageGenerator
+    from runtime.diffusion import DEFAULT_CLASSIFIER, DEFAULT_GUIDANCE, Classifier, DiffusionParams, ImageGenerator
+
+    if args.guidance is None:
+        args.guidance = DEFAULT_GUIDANCE
 
     if not 1 <= args.per_digit <= 500:
         raise QuantizeError(f"--per-digit must be from 1 to 500 (got {args.per_digit})")

@@ -52,7 +52,7 @@ class DiffusionQuality:
 
 
 def evaluate_diffusion(generator, classifier, per_digit: int = 100, steps: int = 20, sampler: str = "ddim",
-                       guidance: float = 3.0, seed: int = 0, batch: int = 100,
+                       guidance: float = 5.0, seed: int = 0, batch: int = 100,
                        on_step: Callable[[int, int], None] | None = None) -> tuple[DiffusionQuality, np.ndarray]:
     """Sample `per_digit` images of every digit and score them; returns the scores and the images (N, 28, 28)."""
     from runtime.diffusion import DiffusionParams

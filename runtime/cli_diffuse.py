@@ -17,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1, help="images to draw; more than one are tiled into a grid (default 1)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--sampler", default="ddim", help="ddim (deterministic) or ddpm (ancestral) (default ddim)")
-    p.add_argument("--guidance", type=float, default=3.0,
-                   help="classifier-free guidance weight: 1 is plain conditional, higher follows the prompt harder")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance weight: 1 is plain conditional, higher follows the prompt harder "
+                        "(default 5)")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same image")
     p.add_argument("--scale", type=int, default=4, help="enlarge the PNG by this integer factor (default 4)")
     p.add_argument("--device", default=None, help="tinygrad device: CPU, CL, CUDA, NV, METAL (default: tinygrad's choice)")
@@ -26,10 +27,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.diffusion import DEFAULT_UNET, DiffusionParams, ImageGenerator, grid, parse_prompt, save_png
+    from runtime.diffusion import (
+        DEFAULT_GUIDANCE,
+        DEFAULT_UNET,
+        DiffusionParams,
+        ImageGenerator,
+        grid,
+        parse_prompt,
+        save_png,
+    )
 
     digit = parse_prompt(args.prompt)  # fail on bad input before the model loads
-    params = DiffusionParams(steps=args.steps, sampler=args.sampler, guidance=args.guidance, seed=args.seed, n=args.n)
+    params = DiffusionParams(steps=args.steps, sampler=args.sampler, guidance=DEFAULT_GUIDANCE if args.guidance is None else args.guidance,
+                            seed=args.seed, n=args.n)
     params.validate()
     if not 1 <= args.scale <= 32:
         raise GenerationError(f"--scale must be an integer from 1 to 32 (got {args.scale})")
