@@ -75,3 +75,21 @@ def test_cli_bad_prompt_and_steps(tmp_path, tiny_unet_files):
 
 def test_cli_refuses_a_text_model_for_images(tiny_q4_path):
     assert_clean_error(edgegen("diffuse", "7", "--model", str(tiny_q4_path)), "it is a text model")
+
+
+def test_cli_eval_errors(tiny_unet_files):
+    model = str(tiny_unet_files["w8"])
+    assert_clean_error(edgegen("eval", model, "--per-digit", "0"), "--per-digit must be from 1 to 500")
+    assert_clean_error(edgegen("eval", model, "--steps", "0"), "steps must be")
+
+
+def test_frechet_distance_against_closed_forms():
+    from quantize.evaluate_diffusion import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # same covariance, means 2 apart along one axis: the distance is the squared mean difference
+    assert frechet_distance(a, a + np.array([2.0, 0, 0])) == pytest.approx(4.0, rel=1e-6)
+    # N(0, I) vs N(0, 4I) in 3-D: sum over axes of (1 + 4 - 2 * 2) = 3, up to sampling error
+    assert frechet_distance(a, 2 * rng.standard_normal((4000, 3))) == pytest.approx(3.0, rel=0.1)
