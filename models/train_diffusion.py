@@ -46,7 +46,7 @@ def init_parameters(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator
     for name, shape in shapes.items():
         if name.endswith(".bias"):
             out[name] = np.zeros(shape, np.float32)
-        elif ".norm" in name or name.startswith("out.norm"):
+        elif ".norm" in name:
             out[name] = np.ones(shape, np.float32)
         elif name == "class_emb":
             out[name] = rng.normal(0, 1.0, shape).astype(np.float32)
@@ -252,12 +252,10 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "classifier":
         res = train_classifier(ClassifierConfig(), args.steps, args.batch, args.lr or 2e-3, args.seed, out, prov)
     else:
-        try:
-            channels = tuple(int(c) for c in args.channels.split(","))
-        except ValueError:
-            raise TrainingError(f"--channels must be three integers like 32,32,64 (got {args.channels!r})") from None
-        if len(channels) != 3:
+        parts = args.channels.split(",")
+        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
             raise TrainingError(f"--channels must be three integers like 32,32,64 (got {args.channels!r})")
+        channels = tuple(int(p) for p in parts)
         init = Path(args.init) if args.init else None
         if init is not None:
             if not init.is_file():

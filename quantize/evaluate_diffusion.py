@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from models.mnist import load_mnist
+from runtime.diffusion import DEFAULT_GUIDANCE, DiffusionParams
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,11 +53,9 @@ class DiffusionQuality:
 
 
 def evaluate_diffusion(generator, classifier, per_digit: int = 100, steps: int = 20, sampler: str = "ddim",
-                       guidance: float = 5.0, seed: int = 0, batch: int = 100,
+                       guidance: float = DEFAULT_GUIDANCE, seed: int = 0, batch: int = 100,
                        on_step: Callable[[int, int], None] | None = None) -> tuple[DiffusionQuality, np.ndarray]:
     """Sample `per_digit` images of every digit and score them; returns the scores and the images (N, 28, 28)."""
-    from runtime.diffusion import DiffusionParams
-
     labels = np.repeat(np.arange(10), per_digit)
     params = DiffusionParams(steps=steps, sampler=sampler, guidance=guidance, seed=seed, n=len(labels))
     images = generator.sample(labels, params, batch=batch, on_step=on_step)

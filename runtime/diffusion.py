@@ -226,8 +226,7 @@ class ImageGenerator:
     def generate(self, prompt: str, params: DiffusionParams,
                  on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
         """`params.n` images of the digit the prompt names, as (n, 28, 28) uint8."""
-        digit = parse_prompt(prompt)
-        params.validate(self.cfg.timesteps)
+        digit = parse_prompt(prompt)  # sample() validates the params
         return to_uint8(self.sample([digit] * params.n, params, on_step=on_step))
 
 
@@ -247,14 +246,23 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarra
     return out
 
 
-def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> Path:
-    """Write a 2-D uint8 image as a PNG (Pillow), optionally enlarged by an integer factor."""
+def encode_png(image: np.ndarray, scale: int = 1) -> bytes:
+    """A 2-D uint8 image as PNG bytes (Pillow), optionally enlarged by an integer factor."""
+    import io
+
     from PIL import Image
 
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> Path:
+    """Write a 2-D uint8 image as a PNG file, optionally enlarged by an integer factor."""
     p = Path(path)
-    Image.fromarray(image, mode="L").save(p)
+    p.write_bytes(encode_png(image, scale))
     return p
 
 

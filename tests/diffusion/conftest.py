@@ -17,7 +17,7 @@ def random_unet(cfg: UNetConfig, seed: int) -> dict[str, np.ndarray]:
     for name, shape in parameter_shapes(cfg).items():
         if len(shape) == 2 and name != "class_emb":
             out[name] = rng.normal(0, 1 / np.sqrt(shape[1]), shape).astype(np.float32)
-        elif name.endswith("norm.weight") or ".norm" in name and name.endswith(".weight"):
+        elif ".norm" in name and name.endswith(".weight"):
             out[name] = (1 + 0.1 * rng.normal(size=shape)).astype(np.float32)
         else:
             out[name] = (0.1 * rng.normal(size=shape)).astype(np.float32)
