@@ -93,3 +93,14 @@ def test_frechet_distance_against_closed_forms():
     assert frechet_distance(a, a + np.array([2.0, 0, 0])) == pytest.approx(4.0, rel=1e-6)
     # N(0, I) vs N(0, 4I) in 3-D: sum over axes of (1 + 4 - 2 * 2) = 3, up to sampling error
     assert frechet_distance(a, 2 * rng.standard_normal((4000, 3))) == pytest.approx(3.0, rel=0.1)
+
+
+def test_cli_train_diffusion_errors(tmp_path):
+    out = str(tmp_path / "u.gguf")
+    assert_clean_error(edgegen("train-diffusion", "--steps", "0", "-o", out), "--steps and --batch must be positive")
+    assert_clean_error(edgegen("train-diffusion", "--channels", "32,x,64", "-o", out),
+                       "--channels must be three integers")
+    assert_clean_error(edgegen("train-diffusion", "--init", str(tmp_path / "none.gguf"), "-o", out), "no such file")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
+    assert_clean_error(edgegen("train-diffusion", "--init", str(tmp_path / "junk.gguf"), "-o", out),
+                       "not a readable GGUF checkpoint")
