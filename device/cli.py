@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+
+from device.backends import child_env
 
 from device.backends import BACKENDS, PROBE_TIMEOUT_S
 from device.errors import DeviceError
@@ -41,7 +45,29 @@ def format_report(report: dict) -> str:
             lines.append(f"  {b['backend']:<6} usable      {detail}")
         else:
             lines.append(f"  {b['backend']:<6} unavailable {b['error']}")
+    runtime = report.get("runtime") or {}
+    if "error" in runtime:
+        lines.append(f"default:   unknown ({runtime['error']})")
+    elif runtime:
+        cache = runtime["jit_cache"]
+        lines += [f"default:   {runtime['default_backend']} ({runtime['reason']}; --device overrides)",
+                  f"jit cache: {_mib(cache['size_bytes'])} in {cache['entries']} entries, limit "
+                  f"{_mib(cache['limit_bytes'])} (EDGEGEN_JIT_CACHE_MB), {cache['folder']}"]
     return "\n".join(lines)
+
+
+def runtime_report(timeout_s: float) -> dict:
+    """The runtime's default backend and JIT cache use, from a child process (a broken driver must not take this
+    command down, as in the backend probes)."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "runtime.backend"], env=child_env(), capture_output=True,
+                              text=True, timeout=timeout_s, check=False)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:g} s"}
+    except (IndexError, json.JSONDecodeError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exited with code {done.returncode}: {tail}"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,5 +79,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise DeviceError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     report = machine_report(names, timeout_s=args.timeout)
+    report["runtime"] = runtime_report(args.timeout)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

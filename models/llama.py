@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 from tinygrad import Tensor, UOp, dtypes
 
 Linear = Callable[[Tensor], Tensor]
@@ -52,10 +53,11 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return (x * (x.square().mean(axis=-1, keepdim=True) + eps).rsqrt()) * weight
 
 
-def rope_table(head_dim: int, max_context: int, theta: float) -> tuple[Tensor, Tensor]:
+def rope_table(head_dim: int, max_context: int, theta: float, device: str | None = None) -> tuple[Tensor, Tensor]:
     """cos and sin of every (position, pair) angle: two (max_context, head_dim // 2) tensors."""
-    freqs = 1.0 / (theta ** (Tensor.arange(0, head_dim, 2, dtype=dtypes.float32) / head_dim))
-    angles = Tensor.arange(max_context, dtype=dtypes.float32).unsqueeze(1) * freqs.unsqueeze(0)
+    # From numpy: tinygrad 0.14's Tensor.arange takes no device and would run on the process-wide default.
+    freqs = 1.0 / (theta ** (Tensor(np.arange(0, head_dim, 2, dtype=np.float32), device=device) / head_dim))
+    angles = Tensor(np.arange(max_context, dtype=np.float32), device=device).unsqueeze(1) * freqs.unsqueeze(0)
     return angles.cos().contiguous().realize(), angles.sin().contiguous().realize()
 
 
@@ -114,7 +116,8 @@ class Block:
 
         mask = None
         if T > 1:  # causal, aligned to the end: query t sees keys 0 .. start_pos + t
-            mask = Tensor.full((1, 1, T, start_pos + T), float("-inf"), dtype=x.dtype).triu(start_pos + 1)
+            mask = Tensor.full((1, 1, T, start_pos + T), float("-inf"), dtype=x.dtype, device=x.device)
+            mask = mask.triu(start_pos + 1)
         out = q.scaled_dot_product_attention(keys, values, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
         return self.attn_output(out.transpose(1, 2).reshape(B, T, cfg.n_heads * hd))
 
@@ -141,7 +144,10 @@ class Llama:
         # Tied embeddings: small models reuse the token embedding as the output head when the file has no output.
         head = "output.weight" if has_output else "token_embd.weight"
         self.output = weights.linear(head, cfg.dim, cfg.vocab_size)
-        self.cos, self.sin = rope_table(cfg.head_dim, cfg.max_context, cfg.rope_theta)
+        # On the weights' device: a tensor made without `device=` lands on tinygrad's process-wide default, which
+        # is not this model's when two models run on different backends in one process.
+        self.cos, self.sin = rope_table(cfg.head_dim, cfg.max_context, cfg.rope_theta,
+                                        self.output_norm.device)
 
     def allocate_cache(self, batch: int = 1, device: str | None = None) -> None:
         for block in self.blocks:

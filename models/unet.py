@@ -125,7 +125,7 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float 
 def timestep_features(t: Tensor, n: int) -> Tensor:
     """Sinusoidal features of integer timesteps t (B,) -> (B, n), as in DDPM (Ho et al., 2020)."""
     half = n // 2
-    freqs = (Tensor.arange(half, dtype=dtypes.float32) * (-math.log(10000.0) / half)).exp()
+    freqs = (Tensor(np.arange(half, dtype=np.float32), device=t.device) * (-math.log(10000.0) / half)).exp()
     args = t.cast(dtypes.float32).reshape(-1, 1) * freqs.reshape(1, half)
     return args.sin().cat(args.cos(), dim=1)
 
@@ -168,7 +168,7 @@ class UNet:
         cfg = self.cfg
         h = self.w.linear("time.fc1", timestep_features(t, cfg.time_freqs)).silu()
         h = self.w.linear("time.fc2", h)
-        onehot = y.reshape(-1, 1) == Tensor.arange(cfg.num_classes + 1).reshape(1, -1)
+        onehot = y.reshape(-1, 1) == Tensor(np.arange(cfg.num_classes + 1, dtype=np.int32), device=y.device).reshape(1, -1)
         return h + onehot.cast(dtypes.float32) @ self.w.vector("class_emb")
 
     def __call__(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from models.unet import UNET_ARCH, UNet, UNetConfig, cosine_alpha_bars
 from runtime.errors import ArtifactError, GenerationError
 from runtime.model_file import ModelFile, open_model
 from runtime.quant import PackedLinear, pack_linear
+from runtime.tinygrad_seam import TINYGRAD_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -157,20 +158,23 @@ class ImageGenerator:
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_UNET, device: str | None = None) -> ImageGenerator:
-        from runtime.engine import resolve_device
+        from runtime.backend import resolve_device
 
         mf = open_model(path, architectures=(UNET_ARCH,))
-        return cls(mf, resolve_device(device))
+        dev = resolve_device(device)
+        with TINYGRAD_LOCK:
+            return cls(mf, dev)
 
     def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The U-Net's noise prediction for a batch, through a TinyJit graph per batch size."""
         b = x.shape[0]
-        if b not in self._jits:
-            self._jits[b] = TinyJit(lambda xt, tt, yt: self.model(xt, tt, yt).realize())
-        out = self._jits[b](Tensor(x.astype(np.float32), device=self.device),
-                            Tensor(t.astype(np.int32), device=self.device),
-                            Tensor(y.astype(np.int32), device=self.device))
-        return out.numpy()
+        with TINYGRAD_LOCK:  # one step at a time, never across the sampler's yields
+            if b not in self._jits:
+                self._jits[b] = TinyJit(lambda xt, tt, yt: self.model(xt, tt, yt).realize())
+            out = self._jits[b](Tensor(x.astype(np.float32), device=self.device),
+                                Tensor(t.astype(np.int32), device=self.device),
+                                Tensor(y.astype(np.int32), device=self.device))
+            return out.numpy()
 
     def timesteps(self, steps: int) -> np.ndarray:
         """`steps` training timesteps from the noisiest down to 0, evenly spaced."""
@@ -270,17 +274,21 @@ class Classifier:
     """The MNIST evaluation classifier from its GGUF file: logits and penultimate features."""
 
     def __init__(self, path: str | Path = DEFAULT_CLASSIFIER, device: str | None = None):
+        from runtime.backend import resolve_device
+
         mf = open_model(path, architectures=(CLASSIFIER_ARCH,))
+        self.device = resolve_device(device)
         self.cfg: ClassifierConfig = _config(mf, ClassifierConfig, CLASSIFIER_ARCH)  # type: ignore[assignment]
-        self.model = MnistClassifier(self.cfg, PackedConvWeights(mf, device))
-        self.device = device
+        with TINYGRAD_LOCK:
+            self.model = MnistClassifier(self.cfg, PackedConvWeights(mf, self.device))
 
     def run(self, images: np.ndarray, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (N, 10), features (N, F)) of images (N, 28, 28) in [-1, 1]."""
         probs, feats = [], []
         for i in range(0, len(images), batch):
-            x = Tensor(images[i:i + batch].reshape(-1, 1, 28, 28).astype(np.float32), device=self.device)
-            f = self.model.features(x).realize()
-            probs.append(self.model.w.linear("fc2", f).softmax(axis=1).numpy())
-            feats.append(f.numpy())
+            with TINYGRAD_LOCK:
+                x = Tensor(images[i:i + batch].reshape(-1, 1, 28, 28).astype(np.float32), device=self.device)
+                f = self.model.features(x).realize()
+                probs.append(self.model.w.linear("fc2", f).softmax(axis=1).numpy())
+                feats.append(f.numpy())
         return np.concatenate(probs), np.concatenate(feats)

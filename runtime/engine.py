@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tinygrad import Device, Tensor, TinyJit, UOp
-from tinygrad.helpers import DEV
+from tinygrad import Tensor, TinyJit, UOp
 
 from models.llama import Llama, LlamaConfig
 from runtime import jit_cache as jit_cache_store
+from runtime.backend import resolve_device
 from runtime.chat import render_chat, validate_messages
 from runtime.cpu_replay import CPUReplay
 from runtime.errors import ArtifactError, GenerationError
@@ -27,6 +27,7 @@ from runtime.loader import GGUFWeights, build_llama, config_from_gguf
 from runtime.model_file import ModelFile, open_model
 from runtime.quant import embedding_rows
 from runtime.sampling import Sampler, SamplingParams, find_stop, holdback
+from runtime.tinygrad_seam import TINYGRAD_LOCK, write_buffer
 from runtime.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,20 +68,10 @@ class TextStream:
         return self._pieces
 
 
-def resolve_device(device: str | None) -> str:
-    """The tinygrad device to run on: its default, or `device` made the default after checking it opens."""
-    if device is None:
-        return Device.DEFAULT
-    name = device.upper()
-    try:
-        Device[name]  # opens the backend: fails here if its compiler or driver is missing
-    except Exception as e:
-        raise ArtifactError(f"tinygrad device {device!r} is not usable here: {type(e).__name__}: {e}") from e
-    DEV.value = name  # tinygrad 0.14: the default device is the DEV context variable (Device.DEFAULT is read-only)
-    return name
-
-
 class TextGenerator:
+    """One model on one tinygrad device. Thread-safe: every compute step holds runtime.tinygrad_seam.TINYGRAD_LOCK,
+    and no lock is held while a stream waits for its consumer, so a stream abandoned mid-way blocks nobody."""
+
     def __init__(self, model_file: ModelFile, device: str, max_context: int | None = DEFAULT_CONTEXT,
                  jit_cache: bool = True) -> None:
         self.model_file, self.device = model_file, device
@@ -88,34 +79,41 @@ class TextGenerator:
         self.tokenizer = load_tokenizer(model_file)
         self.chat_template: str | None = model_file.get("tokenizer.chat_template")
         self._embedding = model_file.tensors["token_embd.weight"]
-        self._lock = threading.Lock()
+        self._lock = TINYGRAD_LOCK
         self._model: Llama | None = None
         self._weights: GGUFWeights | None = None
         self._start = UOp.variable("start_pos", 0, self.config.max_context - 1)
         self._last = UOp.variable("last", 0, max(PREFILL_BUCKETS) - 1)
         self._end_ids = self._end_of_turn_ids()
+        # The stream whose tokens the KV cache holds now; another stream that resumes re-runs its context first.
+        self._cache_owner: object | None = None
+        self._probe_token = int(self.tokenizer.bos_id or 0)
         self._cache_key = jit_cache_store.cache_key(model_file.path, device, self.config.max_context) \
             if jit_cache else None
-        self._new_graphs()
-        self._graphs_from_disk = False
-        if self._cache_key is not None and (graphs := jit_cache_store.load(self._cache_key)) is not None:
-            self._install_graphs(graphs)
-        self._saved_graphs = self._captured_names()
+        with self._lock:
+            self._new_graphs()
+            self._graphs_from_disk = False
+            self._probe: np.ndarray | None = None  # decode logits for the probe token at position 0
+            if self._cache_key is not None and (graphs := jit_cache_store.load(self._cache_key)) is not None:
+                self._install_graphs(graphs)
+            self._saved_graphs = self._captured_names()
 
     @classmethod
     def load(cls, model: str | os.PathLike = "default", device: str | None = None,
              max_context: int | None = DEFAULT_CONTEXT, jit_cache: bool = True) -> TextGenerator:
         """Open and validate the file, then prepare generation on the device. Raises ArtifactError.
 
-        jit_cache: reuse decode/prefill graphs captured by an earlier process for this file (see runtime.jit_cache);
-        without a cache entry the weights are repacked from the GGUF and the graphs captured on first use."""
+        device: a tinygrad backend name, or None for runtime.backend.default_backend(). jit_cache: reuse
+        decode/prefill graphs captured by an earlier process for this file (see runtime.jit_cache); without a cache
+        entry the weights are repacked from the GGUF and the graphs captured on first use."""
         mf = open_model(model)
         dev = resolve_device(device)
         if "token_embd.weight" not in mf.tensors:
             raise ArtifactError(f"{mf.path.name}: tensor token_embd.weight is missing")
         gen = cls(mf, dev, max_context, jit_cache)
         if not gen._graphs_from_disk:
-            gen.model  # noqa: B018 - repack the weights now, so a bad tensor fails at load, not mid-request
+            with gen._lock:
+                gen.model  # noqa: B018 - repack the weights now, so a bad tensor fails at load, not mid-request
         log.info("loaded %s on %s (%d MB packed, graphs %s)", mf.path.name, dev, mf.size_bytes // 2**20,
                  "from the JIT cache" if gen._graphs_from_disk else "captured on first use")
         return gen
@@ -140,6 +138,7 @@ class TextGenerator:
         self._decode_input: Tensor | None = None
         self._replay: CPUReplay | None = None  # direct kernel calls for the decode graph, once it is captured
         self._replay_tried = False
+        self._unverified: set[str] = set()  # graphs loaded from disk that have not yet matched the saved probe
         # cnt = 1: capture on the first call. TinyJit's default first call runs the graph eagerly without
         # recording it, which in a fresh process costs as much Python scheduling time as the capture itself.
         self._decode_jit = TinyJit(self._decode_step)
@@ -148,24 +147,27 @@ class TextGenerator:
             jit.cnt = 1
 
     def _install_graphs(self, graphs: dict) -> None:
-        if "decode" not in graphs:
+        if "decode" not in graphs or not isinstance(graphs.get("probe"), np.ndarray):
             return
         self._decode_input = None
         self._decode_jit.captured, self._decode_jit.cnt = graphs["decode"], 2
         for bucket, captured in graphs.get("prefill", {}).items():
             if bucket in self._prefill_jits:
                 self._prefill_jits[bucket].captured, self._prefill_jits[bucket].cnt = captured, 2
+        self._probe = graphs["probe"]
         self._graphs_from_disk = True
+        self._unverified = self._captured_names()
 
-    def _own_graphs(self) -> None:
+    def _own_graphs(self, reason: str = "the JIT cache lacks a graph needed now") -> None:
         """Graphs loaded from disk own their KV cache and weights; anything that must run the Python model (a
         prefill length with no cached graph, eval) drops them and recaptures from the model, so all share one
         cache."""
         if self._graphs_from_disk:
-            log.info("the JIT cache lacks a graph needed now: recapturing from the model")
+            log.info("%s: recapturing the graphs from the model", reason)
             self._new_graphs()
             self._graphs_from_disk = False
             self._saved_graphs = set()
+            self._cache_owner = None
 
     def _captured_names(self) -> set[str]:
         names = {"decode"} if self._decode_jit.captured is not None else set()
@@ -175,16 +177,61 @@ class TextGenerator:
         names = self._captured_names()
         if self._cache_key is None or "decode" not in names or names <= self._saved_graphs:
             return
-        graphs = {"decode": self._decode_jit.captured,
+        if self._probe is None:
+            self._probe = self._run_probe("decode")
+            self._cache_owner = None  # the probe wrote cache row 0
+        graphs = {"decode": self._decode_jit.captured, "probe": self._probe,
                   "prefill": {b: j.captured for b, j in self._prefill_jits.items() if j.captured is not None}}
         if jit_cache_store.save(self._cache_key, graphs) is not None:
             self._saved_graphs = names
+
+    # ---- checking graphs that skip TinyJit's own path ----------------------------------------------------------
+    def _run_probe(self, name: str) -> np.ndarray:
+        """Logits of graph `name` for the probe token alone at position 0 (they depend only on the weights: row 0
+        of the KV cache is written before it is read, and every request rewrites the rows it reads)."""
+        emb = self._embed([self._probe_token])[None]  # (1, 1, dim)
+        if name == "decode":
+            self._write_decode_input(emb)
+            return self._decode_jit(self._decode_input, self._start.bind(0)).numpy().reshape(-1)
+        bucket = int(name[len("prefill"):])
+        padded = np.zeros((1, bucket, self.config.dim), dtype=np.float32)
+        padded[0, :1] = emb[0]
+        x = Tensor(padded, device=self.device).realize()
+        return self._prefill_jits[bucket](x, self._last.bind(0)).numpy().reshape(-1)
+
+    @staticmethod
+    def _same_logits(a: np.ndarray, b: np.ndarray) -> bool:
+        """Equal up to float reassociation between kernels (prefill and decode differ in summation order)."""
+        if a.shape != b.shape or not np.isfinite(a).all():
+            return False
+        return int(a.argmax()) == int(b.argmax()) and float(np.abs(a - b).max()) <= 1e-3 * float(np.abs(b).max()) + 1e-3
+
+    def _verify_loaded(self, name: str) -> bool:
+        """First use of a graph loaded from disk: it must reproduce the probe logits TinyJit computed in the process
+        that saved it. On a mismatch or a crash the cache entry is deleted and the model recaptured."""
+        if name not in self._unverified:
+            return True
+        assert self._probe is not None
+        try:
+            got = self._run_probe(name)
+            ok, why = self._same_logits(got, self._probe), "its logits differ from the saved TinyJit result"
+        except Exception as e:  # noqa: BLE001 - a graph that fails to replay is a bad cache entry, not a bad request
+            ok, why = False, f"replaying it failed ({type(e).__name__}: {e})"
+        self._cache_owner = None
+        if ok:
+            self._unverified.discard(name)
+            return True
+        log.warning("the %s graph loaded from the JIT cache is not usable: %s; dropping the cache entry", name, why)
+        if self._cache_key is not None:
+            jit_cache_store.remove(self._cache_key)
+        self._own_graphs("a graph from the JIT cache failed its check")
+        return False
 
     @property
     def path(self) -> Path:
         return self.model_file.path
 
-    # ---- model steps -------------------------------------------------------------------------------------------
+    # ---- model steps (callers hold self._lock) -----------------------------------------------------------------
     def _decode_step(self, h: Tensor, start_pos: UOp) -> Tensor:
         return self.model(h, start_pos).realize()  # (1, 1, vocab)
 
@@ -200,21 +247,28 @@ class TextGenerator:
         bucket = next((b for b in PREFILL_BUCKETS if b >= n), None)
         if bucket is None or bucket > self.config.max_context or self._prefill_jits[bucket].captured is None:
             self._own_graphs()  # this prefill will be captured from the Python model (a no-op unless from disk)
+        elif self._graphs_from_disk:
+            # Checked before this prompt writes the cache: a probe rewrites cache row 0. Decode follows the prefill
+            # and shares its cache, so it is checked now as well.
+            self._verify_loaded("decode") and self._verify_loaded(f"prefill{bucket}")
         if bucket is None or bucket > self.config.max_context:
             # Longer than every bucket: one exact-size graph (compiled for this length only).
-            h = Tensor(self._embed(ids)[None]).realize()
+            h = Tensor(self._embed(ids)[None], device=self.device).realize()
             return self.model(h, 0, logits_at=n - 1).realize().numpy().reshape(-1)
         emb = np.zeros((1, bucket, self.config.dim), dtype=np.float32)
         emb[0, :n] = self._embed(ids)
-        return self._prefill_jits[bucket](Tensor(emb).realize(), self._last.bind(n - 1)).numpy().reshape(-1)
+        x = Tensor(emb, device=self.device).realize()
+        return self._prefill_jits[bucket](x, self._last.bind(n - 1)).numpy().reshape(-1)
+
+    def _write_decode_input(self, emb: np.ndarray) -> None:
+        if self._decode_input is None:
+            # One persistent input buffer: replays read it in place.
+            self._decode_input = Tensor(emb, device=self.device).realize()
+        else:
+            write_buffer(self._decode_input, emb)
 
     def _decode(self, token: int, pos: int) -> np.ndarray:
-        emb = self._embed([token])[None]  # (1, 1, dim)
-        if self._decode_input is None:
-            self._decode_input = Tensor(emb).realize()  # one persistent input buffer: replays read it in place
-        else:
-            buf = self._decode_input.uop.buffer
-            buf.allocator._copyin(buf._buf, memoryview(np.ascontiguousarray(emb, dtype=np.float32)).cast("B"))
+        self._write_decode_input(self._embed([token])[None])  # (1, 1, dim)
         if self._replay is not None:
             self._replay({"start_pos": pos})
             return self._decode_jit.captured.ret.numpy().reshape(-1)
@@ -222,6 +276,14 @@ class TextGenerator:
         if self._decode_jit.captured is not None and not self._replay_tried:
             self._replay_tried = True
             self._replay = CPUReplay.build(self._decode_jit, (self._decode_input, self._start.bind(pos)))
+            if self._replay is not None:
+                # The same step again through the direct calls (it rewrites the same cache row): both must agree.
+                self._replay({"start_pos": pos})
+                replayed = self._decode_jit.captured.ret.numpy().reshape(-1)
+                if not self._same_logits(replayed, out):
+                    log.warning("direct CPU replay disagrees with TinyJit (max |diff| %.3g); using TinyJit",
+                                float(np.abs(replayed - out).max()))
+                    self._replay = None
         return out
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
@@ -231,7 +293,8 @@ class TextGenerator:
             raise GenerationError(f"logits() needs 1 to {self.config.max_context} tokens, got {len(ids)}")
         with self._lock:
             self._own_graphs()
-            h = Tensor(self._embed(ids)[None]).realize()
+            self._cache_owner = None
+            h = Tensor(self._embed(ids)[None], device=self.device).realize()
             return self.model(h, 0, last_only=False).realize().numpy().reshape(len(ids), -1)
 
     # ---- prompts -----------------------------------------------------------------------------------------------
@@ -304,53 +367,71 @@ class TextGenerator:
         assert stream.result is not None
         return stream.result
 
+    def _step(self, owner: object, context: list[int], pos: int | None) -> np.ndarray:
+        """Logits after `context`: a decode step at `pos` when the KV cache still holds this stream's tokens, else
+        (the first step, or another stream ran in between) a prefill of the whole context."""
+        with self._lock:
+            if pos is None or self._cache_owner is not owner:
+                logits = self._prefill(context)
+            else:
+                logits = self._decode(context[-1], pos)
+            self._cache_owner = owner
+            return logits
+
     def _run(self, ids: list[int], params: SamplingParams, cancel: threading.Event | None,
              stream: TextStream, end_ids: set[int] | tuple = ()) -> Iterator[str]:
-        with self._lock:
-            t0 = time.perf_counter()
-            sampler = Sampler(params)
-            context, generated = list(ids), []
-            emitted, finish, t_first = 0, "length", None
-            logits = self._prefill(ids)
-            pos = len(ids)
-            text = ""
-            while True:
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
-                token = sampler(logits, context)
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if token in end_ids:
-                    finish = "stop"
-                    break
-                generated.append(token)
-                context.append(token)
-                text = self.tokenizer.decode(generated)
-                cut = find_stop(text, params.stop)
+        t0 = time.perf_counter()
+        owner = object()
+        sampler = Sampler(params)
+        decoder = self.tokenizer.stream_decoder()
+        longest_stop = max((len(s) for s in params.stop), default=0)
+        context, generated = list(ids), []
+        text, emitted, finish, t_first, stopped = "", 0, "length", None, False
+        logits = self._step(owner, context, None)
+        pos = len(ids)
+        while True:
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            token = sampler(logits, context)
+            if t_first is None:
+                t_first = time.perf_counter()
+            if token in end_ids:
+                finish = "stop"
+                break
+            generated.append(token)
+            context.append(token)
+            piece = decoder.step(token)  # "" while the token ends inside a UTF-8 sequence
+            if piece:
+                text += piece
+                # Only the new text and the tail before it can complete a stop string.
+                cut = find_stop(text, params.stop, max(0, len(text) - len(piece) - longest_stop + 1))
                 if cut >= 0:
-                    text, finish = text[:cut], "stop"
+                    text, finish, stopped = text[:cut], "stop", True
                     break
-                # Hold back an incomplete UTF-8 sequence and anything that may grow into a stop string.
+                # Hold back anything that may grow into a stop string.
                 safe = len(text) - holdback(text, params.stop)
-                while safe > emitted and text[safe - 1] == "\ufffd":
-                    safe -= 1
                 if safe > emitted:
                     yield text[emitted:safe]
                     emitted = safe
-                if len(generated) >= params.max_tokens or pos >= self.config.max_context:
-                    finish = "length"
-                    break
-                logits = self._decode(token, pos)
-                pos += 1
-            if len(text) > emitted:
-                yield text[emitted:]
-            t_end = time.perf_counter()
+            if len(generated) >= params.max_tokens or pos >= self.config.max_context:
+                finish = "length"
+                break
+            logits = self._step(owner, context, pos)
+            pos += 1
+        if not stopped and (tail := decoder.flush()):
+            text += tail
+            if (cut := find_stop(text, params.stop, max(0, len(text) - len(tail) - longest_stop + 1))) >= 0:
+                text, finish = text[:cut], "stop"
+        if len(text) > emitted:
+            yield text[emitted:]
+        t_end = time.perf_counter()
+        with self._lock:
             self._save_graphs()
-            first = t_first or t_end
-            n = len(generated)
-            stream.result = GenerationResult(
-                text=text, finish_reason=finish, prompt_tokens=len(ids), completion_tokens=n,
-                ttft_s=first - t0, decode_tokens_per_s=(n - 1) / (t_end - first) if n > 1 and t_end > first else 0.0,
-                total_s=t_end - t0, token_ids=tuple(generated),
-            )
+        first = t_first or t_end
+        n = len(generated)
+        stream.result = GenerationResult(
+            text=text, finish_reason=finish, prompt_tokens=len(ids), completion_tokens=n,
+            ttft_s=first - t0, decode_tokens_per_s=(n - 1) / (t_end - first) if n > 1 and t_end > first else 0.0,
+            total_s=t_end - t0, token_ids=tuple(generated),
+        )

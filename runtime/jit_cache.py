@@ -3,8 +3,14 @@
 tinygrad caches compiled kernel binaries on disk, but a new process still schedules and lowers every kernel of the
 decode and prefill graphs in Python: measured here 26-29 s to first token with a warm kernel cache versus 6.7 s
 from a pickled capture (TINYGRAD_NOTES.md). The pickle holds the graphs' buffers, packed weights and KV cache
-included, so a warm start reads one file instead of repacking the GGUF. One file per (model file, device, context,
-tinygrad and edgegen version); a stale or unreadable file is ignored and rewritten.
+included, so a warm start reads one file instead of repacking the GGUF. One entry per (model file, device, context,
+tinygrad version, edgegen code); a stale or unreadable entry is ignored and rewritten.
+
+The folder is private (0700): it holds pickles that this process loads, and an MQTT-facing process must not load
+one that another user planted. Entries are written to temporary names and renamed into place, so a killed process
+leaves no partial entry. Total size is bounded (EDGEGEN_JIT_CACHE_MB, default 1024; least recently used entries are
+evicted first), because a board's flash is small: one SmolLM2 entry is about 150 MB on CPU and 580 MB on OpenCL.
+The engine checks every loaded graph against a probe result saved with it before trusting it (runtime.engine).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import os
 import pickle
 import secrets
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +32,8 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries carry a probe result that loaded graphs are checked against
+DEFAULT_LIMIT_MB = 1024
 
 
 def cache_dir() -> Path:
@@ -33,12 +41,32 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "jit"
 
 
+def limit_bytes() -> int:
+    """The cache's size bound: EDGEGEN_JIT_CACHE_MB (0 keeps nothing), default 1024 MB."""
+    raw = os.environ.get("EDGEGEN_JIT_CACHE_MB", "")
+    try:
+        mb = float(raw) if raw.strip() else DEFAULT_LIMIT_MB
+    except ValueError:
+        log.warning("EDGEGEN_JIT_CACHE_MB=%r is not a number; using %d", raw, DEFAULT_LIMIT_MB)
+        mb = DEFAULT_LIMIT_MB
+    return max(0, int(mb * 2**20))
+
+
+def _private_dir() -> Path:
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)  # created by an older edgegen, or by a umask-less mkdir of a parent
+    return folder
+
+
 @functools.cache
 def _code_version() -> str:
-    """Hash of the code that builds the graphs (runtime/ and models/), so a changed model never reuses old graphs."""
-    import tinygrad
+    """Hash of the tinygrad version and the code that builds the graphs (runtime/ and models/), so an upgraded
+    tinygrad or a changed model never reuses old graphs."""
+    from runtime.tinygrad_seam import tinygrad_version
 
-    h = hashlib.sha256(getattr(tinygrad, "__version__", "?").encode())
+    h = hashlib.sha256(tinygrad_version().encode())
     for package in ("runtime", "models"):
         folder = Path(__file__).resolve().parents[1] / package
         for source in sorted(folder.glob("*.py")):
@@ -64,10 +92,16 @@ def load(key: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
+        if path.parent.stat().st_mode & 0o022 or path.stat().st_uid != os.getuid():
+            log.warning("ignoring JIT cache %s: its folder is writable by others or it is not ours", path)
+            return None
         with open(path, "rb") as f:
             header = pickle.load(f)
-            blob = np.memmap(path.with_name(header["data"]), dtype=np.uint8, mode="r")
+            # Copy-on-write: tinygrad copies in from these views, and some backends (OpenCL) need a writable
+            # buffer for that (measured: "underlying buffer is not writable" with a read-only map).
+            blob = np.memmap(path.with_name(header["data"]), dtype=np.uint8, mode="c")
             graphs = pickle.load(f, buffers=_views_released_behind(blob, header["buffers"]))
+        _touch(path)  # least recently used is evicted first
         return graphs
     except Exception as e:  # noqa: BLE001 - any unreadable cache is a miss, never a failure
         log.warning("ignoring unreadable JIT cache %s: %s", path, e)
@@ -125,17 +159,17 @@ class _GraphPickler(pickle.Pickler):
 
 
 def save(key: str, graphs: dict[str, Any]) -> Path | None:
-    """Write `<key>.pkl` (structure) and a side file of buffer bytes; the .pkl is renamed into place last, so a
-    killed process never leaves a cache entry that points at incomplete data."""
-    folder = cache_dir()
-    tmp_paths: list[str] = []
+    """Write `<key>.pkl` (structure) and a side file of buffer bytes, each under a temporary name renamed into place,
+    the .pkl last; then evict old entries down to the size bound. None when nothing was kept."""
+    tmp_paths: list[Path] = []
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = _private_dir()
         data_name = f"{key}-{secrets.token_hex(4)}.bin"
         spans: list[tuple[int, int]] = []
         structure = io.BytesIO()
-        with open(folder / data_name, "wb") as data:
-            tmp_paths.append(str(folder / data_name))
+        fd, data_tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        tmp_paths.append(Path(data_tmp))
+        with os.fdopen(fd, "wb") as data:
 
             def write_buffer(pb: pickle.PickleBuffer) -> None:
                 raw = pb.raw()
@@ -145,19 +179,97 @@ def save(key: str, graphs: dict[str, Any]) -> Path | None:
                 spans.append((pos, raw.nbytes))
 
             _GraphPickler(structure, secrets.randbits(40) + 2**41, write_buffer).dump(graphs)
+        limit = limit_bytes()
+        size = os.path.getsize(data_tmp) + structure.getbuffer().nbytes
+        if size > limit:
+            log.warning("not caching the captured graphs: %d MB is over the JIT cache limit of %d MB "
+                        "(EDGEGEN_JIT_CACHE_MB)", size >> 20, limit >> 20)
+            Path(data_tmp).unlink(missing_ok=True)
+            return None
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        tmp_paths.append(tmp)
+        tmp_paths.append(Path(tmp))
         with os.fdopen(fd, "wb") as f:
             pickle.dump({"data": data_name, "buffers": spans}, f)
             f.write(structure.getbuffer())
+        os.replace(data_tmp, folder / data_name)
         path = folder / f"{key}.pkl"
         os.replace(tmp, path)
+        _touch(path)
         for old in folder.glob(f"{key}-*.bin"):  # data files of earlier saves under this key
             if old.name != data_name:
                 old.unlink(missing_ok=True)
+        evict(limit, keep=key)
         return path
     except Exception as e:  # noqa: BLE001 - a read-only or full disk must not break generation
         log.warning("could not save the JIT cache: %s", e)
-        for p in tmp_paths[1:]:
-            Path(p).unlink(missing_ok=True)
+        for p in tmp_paths:
+            p.unlink(missing_ok=True)
         return None
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry used now, at full clock resolution (a file's own mtime comes from a coarser kernel clock,
+    which ties entries written within a few milliseconds)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    folder: Path
+    entries: int
+    size_bytes: int
+    limit_bytes: int
+
+
+def _entries(folder: Path) -> list[tuple[float, str, int]]:
+    """(last use, key, bytes of .pkl + .bin) per entry, oldest first."""
+    out = []
+    for pkl in folder.glob("*.pkl"):
+        key = pkl.stem
+        try:
+            size = pkl.stat().st_size + sum(b.stat().st_size for b in folder.glob(f"{key}-*.bin"))
+            out.append((pkl.stat().st_mtime, key, size))
+        except FileNotFoundError:  # removed by another process meanwhile
+            continue
+    return sorted(out)
+
+
+def remove(key: str) -> None:
+    """Delete one entry (a graph that failed its check after loading)."""
+    folder = cache_dir()
+    (folder / f"{key}.pkl").unlink(missing_ok=True)
+    for b in folder.glob(f"{key}-*.bin"):
+        b.unlink(missing_ok=True)
+
+
+def evict(limit: int, keep: str | None = None) -> None:
+    """Remove least recently used entries until the folder holds at most `limit` bytes; also orphaned data files
+    and temporary files older than an hour (left by a process killed mid-save)."""
+    folder = cache_dir()
+    if not folder.is_dir():
+        return
+    entries = _entries(folder)
+    total = sum(size for _, _, size in entries)
+    for _, key, size in entries:
+        if total <= limit:
+            break
+        if key != keep:
+            remove(key)
+            total -= size
+            log.info("evicted JIT cache entry %s (%d MB) to stay under %d MB", key, size >> 20, limit >> 20)
+    live = {key for _, key, _ in _entries(folder)}
+    for f in [*folder.glob("*.bin"), *folder.glob("*.tmp")]:
+        try:
+            orphan = f.suffix == ".bin" and f.name.rsplit("-", 1)[0] not in live
+            if orphan or (f.suffix == ".tmp" and time.time() - f.stat().st_mtime > 3600):
+                f.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue
+
+
+def usage() -> Usage:
+    """What the cache holds now, for `edgegen device`."""
+    folder = cache_dir()
+    entries = _entries(folder) if folder.is_dir() else []
+    return Usage(folder, len(entries), sum(size for _, _, size in entries), limit_bytes())

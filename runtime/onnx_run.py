@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tinygrad import Device, Tensor, TinyJit, dtypes
+from tinygrad import Context, Device, Tensor, TinyJit, dtypes
 from tinygrad.nn.onnx import Domain, OnnxPBParser, OnnxRunner, OpSetId, onnx_ops
 
-from runtime.engine import resolve_device
+from runtime.backend import resolve_device
+from runtime.tinygrad_seam import TINYGRAD_LOCK
 from runtime.errors import OnnxModelError
 from runtime.onnx_format import INT4, MIN_OPSET, UINT4
 
@@ -150,8 +151,10 @@ EDGEGEN_OPS = {"MatMulNBits": {OpSetId(Domain.MICROSOFT_CONTRIB_OPS, 1): matmul_
 class OnnxModel:
     """One loaded ONNX graph, its input specs, and a compiled (jitted) runner per input-shape signature."""
 
-    def __init__(self, path: Path, runner: OnnxRunner, node_names: list[str], jit: bool = True) -> None:
+    def __init__(self, path: Path, runner: OnnxRunner, node_names: list[str], jit: bool = True,
+                 device: str | None = None) -> None:
         self.path, self.runner, self.jit = path, runner, jit
+        self.device = device or Device.DEFAULT
         self.inputs = {n: InputSpec(n, tuple(s.shape), s.dtype) for n, s in runner.graph_inputs.items()}
         self.outputs = tuple(runner.graph_outputs)
         self._node_names = node_names
@@ -165,7 +168,14 @@ class OnnxModel:
             raise OnnxModelError(f"ONNX file {str(p)!r} does not exist")
         if p.stat().st_size == 0:
             raise OnnxModelError(f"{str(p)!r} is empty, not an ONNX file")
-        resolve_device(device)  # checks it opens and makes it tinygrad's default: ArtifactError if not
+        name = resolve_device(device)  # checks it opens: ArtifactError if not
+        with TINYGRAD_LOCK, Context(DEV=name):
+            return cls._load(p, name, jit)
+
+    @classmethod
+    def _load(cls, p: Path, device: str, jit: bool) -> OnnxModel:
+        # tinygrad's OnnxRunner makes its tensors on the default device, so load and run() scope the default to
+        # this model's device (under the tinygrad lock) instead of changing it for the process.
         try:
             model = _Parser(p, load_external_data=True).parse()
         except OnnxModelError:
@@ -193,7 +203,7 @@ class OnnxModel:
         for v in runner.graph_values.values():
             if isinstance(v, Tensor):
                 v.realize()
-        return cls(p, runner, names, jit)
+        return cls(p, runner, names, jit, device)
 
     def check_inputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The feeds as arrays of the graph's types; OnnxModelError for a missing, unknown or misshapen input."""
@@ -236,12 +246,13 @@ class OnnxModel:
         # Shape-derived constants are cached by name inside the runner: give each shape signature its own cache.
         self.runner._python_const_cache = consts
         self.runner.variable_dims = {}
-        tensors = {n: Tensor(a).realize() for n, a in arrays.items()}
-        try:
-            out = jit(**tensors) if jit is not None else self._forward(**tensors)
-        except NotImplementedError as e:
-            raise OnnxModelError(f"{self.path.name}: {e}") from None
-        return {n: out[n].numpy() for n in self.outputs}
+        with TINYGRAD_LOCK, Context(DEV=self.device):
+            tensors = {n: Tensor(a, device=self.device).realize() for n, a in arrays.items()}
+            try:
+                out = jit(**tensors) if jit is not None else self._forward(**tensors)
+            except NotImplementedError as e:
+                raise OnnxModelError(f"{self.path.name}: {e}") from None
+            return {n: out[n].numpy() for n in self.outputs}
 
     def _forward(self, **tensors: Tensor) -> dict[str, Tensor]:
         return {n: t.realize() for n, t in self.runner(tensors).items()}

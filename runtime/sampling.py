@@ -82,9 +82,9 @@ class Sampler:
         return int(self.rng.choice(probs.size, p=probs))
 
 
-def find_stop(text: str, stops: tuple[str, ...]) -> int:
-    """Index where the earliest stop string starts in text, or -1."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+def find_stop(text: str, stops: tuple[str, ...], start: int = 0) -> int:
+    """Index where the earliest stop string starts in text (at or after `start`), or -1."""
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
     return min(hits) if hits else -1
 
 

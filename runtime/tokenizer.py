@@ -6,7 +6,8 @@
 """
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from runtime.errors import ArtifactError
 from runtime.model_file import ModelFile
@@ -30,6 +31,81 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
     def is_control(self, token_id: int) -> bool: ...
+
+    def stream_decoder(self) -> StreamDecoder: ...
+
+
+class StreamDecoder(Protocol):
+    """Turns generated token ids into text as they arrive, in O(1) tokens of work per step (re-decoding the whole
+    sequence at every token is quadratic in max_tokens). The concatenation of every `step` and the final `flush` is
+    the tokenizer's `decode` of all ids."""
+
+    def step(self, token_id: int) -> str:
+        """The text this token completes; "" while it ends inside a multi-byte UTF-8 sequence."""
+        ...
+
+    def flush(self) -> str:
+        """Whatever is still held back at the end (an incomplete sequence decodes to U+FFFD)."""
+        ...
+
+
+class TailDecoder:
+    """Incremental decoding for any tokenizer by re-decoding a short tail: the tokens of the last emitted piece
+    (context, so a SentencePiece word-start space survives) plus the ones not yet emitted. The prefix/read-offset
+    scheme of Hugging Face text-generation-inference."""
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = self._read = 0  # ids[prefix:read] were emitted last; ids[read:] not yet
+
+    def _pending(self) -> tuple[str, str]:
+        return self._decode(self._ids[self._prefix:self._read]), self._decode(self._ids[self._prefix:])
+
+    def step(self, token_id: int) -> str:
+        self._ids.append(int(token_id))
+        before, after = self._pending()
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            del self._ids[: self._prefix]  # keep only the tail
+            self._read -= self._prefix
+            self._prefix = 0
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        if self._read == len(self._ids):
+            return ""
+        before, after = self._pending()
+        self._prefix = self._read = len(self._ids)
+        return after[len(before):]
+
+
+class _HFStreamDecoder:
+    """`tokenizers.decoders.DecodeStream` (byte-level BPE); at the end, ids it still holds (an unfinished UTF-8
+    sequence) are decoded after the last emitted piece's ids, as TailDecoder does."""
+
+    def __init__(self, tok: Any, decode: Callable[[list[int]], str]) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tok, self._decode, self._stream = tok, decode, DecodeStream(skip_special_tokens=False)
+        self._last: list[int] = []  # ids of the last emitted piece (decoding context)
+        self._held: list[int] = []  # ids since then, not yet emitted
+
+    def step(self, token_id: int) -> str:
+        self._held.append(int(token_id))
+        piece = self._stream.step(self._tok, int(token_id))
+        if piece is None:
+            return ""
+        self._last, self._held = self._held, []
+        return piece
+
+    def flush(self) -> str:
+        if not self._held:
+            return ""
+        before, after = self._decode(self._last), self._decode(self._last + self._held)
+        self._last, self._held = self._last + self._held, []
+        return after[len(before):]
 
 
 class BPETokenizer:
@@ -70,6 +146,9 @@ class BPETokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return _HFStreamDecoder(self._tok, self.decode)
 
     def is_control(self, token_id: int) -> bool:
         return token_id in self._control
@@ -115,6 +194,9 @@ class SentencePieceTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode(list(ids))
+
+    def stream_decoder(self) -> StreamDecoder:
+        return TailDecoder(self.decode)
 
     def is_control(self, token_id: int) -> bool:
         return token_id in self._control
