@@ -59,7 +59,7 @@ def worker_edgegen(a: argparse.Namespace, ids: list[int]) -> dict:
     from runtime import SamplingParams
     from runtime.engine import TextGenerator
 
-    gen = TextGenerator.load(a.model, max_context=a.context)
+    gen = TextGenerator.load(a.model, device=a.device, max_context=a.context)
     params = SamplingParams(max_tokens=a.gen_tokens)
     first_token_at = None
     ttft, decode = [], []
@@ -78,7 +78,7 @@ def worker_edgegen(a: argparse.Namespace, ids: list[int]) -> dict:
             ttft.append(r.ttft_s)
             decode.append(r.decode_tokens_per_s)
     return {"first_token_wall": first_token_at, "ttft_s": ttft, "decode_tok_s": decode, "peak_rss_mb": peak_rss_mb(),
-            "tokens": tokens}
+            "tokens": tokens, "device": gen.device}
 
 
 def worker_llamacpp(a: argparse.Namespace, ids: list[int]) -> dict:
@@ -154,10 +154,10 @@ def logits_agreement(a: argparse.Namespace, ids: list[int]) -> dict:
 
 # ---- parent ------------------------------------------------------------------------------------------------------
 def spawn(a: argparse.Namespace, runtime: str, runs: int, start_only: bool = False,
-          env_extra: dict | None = None) -> dict:
+          env_extra: dict | None = None, device: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", runtime, "--model", a.model, "--runs", str(runs),
            "--gen-tokens", str(a.gen_tokens), "--prompt-tokens", str(a.prompt_tokens), "--context", str(a.context),
-           "--threads", str(a.threads), "--text", str(a.text)]
+           "--threads", str(a.threads), "--text", str(a.text)] + (["--device", device] if device else [])
     if start_only:
         cmd.append("--start-only")
     env = dict(os.environ, **(env_extra or {}))
@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text", type=Path, default=DEFAULT_TEXT)
     p.add_argument("--out", type=Path, default=RESULTS / "decode.json")
     p.add_argument("--skip-llamacpp", action="store_true")
+    p.add_argument("--backends", default="default",
+                   help="edgegen backends to measure, comma-separated: 'default' (edgegen's own choice) and/or "
+                        "tinygrad names such as CPU,CL; results for a named one are keyed edgegen-<NAME>")
+    p.add_argument("--device", default=None, help=argparse.SUPPRESS)  # the edgegen worker's backend
     p.add_argument("--worker", choices=["edgegen", "llamacpp", "logits-edgegen", "logits-llamacpp"],
                    help=argparse.SUPPRESS)
     p.add_argument("--agreement-tokens", type=int, default=192, help="teacher-forced positions to compare logits on")
@@ -204,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(fn(a, ids)))
         return 0
 
-    runtimes = ["edgegen"] + ([] if a.skip_llamacpp else ["llamacpp"])
+    # (result key, worker, edgegen backend): edgegen's default choice is "edgegen", a named backend "edgegen-CL"
+    backends = [b.strip() for b in a.backends.split(",") if b.strip()] or ["default"]
+    runtimes = [("edgegen" if b == "default" else f"edgegen-{b.upper()}", "edgegen", None if b == "default" else b)
+                for b in backends] + ([] if a.skip_llamacpp else [("llamacpp", "llamacpp", None)])
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         # cold: empty tinygrad kernel cache and empty edgegen graph cache; steady and warm runs share a graph cache
@@ -212,15 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EDGEGEN_CACHE"] = str(Path(tmp) / "graphs")
         # Cold start first (empty kernel cache), then the steady-state runs, which also leave the cache warm, then a
         # warm start. llama.cpp has no kernel cache: its cold and warm starts are the same program.
-        for rt in runtimes:
-            print(f"[{rt}] cold start ...", file=sys.stderr, flush=True)
-            cold = spawn(a, rt, 0, start_only=True, env_extra=cold_cache if rt == "edgegen" else None)
-            print(f"[{rt}] {a.runs} runs of {a.prompt_tokens}-token prefill + {a.gen_tokens} tokens ...",
+        for key, rt, device in runtimes:
+            print(f"[{key}] cold start ...", file=sys.stderr, flush=True)
+            cold = spawn(a, rt, 0, start_only=True, env_extra=cold_cache if rt == "edgegen" else None, device=device)
+            print(f"[{key}] {a.runs} runs of {a.prompt_tokens}-token prefill + {a.gen_tokens} tokens ...",
                   file=sys.stderr, flush=True)
-            steady = spawn(a, rt, a.runs)
-            print(f"[{rt}] warm start ...", file=sys.stderr, flush=True)
-            warm = spawn(a, rt, 0, start_only=True)
-            results[rt] = {
+            steady = spawn(a, rt, a.runs, device=device)
+            print(f"[{key}] warm start ...", file=sys.stderr, flush=True)
+            warm = spawn(a, rt, 0, start_only=True, device=device)
+            results[key] = {
+                "device": steady.get("device"),
                 "ttft_64_s": median(steady["ttft_s"]),
                 "decode_tok_s": median(steady["decode_tok_s"]),
                 "decode_tok_s_runs": steady["decode_tok_s"],
@@ -236,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": a.threads, "context": a.context, "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "results": results,
     }
-    if "llamacpp" in results:
+    if "llamacpp" in results and "edgegen" in results:
         e, l = results["edgegen"], results["llamacpp"]
         same = 0
         for x, y in zip(e["greedy_tokens"], l["greedy_tokens"]):
@@ -265,12 +273,15 @@ def print_table(report: dict) -> None:
             ("start to first token, cold cache (s)", "start_to_first_token_cold_s", "{:.1f}"),
             ("start to first token, warm cache (s)", "start_to_first_token_warm_s", "{:.1f}")]
     names = list(report["results"])
-    print(f"\n{'':44s}" + "".join(f"{n:>14s}" for n in names) + ("   edgegen/llama.cpp" if len(names) > 1 else ""))
+    heads = [f"{n} ({r['device']})" if n == "edgegen" and r.get("device") else n
+             for n, r in report["results"].items()]
+    ratio = f"   {names[0]}/{names[-1]}" if len(names) > 1 else ""
+    print(f"\n{'':44s}" + "".join(f"{h:>16s}" for h in heads) + ratio)
     for label, key, fmt in rows:
         vals = [report["results"][n][key] for n in names]
-        line = f"{label:44s}" + "".join(f"{fmt.format(v):>14s}" if v is not None else f"{'-':>14s}" for v in vals)
-        if len(names) > 1 and all(vals):
-            line += f"   {vals[0] / vals[1]:.2f}x"
+        line = f"{label:44s}" + "".join(f"{fmt.format(v):>16s}" if v is not None else f"{'-':>16s}" for v in vals)
+        if len(names) > 1 and vals[0] and vals[-1]:
+            line += f"   {vals[0] / vals[-1]:.2f}x"
         print(line)
     if "greedy_tokens_identical_prefix" in report:
         print(f"greedy tokens identical to llama.cpp's: {report['greedy_tokens_identical_prefix']}")
