@@ -106,7 +106,7 @@ class Block:
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
 
         # Write this step's keys and values into the cache without realizing inside the layer: a realize here made
-        # every layer recompute the earlier ones (TINYGRAD_NOTES.md). The store is ordered before the reads by
+        # every layer recompute the earlier ones (docs/TINYGRAD.md). The store is ordered before the reads by
         # `after`, the idiom tinygrad 0.14's own model uses.
         assert self.cache_kv is not None, "allocate_cache() first"
         store = self.cache_kv[:, :, :, start_pos : start_pos + T, :].uop.store(Tensor.stack(k, v).uop)

@@ -24,7 +24,7 @@ forward, about half of that. Channels are multiples of 32 so that every kernel r
 of 32 and can be stored as Q8_0 / Q4_x; with 24 or 48 channels they would fall back to F16.
 
 `.contiguous()` before each convolution: tinygrad otherwise fuses GroupNorm/SiLU/upsample work into the conv and
-recomputes it for every output position (a training step doubled, TINYGRAD_NOTES.md).
+recomputes it for every output position (a training step doubled, docs/TINYGRAD.md).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The U-Net file is the same GGUF container as the text models (architecture `edgegen-unet`); its matrices stay
 packed (Q8_0 / Q4_0 / Q4_1 blocks, or float) on the device. A convolution dequantizes its kernel once per call
 into a temporary buffer and then runs an ordinary float convolution: dequantization fused into the convolution was
-redone for every output position (1,107 ms vs 395 ms per batch-64 pass, TINYGRAD_NOTES.md). Linear layers use
+redone for every output position (1,107 ms vs 395 ms per batch-64 pass, docs/TINYGRAD.md). Linear layers use
 `PackedLinear` as in the Llama.
 
 The sampler follows DDIM (Song et al., 2021, eq. 12) over an evenly spaced subsequence of the training timesteps:

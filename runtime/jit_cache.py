@@ -2,7 +2,7 @@
 
 tinygrad caches compiled kernel binaries on disk, but a new process still schedules and lowers every kernel of the
 decode and prefill graphs in Python: measured here 26-29 s to first token with a warm kernel cache versus 6.7 s
-from a pickled capture (TINYGRAD_NOTES.md). The pickle holds the graphs' buffers, packed weights and KV cache
+from a pickled capture (docs/TINYGRAD.md). The pickle holds the graphs' buffers, packed weights and KV cache
 included, so a warm start reads one file instead of repacking the GGUF. One entry per (model file, device, context,
 tinygrad version, edgegen code); a stale or unreadable entry is ignored and rewritten.
 

@@ -10,7 +10,7 @@ Nibble order (ggml-quants.c dequantize_row_q4_0): byte j holds weight j in its l
 its high nibble. Scales stay f16 in memory and are widened in the kernel.
 
 The decode matvec sums over blocks first and over the 16/32 lanes second (two reductions): measured here that
-keeps partial sums in vector registers and beat a single flat reduction (TINYGRAD_NOTES.md, and a spike for this
+keeps partial sums in vector registers and beat a single flat reduction (docs/TINYGRAD.md, and a spike for this
 module: 109 ms -> 78 ms per 40 Q4_1 matvecs with a loaded machine).
 """
 from __future__ import annotations
