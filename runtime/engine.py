@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,26 +178,19 @@ class TextGenerator:
         if self._cache_key is None or "decode" not in names or names <= self._saved_graphs:
             return
         if self._probe is None:
-            self._probe = self._run_probe("decode")
-            self._cache_owner = None  # the probe wrote cache row 0
+            self._probe = self._decode_probe()
         graphs = {"decode": self._decode_jit.captured, "probe": self._probe,
                   "prefill": {b: j.captured for b, j in self._prefill_jits.items() if j.captured is not None}}
         if jit_cache_store.save(self._cache_key, graphs) is not None:
             self._saved_graphs = names
 
     # ---- checking graphs that skip TinyJit's own path ----------------------------------------------------------
-    def _run_probe(self, name: str) -> np.ndarray:
-        """Logits of graph `name` for the probe token alone at position 0 (they depend only on the weights: row 0
-        of the KV cache is written before it is read, and every request rewrites the rows it reads)."""
-        emb = self._embed([self._probe_token])[None]  # (1, 1, dim)
-        if name == "decode":
-            self._write_decode_input(emb)
-            return self._decode_jit(self._decode_input, self._start.bind(0)).numpy().reshape(-1)
-        bucket = int(name[len("prefill"):])
-        padded = np.zeros((1, bucket, self.config.dim), dtype=np.float32)
-        padded[0, :1] = emb[0]
-        x = Tensor(padded, device=self.device).realize()
-        return self._prefill_jits[bucket](x, self._last.bind(0)).numpy().reshape(-1)
+    def _decode_probe(self) -> np.ndarray:
+        """Decode logits for the probe token alone at position 0: they depend only on the weights (row 0 of the KV
+        cache is written before it is read, and every request rewrites the rows it reads)."""
+        self._write_decode_input(self._embed([self._probe_token])[None])  # (1, 1, dim)
+        self._cache_owner = None  # the probe rewrote cache row 0
+        return self._decode_jit(self._decode_input, self._start.bind(0)).numpy().reshape(-1)
 
     @staticmethod
     def _same_logits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -206,26 +199,37 @@ class TextGenerator:
             return False
         return int(a.argmax()) == int(b.argmax()) and float(np.abs(a - b).max()) <= 1e-3 * float(np.abs(b).max()) + 1e-3
 
-    def _verify_loaded(self, name: str) -> bool:
-        """First use of a graph loaded from disk: it must reproduce the probe logits TinyJit computed in the process
-        that saved it. On a mismatch or a crash the cache entry is deleted and the model recaptured."""
-        if name not in self._unverified:
-            return True
-        assert self._probe is not None
+    def _verify_loaded(self, name: str, run: Callable[[], tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+        """First use of a graph loaded from disk: `run()` returns (its result, what TinyJit computed for the same
+        input). Agreement returns the result; a mismatch or a crash deletes the cache entry, recaptures from the
+        model and returns None."""
         try:
-            got = self._run_probe(name)
-            ok, why = self._same_logits(got, self._probe), "its logits differ from the saved TinyJit result"
+            got, want = run()
+            ok, why = self._same_logits(got, want), "its logits differ from TinyJit's"
         except Exception as e:  # noqa: BLE001 - a graph that fails to replay is a bad cache entry, not a bad request
-            ok, why = False, f"replaying it failed ({type(e).__name__}: {e})"
-        self._cache_owner = None
+            got, ok, why = None, False, f"replaying it failed ({type(e).__name__}: {e})"
         if ok:
             self._unverified.discard(name)
-            return True
+            return got
         log.warning("the %s graph loaded from the JIT cache is not usable: %s; dropping the cache entry", name, why)
         if self._cache_key is not None:
             jit_cache_store.remove(self._cache_key)
         self._own_graphs("a graph from the JIT cache failed its check")
-        return False
+        return None
+
+    def _checked_disk_prefill(self, ids: list[int], bucket: int) -> np.ndarray | None:
+        """A loaded prefill graph's first use: the decode graph (checked against the saved probe first) then
+        recomputes the last prompt position from the cache rows the prefill wrote; both must agree. Costs one
+        decode step, not a second prefill. None when a check failed and the caller must use the model."""
+        assert self._probe is not None
+        probe = self._probe
+        if "decode" in self._unverified and self._verify_loaded("decode", lambda: (self._decode_probe(), probe)) is None:
+            return None
+        name = f"prefill{bucket}"
+        if name not in self._unverified:
+            return self._run_prefill_graph(ids, bucket)
+        return self._verify_loaded(name, lambda: (self._run_prefill_graph(ids, bucket),
+                                                  self._decode(ids[-1], len(ids) - 1)))
 
     @property
     def path(self) -> Path:
@@ -247,18 +251,19 @@ class TextGenerator:
         bucket = next((b for b in PREFILL_BUCKETS if b >= n), None)
         if bucket is None or bucket > self.config.max_context or self._prefill_jits[bucket].captured is None:
             self._own_graphs()  # this prefill will be captured from the Python model (a no-op unless from disk)
-        elif self._graphs_from_disk:
-            # Checked before this prompt writes the cache: a probe rewrites cache row 0. Decode follows the prefill
-            # and shares its cache, so it is checked now as well.
-            self._verify_loaded("decode") and self._verify_loaded(f"prefill{bucket}")
+        elif self._graphs_from_disk and (checked := self._checked_disk_prefill(ids, bucket)) is not None:
+            return checked
         if bucket is None or bucket > self.config.max_context:
             # Longer than every bucket: one exact-size graph (compiled for this length only).
             h = Tensor(self._embed(ids)[None], device=self.device).realize()
             return self.model(h, 0, logits_at=n - 1).realize().numpy().reshape(-1)
+        return self._run_prefill_graph(ids, bucket)
+
+    def _run_prefill_graph(self, ids: list[int], bucket: int) -> np.ndarray:
         emb = np.zeros((1, bucket, self.config.dim), dtype=np.float32)
-        emb[0, :n] = self._embed(ids)
+        emb[0, :len(ids)] = self._embed(ids)
         x = Tensor(emb, device=self.device).realize()
-        return self._prefill_jits[bucket](x, self._last.bind(n - 1)).numpy().reshape(-1)
+        return self._prefill_jits[bucket](x, self._last.bind(len(ids) - 1)).numpy().reshape(-1)
 
     def _write_decode_input(self, emb: np.ndarray) -> None:
         if self._decode_input is None:
