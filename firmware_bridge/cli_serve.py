@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import sqlite3
 import sys
 import threading
+from pathlib import Path
 
 from firmware_bridge import topics
+from firmware_bridge.answer_store import AnswerStore
 from firmware_bridge.cli_common import add_broker_arguments, broker_options
-from firmware_bridge.engines import RuntimeImageEngine, RuntimeTextEngine
+from firmware_bridge.engines import ImageEngine, RuntimeImageEngine, RuntimeTextEngine
 from firmware_bridge.errors import ErrorCode, RequestError
 from firmware_bridge.service import DeviceService, ServiceConfig
 
@@ -27,12 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-model", nargs="?", const="default", default=None, metavar="FILE",
                         help="also answer image requests with this diffusion U-Net ('default' or no value: the "
                              "shipped MNIST U-Net)")
-    parser.add_argument("--backend", help="tinygrad device, e.g. CPU or CL (default: tinygrad's choice)")
+    parser.add_argument("--device", "--backend", dest="backend", metavar="DEV",
+                        help="tinygrad device, e.g. CPU or CL (default: tinygrad's choice), as for `edgegen generate`")
     parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait; more get 'busy' (8)")
     parser.add_argument("--telemetry-interval-s", type=float, default=10.0, help="seconds between telemetry (10)")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR",
+                        help="where answers are remembered across restarts, so a request redelivered after a crash is "
+                             "not generated twice (default: $XDG_STATE_HOME/edgegen/<device-id>, or "
+                             "~/.local/state/edgegen/<device-id>; created with mode 0700)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the warm-up generation that compiles kernels before the device goes online")
     add_broker_arguments(parser)
+
+
+def default_state_dir(device_id: str) -> Path:
+    """$XDG_STATE_HOME/edgegen/<device-id>, or ~/.local/state/edgegen/<device-id> (XDG Base Directory spec)."""
+    base = os.environ.get("XDG_STATE_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"  # the spec ignores relative paths
+    return root / "edgegen" / device_id
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,14 +60,20 @@ def run(args: argparse.Namespace) -> int:
     if args.pool is not None:
         topics.check_name(args.pool, "pool")
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    state_dir = args.state_dir or default_state_dir(args.device_id)
     config = ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size,
-                           telemetry_interval_s=args.telemetry_interval_s)
+                           telemetry_interval_s=args.telemetry_interval_s, state_dir=state_dir)
+    try:  # now, not after the minutes a model takes to load and warm up
+        AnswerStore.open(state_dir, config.remembered_answers, config.remembered_answer_bytes).close()
+    except (OSError, sqlite3.Error) as e:
+        raise RequestError(ErrorCode.INVALID_REQUEST, f"--state-dir {state_dir}: cannot keep answers there ({e})") \
+            from e
     engine = RuntimeTextEngine.load(args.model, device=args.backend)
     if not args.no_warmup:
         # tinygrad compiles kernels on first use: pay that before announcing `online`, not on the first request.
         log.info("warming up %s", args.model)
         engine.warm_up()
-    images = {}
+    images: dict[str, ImageEngine] = {}
     if args.image_model is not None:
         image_engine = RuntimeImageEngine.load(None if args.image_model == "default" else args.image_model,
                                                device=args.backend)

@@ -91,7 +91,8 @@ class Client:
         self._inboxes: dict[bytes, queue.Queue] = {}
         self._closed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._lock = threading.Lock()
-        self._puback: dict[int, Any] = {}
+        self._puback: dict[int, Any] = {}  # PUBACK reason codes by mid, until the publisher waiting for it takes it
+        self._abandoned: set[int] = set()  # mids whose publisher stopped waiting: their PUBACK is dropped on arrival
         self._puback_cv = threading.Condition(self._lock)
         self._ready = threading.Event()
         self._refused: tuple[ErrorCode, str] | None = None
@@ -151,8 +152,27 @@ class Client:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._lock:
+            if mid in self._abandoned:
+                self._abandoned.discard(mid)
+                return
             self._puback[mid] = reason_code
             self._puback_cv.notify_all()
+
+    def _publish_acked(self, topic: str, payload: bytes, properties: Properties | None = None) -> Any:
+        """Publish at QoS 1 and wait for the broker's PUBACK; its reason code, or None without one in time.
+
+        Every PUBACK lands in `_puback` (paho may report it before `publish` returns the mid); the entry is taken
+        here, or, after a timeout, dropped when it arrives, so nothing accumulates.
+        """
+        info = self._mqtt.publish(topic, payload, qos=1, properties=properties)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        with self._lock:
+            while info.mid not in self._puback and time.monotonic() < deadline:
+                self._puback_cv.wait(deadline - time.monotonic())
+            reason = self._puback.pop(info.mid, None)
+            if reason is None:
+                self._abandoned.add(info.mid)
+        return reason
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         correlation = getattr(msg.properties, "CorrelationData", None)
@@ -202,12 +222,7 @@ class Client:
             props.MessageExpiryInterval = expiry_s
         with self._lock:
             self._inboxes[correlation] = queue.Queue()  # before publishing: an answer may come back at once
-        info = self._mqtt.publish(topic, payload, qos=1, properties=props)
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        with self._lock:
-            while info.mid not in self._puback and time.monotonic() < deadline:
-                self._puback_cv.wait(deadline - time.monotonic())
-            reason = self._puback.pop(info.mid, None)
+        reason = self._publish_acked(topic, payload, props)
         if reason is None or reason.is_failure:
             self._close_inbox(correlation)
             code = ErrorCode.TIMEOUT if reason is None else ErrorCode.NOT_AUTHORIZED
@@ -244,9 +259,16 @@ class Client:
         return stream.image
 
     def cancel(self, request_id: str, device: str | None = None, pool: str | None = None) -> None:
-        """Ask the device (or every member of the pool) to stop request `request_id`."""
+        """Ask the device (or every member of the pool) to stop request `request_id`; returns once the broker has it.
+
+        Raises RequestError(not_authorized) when the broker refuses the publish, timeout without its PUBACK.
+        """
         if (device is None) == (pool is None):
             raise RequestError(ErrorCode.INVALID_REQUEST, "give exactly one of device or pool")
         topic = topics.device_request(device, "cancel") if device else topics.pool_cancel(pool)  # type: ignore
-        info = self._mqtt.publish(topic, encode({"v": SCHEMA_VERSION, "id": request_id}), qos=1)
-        info.wait_for_publish(CONNECT_TIMEOUT_S)
+        payload = encode({"v": SCHEMA_VERSION, "id": request_id})
+        parse_request("cancel", payload)  # the device's checks, before publishing
+        reason = self._publish_acked(topic, payload)
+        if reason is None or reason.is_failure:
+            code = ErrorCode.TIMEOUT if reason is None else ErrorCode.NOT_AUTHORIZED
+            raise RequestError(code, f"broker did not accept the cancel on {topic}: {reason or 'no PUBACK'}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +103,15 @@ class CancelRequest:
 Request = TextRequest | ImageRequest | CancelRequest
 
 
+# Error messages quote the client's values: briefly, and without recursing into a deeply nested value.
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = 80, 80, 40, 3
+
+
+def _show(value: Any) -> str:
+    return _REPR.repr(value)
+
+
 def _fail(code: ErrorCode, message: str, request_id: str | None) -> RequestError:
     return RequestError(code, message, request_id)
 
@@ -119,9 +129,57 @@ def decode_json(payload: bytes, request_id: str | None = None) -> dict[str, Any]
     except json.JSONDecodeError as e:
         raise _fail(ErrorCode.INVALID_JSON, f"payload is not JSON ({e.msg} at line {e.lineno} col {e.colno})",
                     None) from None
+    except RecursionError:  # 64 KiB of '[' nests deeper than the decoder's recursion limit
+        raise _fail(ErrorCode.INVALID_JSON, "payload nests arrays or objects too deeply", None) from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise _fail(ErrorCode.INVALID_JSON, f"payload is not JSON we accept ({e!s:.120})", None) from None
     if not isinstance(obj, dict):
         raise _fail(ErrorCode.INVALID_REQUEST, f"payload must be a JSON object, got {type(obj).__name__}", None)
     return obj
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a string holding a lone surrogate: JSON can escape one (\\ud800), UTF-8 cannot encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_non_utf8(obj: Any) -> str | None:
+    """Where the first string (value or key, at any depth) that UTF-8 cannot encode sits, e.g. 'messages[0].content'.
+
+    Iterative: json.loads nests as deep as the recursion limit allows, a recursive walk would not get back up.
+    """
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not _is_utf8(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                if not _is_utf8(key):
+                    return f"a field name in {path or 'the request'} ({_show(key)})"
+                stack.append((f"{path}.{key}" if path else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _check_text(obj: dict[str, Any]) -> None:
+    """Every string must be valid Unicode text: the tokenizer, the answer and the MQTT topic are all UTF-8."""
+    where = _first_non_utf8(obj)
+    if where is not None:
+        raw_id = obj.get("id")
+        rid = raw_id if isinstance(raw_id, str) and _valid_id(raw_id) else None
+        raise _fail(ErrorCode.INVALID_REQUEST, f"{where:.200} is not valid Unicode text: it holds a lone surrogate "
+                    "(e.g. \\ud800), which UTF-8 cannot encode", rid)
+
+
+def _valid_id(rid: str) -> bool:
+    return 0 < len(rid) <= MAX_ID_CHARS and rid.isprintable() and _is_utf8(rid)
 
 
 def _number(obj: dict, key: str, lo: float, hi: float, default: float, rid: str | None, integer: bool = False,
@@ -131,10 +189,10 @@ def _number(obj: dict, key: str, lo: float, hi: float, default: float, rid: str 
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or (isinstance(value, float) and not math.isfinite(value)):
         raise _fail(ErrorCode.INVALID_SAMPLING, f"{key} must be {'an integer' if integer else 'a number'}, "
-                    f"got {value!r}", rid)
+                    f"got {_show(value)}", rid)
     if not (lo < value if above_lo else lo <= value) or value > hi:
         interval = f"{'(' if above_lo else '['}{lo}, {hi}]"
-        raise _fail(ErrorCode.INVALID_SAMPLING, f"{key}={value!r} is out of range {interval}", rid)
+        raise _fail(ErrorCode.INVALID_SAMPLING, f"{key}={_show(value)} is out of range {interval}", rid)
     return value
 
 
@@ -143,15 +201,16 @@ def _parse_sampling(obj: Any, rid: str) -> Sampling:
         raise _fail(ErrorCode.INVALID_REQUEST, f"sampling must be an object, got {type(obj).__name__}", rid)
     unknown = set(obj) - {f.name for f in dataclasses.fields(Sampling)}
     if unknown:
-        raise _fail(ErrorCode.INVALID_SAMPLING, f"unknown sampling option(s) {sorted(unknown)}", rid)
+        raise _fail(ErrorCode.INVALID_SAMPLING, f"unknown sampling option(s) {_show(sorted(unknown))}", rid)
     seed = obj.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise _fail(ErrorCode.INVALID_SAMPLING, f"seed must be null or an integer in [0, 2**63), got {seed!r}", rid)
+        raise _fail(ErrorCode.INVALID_SAMPLING, f"seed must be null or an integer in [0, 2**63), got {_show(seed)}",
+                    rid)
     stop = obj.get("stop", [])
     if (not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS
             or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop)):
         raise _fail(ErrorCode.INVALID_SAMPLING, f"stop must be a list of up to {MAX_STOP_STRINGS} non-empty strings "
-                    f"of up to 64 characters, got {stop!r}", rid)
+                    f"of up to 64 characters, got {_show(stop)}", rid)
     return Sampling(temperature=float(_number(obj, "temperature", 0.0, 10.0, 0.0, rid)),
                     top_k=_number(obj, "top_k", 0, 1_000_000, 0, rid, integer=True),
                     top_p=float(_number(obj, "top_p", 0.0, 1.0, 1.0, rid, above_lo=True)),
@@ -168,7 +227,7 @@ def _parse_messages(value: Any, rid: str) -> tuple[dict[str, str], ...]:
         if not isinstance(m, dict) or set(m) != {"role", "content"} or m["role"] not in ROLES \
                 or not isinstance(m["content"], str):
             raise _fail(ErrorCode.INVALID_REQUEST, f"messages[{i}] must be {{'role': one of {ROLES}, "
-                        f"'content': string}}, got {m!r:.80}", rid)
+                        f"'content': string}}, got {_show(m)}", rid)
         out.append({"role": m["role"], "content": m["content"]})
     if sum(len(m["content"]) for m in out) > MAX_PROMPT_CHARS:
         raise _fail(ErrorCode.PROMPT_TOO_LONG, f"messages hold more than {MAX_PROMPT_CHARS} characters", rid)
@@ -181,15 +240,16 @@ def _check_head(obj: dict[str, Any], allowed: set[str]) -> str:
     """Check the schema version and request id common to every request; return the id."""
     raw_id = obj.get("id")
     rid = raw_id if isinstance(raw_id, str) else None
-    if obj.get("v") != SCHEMA_VERSION:
-        raise _fail(ErrorCode.UNSUPPORTED_VERSION, f"schema version v={obj.get('v')!r} is not supported "
+    version = obj.get("v")
+    if type(version) is not int or version != SCHEMA_VERSION:  # not `true`, which equals 1 in Python
+        raise _fail(ErrorCode.UNSUPPORTED_VERSION, f"schema version v={_show(version)} is not supported "
                     f"(this device speaks v={SCHEMA_VERSION})", rid)
-    if rid is None or not 0 < len(rid) <= MAX_ID_CHARS or not rid.isprintable():
+    if rid is None or not _valid_id(rid):
         raise _fail(ErrorCode.INVALID_REQUEST, f"id must be a printable string of 1-{MAX_ID_CHARS} characters, "
-                    f"got {raw_id!r:.80}", None)
+                    f"got {_show(raw_id)}", None)
     unknown = set(obj) - allowed
     if unknown:
-        raise _fail(ErrorCode.INVALID_REQUEST, f"unknown field(s) {sorted(unknown)}", rid)
+        raise _fail(ErrorCode.INVALID_REQUEST, f"unknown field(s) {_show(sorted(unknown))}", rid)
     return rid
 
 
@@ -197,7 +257,7 @@ def _reply_to(obj: dict[str, Any], rid: str) -> str | None:
     reply_to = obj.get("reply_to")
     if reply_to is not None and not (isinstance(reply_to, str) and len(reply_to) <= 256 and topics.is_publishable(
             reply_to)):
-        raise _fail(ErrorCode.INVALID_REQUEST, f"reply_to must be a topic without wildcards, got {reply_to!r:.80}",
+        raise _fail(ErrorCode.INVALID_REQUEST, f"reply_to must be a topic without wildcards, got {_show(reply_to)}",
                     rid)
     return reply_to
 
@@ -205,7 +265,7 @@ def _reply_to(obj: dict[str, Any], rid: str) -> str | None:
 def _model(obj: dict[str, Any], rid: str) -> str:
     model = obj.get("model", "default")
     if not isinstance(model, str) or not 0 < len(model) <= 256:
-        raise _fail(ErrorCode.INVALID_REQUEST, f"model must be a non-empty string, got {model!r:.80}", rid)
+        raise _fail(ErrorCode.INVALID_REQUEST, f"model must be a non-empty string, got {_show(model)}", rid)
     return model
 
 
@@ -228,7 +288,8 @@ def parse_text_request(obj: dict[str, Any]) -> TextRequest:
     parsed_messages = _parse_messages(messages, rid) if messages is not None else None
     chat, stream = obj.get("chat", True), obj.get("stream", True)
     if not isinstance(chat, bool) or not isinstance(stream, bool):
-        raise _fail(ErrorCode.INVALID_REQUEST, f"chat and stream must be true or false, got {chat!r}, {stream!r}", rid)
+        raise _fail(ErrorCode.INVALID_REQUEST, f"chat and stream must be true or false, got {_show(chat)}, "
+                    f"{_show(stream)}", rid)
     max_tokens = _number(obj, "max_tokens", 1, MAX_TOKENS_LIMIT, 128, rid, integer=True)
     return TextRequest(id=rid, prompt=prompt, messages=parsed_messages, model=_model(obj, rid), max_tokens=max_tokens,
                        chat=chat, stream=stream, sampling=_parse_sampling(obj.get("sampling", {}), rid),
@@ -270,10 +331,12 @@ def parse_request(kind: str, payload: bytes) -> Request:
     """
     obj = decode_json(payload)
     try:
+        _check_text(obj)  # first: every later message may quote a field, and an answer must be encodable
         return _PARSERS[kind](obj)
     except RequestError as e:
         reply_to = obj.get("reply_to")
-        if isinstance(reply_to, str) and topics.is_publishable(reply_to):
+        if isinstance(reply_to, str) and len(reply_to) <= 256 and _is_utf8(reply_to) and \
+                topics.is_publishable(reply_to):
             e.reply_to = reply_to  # so an MQTT 3.1.1 client hears about its bad request
         raise
 

@@ -3,7 +3,13 @@
 Reliability (ARCHITECTURE.md, MQTT): requests arrive at QoS 1 into a persistent session (clean_start=False, session
 expiry) and are acknowledged by hand only once their answer is published, so a device killed mid-generation gets
 them again after a restart. Request ids are remembered: a redelivered or repeated request is answered from memory
-or joins the running generation instead of being generated twice. The queue is bounded and answers `busy` when full.
+or joins the running generation instead of being generated twice; with a state folder that memory is a file
+(answer_store.py), committed before the ack, so it survives a restart. The queue is bounded and answers `busy` when
+full.
+
+Test-only fault injection: with the environment variable EDGEGEN_FAULT=exit-after-answer the process calls
+os._exit(137) right after a final answer was published and stored, before the request is acked (the crash window
+the answer store exists for). Never set it on a device.
 """
 from __future__ import annotations
 
@@ -11,9 +17,13 @@ import collections
 import dataclasses
 import hashlib
 import logging
+import os
 import resource
+import sqlite3
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,13 +32,17 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from firmware_bridge import responses, topics
+from firmware_bridge.answer_store import DEFAULT_MAX_BYTES, Answer, AnswerStore
 from firmware_bridge.connection import BrokerOptions, make_client
+from firmware_bridge.counters import Counters
 from firmware_bridge.engines import ImageEngine, TextEngine
 from firmware_bridge.errors import ErrorCode, RequestError
 from firmware_bridge.schema import CancelRequest, ImageRequest, Request, TextRequest, encode, parse_request
 
 log = logging.getLogger(__name__)
 PUBLISH_WAIT_S = 10.0
+FAULT_ENV = "EDGEGEN_FAULT"  # test-only, see the module docstring
+FAULTS = ("exit-after-answer",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +52,9 @@ class ServiceConfig:
     queue_size: int = 8  # requests waiting behind the running one; one more gets `busy`
     telemetry_interval_s: float = 10.0
     session_expiry_s: int = 24 * 3600  # how long the broker keeps our session (and our unacked requests) offline
-    remembered_answers: int = 1024
+    remembered_answers: int = 1024  # answers kept for redeliveries and repeats, oldest dropped first ...
+    remembered_answer_bytes: int = DEFAULT_MAX_BYTES  # ... and at most this many payload bytes of them
+    state_dir: Path | None = None  # where the answers survive a restart; None: in memory only
 
 
 @dataclasses.dataclass(eq=False)
@@ -54,10 +70,6 @@ class _Job:
     twin_correlations: list[bytes | None] = dataclasses.field(default_factory=list)  # repeats that joined this job
 
 
-# What a finished request was answered with, beyond its chunks: (payload, content type) messages, final one last.
-Answer = tuple[tuple[bytes, str], ...]
-
-
 def _json(payload: bytes) -> Answer:
     return ((payload, responses.JSON_CONTENT_TYPE),)
 
@@ -68,7 +80,9 @@ def stable_seed(request_id: str) -> int:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """The process's peak resident set size in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # getrusage(2): bytes on macOS, KiB on Linux and BSD
 
 
 class DeviceService:
@@ -82,12 +96,15 @@ class DeviceService:
         self.config, self.broker = config, broker
         self.text_engines, self.image_engines = dict(text_engines), dict(image_engines or {})
         self.device = config.device_id
-        self.counters = collections.Counter[str]()
+        self.counters = Counters()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: collections.deque[_Job] = collections.deque()
         self._active: dict[tuple[str, str], _Job] = {}
-        self._answers: collections.OrderedDict[tuple[str, str], Answer] = collections.OrderedDict()
+        self._answers = AnswerStore.open(config.state_dir, config.remembered_answers, config.remembered_answer_bytes)
+        self._fault = os.environ.get(FAULT_ENV)
+        if self._fault is not None and self._fault not in FAULTS:
+            log.warning("%s=%s is not a known fault (%s); ignored", FAULT_ENV, self._fault, ", ".join(FAULTS))
         self._connection = 0
         self._state = "online"
         self._connected = threading.Event()
@@ -133,6 +150,7 @@ class DeviceService:
             self._wait(self._publish_status("offline"))
         self.client.disconnect()
         self.client.loop_stop()
+        self._answers.close()
 
     # -- MQTT callbacks (paho's network thread) --------------------------------------------------------------------
     def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
@@ -176,19 +194,34 @@ class DeviceService:
         try:
             if self._accept(msg, delivery):
                 return  # queued: acknowledged when answered
-        except Exception:  # one bad message must not stop the device
+        except Exception:  # a bug or a failing answer store: the sender still gets one answer, the device goes on
             log.exception("failed to handle a message on %s", msg.topic)
-            self.counters["internal_errors"] += 1
+            self.counters.add("internal_errors")
+            self._answer_failure(msg)
         self._ack([delivery])
+
+    @staticmethod
+    def _response_topic(props: Any) -> str | None:
+        topic = getattr(props, "ResponseTopic", None)
+        return topic if topic is not None and topics.is_publishable(topic) else None
+
+    def _answer_failure(self, msg: mqtt.MQTTMessage) -> None:
+        """One `internal` error for a message whose handling failed: on its response topic, else the errors topic."""
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        for topic in dict.fromkeys((self._response_topic(msg.properties), None)):
+            try:
+                self._send_error(topic, correlation, None, ErrorCode.INTERNAL,
+                                 "the device failed to handle this request; see the device log")
+                return
+            except Exception:  # e.g. paho refused the topic: try the errors topic, and never raise into paho's loop
+                log.exception("could not report the failure on %s", topic or "the errors topic")
 
     def _accept(self, msg: mqtt.MQTTMessage, delivery: tuple[int, int]) -> bool:
         """Handle one request message; True when it was queued (or joined a queued twin) and must not be acked yet."""
         kind = msg.topic.rsplit("/", 1)[-1]
         props = msg.properties
-        response_topic = getattr(props, "ResponseTopic", None)
+        response_topic = self._response_topic(props)
         correlation = getattr(props, "CorrelationData", None)
-        if response_topic is not None and not topics.is_publishable(response_topic):
-            response_topic = None
         try:
             request: Request = parse_request(kind, bytes(msg.payload))
         except RequestError as e:
@@ -204,14 +237,15 @@ class DeviceService:
             return False
         key = (response_topic, request.id)
         with self._lock:
-            answer = self._answers.get(key)
             twin = self._active.get(key)
             if twin is not None:
                 twin.deliveries.append(delivery)
                 if correlation != twin.correlation:  # a repeat, not a redelivered copy: it is owed its own answer
                     twin.twin_correlations.append(correlation)
-            if answer is not None or twin is not None:
-                self.counters["duplicates"] += 1
+        # Not active: never seen, or finished, and then stored already (_finish stores before it drops the job).
+        answer = None if twin is not None else self._answers.get(*key)
+        if answer is not None or twin is not None:
+            self.counters.add("duplicates")
         if twin is not None:
             log.info("request %s is already queued or running; answering it once", request.id)
             return True
@@ -235,7 +269,7 @@ class DeviceService:
                 self._active[key] = job
                 self._wake.notify()
         if full:
-            self.counters["busy"] += 1
+            self.counters.add("busy")
             self._send_error(response_topic, correlation, request.id, ErrorCode.BUSY,
                              f"device {self.device} has {self.config.queue_size} requests waiting; retry later")
             return False
@@ -268,7 +302,7 @@ class DeviceService:
 
     def _send_error(self, response_topic: str | None, correlation: bytes | None, request_id: str | None,
                     code: ErrorCode | str, message: str) -> bytes:
-        self.counters["errors"] += 1
+        self.counters.add("errors")
         log.info("request %s refused: %s: %s", request_id, code, message)
         payload = encode(responses.error(request_id, code, message, self.device), responses.MAX_RESPONSE_BYTES)
         self._publish(response_topic or topics.errors(self.device), correlation, payload)
@@ -369,8 +403,8 @@ class DeviceService:
                                     total_ms=round((time.monotonic() - start) * 1000, 3),
                                     queue_ms=round(queue_ms, 3), peak_rss_bytes=peak_rss_bytes())
         if reason == "cancelled":
-            self.counters["cancelled"] += 1
-        self.counters["served"] += 1
+            self.counters.add("cancelled")
+        self.counters.add("served")
         payload = encode(responses.final(request.id, outcome_text, reason, seq, self.device, stats),
                          responses.MAX_RESPONSE_BYTES)
         self._wait(self._publish(job.response_topic, job.correlation, payload))
@@ -389,19 +423,25 @@ class DeviceService:
             self._publish(job.response_topic, job.correlation, out.png, responses.PNG_CONTENT_TYPE)
         stats = responses.Stats(total_ms=round((time.monotonic() - start) * 1000, 3), queue_ms=round(queue_ms, 3),
                                 peak_rss_bytes=peak_rss_bytes())
-        self.counters["served"] += 1
+        self.counters.add("served")
         payload = encode(responses.final(request.id, "", out.finish_reason, 0, self.device, stats))
         self._wait(self._publish(job.response_topic, job.correlation, payload))
         return image + _json(payload)
 
     def _finish(self, job: _Job, answer: Answer) -> None:
-        """Remember the answer (so a repeat gets it again), send it to repeats that joined, ack every copy."""
+        """Remember the answer (committed, so a repeat or a redelivery after a restart gets it again), send it to
+        repeats that joined, ack every copy."""
+        try:
+            self._answers.put(job.response_topic, job.request.id, answer)
+        except sqlite3.Error:  # e.g. a full disk: the answer went out, but a redelivery will be generated again
+            log.exception("could not remember the answer to request %s", job.request.id)
         with self._lock:
             self._active.pop(job.key, None)
-            self._answers[job.key] = answer
-            while len(self._answers) > self.config.remembered_answers:
-                self._answers.popitem(last=False)
             deliveries, twins = list(job.deliveries), list(job.twin_correlations)
+        if self._fault == "exit-after-answer":
+            log.warning("%s=%s: exiting before the ack of request %s", FAULT_ENV, self._fault, job.request.id)
+            logging.shutdown()
+            os._exit(137)
         for correlation in twins:
             self._send_answer(job.response_topic, correlation, answer)
         self._ack(deliveries)
@@ -418,5 +458,8 @@ class DeviceService:
                 depth = len(self._queue)
             report = {"v": 1, "device": self.device, "ts": round(time.time(), 3), "state": self._state,
                       "queue_depth": depth, "uptime_s": round(time.monotonic() - self._started_s, 1),
-                      "peak_rss_bytes": peak_rss_bytes(), **self.counters}
-            self.client.publish(topics.telemetry(self.device), encode(report), qos=0)
+                      "peak_rss_bytes": peak_rss_bytes(), **self.counters.snapshot()}
+            try:
+                self.client.publish(topics.telemetry(self.device), encode(report), qos=0)
+            except Exception:  # one report that cannot go out must not end telemetry for good
+                log.exception("telemetry report not sent")

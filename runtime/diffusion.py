@@ -55,7 +55,7 @@ def parse_prompt(prompt: str) -> int:
         words = words[1:]
     if len(words) == 1:
         w = words[0]
-        if len(w) == 1 and w.isdigit():
+        if len(w) == 1 and "0" <= w <= "9":  # not str.isdigit(): it accepts '²', which int() refuses
             return int(w)
         if w in DIGIT_WORDS:
             return DIGIT_WORDS.index(w)

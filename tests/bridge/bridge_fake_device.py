@@ -1,10 +1,15 @@
-"""A device process serving FakeTextEngine, for tests that kill devices: prints `ready` and `emit ID SEQ` lines."""
+"""A device process serving FakeTextEngine, for tests that kill devices: prints `ready` and `emit ID SEQ` lines.
+
+--calls-file appends the id of every request the engine generates, so a test can tell a regenerated answer from
+a remembered one across processes.
+"""
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from bridge_fakes import FakeTextEngine
 
@@ -19,6 +24,8 @@ def main() -> int:
     parser.add_argument("--pool")
     parser.add_argument("--delay-s", type=float, default=0.01)
     parser.add_argument("--queue-size", type=int, default=64)
+    parser.add_argument("--state-dir", type=Path, help="where the device remembers its answers")
+    parser.add_argument("--calls-file", type=Path, help="append the id of each generated request here")
     parser.add_argument("--stall-at-seq", type=int, help="after emitting this seq of the first request, hang "
                         "(until killed): a crash mid-generation at a known point")
     args = parser.parse_args()
@@ -31,8 +38,17 @@ def main() -> int:
             hang.wait()
 
     engine = FakeTextEngine(delay_s=args.delay_s, on_emit=report)
-    service = DeviceService(ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size),
-                            BrokerOptions("127.0.0.1", args.port), {"default": engine})
+    if args.calls_file is not None:
+        generate = engine.generate
+
+        def recorded(request, cancel, emit):  # type: ignore[no-untyped-def]
+            with open(args.calls_file, "a") as f:
+                f.write(request.id + "\n")
+            return generate(request, cancel, emit)
+
+        engine.generate = recorded  # type: ignore[method-assign]
+    config = ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size, state_dir=args.state_dir)
+    service = DeviceService(config, BrokerOptions("127.0.0.1", args.port), {"default": engine})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     service.start()

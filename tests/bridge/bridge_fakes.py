@@ -1,11 +1,21 @@
-"""Small deterministic text and image engines for the bridge's protocol tests (the real model is tested separately)."""
+"""Small deterministic text and image engines for the bridge's protocol tests (the real model is tested separately),
+a generator with the real tokenizer but no model, and a stand-in for the service's paho client."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import struct
 import threading
 import zlib
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from firmware_bridge import topics
 from firmware_bridge.engines import ImageOutcome, TextOutcome
 from firmware_bridge.errors import ErrorCode, RequestError
 from firmware_bridge.schema import ImageRequest, TextRequest
@@ -66,9 +76,133 @@ class FakeImageEngine:
         self.pad_bytes = pad_bytes  # trailing bytes after IEND: an oversized image
 
     def check(self, request: ImageRequest) -> None:
-        if not request.prompt.isdigit():
+        if not (len(request.prompt) == 1 and request.prompt.isdecimal()):  # isdigit() takes '²', int() does not
             raise RequestError(ErrorCode.INVALID_REQUEST, f"prompt must be a digit, got {request.prompt!r}")
 
     def generate(self, request: ImageRequest, cancel: threading.Event) -> ImageOutcome:
         self.calls.append(request.id)
         return ImageOutcome(png=tiny_png(25 * int(request.prompt)) + bytes(self.pad_bytes))
+
+
+# runtime.engine.DEFAULT_CONTEXT, copied: importing runtime.engine would import tinygrad.
+DEFAULT_CONTEXT = 1024
+
+
+@functools.cache
+def smollm2_file() -> Any:
+    """The shipped SmolLM2 model file, opened (mmap, metadata only: about 1 s, no tinygrad)."""
+    from runtime.model_file import open_model
+
+    return open_model("default")
+
+
+class TokenizerOnlyGenerator:
+    """The request-facing half of runtime.engine.TextGenerator without a model: the real SmolLM2 tokenizer, chat
+    template and checks (SamplingParams.validate, message validation, context length), then a canned answer.
+
+    Wrapped in the real firmware_bridge.engines.RuntimeTextEngine, a request reaches every check it would reach on a
+    device, in milliseconds.
+    """
+
+    def __init__(self, pieces: tuple[str, ...] = ("Hello", ",", " world")) -> None:
+        from runtime.tokenizer import load_tokenizer
+
+        mf = smollm2_file()
+        self.model_file, self.tokenizer = mf, load_tokenizer(mf)
+        self.chat_template = mf.get("tokenizer.chat_template")
+        self.config = SimpleNamespace(max_context=DEFAULT_CONTEXT)
+        self.pieces = pieces
+        self.calls: list[str | list[dict]] = []
+
+    def render_chat(self, messages: list[dict]) -> str:
+        from runtime.chat import render_chat
+
+        return render_chat(self.chat_template, messages)
+
+    def stream(self, prompt: str | list[dict], params: Any, chat: bool = True,
+               cancel: threading.Event | None = None) -> Any:
+        from runtime.chat import validate_messages
+        from runtime.errors import GenerationError
+
+        params = params.validate()
+        if isinstance(prompt, list):
+            text = self.render_chat(validate_messages(prompt))
+        elif not prompt.strip():
+            raise GenerationError("the prompt is empty")
+        else:
+            text = self.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
+        n = len(self.tokenizer.encode(text))
+        if n == 0 or n >= self.config.max_context:
+            raise GenerationError(f"the prompt is {n} tokens; the context is {self.config.max_context}")
+        self.calls.append(prompt)
+        return _CannedStream(self.pieces[:params.max_tokens], n)
+
+
+class _CannedStream:
+    """Iterates like runtime.engine.TextStream; `result` is set once the pieces are read."""
+
+    def __init__(self, pieces: tuple[str, ...], prompt_tokens: int) -> None:
+        self._pieces, self._prompt_tokens = pieces, prompt_tokens
+        self.result: Any = None
+
+    def __iter__(self) -> Any:
+        yield from self._pieces
+        self.result = SimpleNamespace(text="".join(self._pieces), finish_reason="length",
+                                      prompt_tokens=self._prompt_tokens, completion_tokens=len(self._pieces),
+                                      decode_tokens_per_s=100.0)
+
+
+@dataclasses.dataclass
+class Published:
+    topic: str
+    payload: bytes
+    properties: Any
+    retain: bool
+
+
+class RecordingMqtt:
+    """Stands in for DeviceService.client: records publishes and acks; every publish counts as acked by the broker.
+
+    Topics are checked as paho checks them (UTF-8, no wildcards), so a topic paho would refuse raises here too.
+    """
+
+    def __init__(self) -> None:
+        self.published: list[Published] = []
+        self.acked: list[int] = []
+        self._lock = threading.Lock()
+        self._mid = 0
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                properties: Any = None) -> mqtt.MQTTMessageInfo:
+        mqtt.Client._raise_for_invalid_topic(topic.encode("utf-8"))
+        assert isinstance(payload, bytes), type(payload)
+        with self._lock:
+            self._mid += 1
+            info = mqtt.MQTTMessageInfo(self._mid)
+            self.published.append(Published(topic, payload, properties, retain))
+        info.rc = mqtt.MQTT_ERR_SUCCESS
+        info._set_as_published()
+        return info
+
+    def ack(self, mid: int, qos: int) -> None:
+        with self._lock:
+            self.acked.append(mid)
+
+    def answers(self) -> list[Published]:
+        """What went to request senders (response topics, the errors topic), not status, models or telemetry."""
+        with self._lock:
+            return [p for p in self.published if not p.topic.endswith(("/status", "/models", "/telemetry"))]
+
+
+def request_message(device: str, kind: str, payload: bytes, response_topic: str | None,
+                    correlation: bytes | None = b"corr", mid: int = 7) -> mqtt.MQTTMessage:
+    """An incoming request as paho hands it to on_message."""
+    msg = mqtt.MQTTMessage(mid, topics.device_request(device, kind).encode())
+    msg.payload = payload
+    props = Properties(PacketTypes.PUBLISH)
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    msg.properties = props
+    return msg

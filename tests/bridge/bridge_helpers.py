@@ -45,9 +45,9 @@ def make_tls_files(folder: Path) -> dict[str, str]:
 
 
 
-def spawn(args: list[str], **kwargs) -> subprocess.Popen:
-    """A child Python process that dies with the test process."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}
+def spawn(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    """A child Python process that dies with the test process; `env` adds to the test's environment."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)]), **(env or {})}
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, preexec_fn=die_with_parent, **kwargs)
 
 
@@ -76,14 +76,15 @@ def connected_client(options: BrokerOptions, **kwargs) -> Iterator[Client]:
 class ChildProcess:
     """A Python child process (dies with the tests) whose stdout lines, split into words, land in a queue."""
 
-    def __init__(self, args: list[str], first_run_args: list[str] | None = None):
+    def __init__(self, args: list[str], first_run_args: list[str] | None = None,
+                 first_run_env: dict[str, str] | None = None):
         self.args = args
-        self.start(first_run_args)
+        self.start(first_run_args, first_run_env)
 
-    def start(self, extra_args: list[str] | None = None) -> None:
-        """Start (or start again) with `args` plus `extra_args`."""
+    def start(self, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """Start (or start again) with `args` plus `extra_args`, and `env` added to the environment."""
         self.lines: queue.Queue[list[str]] = queue.Queue()
-        self.proc = spawn(self.args + (extra_args or []), stdout=subprocess.PIPE, text=True)
+        self.proc = spawn(self.args + (extra_args or []), env=env, stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True).start()
 
     @staticmethod

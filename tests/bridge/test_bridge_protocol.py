@@ -56,6 +56,8 @@ BAD_REQUESTS = [
     (b'{"v": 1, "id": "x", "prompt": "hi", "sampling": {"mirostat": 2}}', ErrorCode.INVALID_SAMPLING),
     (b'{"v": 1, "id": "x", "prompt": "hi", "max_tokens": 0}', ErrorCode.INVALID_SAMPLING),
     (b'{"v": 1, "id": "x", "prompt": "hi", "max_tokens": 100000}', ErrorCode.INVALID_SAMPLING),
+    (b'{"v": 1, "id": "x", "prompt": "\\ud800"}', ErrorCode.INVALID_REQUEST),  # valid JSON, not encodable text
+    (b'{"v": 1, "id": "x", "prompt": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", ErrorCode.INVALID_JSON),  # too deep
 ]
 
 
@@ -172,6 +174,18 @@ def test_cancel_stops_a_running_generation(options: BrokerOptions) -> None:
         assert stream.result["finish_reason"] == "cancelled"
         assert 2 <= len(pieces) < 1000 and stream.result["text"] == "".join(pieces)
         assert client.generate("after", device="dev1", max_tokens=2).text() == expected_text("after", 2)
+
+
+def test_cancels_leave_no_pending_acks_behind(options: BrokerOptions) -> None:
+    with running_device(options), connected_client(options) as client:
+        for i in range(50):
+            client.cancel(f"nothing-{i}", device="dev1")  # returns once the broker acked it
+        assert client._puback == {} and client._abandoned == set()
+        assert client.generate("still fine", device="dev1", max_tokens=2).text() == expected_text("still", 2)
+        assert client._puback == {}
+        with pytest.raises(RequestError) as err:
+            client.cancel("", device="dev1")  # checked as the device would, before publishing
+        assert err.value.code == ErrorCode.INVALID_REQUEST and "id must be" in err.value.message
 
 
 def test_status_and_models_are_retained_and_will_says_offline(options: BrokerOptions) -> None:

@@ -1,4 +1,5 @@
-"""Nothing is lost: a device SIGKILLed mid-generation and restarted, and a broker restarted mid-run."""
+"""Nothing is lost: a device SIGKILLed mid-generation and restarted, a broker restarted mid-run, and a device that
+died between its answer and its ack answers the redelivery from its state folder instead of generating again."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +13,7 @@ from bridge_helpers import ChildProcess, connected_client, running_device
 
 from firmware_bridge import topics
 from firmware_bridge.connection import BrokerOptions
+from firmware_bridge.service import FAULT_ENV
 
 N_REQUESTS = 36
 TOKENS = 8
@@ -83,3 +85,35 @@ def test_broker_restart_mid_generation(broker) -> None:
         assert service.wait_connected(20)
         assert client.generate("after", device="dev1", max_tokens=3).text() == expected_text("after", 3)
         assert engine.calls.count(stream.request_id) == 1  # the redelivered request was answered from memory
+
+
+def test_answer_stored_before_the_ack_survives_a_crash_and_is_resent_byte_for_byte(broker, tmp_path) -> None:
+    options = BrokerOptions("127.0.0.1", broker.port)
+    calls = tmp_path / "generated"
+    args = ["tests/bridge/bridge_fake_device.py", "--port", str(broker.port), "--device-id", "dev0", "--delay-s",
+            str(TOKEN_DELAY_S), "--state-dir", str(tmp_path / "state"), "--calls-file", str(calls)]
+    # The first run exits (137) right after publishing and storing its final answer, before acking the request.
+    device = ChildProcess(args, first_run_env={FAULT_ENV: "exit-after-answer"})
+    try:
+        device.wait_for(lambda w: w == ["ready"], LINE_TIMEOUT_S)
+        with connected_client(options) as client:
+            finals: queue.Queue[tuple[bytes, bytes]] = queue.Queue()
+
+            def on_response(c, u, msg) -> None:
+                if json.loads(msg.payload)["type"] == "final":
+                    finals.put((msg.properties.CorrelationData, bytes(msg.payload)))
+
+            client._mqtt.message_callback_add(client.response_topic, on_response)  # raw payloads, every copy
+            client.generate("crash between answer and ack", device="dev0", max_tokens=TOKENS, request_id="once")
+            correlation, first = finals.get(timeout=LINE_TIMEOUT_S)
+            assert device.proc.wait(timeout=LINE_TIMEOUT_S) == 137  # died before the ack: the broker keeps it
+            assert calls.read_text().split() == ["once"]
+            device.start()  # the same device id and state folder, no fault: the broker redelivers the request
+            device.wait_for(lambda w: w == ["ready"], LINE_TIMEOUT_S)
+            again_correlation, again = finals.get(timeout=LINE_TIMEOUT_S)
+        assert again == first and again_correlation == correlation  # the stored bytes, timings and all
+        assert json.loads(first)["stats"]["total_ms"] > 0 and json.loads(first)["text"] == expected_text(
+            "crash", TOKENS)
+        assert calls.read_text().split() == ["once"]  # the second process did not generate it again
+    finally:
+        device.stop()

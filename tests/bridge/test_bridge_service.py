@@ -1,0 +1,142 @@
+"""DeviceService without a broker (a recording stand-in for paho): one answer even when handling fails, counters
+that threads bump while telemetry reads them, peak RSS units, the answer store's wiring."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from bridge_fakes import FakeTextEngine, RecordingMqtt, request_message
+
+from firmware_bridge import service as service_module
+from firmware_bridge import topics
+from firmware_bridge.connection import BrokerOptions
+from firmware_bridge.counters import Counters
+from firmware_bridge.errors import ErrorCode
+from firmware_bridge.service import DeviceService, ServiceConfig, peak_rss_bytes
+
+DEVICE = "dev1"
+RESPONSES = topics.client_responses("tester")
+KEYS_PER_THREAD = 500  # 2000 keys: a telemetry report of about 40 KB, under its 64 KiB limit
+HELLO = b'{"v": 1, "id": "r-1", "prompt": "hello there", "max_tokens": 2}'
+
+
+def offline(engine: FakeTextEngine | None = None, **config) -> tuple[DeviceService, RecordingMqtt]:
+    service = DeviceService(ServiceConfig(DEVICE, **config), BrokerOptions(), {"default": engine or FakeTextEngine()})
+    service.client = fake = RecordingMqtt()
+    return service, fake
+
+
+class ExplodingEngine(FakeTextEngine):
+    def check(self, request) -> None:
+        raise RuntimeError("a bug in the engine's check")
+
+
+def test_a_failure_inside_accept_still_gets_one_internal_answer_and_the_device_goes_on() -> None:
+    service, fake = offline(ExplodingEngine())
+    service._on_message(fake, None, request_message(DEVICE, "text", HELLO, RESPONSES, b"c-1", mid=11))
+    [answer] = fake.answers()
+    body = json.loads(answer.payload)
+    assert (answer.topic, answer.properties.CorrelationData) == (RESPONSES, b"c-1")
+    assert body["type"] == "error" and body["code"] == ErrorCode.INTERNAL and "device log" in body["message"]
+    assert fake.acked == [11] and service.counters["internal_errors"] == 1
+    service.text_engines["default"] = FakeTextEngine()  # the same service takes the next request
+    service._on_message(fake, None, request_message(DEVICE, "text", HELLO, RESPONSES, b"c-2", mid=12))
+    assert len(service._queue) == 1
+
+
+def test_a_failing_answer_store_is_answered_internal_on_the_errors_topic_without_a_response_topic() -> None:
+    service, fake = offline()
+
+    def broken_get(topic: str, request_id: str) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    service._answers.get = broken_get  # type: ignore[method-assign]
+    payload = b'{"v": 1, "id": "r-1", "prompt": "hi", "reply_to": "edgegen/v1/clients/board/responses"}'
+    service._on_message(fake, None, request_message(DEVICE, "text", payload, None, None, mid=5))
+    [answer] = fake.answers()
+    assert answer.topic == topics.errors(DEVICE) and json.loads(answer.payload)["code"] == ErrorCode.INTERNAL
+    assert fake.acked == [5]
+
+
+def test_a_lone_surrogate_is_answered_invalid_request_naming_the_field() -> None:
+    service, fake = offline()
+    payload = b'{"v": 1, "id": "x", "prompt": "\\ud800"}'  # valid JSON; the tokenizer raised TypeError on it
+    service._on_message(fake, None, request_message(DEVICE, "text", payload, RESPONSES, b"c", mid=3))
+    [answer] = fake.answers()
+    body = json.loads(answer.payload)
+    assert body["code"] == ErrorCode.INVALID_REQUEST and body["id"] == "x"
+    assert body["message"].startswith("prompt is not valid Unicode text")
+    assert fake.acked == [3] and service.counters["internal_errors"] == 0
+
+
+def test_counters_hammered_from_threads_while_telemetry_snapshots_them() -> None:
+    """The telemetry thread spreads the counters into its report while workers add new keys: with a bare Counter
+    that dies with "dictionary changed size during iteration", and telemetry stops for good."""
+    service, fake = offline(telemetry_interval_s=1e-6)
+    service._connected.set()
+    died: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
+    stop = threading.Event()
+
+    def bump(t: int) -> None:
+        i = 0
+        while not stop.is_set() or i < 10 * KEYS_PER_THREAD:
+            service.counters.add("shared")
+            if i % 10 == 0 and i < 10 * KEYS_PER_THREAD:
+                service.counters.add(f"k{t}-{i // 10}")  # a new key: the dict grows under the reporter
+            i += 1
+
+    reporter = threading.Thread(target=service._report, daemon=True)
+    workers = [threading.Thread(target=bump, args=(t,)) for t in range(4)]
+    try:
+        reporter.start()
+        for w in workers:
+            w.start()
+        deadline, snapshots = time.monotonic() + 0.5, 0
+        while time.monotonic() < deadline:
+            snapshot = service.counters.snapshot()
+            assert all(v >= 1 for v in snapshot.values())
+            snapshots += 1
+        stop.set()
+        for w in workers:
+            w.join()
+        assert reporter.is_alive() and not died, died
+    finally:
+        stop.set()
+        service._stopping.set()
+        reporter.join(5)
+        threading.excepthook = hook
+    counts = service.counters.snapshot()
+    assert len(counts) == 4 * KEYS_PER_THREAD + 1 and counts["shared"] >= 4 * 10 * KEYS_PER_THREAD
+    reports = [json.loads(p.payload) for p in fake.published if p.topic == topics.telemetry(DEVICE)]
+    assert len(reports) > 10 and snapshots > 10
+    assert 0 < reports[-1]["shared"] <= counts["shared"]
+
+
+def test_counters_read_zero_for_an_unknown_name() -> None:
+    c = Counters()
+    c.add("served", 2)
+    assert (c["served"], c["busy"], c.snapshot()) == (2, 0, {"served": 2})
+
+
+@pytest.mark.parametrize(("platform", "expected"), [("darwin", 1000), ("linux", 1000 * 1024), ("freebsd14", 1024000)])
+def test_peak_rss_is_bytes_on_every_platform(monkeypatch: pytest.MonkeyPatch, platform: str, expected: int) -> None:
+    # getrusage(2): ru_maxrss is in bytes on macOS, in KiB on Linux and the BSDs.
+    monkeypatch.setattr(service_module.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=1000))
+    monkeypatch.setattr(sys, "platform", platform)
+    assert peak_rss_bytes() == expected
+
+
+def test_the_service_keeps_its_answers_where_the_config_says(tmp_path: Path) -> None:
+    service, _ = offline(state_dir=tmp_path / "state", remembered_answers=3, remembered_answer_bytes=500)
+    store = service._answers
+    assert store.path == tmp_path / "state" / "answers.sqlite3" and (store.max_answers, store.max_bytes) == (3, 500)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    in_memory, _ = offline()
+    assert in_memory._answers.path is None and in_memory._answers.max_bytes == 64 * 1024 * 1024
