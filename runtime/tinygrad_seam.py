@@ -51,7 +51,7 @@ def install() -> None:
 
 # ---- kernel disk cache ----------------------------------------------------------------------------------------------
 def _install_thread_local_diskcache() -> None:
-    import tinygrad.helpers as helpers
+    from tinygrad import helpers
 
     local = threading.local()
     original: Callable[[], sqlite3.Connection] = helpers.db_connection

@@ -4,22 +4,15 @@ disk cache crashed on replay; the cache grew without bound)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from fresh_env import REPO, fresh_env, skip_unless_distinct
 
-REPO = Path(__file__).resolve().parents[1]
 # The prompts of the report (two lengths, each twice), then a longer one in another prefill bucket.
 PROMPTS = ["What is the capital of France?", "What is the capital of France?", "Hi", "Hi",
            "Explain in one sentence why the sky looks blue on a clear day, and why sunsets look red."]
-
-
-def fresh_env(cache: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DEV", "EDGEGEN_CACHE")}
-    return {**env, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": str(REPO), **extra}
 
 
 def edgegen(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -27,17 +20,11 @@ def edgegen(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.C
                           text=True, timeout=timeout, check=False)
 
 
-def usable_backends() -> list[str]:
-    from device.backends import probe_backends
-
-    return [r["backend"] for r in probe_backends(("CPU", "CL")) if r["usable"]]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [None, "CPU", "CL"], ids=["default", "CPU", "CL"])
 def test_generate_again_and_again_from_an_empty_cache(tmp_path, backend):
-    if backend is not None and backend not in usable_backends():
-        pytest.skip(f"{backend} is not usable here")
+    if backend is not None:
+        skip_unless_distinct(backend)
     env = fresh_env(tmp_path / "xdg", EDGEGEN_JIT_CACHE_MB="1000")
     flags = [] if backend is None else ["--device", backend]
     answers = []

@@ -12,6 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_runtime_tokenizer import spm_model_file
 from tiny_llama import random_weights, write_gguf
 from tinygrad import Device
 
@@ -19,7 +20,6 @@ from runtime import SamplingParams
 from runtime import jit_cache as store
 from runtime.engine import TextGenerator
 from runtime.tinygrad_seam import write_buffer
-from test_runtime_tokenizer import spm_model_file
 
 GREEDY = SamplingParams(max_tokens=6)
 PROMPTS = ([5, 6, 7], list(range(3, 23)), list(range(3, 43)))  # three prefill buckets: 16, 32, 64
@@ -66,9 +66,9 @@ def test_generator_answers_from_any_thread(tiny, private_cache):
 
 def test_kernel_disk_cache_works_from_a_new_thread():
     """tinygrad's one sqlite connection refused other threads (ProgrammingError); each thread now has its own."""
-    import tinygrad.helpers as helpers
+    from tinygrad import helpers
 
-    import runtime.tinygrad_seam  # noqa: F401 - installs the patch
+    import runtime.tinygrad_seam
 
     runtime.tinygrad_seam.install()
     helpers.diskcache_put("edgegen_seam_test", "main", 1)

@@ -5,27 +5,25 @@ from __future__ import annotations
 
 import pytest
 from bridge_helpers import ChildProcess, connected_client
+from fresh_env import skip_unless_distinct
 
 from firmware_bridge.connection import BrokerOptions
 
 START_TIMEOUT_S = 900.0
 # Raw prompts (chat off) of about 5, 25 and 50 tokens: prefill buckets 16, 32 and 64.
 PROMPTS = ["The capital of France is",
-           "Here is a list of the planets of the solar system, from the closest to the sun to the farthest, with a "
-           "short note on each:",
-           "A microcontroller is a small computer on a single integrated circuit. It contains one or more CPUs along "
-           "with memory and programmable input and output peripherals. Microcontrollers are designed for embedded "
-           "applications. In one sentence, the main advantage is"]
+           ("Here is a list of the planets of the solar system, from the closest to the sun to the farthest, with a "
+            "short note on each:"),
+           ("A microcontroller is a small computer on a single integrated circuit. It contains one or more CPUs along "
+            "with memory and programmable input and output peripherals. Microcontrollers are designed for embedded "
+            "applications. In one sentence, the main advantage is")]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [[], ["--device", "CL"], ["--device", "CPU"]], ids=["default", "CL", "CPU"])
 def test_serve_answers_prompts_of_new_lengths_from_empty_caches(broker, tmp_path, monkeypatch, flags):
-    if flags and flags[1] == "CL":
-        from device.backends import probe_backends
-
-        if not probe_backends(("CL",))[0]["usable"]:
-            pytest.skip("no OpenCL platform here")
+    if flags:
+        skip_unless_distinct(flags[1])
     monkeypatch.delenv("DEV", raising=False)
     monkeypatch.delenv("EDGEGEN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
