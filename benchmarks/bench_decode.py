@@ -1,6 +1,6 @@
 """edgegen vs llama.cpp on the same GGUF, the same machine, the same run, the same thread count.
 
-    .venv/bin/pip install -e ".[bench]"          # llama-cpp-python (compiles llama.cpp once)
+    .venv/bin/pip install -e ".[llamacpp]"       # llama-cpp-python (compiles llama.cpp once)
     .venv/bin/python benchmarks/bench_decode.py  # table on stdout, JSON in benchmarks/results/decode.json
 
 Measured per runtime, each in its own process (so peak RSS and start-up are that runtime's alone):

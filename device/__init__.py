@@ -1,7 +1,9 @@
 """edgegen device: what the board is (backends, memory, identity), what fits on it, and what a run cost.
 
-A leaf package: it never imports runtime, quantize, models or firmware_bridge. tinygrad is imported only inside
-the backend probe subprocess, so `edgegen device` and `edgegen plan` never load tinygrad's compiler.
+A leaf package: its library modules never import runtime, quantize, models or firmware_bridge. Only the `plan` and
+`bench` front ends reach the runtime, inside functions: its model-file parser through device/model_open.py, and
+bench its engine. tinygrad is imported only inside the backend probe subprocess and by `bench`, so `edgegen device`
+and `edgegen plan` never load tinygrad's compiler.
 """
 from device.errors import DeviceError
 from device.profiles import BOARD_PROFILES, BoardProfile, get_profile

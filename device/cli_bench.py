@@ -1,8 +1,8 @@
 """`edgegen bench MODEL`: latency, throughput, memory, compile time, bandwidth share and energy of a model here.
 
-The one module of `device` that imports `runtime`, and only inside functions: it is the command's front end,
-which must load and drive a model; the measurement library it uses (device.measure, energy, report, planner) stays
-free of runtime imports, so `device` remains a leaf for everything else.
+With device/model_open.py one of the two modules of `device` that import `runtime`, and only inside functions: it
+is the command's front end, which must load and drive a model; the measurement library it uses (device.measure,
+energy, report, planner) stays free of runtime imports, so `device` remains a leaf for everything else.
 
 Kernel compile time is measured in two fresh processes, each loading the model and producing a first token: one
 with empty caches (tinygrad's compiled kernels: `CACHEDB` pointed at a new file; the runtime's captured JIT graphs:
@@ -21,12 +21,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from device.backends import BACKENDS
 from device.energy import NOT_AVAILABLE, EnergyMeter
 from device.errors import DeviceError
 from device.measure import TokenTimer, latency_stats, peak_rss_bytes, tinygrad_memory_bytes
-from device.model_facts import ModelFacts, read_model_facts
+from device.model_facts import ModelFacts
+from device.model_open import open_model_facts
 from device.planner import decode_bytes_per_token
 from device.profiles import BoardProfile, get_profile, match_profile
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 PROMPT_TEXT = ("A microcontroller is a small computer on a single chip. It reads sensors, drives motors and talks "
                "to other devices over serial buses, and it runs for years on a battery. ")
 STARTUP_TIMEOUT_S = 900
+PLOTS_SKIPPED = "PNG plots skipped: they need matplotlib, the 'bench' extra: pip install 'edgegen[bench]'"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,18 +65,6 @@ def _positive(name: str, value: int) -> None:
         raise DeviceError(f"{name} must be a positive integer, got {value}")
 
 
-def resolve_model(model: str) -> Path:
-    """The model's path: 'default' asks the runtime; anything else must be an existing file."""
-    if model == "default":
-        from runtime import default_model_path
-
-        return Path(default_model_path())
-    path = Path(model)
-    if not path.is_file():
-        raise DeviceError(f"model file {model!r} does not exist")
-    return path
-
-
 def validate(args: argparse.Namespace) -> tuple[Path, ModelFacts, str]:
     """Every cheap check before minutes of work: numbers, device name, model file, context."""
     for name in ("prompt_tokens", "gen_tokens", "runs", "context"):
@@ -81,8 +72,10 @@ def validate(args: argparse.Namespace) -> tuple[Path, ModelFacts, str]:
     device = args.device.upper()
     if device not in BACKENDS:
         raise DeviceError(f"unknown device {args.device!r}: expected one of {', '.join(BACKENDS)}")
-    path = resolve_model(args.model)
-    facts = read_model_facts(path)
+    opened = open_model_facts(args.model)  # 'default', and one error line for a missing or unreadable file
+    if opened.cannot_run is not None:
+        raise DeviceError(f"{opened.facts.path}: cannot run here: {opened.cannot_run}")
+    path, facts = Path(opened.facts.path), opened.facts
     if args.context > facts.max_context:
         raise DeviceError(f"--context {args.context} exceeds the model's trained context of {facts.max_context}")
     if args.prompt_tokens + args.gen_tokens > args.context:
@@ -114,7 +107,7 @@ def make_prompt(tokenizer, n_tokens: int) -> list[int]:
     return ids[:n_tokens]
 
 
-def timed_generation(gen, prompt: list[int], max_tokens: int, on_token=None) -> tuple[TokenTimer, object, int]:
+def timed_generation(gen, prompt: list[int], max_tokens: int, on_token=None) -> tuple[TokenTimer, Any, int]:
     """Run one greedy generation of exactly `max_tokens` tokens (end-of-turn ignored), marking every streamed
     piece; returns the timer, the runtime's result, and the number of pieces seen."""
     from runtime import SamplingParams
@@ -272,9 +265,22 @@ def write_outputs(report: dict, results: Path, plots: bool) -> dict[str, str]:
     return {k: str(v) for k, v in files.items()}
 
 
+def plotting_available() -> bool:
+    """Whether matplotlib (the 'bench' extra) is installed: a lean board install skips the plots, not the bench."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
+    plots = not args.no_plots
+    if plots and not plotting_available():  # said before the minutes of measuring, not after
+        print(f"edgegen bench: {PLOTS_SKIPPED}", file=sys.stderr)
+        plots = False
     report = bench(args)
-    report["files"] = write_outputs(report, Path(args.results), not args.no_plots)
+    report["files"] = write_outputs(report, Path(args.results), plots)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

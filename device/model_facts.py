@@ -1,11 +1,14 @@
 """What the planner needs from a GGUF file: its tensor table (sizes as packed) and its attention shape.
 
-Read with gguf-py's memory-mapped reader, so only the header and tensor table are touched, never the weights.
+Only the header and tensor table are read, never the weights: by gguf-py's memory-mapped reader here, by the
+runtime's faster header parser in the CLI front ends (device/model_open.py).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from device.errors import DeviceError
 
@@ -17,6 +20,7 @@ class TensorFacts:
     n_bytes: int  # as packed in the file
     type_name: str  # GGML type: F32, Q8_0, Q4_1, ...
     n_dims: int  # 1 for norm vectors, 2 for weight matrices
+    n_rows: int  # the slowest dimension: the vocabulary of an embedding table
 
 
 @dataclass(frozen=True)
@@ -56,43 +60,55 @@ class ModelFacts:
         return counts
 
 
-def _field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
+def facts_from_header(path: str, metadata: Mapping[str, Any], tensors: tuple[TensorFacts, ...]) -> ModelFacts:
+    """Facts from a GGUF header already read (key -> value, and the tensor table); DeviceError for a missing key.
+
+    The one place that knows which keys the planner needs: read_model_facts feeds it gguf-py's reader, the CLI
+    front ends the runtime's own header parser (device/model_open.py).
+    """
+    arch = metadata.get("general.architecture")
+    if not arch:
+        raise DeviceError(f"{path!r} has no general.architecture key: expected a GGUF model file")
+
+    def need(key: str) -> int:
+        value = metadata.get(f"{arch}.{key}")
+        if value is None:
+            raise DeviceError(f"{path!r} lacks {arch}.{key}: the planner needs a decoder's attention shape")
+        return int(value)
+
+    n_heads, dim = need("attention.head_count"), need("embedding_length")
+    embed = next((t for t in tensors if t.name == "token_embd.weight"), None)
+    vocab = metadata.get(f"{arch}.vocab_size") or (embed.n_rows if embed is not None else 0)
+    return ModelFacts(
+        path=path, architecture=str(arch), n_layers=need("block_count"), n_heads=n_heads,
+        n_kv_heads=int(metadata.get(f"{arch}.attention.head_count_kv", n_heads)),
+        head_dim=int(metadata.get(f"{arch}.attention.key_length", dim // n_heads)),
+        dim=dim, hidden_dim=need("feed_forward_length"), vocab_size=int(vocab),
+        max_context=need("context_length"), tensors=tensors,
+    )
 
 
 def read_model_facts(path: str | Path) -> ModelFacts:
-    """Facts of the GGUF file at `path`; DeviceError for a missing file, a non-GGUF file or a missing key."""
+    """Facts of the GGUF file at `path` (gguf-py's reader); DeviceError naming the file for a missing file, a
+    folder, a file that is not GGUF or is truncated, or a missing key."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DeviceError(f"model file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise DeviceError(f"model path {str(path)!r} is not a file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":  # gguf-py's GGUF_MAGIC, as bytes in file order
+        raise DeviceError(f"{str(path)!r} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
     from gguf import GGUFReader  # numpy-heavy import, only when a file is actually read
 
     try:
         reader = GGUFReader(path)
     except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct errors, ... on a bad file
-        raise DeviceError(f"{str(path)!r} is not a readable GGUF file ({type(e).__name__}: {e})") from None
-    arch = _field(reader, "general.architecture")
-    if not arch:
-        raise DeviceError(f"{str(path)!r} has no general.architecture key: expected a GGUF model file")
-
-    def need(key: str) -> int:
-        value = _field(reader, f"{arch}.{key}")
-        if value is None:
-            raise DeviceError(f"{str(path)!r} lacks {arch}.{key}: the planner needs a decoder's attention shape")
-        return int(value)
-
-    n_heads, dim = need("attention.head_count"), need("embedding_length")
-    tensors = tuple(TensorFacts(t.name, int(t.n_elements), int(t.n_bytes), t.tensor_type.name, len(t.shape))
+        raise DeviceError(f"{str(path)!r} is truncated or corrupt: gguf-py cannot read it "
+                          f"({type(e).__name__})") from None
+    metadata = {key: f.contents() for key, f in reader.fields.items() if not key.startswith("GGUF.")}
+    tensors = tuple(TensorFacts(t.name, int(t.n_elements), int(t.n_bytes), t.tensor_type.name, len(t.shape),
+                                int(t.shape[-1]) if len(t.shape) else 1)
                     for t in reader.tensors)
-    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-    vocab = _field(reader, f"{arch}.vocab_size") or (int(embed.shape[-1]) if embed is not None else 0)
-    return ModelFacts(
-        path=str(path), architecture=str(arch), n_layers=need("block_count"), n_heads=n_heads,
-        n_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", n_heads)),
-        head_dim=int(_field(reader, f"{arch}.attention.key_length", dim // n_heads)),
-        dim=dim, hidden_dim=need("feed_forward_length"), vocab_size=int(vocab),
-        max_context=need("context_length"), tensors=tensors,
-    )
+    return facts_from_header(str(path), metadata, tensors)

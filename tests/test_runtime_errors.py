@@ -48,7 +48,13 @@ def test_unsupported_tensor_type(tmp_path):
     write_gguf(p, random_weights(), Q.F32, extra_tensor=extra)
     with pytest.raises(ArtifactError, match="unsupported type Q5_0"):
         open_model(p)
-    assert_clean_error(edgegen("info", str(p)), "blk.0.extra.weight", "Q5_0")
+    assert_clean_error(edgegen("generate", "--model", str(p), "hi"), "blk.0.extra.weight", "Q5_0")
+    # `info` describes the file anyway and says why it cannot run here.
+    done = edgegen("info", str(p))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == (
+        "runnable here: no (unsupported tensor types Q5_0 (1 tensor: blk.0.extra.weight) "
+        "(supported: F32, F16, Q8_0, Q4_0, Q4_1))")
 
 
 @pytest.mark.parametrize("field,value,needle", [

@@ -8,6 +8,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
+from device.energy import NOT_AVAILABLE
 from runtime import default_model_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,3 +68,16 @@ def write_sparse_llama(path: Path, qtype: Q = Q.Q4_0, dim: int = 4096, n_layers:
     w.close()
     os.truncate(path, os.path.getsize(path) + total)  # a hole: no disk blocks are written
     return path
+
+
+def sample_report(label: str, decode: float) -> dict:
+    """A bench report as device.cli_bench.bench returns it, with made-up figures."""
+    return {
+        "timestamp": "2026-01-01T00:00:00+00:00", "label": label, "model": "/m.gguf", "device": "CPU",
+        "board": "host", "board_bandwidth_bytes_per_s": 20e9, "prompt_tokens": 16, "gen_tokens": 4, "runs": 2,
+        "load_s": 3.0, "ttft_s": 0.5, "prefill_tok_s": 32.0, "decode_tok_s": decode, "latency_p50_ms": 100.0,
+        "latency_p99_ms": 150.0, "peak_rss_bytes": 500 * 2**20, "peak_device_bytes": 200 * 2**20,
+        "compile_cold_s": 40.0, "compile_warm_s": 20.0, "kernel_compile_s": 20.0,
+        "achieved_bandwidth_bytes_per_s": 1e9, "bandwidth_share": 0.05, "energy_source": NOT_AVAILABLE,
+        "joules_per_token": None, "token_latencies_ms": [[100.0, 120.0, 150.0], [90.0, 110.0, 100.0]],
+    }

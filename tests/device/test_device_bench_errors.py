@@ -25,7 +25,29 @@ def test_bench_bad_input(edgegen, argv, message):
 
 def test_bench_missing_model(edgegen, tmp_path):
     code, _, err = edgegen("bench", str(tmp_path / "missing.gguf"))
-    assert code == 2 and f"model file '{tmp_path / 'missing.gguf'}' does not exist" in err
+    assert (code, err) == (2, f"edgegen bench: error: model file not found: {tmp_path / 'missing.gguf'}\n")
+
+
+def test_bench_without_matplotlib_skips_the_plots_and_says_so_first(edgegen, tmp_path, monkeypatch):
+    """A runtime-only install has no matplotlib (the 'bench' extra): the measurement runs, the plots are skipped."""
+    from device_helpers import sample_report
+
+    from device import cli_bench
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    notice_first = []
+
+    def fake_bench(args):  # stands in for minutes of measuring; the notice must come before them
+        notice_first.append("PNG plots skipped" in sys.stderr.getvalue())  # capsys's buffer so far
+        return sample_report("q4", 10.0)
+
+    monkeypatch.setattr(cli_bench, "bench", fake_bench)
+    code, out, err = edgegen("bench", str(SMOLLM2_Q4_1), "--results", str(tmp_path))
+    assert code == 0 and notice_first == [True]
+    assert err == ("edgegen bench: PNG plots skipped: they need matplotlib, the 'bench' extra: "
+                   "pip install 'edgegen[bench]'\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-q4.json", "history.csv"]
+    assert f"wrote {tmp_path / 'history.csv'}" in out and ".png" not in out
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="METAL works on a Mac")

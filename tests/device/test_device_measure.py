@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from device_helpers import sample_report
 
 from device.energy import NOT_AVAILABLE, EnergyMeter
 from device.measure import TokenTimer, current_rss_bytes, latency_stats, peak_rss_bytes, percentile
@@ -101,32 +102,20 @@ def test_jetson_ina3221_power_is_integrated_over_time(tmp_path):
     assert meter.joules == pytest.approx(5.0 * elapsed, rel=0.1)  # VDD_IN only: 5 V x 1 A
 
 
-def _report(label: str, decode: float) -> dict:
-    return {
-        "timestamp": "2026-01-01T00:00:00+00:00", "label": label, "model": "/m.gguf", "device": "CPU",
-        "board": "host", "board_bandwidth_bytes_per_s": 20e9, "prompt_tokens": 16, "gen_tokens": 4, "runs": 2,
-        "load_s": 3.0, "ttft_s": 0.5, "prefill_tok_s": 32.0, "decode_tok_s": decode, "latency_p50_ms": 100.0,
-        "latency_p99_ms": 150.0, "peak_rss_bytes": 500 * 2**20, "peak_device_bytes": 200 * 2**20,
-        "compile_cold_s": 40.0, "compile_warm_s": 20.0, "kernel_compile_s": 20.0,
-        "achieved_bandwidth_bytes_per_s": 1e9, "bandwidth_share": 0.05, "energy_source": NOT_AVAILABLE,
-        "joules_per_token": None, "token_latencies_ms": [[100.0, 120.0, 150.0], [90.0, 110.0, 100.0]],
-    }
-
-
 def test_report_table_csv_and_plots(tmp_path):
     from device.report import append_csv, format_table, plot_comparison, plot_latency, read_history
 
-    table = format_table(_report("q4", 10.0))
+    table = format_table(sample_report("q4", 10.0))
     assert "decode" in table and "10.0 tok/s" in table and "5.0% of host's 20.0 GB/s" in table
     assert "energy per token" in table and NOT_AVAILABLE in table
     history = tmp_path / "history.csv"
-    append_csv(_report("q4", 10.0), history)
-    append_csv(_report("w8", 7.5), history)
+    append_csv(sample_report("q4", 10.0), history)
+    append_csv(sample_report("w8", 7.5), history)
     rows = read_history(history)
     assert [r["label"] for r in rows] == ["q4", "w8"] and rows[1]["decode_tok_s"] == "7.5"
     with history.open() as f:
         assert sum(1 for _ in csv.reader(f)) == 3  # one header, two rows
-    plot_latency(_report("q4", 10.0), tmp_path / "latency.png")
+    plot_latency(sample_report("q4", 10.0), tmp_path / "latency.png")
     plot_comparison(rows, tmp_path / "comparison.png")
     for name in ("latency.png", "comparison.png"):
         data = (tmp_path / name).read_bytes()

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from device_helpers import LLAMA7B, SMOLLM2_Q4_1
+from device_helpers import LLAMA7B, SMOLLM2_Q4_1, write_sparse_llama
+from gguf import GGMLQuantizationType as Q
 
 from device import BOARD_PROFILES, DeviceError, get_profile
 from device.model_facts import read_model_facts
@@ -115,9 +116,6 @@ def test_plan_cli_reports_not_fitting(edgegen, llama7b_q4_path):
 
 
 def test_plan_cli_suggests_a_recipe_when_the_file_is_too_big(edgegen, tmp_path):
-    from device_helpers import write_sparse_llama
-    from gguf import GGMLQuantizationType as Q
-
     # An OpenLLaMA-3B-shaped model stored as F16 (~6.4 GB) misses an 8 GB Orin Nano, but its 8-bit form fits.
     path = write_sparse_llama(tmp_path / "f16.gguf", Q.F16, dim=3200, n_layers=26, n_heads=32, n_kv_heads=32,
                               hidden=8640, vocab=32000, context=2048)
@@ -143,11 +141,53 @@ def test_plan_bad_input(edgegen, argv, message):
 
 
 def test_plan_missing_and_non_gguf_files(edgegen, tmp_path):
-    code, _, err = edgegen("plan", str(tmp_path / "nope.gguf"), "--board", "rpi5-4gb")
-    assert code == 2 and f"model file '{tmp_path / 'nope.gguf'}' does not exist" in err
+    code, out, err = edgegen("plan", str(tmp_path / "nope.gguf"), "--board", "rpi5-4gb")
+    assert (code, out, err) == (2, "", f"edgegen plan: error: model file not found: {tmp_path / 'nope.gguf'}\n")
     (tmp_path / "notes.txt").write_text("not a model")
-    code, _, err = edgegen("plan", str(tmp_path / "notes.txt"), "--board", "rpi5-4gb")
-    assert code == 2 and "is not a readable GGUF file" in err
+    code, out, err = edgegen("plan", str(tmp_path / "notes.txt"), "--board", "rpi5-4gb")
+    assert (code, out) == (2, "")
+    assert err == (f"edgegen plan: error: {tmp_path / 'notes.txt'} is not a GGUF file (starts with b'not ', "
+                   f"expected b'GGUF')\n")
+
+
+def test_plan_json_verdicts(edgegen, llama7b_q4_path):
+    code, out, _ = edgegen("plan", str(llama7b_q4_path), "--board", "rpi5-4gb", "--json")
+    plan = json.loads(out)
+    assert code == 0 and (plan["verdict"], plan["fits"], plan["memory_fits"]) == ("does_not_fit", False, False)
+    assert plan["cannot_run_reason"] is None
+    code, out, _ = edgegen("plan", str(llama7b_q4_path), "--board", "jetson-agx-orin-32gb", "--json")
+    assert code == 0 and json.loads(out)["verdict"] == "fits"
+
+
+def test_plan_of_a_file_the_runtime_cannot_run_that_is_also_too_big(edgegen, tmp_path):
+    """A 7B Q4_K file: re-quantizing fixes the types, but no recipe fits 4 GB at 4096 tokens; the advice says both."""
+    path = write_sparse_llama(tmp_path / "llama7b-q4_k.gguf", Q.Q4_K, **LLAMA7B)
+    code, out, _ = edgegen("plan", str(path), "--board", "rpi5-4gb", "--context", "4096")
+    assert code == 0
+    lines = out.splitlines()
+    assert ("verdict:  cannot run here: unsupported tensor types Q4_K (226 tensors, e.g. token_embd.weight) "
+            "(supported: F32, F16, Q8_0, Q4_0, Q4_1)") in lines
+    assert any(line.startswith("          memory alone: DOES NOT FIT: needs ") for line in lines)
+    assert ("advice:   re-quantize to tensor types the runtime runs; does not fit: even recipe w4 at a 1-token "
+            "context exceeds the board's usable memory") in lines
+
+
+def test_read_model_facts_names_bad_files(tmp_path):
+    """The library reader (gguf-py's) refuses bad files with one DeviceError naming the file, never numpy's text."""
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "dir.gguf").mkdir()
+    whole = write_sparse_llama(tmp_path / "whole.gguf", Q.Q4_0, n_layers=1, dim=256, hidden=512, vocab=64)
+    (tmp_path / "cut.gguf").write_bytes(whole.read_bytes()[:300])
+    cases = {
+        "nope.gguf": f"model file '{tmp_path / 'nope.gguf'}' does not exist",
+        "dir.gguf": f"model path '{tmp_path / 'dir.gguf'}' is not a file",
+        "notes.txt": f"'{tmp_path / 'notes.txt'}' is not a GGUF file (starts with b'not ', expected b'GGUF')",
+        "cut.gguf": f"'{tmp_path / 'cut.gguf'}' is truncated or corrupt: gguf-py cannot read it (",
+    }
+    for name, message in cases.items():
+        with pytest.raises(DeviceError) as info:
+            read_model_facts(tmp_path / name)
+        assert str(info.value).startswith(message), str(info.value)
 
 
 def test_get_profile_error_is_a_device_error():

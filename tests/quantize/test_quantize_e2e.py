@@ -54,7 +54,7 @@ def test_w8_runs_in_edgegen_runtime(w8_file):
     assert agree >= 0.9, agree
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python (bench extra) missing")
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python (llamacpp extra) missing")
 def test_w8_loads_and_generates_in_llama_cpp(w8_file):
     import llama_cpp
 

