@@ -55,10 +55,13 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 def rope_table(head_dim: int, max_context: int, theta: float, device: str | None = None) -> tuple[Tensor, Tensor]:
     """cos and sin of every (position, pair) angle: two (max_context, head_dim // 2) tensors."""
-    # From numpy: tinygrad 0.14's Tensor.arange takes no device and would run on the process-wide default.
-    freqs = 1.0 / (theta ** (Tensor(np.arange(0, head_dim, 2, dtype=np.float32), device=device) / head_dim))
-    angles = Tensor(np.arange(max_context, dtype=np.float32), device=device).unsqueeze(1) * freqs.unsqueeze(0)
-    return angles.cos().contiguous().realize(), angles.sin().contiguous().realize()
+    # In numpy, then uploaded: tinygrad 0.14's Tensor.arange takes no device, and a Python scalar on the left of an
+    # operator (theta ** t) becomes a tensor on the process-wide default device, which is not this model's when
+    # two models run on two backends (and opening that default cost ~100 MB of RSS here).
+    freqs = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    angles = np.arange(max_context, dtype=np.float32)[:, None] * freqs[None, :].astype(np.float32)
+    return (Tensor(np.cos(angles).astype(np.float32), device=device).realize(),
+            Tensor(np.sin(angles).astype(np.float32), device=device).realize())
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

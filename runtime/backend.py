@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import logging
 import os
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from runtime.errors import ArtifactError
-from runtime.tinygrad_seam import install, opencl_device_type, tinygrad_default_device
+from runtime.tinygrad_seam import install, opencl_device_type, set_default_device, tinygrad_default_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +38,76 @@ def _clang_available() -> bool:
 
 @functools.cache
 def default_backend() -> BackendChoice:
-    """The backend a run without `--device` uses, and why (computed once per process)."""
+    """edgegen's default backend, which also becomes tinygrad's process-wide default when DEV is not set (see
+    runtime.tinygrad_seam.set_default_device: tinygrad consults its default inside ordinary calls)."""
+    choice = _default_backend()
+    if not os.environ.get("DEV"):
+        set_default_device(choice.device)
+    return choice
+
+
+def _default_backend() -> BackendChoice:
+    """The backend a run without `--device` uses, and why.
+
+    Deciding means opening backends: tinygrad's own choice opens each in turn, and asking OpenCL for its devices
+    loads every platform's driver (PoCL brings LLVM: +60 MB resident, measured, and about 100 MB peak RSS more for a
+    run that then uses the CPU backend). So the decision is made in a child process and remembered per boot and
+    driver set (`choice_key`) in the edgegen cache; this process opens only the backend it will use."""
+    if os.environ.get("DEV"):
+        return BackendChoice(tinygrad_default_device(), "named by the DEV environment variable")
+    key = choice_key()
+    cache = _choice_cache()
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return BackendChoice(saved["device"], saved["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        done = subprocess.run([sys.executable, "-m", "runtime.backend", "--choose"], capture_output=True, text=True,
+                              timeout=120, check=True, env={k: v for k, v in os.environ.items() if k != "DEV"})
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        choice = BackendChoice(out["device"], out["reason"])
+    except Exception as e:  # noqa: BLE001 - a child that cannot decide: decide here, at the memory cost above
+        log.info("backend choice in a child process failed (%s); choosing in this process", e)
+        return choose_backend()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "device": choice.device, "reason": choice.reason}))
+        os.replace(tmp, cache)
+    except OSError as e:
+        log.info("could not remember the backend choice: %s", e)
+    return choice
+
+
+def _choice_cache() -> Path:
+    base = os.environ.get("EDGEGEN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "edgegen")
+    return Path(base).expanduser() / "backend.json"
+
+
+def choice_key() -> str:
+    """What the choice depends on: this boot (drivers and devices are fixed until a reboot, near enough), the
+    installed OpenCL drivers, the environment variables that steer drivers, clang, and the tinygrad version."""
+    from runtime.tinygrad_seam import tinygrad_version
+
+    parts = [tinygrad_version(), str(_clang_available())]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    except OSError:
+        parts.append(str(int(time.time() // 3600)))  # no boot id (macOS): decide again every hour
+    vendors = Path(os.environ.get("OCL_ICD_VENDORS", "/etc/OpenCL/vendors"))
+    if vendors.is_dir():
+        parts += sorted(f"{f.name}:{f.stat().st_mtime_ns}" for f in vendors.iterdir())
+    parts += [f"{k}={os.environ.get(k, '')}" for k in ("OCL_ICD_VENDORS", "CUDA_VISIBLE_DEVICES", "CC")]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def choose_backend() -> BackendChoice:
+    """The decision itself, opening backends in this process (see default_backend)."""
     from tinygrad import Device
 
     install()
-    if os.environ.get("DEV"):
-        return BackendChoice(tinygrad_default_device(), "named by the DEV environment variable")
     try:
         picked = tinygrad_default_device()
     except Exception as e:  # noqa: BLE001 - nothing opens at all: the CPU backend is the one to try
@@ -76,7 +149,7 @@ def report() -> dict:
     """The default backend and the JIT cache's disk use, as JSON for `edgegen device` (run in a child process)."""
     from runtime import jit_cache
 
-    choice = default_backend()
+    choice = choose_backend()
     use = jit_cache.usage()
     return {"default_backend": choice.device, "reason": choice.reason,
             "jit_cache": {"folder": str(use.folder), "entries": use.entries, "size_bytes": use.size_bytes,
@@ -84,6 +157,8 @@ def report() -> dict:
 
 
 if __name__ == "__main__":
-    import json
-
-    print(json.dumps(report()), flush=True)
+    if sys.argv[1:] == ["--choose"]:
+        c = choose_backend()
+        print(json.dumps({"device": c.device, "reason": c.reason}), flush=True)
+    else:
+        print(json.dumps(report()), flush=True)

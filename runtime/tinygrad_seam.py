@@ -155,6 +155,18 @@ def tinygrad_default_device() -> str:
     return Device.DEFAULT
 
 
+def set_default_device(name: str) -> None:
+    """Make `name` tinygrad's process-wide default (its DEV variable; `Device.DEFAULT` is read-only in 0.14).
+
+    tinygrad evaluates its default device inside ordinary calls (every constant, e.g. `Tensor.zeros(device=...)`,
+    is first made on the default device), and finding that default opens each backend in turn: with PoCL installed
+    that loads LLVM (+~100 MB peak RSS, measured) even for a model that runs on the CPU backend. Setting the default
+    to edgegen's own choice once, before any tensor exists, avoids it."""
+    from tinygrad.helpers import DEV
+
+    DEV.value = name
+
+
 def tinygrad_version() -> str:
     """The installed tinygrad's version (0.14 defines no `tinygrad.__version__`)."""
     from importlib.metadata import PackageNotFoundError, version

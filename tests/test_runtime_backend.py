@@ -61,3 +61,21 @@ def test_edgegen_device_shows_the_default_backend_and_the_jit_cache(tmp_path):
     assert lines["default"].split()[1] in ("CPU", "CL", "CUDA", "NV", "METAL") and "--device overrides" in lines[
         "default"]
     assert "0 MiB in 0 entries, limit 300 MiB" in lines["jit cache"] and str(tmp_path) in lines["jit cache"]
+
+
+def test_the_default_path_opens_only_the_backend_it_runs_on(tiny_q4_path, tmp_path):
+    """Finding tinygrad's own default opens every backend in turn (PoCL loads LLVM: ~100 MB more peak RSS); with
+    edgegen's choice made in a child process and set as the default, a run opens just the one it uses."""
+    code = ("import json, sys; from runtime.engine import TextGenerator; from runtime import SamplingParams; "
+            "from tinygrad import Device; g = TextGenerator.load(sys.argv[1], max_context=64); "
+            "g.generate('hi', SamplingParams(max_tokens=2), chat=False); "
+            "print(json.dumps([g.device, sorted(Device._opened_devices)]))")
+    base = {k: v for k, v in os.environ.items() if k != "DEV"}
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_q4_path)], capture_output=True, text=True,
+                          timeout=300, check=False,
+                          env={**base, "PYTHONPATH": str(REPO), "EDGEGEN_CACHE": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    device, opened = json.loads(done.stdout.strip().splitlines()[-1])
+    accelerators = {"CL", "CUDA", "NV", "METAL", "AMD"} - {device}
+    assert not accelerators & set(opened), f"ran on {device} but opened {opened}"
+    assert json.loads((tmp_path / "backend.json").read_text())["device"] == device  # remembered for the next run
