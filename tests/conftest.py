@@ -1,7 +1,9 @@
 """Shared fixtures: the tiny GGUF model and a recorder of tinygrad buffer allocations."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("DEV", "CPU")  # tinygrad's clang backend: the one every CI machine has
 # Captured decode/prefill graphs go to a per-run folder, never the user's ~/.cache/edgegen.
 os.environ["EDGEGEN_CACHE"] = tempfile.mkdtemp(prefix="edgegen-test-cache-")
+atexit.register(shutil.rmtree, os.environ["EDGEGEN_CACHE"], ignore_errors=True)  # a graph cache per run: ~150 MB
 
 
 @pytest.fixture(scope="session")
