@@ -168,6 +168,7 @@ class TextGenerator:
             self._graphs_from_disk = False
             self._saved_graphs = set()
             self._cache_owner = None
+            self._probe = None  # the next save computes its probe from the recaptured graph, not the loaded file
 
     def _captured_names(self) -> set[str]:
         names = {"decode"} if self._decode_jit.captured is not None else set()
