@@ -82,8 +82,9 @@ def _default_backend() -> BackendChoice:
 
 
 def _choice_cache() -> Path:
-    base = os.environ.get("EDGEGEN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "edgegen")
-    return Path(base).expanduser() / "backend.json"
+    from runtime.jit_cache import cache_root
+
+    return cache_root() / "backend.json"
 
 
 def choice_key() -> str:

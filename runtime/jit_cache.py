@@ -36,9 +36,14 @@ FORMAT_VERSION = 2  # 2: entries carry a probe result that loaded graphs are che
 DEFAULT_LIMIT_MB = 1024
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """edgegen's cache folder: $EDGEGEN_CACHE, else $XDG_CACHE_HOME/edgegen (~/.cache/edgegen)."""
     base = os.environ.get("EDGEGEN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "edgegen")
-    return Path(base).expanduser() / "jit"
+    return Path(base).expanduser()
+
+
+def cache_dir() -> Path:
+    return cache_root() / "jit"
 
 
 def limit_bytes() -> int:
