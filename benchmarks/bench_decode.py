@@ -31,8 +31,8 @@ DEFAULT_TEXT = ROOT.parent / "shared" / "eval" / "gpl-3.txt"
 
 
 def prompt_ids(model: str, n: int, text_path: Path) -> list[int]:
-    from runtime.model_file import open_model
-    from runtime.tokenizer import load_tokenizer
+    from edgegen.runtime.model_file import open_model
+    from edgegen.runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(open_model(model))
     ids = tok.encode(text_path.read_text(encoding="utf-8"))
@@ -56,8 +56,8 @@ def peak_rss_mb() -> float:
 
 # ---- workers: run in a child process, print one JSON line ---------------------------------------------------------
 def worker_edgegen(a: argparse.Namespace, ids: list[int]) -> dict:
-    from runtime import SamplingParams
-    from runtime.engine import TextGenerator
+    from edgegen.runtime import SamplingParams
+    from edgegen.runtime.engine import TextGenerator
 
     gen = TextGenerator.load(a.model, device=a.device, max_context=a.context)
     params = SamplingParams(max_tokens=a.gen_tokens)
@@ -122,7 +122,7 @@ def worker_llamacpp(a: argparse.Namespace, ids: list[int]) -> dict:
 def worker_logits(a: argparse.Namespace, ids: list[int], runtime: str) -> list[list[float]]:
     """Next-token logits at every position of `ids` (teacher forcing), as nested lists."""
     if runtime == "edgegen":
-        from runtime.engine import TextGenerator
+        from edgegen.runtime.engine import TextGenerator
 
         return TextGenerator.load(a.model, max_context=a.context, jit_cache=False).logits(ids).tolist()
     from llama_cpp import Llama
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.model is None:
-        from runtime.model_file import default_model_path
+        from edgegen.runtime.model_file import default_model_path
 
         a.model = str(default_model_path())
     ids = prompt_ids(a.model, a.prompt_tokens, a.text)

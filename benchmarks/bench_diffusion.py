@@ -25,11 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quantize.evaluate_diffusion import evaluate_diffusion
-from quantize.pipeline import quantize_model
-from quantize.source import load_source
-from quantize.writer import write_artifact
-from runtime.diffusion import (
+from edgegen.quantize.evaluate_diffusion import evaluate_diffusion
+from edgegen.quantize.pipeline import quantize_model
+from edgegen.quantize.source import load_source
+from edgegen.quantize.writer import write_artifact
+from edgegen.runtime.diffusion import (
     DEFAULT_GUIDANCE,
     DEFAULT_UNET,
     Classifier,

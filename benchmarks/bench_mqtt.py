@@ -25,12 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from firmware_bridge.client import Client
-from firmware_bridge.connection import BrokerOptions
-from firmware_bridge.engines import TextOutcome
-from firmware_bridge.local_broker import MOSQUITTO, LocalBroker, die_with_parent
-from firmware_bridge.schema import TextRequest
-from firmware_bridge.service import DeviceService, ServiceConfig
+from edgegen.firmware_bridge.client import Client
+from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.engines import TextOutcome
+from edgegen.firmware_bridge.local_broker import MOSQUITTO, LocalBroker, die_with_parent
+from edgegen.firmware_bridge.schema import TextRequest
+from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 
 RESULTS = REPO / "benchmarks" / "results" / "mqtt.json"
 PROMPT = "Name three things a microcontroller is good at."
@@ -59,7 +59,7 @@ def serve_worker(args: argparse.Namespace) -> int:
     """--worker mode: one device in this process until stdin closes; the echo engine, or the real model."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # as `edgegen serve` does
     if args.model:
-        from firmware_bridge.engines import RuntimeTextEngine
+        from edgegen.firmware_bridge.engines import RuntimeTextEngine
 
         engine = RuntimeTextEngine.load(args.model)
         request = TextRequest(id="warm", prompt=PROMPT, max_tokens=args.max_tokens)
@@ -138,7 +138,7 @@ def bench_pool(client: Client, port: int, n_devices: int, n: int, work_ms: float
 
 def bench_model(client: Client, port: int, runs: int, max_tokens: int) -> dict:
     """The same greedy request: direct calls in this process, then over MQTT to a device process."""
-    from firmware_bridge.engines import RuntimeTextEngine
+    from edgegen.firmware_bridge.engines import RuntimeTextEngine
 
     t0 = time.perf_counter()
     engine = RuntimeTextEngine.load("default")

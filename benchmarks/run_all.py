@@ -82,21 +82,21 @@ def render_files(paths: list[Path]) -> list[str]:
 
 
 def section_machine() -> list[str]:
-    from device.cli import format_report
-    from device.machine import machine_report
+    from edgegen.device.cli import format_report
+    from edgegen.device.machine import machine_report
 
     return ["## This machine", "", "```", format_report(machine_report()), "```", ""]
 
 
 def prepare_recipes(recipes: list[str], workdir: Path, timeout_s: float) -> tuple[list[tuple[str, Path]], list[str]]:
     """The shipped model plus one re-quantized file per recipe: [(label, path)], and notes on failures."""
-    from runtime import default_model_path
+    from edgegen.runtime import default_model_path
 
     base = Path(default_model_path())
     models, notes = [("shipped-Q4_1", base)], []
     for recipe in recipes:
         out = workdir / f"smollm2-{recipe}.gguf"
-        code, text, _ = run_process([sys.executable, "-m", "edgegen_cli", "quantize", str(base), "--recipe", recipe,
+        code, text, _ = run_process([sys.executable, "-m", "edgegen.cli", "quantize", str(base), "--recipe", recipe,
                                      "-o", str(out), "--no-progress"], timeout_s)
         if code == 0 and out.exists():
             models.append((recipe, out))
@@ -114,7 +114,7 @@ def section_device_bench(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="edgegen-recipes-") as tmp:
         models, notes = prepare_recipes(args.recipes, Path(tmp), args.timeout)
         for label, path in models:
-            cmd = [sys.executable, "-m", "edgegen_cli", "bench", str(path), "--label", label, "--json",
+            cmd = [sys.executable, "-m", "edgegen.cli", "bench", str(path), "--label", label, "--json",
                    "--no-progress", "--results", str(out_dir), "--prompt-tokens", str(args.prompt_tokens),
                    "--gen-tokens", str(args.gen_tokens), "--runs", str(args.runs)]
             code, text, seconds = run_process(cmd, args.timeout)

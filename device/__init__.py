@@ -5,7 +5,7 @@ A leaf package: its library modules never import runtime, quantize, models or fi
 bench its engine. tinygrad is imported only inside the backend probe subprocess and by `bench`, so `edgegen device`
 and `edgegen plan` never load tinygrad's compiler.
 """
-from device.errors import DeviceError
-from device.profiles import BOARD_PROFILES, BoardProfile, get_profile
+from edgegen.device.errors import DeviceError
+from edgegen.device.profiles import BOARD_PROFILES, BoardProfile, get_profile
 
 __all__ = ["BOARD_PROFILES", "BoardProfile", "DeviceError", "get_profile"]

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 # The backends edgegen targets (ARCHITECTURE.md, Execution): CPU needs clang, CL runs on any OpenCL platform
 # (PoCL on a host without a GPU), CUDA and NV on Jetson-class boards, METAL on Apple.
@@ -15,11 +14,10 @@ PROBE_TIMEOUT_S = 60.0  # a cold CPU probe (import tinygrad, compile one kernel 
 
 
 def child_env() -> dict[str, str]:
-    """This environment for a child `python -m device...`: no DEV, and this package importable."""
+    """This environment for a child `python -m edgegen.device...`: no DEV (the child imports the same installed
+    edgegen through sys.executable's site-packages)."""
     env = dict(os.environ)
     env.pop("DEV", None)  # the probe names its device; a bogus DEV in the caller's environment must not interfere
-    root = str(Path(__file__).resolve().parent.parent)  # so `-m device.backend_probe` imports this very package
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
@@ -30,7 +28,7 @@ def _failure(name: str, error: str, elapsed_s: float) -> dict:
 def probe_backends(names: tuple[str, ...] = BACKENDS, timeout_s: float = PROBE_TIMEOUT_S) -> list[dict]:
     """Probe every backend in parallel; a hang becomes 'timed out', a crash 'exited with code N'."""
     start = time.perf_counter()
-    procs = {name: subprocess.Popen([sys.executable, "-m", "device.backend_probe", name], env=child_env(),
+    procs = {name: subprocess.Popen([sys.executable, "-m", "edgegen.device.backend_probe", name], env=child_env(),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names}
     results = []
     for name, proc in procs.items():

@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
-from device.backends import child_env
+from edgegen.device.backends import child_env
 
-from device.backends import BACKENDS, PROBE_TIMEOUT_S
-from device.errors import DeviceError
-from device.machine import machine_report
+from edgegen.device.backends import BACKENDS, PROBE_TIMEOUT_S
+from edgegen.device.errors import DeviceError
+from edgegen.device.machine import machine_report
 
 MIB = 1024 * 1024
 
@@ -60,7 +60,7 @@ def runtime_report(timeout_s: float) -> dict:
     """The runtime's default backend and JIT cache use, from a child process (a broken driver must not take this
     command down, as in the backend probes)."""
     try:
-        done = subprocess.run([sys.executable, "-m", "runtime.backend"], env=child_env(), capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "edgegen.runtime.backend"], env=child_env(), capture_output=True,
                               text=True, timeout=timeout_s, check=False)
         return json.loads(done.stdout.strip().splitlines()[-1])
     except subprocess.TimeoutExpired:

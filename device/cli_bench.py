@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from device.backends import BACKENDS
-from device.energy import NOT_AVAILABLE, EnergyMeter
-from device.errors import DeviceError
-from device.measure import TokenTimer, latency_stats, peak_rss_bytes, tinygrad_memory_bytes
-from device.model_facts import ModelFacts
-from device.model_open import open_model_facts
-from device.planner import decode_bytes_per_token
-from device.profiles import BoardProfile, get_profile, match_profile
+from edgegen.device.backends import BACKENDS
+from edgegen.device.energy import NOT_AVAILABLE, EnergyMeter
+from edgegen.device.errors import DeviceError
+from edgegen.device.measure import TokenTimer, latency_stats, peak_rss_bytes, tinygrad_memory_bytes
+from edgegen.device.model_facts import ModelFacts
+from edgegen.device.model_open import open_model_facts
+from edgegen.device.planner import decode_bytes_per_token
+from edgegen.device.profiles import BoardProfile, get_profile, match_profile
 
 log = logging.getLogger(__name__)
 # Plain English that the tokenizer splits into ordinary word tokens; repeated to any prompt length.
@@ -87,7 +87,7 @@ def validate(args: argparse.Namespace) -> tuple[Path, ModelFacts, str]:
 def pick_board(name: str | None) -> BoardProfile:
     if name:
         return get_profile(name)
-    from device.host import read_host
+    from edgegen.device.host import read_host
 
     host = read_host()
     return match_profile(host.board_model, host.memory_total_bytes) or get_profile("host")
@@ -95,7 +95,7 @@ def pick_board(name: str | None) -> BoardProfile:
 
 def load_generator(path: Path, device: str, context: int):
     """Load through the runtime on `device`; an unusable backend is the runtime's ArtifactError (exit code 2)."""
-    from runtime.engine import TextGenerator
+    from edgegen.runtime.engine import TextGenerator
 
     return TextGenerator.load(str(path), device=device, max_context=context)
 
@@ -110,7 +110,7 @@ def make_prompt(tokenizer, n_tokens: int) -> list[int]:
 def timed_generation(gen, prompt: list[int], max_tokens: int, on_token=None) -> tuple[TokenTimer, Any, int]:
     """Run one greedy generation of exactly `max_tokens` tokens (end-of-turn ignored), marking every streamed
     piece; returns the timer, the runtime's result, and the number of pieces seen."""
-    from runtime import SamplingParams
+    from edgegen.runtime import SamplingParams
 
     timer = TokenTimer()
     pieces = 0
@@ -130,9 +130,7 @@ def measure_startup(path: Path, device: str, prompt_tokens: int, context: int, c
     if cache_dir is not None:
         env["CACHEDB"] = os.path.join(cache_dir, "tinygrad-cache.db")  # tinygrad.helpers.CACHEDB
         env["EDGEGEN_CACHE"] = os.path.join(cache_dir, "edgegen")  # runtime.jit_cache.cache_dir
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    cmd = [sys.executable, "-m", "device.cli_bench", "--startup-probe", str(path), device, str(prompt_tokens),
+    cmd = [sys.executable, "-m", "edgegen.device.cli_bench", "--startup-probe", str(path), device, str(prompt_tokens),
            str(context)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S,
@@ -149,7 +147,7 @@ def measure_startup(path: Path, device: str, prompt_tokens: int, context: int, c
 
 def _startup_probe(path: str, device: str, prompt_tokens: int, context: int) -> None:
     """Child of measure_startup: import, load, generate 2 tokens; print times and peak RSS as one JSON line."""
-    from runtime import jit_cache
+    from edgegen.runtime import jit_cache
 
     t0 = time.perf_counter()
     # Whether the runtime will find captured graphs: its key hashes the file, device, context and runtime code.
@@ -250,7 +248,7 @@ def bench(args: argparse.Namespace) -> dict:
 
 def write_outputs(report: dict, results: Path, plots: bool) -> dict[str, str]:
     """bench-<label>.json, history.csv (appended), latency-<label>.png and comparison.png under `results`."""
-    from device import report as rep
+    from edgegen.device import report as rep
 
     results.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in report["label"])
@@ -284,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        from device.report import format_table
+        from edgegen.device.report import format_table
 
         print(format_table(report))
         print("\n".join(f"wrote {p}" for p in report["files"].values()))

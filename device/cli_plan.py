@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from device.errors import DeviceError
-from device.model_open import open_model_facts
-from device.planner import MIB, plan_memory
-from device.profiles import BOARD_PROFILES, get_profile
+from edgegen.device.errors import DeviceError
+from edgegen.device.model_open import open_model_facts
+from edgegen.device.planner import MIB, plan_memory
+from edgegen.device.profiles import BOARD_PROFILES, get_profile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

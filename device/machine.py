@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from device.backends import BACKENDS, child_env, probe_backends
-from device.host import read_host
-from device.profiles import BoardProfile, match_profile
+from edgegen.device.backends import BACKENDS, child_env, probe_backends
+from edgegen.device.host import read_host
+from edgegen.device.profiles import BoardProfile, match_profile
 
 COPY_BYTES = 256 * 1024 * 1024  # larger than any last-level cache, so the copy measures DRAM
 

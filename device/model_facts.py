@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.errors import DeviceError
+from edgegen.device.errors import DeviceError
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device.model_facts import ModelFacts, TensorFacts, facts_from_header
+from edgegen.device.model_facts import ModelFacts, TensorFacts, facts_from_header
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class OpenedModel:
 
 def open_model_facts(model: str) -> OpenedModel:
     """Facts of `model` (a GGUF path or 'default'); the runtime's ArtifactError for a file it cannot parse."""
-    from runtime.model_file import TEXT_ARCHITECTURES, open_gguf, runnable_reason
+    from edgegen.runtime.model_file import TEXT_ARCHITECTURES, open_gguf, runnable_reason
 
     mf = open_gguf(model)
     tensors = tuple(TensorFacts(t.name, t.n_elements, t.size_bytes, t.ggml_type.name, len(t.shape),

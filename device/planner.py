@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from device.errors import DeviceError
-from device.model_facts import ModelFacts
-from device.profiles import BoardProfile
+from edgegen.device.errors import DeviceError
+from edgegen.device.model_facts import ModelFacts
+from edgegen.device.profiles import BoardProfile
 
 MIB = 1024 * 1024
 KV_BYTES = 4  # float32 cache (models/llama.py Block.allocate_cache)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device.errors import DeviceError
+from edgegen.device.errors import DeviceError
 
 GB = 1000**3  # vendors quote decimal gigabytes per second
 GIB = 1024**3  # and binary gibibytes of RAM
@@ -102,7 +102,7 @@ BOARD_PROFILES: dict[str, BoardProfile] = {p.name: p for p in [
 def get_profile(name: str) -> BoardProfile:
     """The registered profile called `name` ("host": this machine, bandwidth measured); DeviceError otherwise."""
     if name == "host":
-        from device.machine import host_profile  # measures; only when asked for
+        from edgegen.device.machine import host_profile  # measures; only when asked for
 
         return host_profile()
     try:

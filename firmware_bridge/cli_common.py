@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from firmware_bridge.connection import BrokerOptions, parse_broker
+from edgegen.firmware_bridge.connection import BrokerOptions, parse_broker
 
 
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from firmware_bridge.cli_common import add_broker_arguments, broker_options
-from firmware_bridge.client import Client
-from firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.cli_common import add_broker_arguments, broker_options
+from edgegen.firmware_bridge.client import Client
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

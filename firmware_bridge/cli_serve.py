@@ -10,12 +10,12 @@ import sys
 import threading
 from pathlib import Path
 
-from firmware_bridge import topics
-from firmware_bridge.answer_store import AnswerStore
-from firmware_bridge.cli_common import add_broker_arguments, broker_options
-from firmware_bridge.engines import ImageEngine, RuntimeImageEngine, RuntimeTextEngine
-from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.service import DeviceService, ServiceConfig
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.answer_store import AnswerStore
+from edgegen.firmware_bridge.cli_common import add_broker_arguments, broker_options
+from edgegen.firmware_bridge.engines import ImageEngine, RuntimeImageEngine, RuntimeTextEngine
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 
 log = logging.getLogger(__name__)
 CONNECT_WARN_S = 10.0

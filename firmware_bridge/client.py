@@ -21,10 +21,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from firmware_bridge import responses, topics
-from firmware_bridge.connection import BrokerOptions, make_client
-from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.schema import SCHEMA_VERSION, encode, parse_request
+from edgegen.firmware_bridge import responses, topics
+from edgegen.firmware_bridge.connection import BrokerOptions, make_client
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.schema import SCHEMA_VERSION, encode, parse_request
 
 CONNECT_TIMEOUT_S = 10.0
 SESSION_EXPIRY_S = 300

@@ -8,7 +8,7 @@ import ssl
 
 import paho.mqtt.client as mqtt
 
-from firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 1883

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.schema import ImageRequest, TextRequest
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.schema import ImageRequest, TextRequest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ class RuntimeTextEngine:
 
     @classmethod
     def load(cls, model: str = "default", device: str | None = None) -> RuntimeTextEngine:
-        from runtime.engine import TextGenerator  # imported here so the protocol and tests never load tinygrad
+        from edgegen.runtime.engine import TextGenerator  # imported here so the protocol and tests never load tinygrad
 
         return cls(TextGenerator.load(model, device=device))
 
@@ -64,7 +64,7 @@ class RuntimeTextEngine:
         return list(request.messages) if request.messages is not None else request.prompt  # type: ignore[return-value]
 
     def _params(self, request: TextRequest) -> Any:
-        from runtime import GenerationError, SamplingParams
+        from edgegen.runtime import GenerationError, SamplingParams
 
         s = request.sampling
         params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
@@ -93,7 +93,7 @@ class RuntimeTextEngine:
                                f"context is {context}")
 
     def _rendered_tokens(self, prompt: str | list[dict], chat: bool) -> int:
-        from runtime import GenerationError
+        from edgegen.runtime import GenerationError
 
         try:
             if isinstance(prompt, list) or chat:
@@ -104,7 +104,7 @@ class RuntimeTextEngine:
             return 0
 
     def generate(self, request: TextRequest, cancel: threading.Event, emit: Callable[[str], None]) -> TextOutcome:
-        from runtime import GenerationError
+        from edgegen.runtime import GenerationError
 
         prompt = self._text_prompt(request)
         try:
@@ -125,14 +125,14 @@ class RuntimeImageEngine:
     """An `ImageEngine` over `runtime.diffusion.ImageGenerator`: a digit prompt in, one PNG out."""
 
     def __init__(self, generator: Any, steps: int = 20, guidance: float | None = None, scale: int = 4):
-        from runtime.diffusion import DEFAULT_GUIDANCE
+        from edgegen.runtime.diffusion import DEFAULT_GUIDANCE
 
         self.generator, self.steps, self.scale = generator, steps, scale
         self.guidance = DEFAULT_GUIDANCE if guidance is None else guidance
 
     @classmethod
     def load(cls, model: str | None = None, device: str | None = None) -> RuntimeImageEngine:
-        from runtime.diffusion import DEFAULT_UNET, ImageGenerator
+        from edgegen.runtime.diffusion import DEFAULT_UNET, ImageGenerator
 
         return cls(ImageGenerator.load(model or DEFAULT_UNET, device=device))
 
@@ -141,8 +141,8 @@ class RuntimeImageEngine:
         self.generate(ImageRequest(id="warm-up", prompt="0", steps=1), threading.Event())
 
     def _params(self, request: ImageRequest) -> Any:
-        from runtime.diffusion import DiffusionParams, parse_prompt
-        from runtime.errors import GenerationError
+        from edgegen.runtime.diffusion import DiffusionParams, parse_prompt
+        from edgegen.runtime.errors import GenerationError
 
         try:
             parse_prompt(request.prompt)
@@ -161,7 +161,7 @@ class RuntimeImageEngine:
         self._params(request)
 
     def generate(self, request: ImageRequest, cancel: threading.Event) -> ImageOutcome:
-        from runtime.diffusion import encode_png, parse_prompt, to_uint8
+        from edgegen.runtime.diffusion import encode_png, parse_prompt, to_uint8
 
         params = self._params(request)
         for _step, _total, images in self.generator.sample_iter([parse_prompt(request.prompt)], params):

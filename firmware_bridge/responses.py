@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from firmware_bridge.errors import ErrorCode
-from firmware_bridge.schema import SCHEMA_VERSION
+from edgegen.firmware_bridge.errors import ErrorCode
+from edgegen.firmware_bridge.schema import SCHEMA_VERSION
 
 JSON_CONTENT_TYPE = "application/json"
 PNG_CONTENT_TYPE = "image/png"

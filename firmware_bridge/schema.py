@@ -18,8 +18,8 @@ import reprlib
 from collections.abc import Callable
 from typing import Any
 
-from firmware_bridge import topics
-from firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 
 SCHEMA_VERSION = 1
 # A request is a prompt, not a document: 64 KiB keeps one far below Mosquitto's and paho's packet limits, and

@@ -31,13 +31,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from firmware_bridge import responses, topics
-from firmware_bridge.answer_store import DEFAULT_MAX_BYTES, Answer, AnswerStore
-from firmware_bridge.connection import BrokerOptions, make_client
-from firmware_bridge.counters import Counters
-from firmware_bridge.engines import ImageEngine, TextEngine
-from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.schema import CancelRequest, ImageRequest, Request, TextRequest, encode, parse_request
+from edgegen.firmware_bridge import responses, topics
+from edgegen.firmware_bridge.answer_store import DEFAULT_MAX_BYTES, Answer, AnswerStore
+from edgegen.firmware_bridge.connection import BrokerOptions, make_client
+from edgegen.firmware_bridge.counters import Counters
+from edgegen.firmware_bridge.engines import ImageEngine, TextEngine
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.schema import CancelRequest, ImageRequest, Request, TextRequest, encode, parse_request
 
 log = logging.getLogger(__name__)
 PUBLISH_WAIT_S = 10.0

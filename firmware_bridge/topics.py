@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 
 ROOT = "edgegen/v1"
 KINDS = ("text", "image")

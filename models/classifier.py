@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tinygrad import Tensor
 
-from models.unet import UNetWeights
+from edgegen.models.unet import UNetWeights
 
 CLASSIFIER_ARCH = "edgegen-mnist-classifier"
 

@@ -30,10 +30,10 @@ from gguf import GGUFWriter
 from tinygrad import Context, Tensor, TinyJit, dtypes
 from tinygrad.nn.optim import Adam
 
-from models.classifier import CLASSIFIER_ARCH, ClassifierConfig, MnistClassifier
-from models.classifier import parameter_shapes as classifier_shapes
-from models.mnist import TrainingError, load_mnist
-from models.unet import UNET_ARCH, FloatWeights, UNet, UNetConfig, cosine_alpha_bars, parameter_shapes
+from edgegen.models.classifier import CLASSIFIER_ARCH, ClassifierConfig, MnistClassifier
+from edgegen.models.classifier import parameter_shapes as classifier_shapes
+from edgegen.models.mnist import TrainingError, load_mnist
+from edgegen.models.unet import UNET_ARCH, FloatWeights, UNet, UNetConfig, cosine_alpha_bars, parameter_shapes
 
 log = logging.getLogger(__name__)
 

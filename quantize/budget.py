@@ -11,9 +11,9 @@ from collections.abc import Callable
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantize.blocks import WEIGHT_TYPES, Q, fits_blocks, packed_nbytes
-from quantize.errors import QuantizeError
-from quantize.recipes import is_weight_matrix
+from edgegen.quantize.blocks import WEIGHT_TYPES, Q, fits_blocks, packed_nbytes
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.recipes import is_weight_matrix
 
 MB = 1_000_000
 

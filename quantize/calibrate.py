@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantize.blocks import Q, dequantized
-from quantize.evaluate import log_softmax
-from quantize.llama_numpy import LlamaHParams, forward
-from quantize.source import ModelSource
+from edgegen.quantize.blocks import Q, dequantized
+from edgegen.quantize.evaluate import log_softmax
+from edgegen.quantize.llama_numpy import LlamaHParams, forward
+from edgegen.quantize.source import ModelSource
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from quantize.errors import QuantizeError
-from quantize.recipes import RECIPES, get_recipe
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.recipes import RECIPES, get_recipe
 
 T = TypeVar("T")
 MB = 1_000_000
@@ -70,7 +70,7 @@ def probe_writable(out: Path) -> None:
 def check_output(output: str, source: Path) -> Path:
     """Every check of the output path before any work: not a folder, its folder exists and takes a new file, and it
     is not the source itself (which the atomic rename at the end would replace)."""
-    from quantize.writer import check_writable
+    from edgegen.quantize.writer import check_writable
 
     out = check_writable(output)
     if out.exists() and source.exists() and os.path.samefile(out, source):
@@ -82,7 +82,7 @@ def check_output(output: str, source: Path) -> Path:
 def resolve_source(source: str) -> Path:
     """The source's path: 'default' is the shipped SmolLM2-135M-Instruct GGUF, as everywhere in edgegen."""
     if source == "default":
-        from runtime.model_file import default_model_path
+        from edgegen.runtime.model_file import default_model_path
 
         return default_model_path()
     return Path(source)
@@ -94,7 +94,7 @@ def check_source(path: Path) -> None:
     if path.is_dir():
         require_extra("reading a Hugging Face folder", "quantize", "safetensors")
     elif path.is_file():
-        from runtime.model_file import open_gguf
+        from edgegen.runtime.model_file import open_gguf
 
         open_gguf(path)
 
@@ -103,13 +103,13 @@ def run(args: argparse.Namespace) -> int:
     if args.source.lower().endswith(".onnx"):  # ONNX in, standard quantized ONNX out
         require_extra("quantizing an ONNX model", "onnx", "onnx", "ml_dtypes")
         probe_writable(Path(args.output))  # cli_onnx checks the rest of the output path
-        from quantize import cli_onnx
+        from edgegen.quantize import cli_onnx
 
         return cli_onnx.run(args)
-    from quantize.pipeline import quantize_model
-    from quantize.source import load_source
-    from quantize.summary import format_assignment, format_calibration, format_summary
-    from quantize.writer import write_artifact
+    from edgegen.quantize.pipeline import quantize_model
+    from edgegen.quantize.source import load_source
+    from edgegen.quantize.summary import format_assignment, format_calibration, format_summary
+    from edgegen.quantize.writer import write_artifact
 
     # Check every cheap thing before minutes of work.
     recipe = get_recipe(args.recipe)

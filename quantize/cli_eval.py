@@ -10,8 +10,8 @@ import json
 from collections.abc import Iterable
 from typing import TypeVar
 
-from quantize.cli import read_text
-from quantize.errors import QuantizeError
+from edgegen.quantize.cli import read_text
+from edgegen.quantize.errors import QuantizeError
 
 T = TypeVar("T")
 
@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.unet import UNET_ARCH
-    from runtime.model_file import SUPPORTED_ARCHITECTURES, open_model
+    from edgegen.models.unet import UNET_ARCH
+    from edgegen.runtime.model_file import SUPPORTED_ARCHITECTURES, open_model
 
     if open_model(args.model, architectures=SUPPORTED_ARCHITECTURES).architecture == UNET_ARCH:
         return run_diffusion(args)
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     text = read_text(args.text, "text file")
     if args.max_tokens is not None and args.max_tokens < 2:
         raise QuantizeError(f"--max-tokens must be at least 2, got {args.max_tokens}")
-    from quantize.evaluate import evaluate
-    from runtime.engine import TextGenerator
+    from edgegen.quantize.evaluate import evaluate
+    from edgegen.runtime.engine import TextGenerator
 
     model = TextGenerator.load(args.model)
     reference = TextGenerator.load(args.reference) if args.reference else None
@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_diffusion(args: argparse.Namespace) -> int:
-    from models.mnist import mnist_path
-    from quantize.evaluate_diffusion import evaluate_diffusion
-    from runtime.diffusion import DEFAULT_CLASSIFIER, DEFAULT_GUIDANCE, Classifier, DiffusionParams, ImageGenerator
+    from edgegen.models.mnist import mnist_path
+    from edgegen.quantize.evaluate_diffusion import evaluate_diffusion
+    from edgegen.runtime.diffusion import DEFAULT_CLASSIFIER, DEFAULT_GUIDANCE, Classifier, DiffusionParams, ImageGenerator
 
     if args.guidance is None:
         args.guidance = DEFAULT_GUIDANCE

@@ -5,12 +5,12 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
-from quantize.errors import QuantizeError
+from edgegen.quantize.errors import QuantizeError
 
 
 def run(args: argparse.Namespace) -> int:
-    from quantize.onnx_quant import format_onnx_summary, get_onnx_recipe, quantize_onnx_file
-    from quantize.writer import check_writable
+    from edgegen.quantize.onnx_quant import format_onnx_summary, get_onnx_recipe, quantize_onnx_file
+    from edgegen.quantize.writer import check_writable
 
     recipe = get_onnx_recipe(args.recipe)
     for flag, value in (("--calibrate", args.calibrate), ("--budget-mb", args.budget_mb)):

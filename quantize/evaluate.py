@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from quantize.errors import QuantizeError
+from edgegen.quantize.errors import QuantizeError
 
 
 class LogitsModel(Protocol):

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models.mnist import load_mnist
-from runtime.diffusion import DEFAULT_GUIDANCE, DiffusionParams
+from edgegen.models.mnist import load_mnist
+from edgegen.runtime.diffusion import DEFAULT_GUIDANCE, DiffusionParams
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

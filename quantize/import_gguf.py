@@ -8,9 +8,9 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
-from quantize.errors import QuantizeError
-from quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
-from runtime.model_file import IMAGE_ARCHITECTURES
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
+from edgegen.runtime.model_file import IMAGE_ARCHITECTURES
 
 log = logging.getLogger(__name__)
 

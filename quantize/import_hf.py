@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from gguf import GGUFValueType
 
-from quantize.errors import QuantizeError
-from quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
-from quantize.tokenizer import metadata_from_hf_tokenizer
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
+from edgegen.quantize.tokenizer import metadata_from_hf_tokenizer
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _LAYER_NAMES = {

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantize.errors import QuantizeError
-from quantize.source import ModelSource
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.source import ModelSource
 
 
 @dataclass(frozen=True)

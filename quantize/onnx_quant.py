@@ -22,10 +22,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from quantize.blocks import relative_error
-from quantize.errors import QuantizeError
-from quantize.onnx_blocks import quantize_int8_channels, quantize_uint4_blocks
-from runtime.onnx_format import MIN_OPSET
+from edgegen.quantize.blocks import relative_error
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.onnx_blocks import quantize_int8_channels, quantize_uint4_blocks
+from edgegen.runtime.onnx_format import MIN_OPSET
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantize.blocks import QuantizedTensor, quantize_tensor
-from quantize.budget import check_budget, choose_types_for_budget, weight_options
-from quantize.errors import QuantizeError
-from quantize.recipes import Recipe, assign_types, get_recipe
-from quantize.source import ModelSource
-from quantize.writer import estimate_overhead_bytes
+from edgegen.quantize.blocks import QuantizedTensor, quantize_tensor
+from edgegen.quantize.budget import check_budget, choose_types_for_budget, weight_options
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.recipes import Recipe, assign_types, get_recipe
+from edgegen.quantize.source import ModelSource
+from edgegen.quantize.writer import estimate_overhead_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,8 +140,8 @@ def quantize_model(
         types, promoted = assign_types(rec, tensors, packer.error, source.architecture)
     calibration = None
     if calibration_text is not None:
-        from quantize.calibrate import calibrate
-        from quantize.tokenizer import encode
+        from edgegen.quantize.calibrate import calibrate
+        from edgegen.quantize.tokenizer import encode
 
         tokens = encode(source, calibration_text)
         if not tokens:

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantize.blocks import Q, bits_per_weight, fits_blocks
-from quantize.errors import QuantizeError
+from edgegen.quantize.blocks import Q, bits_per_weight, fits_blocks
+from edgegen.quantize.errors import QuantizeError
 
 # The token embedding doubles as the output head when the model ties them (SmolLM2 does): every logit goes through
 # it, so the mixed recipe treats both names as sensitive.

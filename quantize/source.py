@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from gguf import GGUFValueType
 
-from quantize.errors import QuantizeError
+from edgegen.quantize.errors import QuantizeError
 
 # The tokenizer fields a runtime (ours or llama.cpp's) needs to turn text into ids; a source without them is refused.
 REQUIRED_TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
@@ -76,16 +76,16 @@ def load_source(path: str | Path) -> ModelSource:
     """Import a GGUF file or a Hugging Face-style folder (config.json + *.safetensors + tokenizer.json);
     `default` names the shipped SmolLM2-135M-Instruct GGUF, as everywhere in edgegen."""
     if str(path) == "default":
-        from runtime.model_file import default_model_path
+        from edgegen.runtime.model_file import default_model_path
 
         path = default_model_path()
     p = Path(path)
     if p.is_dir():
-        from quantize.import_hf import load_hf_folder
+        from edgegen.quantize.import_hf import load_hf_folder
 
         return load_hf_folder(p)
     if p.is_file():
-        from quantize.import_gguf import load_gguf
+        from edgegen.quantize.import_gguf import load_gguf
 
         return load_gguf(p)
     raise QuantizeError(f"source {str(path)!r} does not exist (expected a .gguf file or a Hugging Face folder)")

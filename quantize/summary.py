@@ -5,8 +5,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from quantize.pipeline import QuantizedModel
-    from quantize.source import ModelSource
+    from edgegen.quantize.pipeline import QuantizedModel
+    from edgegen.quantize.source import ModelSource
 
 MB = 1_000_000
 

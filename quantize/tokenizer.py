@@ -12,8 +12,8 @@ from typing import Any
 from gguf import GGUFValueType, TokenType
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from quantize.errors import QuantizeError
-from quantize.source import MetaValue, ModelSource
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.source import MetaValue, ModelSource
 
 S, U32, I32, ARR = GGUFValueType.STRING, GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.ARRAY
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 
-from quantize.blocks import Q
-from quantize.errors import QuantizeError
-from quantize.source import MetaValue, ModelSource
+from edgegen.quantize.blocks import Q
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.source import MetaValue, ModelSource
 
 if TYPE_CHECKING:
-    from quantize.pipeline import QuantizedModel
+    from edgegen.quantize.pipeline import QuantizedModel
 
 log = logging.getLogger(__name__)
 

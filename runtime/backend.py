@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.errors import ArtifactError
-from runtime.tinygrad_seam import install, opencl_device_type, set_default_device, tinygrad_default_device
+from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.tinygrad_seam import install, opencl_device_type, set_default_device, tinygrad_default_device
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _default_backend() -> BackendChoice:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        done = subprocess.run([sys.executable, "-m", "runtime.backend", "--choose"], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "edgegen.runtime.backend", "--choose"], capture_output=True, text=True,
                               timeout=120, check=True, env={k: v for k, v in os.environ.items() if k != "DEV"})
         out = json.loads(done.stdout.strip().splitlines()[-1])
         choice = BackendChoice(out["device"], out["reason"])
@@ -82,7 +82,7 @@ def _default_backend() -> BackendChoice:
 
 
 def _choice_cache() -> Path:
-    from runtime.jit_cache import cache_root
+    from edgegen.runtime.jit_cache import cache_root
 
     return cache_root() / "backend.json"
 
@@ -90,7 +90,7 @@ def _choice_cache() -> Path:
 def choice_key() -> str:
     """What the choice depends on: this boot (drivers and devices are fixed until a reboot, near enough), the
     installed OpenCL drivers, the environment variables that steer drivers, clang, and the tinygrad version."""
-    from runtime.tinygrad_seam import tinygrad_version
+    from edgegen.runtime.tinygrad_seam import tinygrad_version
 
     parts = [tinygrad_version(), str(_clang_available())]
     try:
@@ -148,7 +148,7 @@ def resolve_device(device: str | None) -> str:
 
 def report() -> dict:
     """The default backend and the JIT cache's disk use, as JSON for `edgegen device` (run in a child process)."""
-    from runtime import jit_cache
+    from edgegen.runtime import jit_cache
 
     choice = choose_backend()
     use = jit_cache.usage()

@@ -6,7 +6,7 @@ import functools
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from runtime.errors import GenerationError
+from edgegen.runtime.errors import GenerationError
 
 ROLES = ("system", "user", "assistant", "tool")
 # ChatML: used when a file carries no template (SmolLM2 and many small models are trained on it).

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.errors import GenerationError
+from edgegen.runtime.errors import GenerationError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.diffusion import (
+    from edgegen.runtime.diffusion import (
         DEFAULT_GUIDANCE,
         DEFAULT_UNET,
         DiffusionParams,

@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-from runtime.errors import GenerationError
-from runtime.sampling import SamplingParams
+from edgegen.runtime.errors import GenerationError
+from edgegen.runtime.sampling import SamplingParams
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.engine import TextGenerator  # imports tinygrad: only once arguments parsed
+    from edgegen.runtime.engine import TextGenerator  # imports tinygrad: only once arguments parsed
 
     if args.context < 2:
         raise GenerationError(f"--context={args.context} is out of range: expected an integer >= 2")

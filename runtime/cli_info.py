@@ -29,9 +29,9 @@ def summarize_value(value: Any) -> Any:
 
 def model_config(mf) -> tuple[dict, str | None]:
     """The text model's LlamaConfig fields, else the `<arch>.*` scalar keys; and why a llama config is unreadable."""
-    from runtime.errors import ArtifactError
-    from runtime.loader import config_from_gguf
-    from runtime.model_file import TEXT_ARCHITECTURES
+    from edgegen.runtime.errors import ArtifactError
+    from edgegen.runtime.loader import config_from_gguf
+    from edgegen.runtime.model_file import TEXT_ARCHITECTURES
 
     if mf.architecture in TEXT_ARCHITECTURES:
         try:
@@ -46,7 +46,7 @@ def model_config(mf) -> tuple[dict, str | None]:
 
 def describe(model: str) -> dict:
     """Everything `edgegen info` prints about the GGUF file `model` (a path or 'default')."""
-    from runtime.model_file import open_gguf, runnable_reason
+    from edgegen.runtime.model_file import open_gguf, runnable_reason
 
     mf = open_gguf(model)
     config, config_problem = model_config(mf)

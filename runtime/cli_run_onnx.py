@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import OnnxModelError
+from edgegen.runtime.errors import OnnxModelError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def read_inputs(model, inputs: dict[str, str], shapes: dict[str, str]) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.onnx_run import OnnxModel  # imports tinygrad: only once arguments parsed
+    from edgegen.runtime.onnx_run import OnnxModel  # imports tinygrad: only once arguments parsed
 
     if args.repeat < 1:
         raise OnnxModelError(f"--repeat={args.repeat} is out of range: expected an integer >= 1")

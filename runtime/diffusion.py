@@ -14,6 +14,7 @@ numpy generator: a seed gives the same image on every backend.
 """
 from __future__ import annotations
 
+import importlib.resources
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,16 +25,17 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize
 from tinygrad import Tensor, TinyJit
 
-from models.classifier import CLASSIFIER_ARCH, ClassifierConfig, MnistClassifier
-from models.unet import UNET_ARCH, UNet, UNetConfig, cosine_alpha_bars
-from runtime.errors import ArtifactError, GenerationError
-from runtime.model_file import ModelFile, open_model
-from runtime.quant import PackedLinear, pack_linear
-from runtime.tinygrad_seam import TINYGRAD_LOCK
+from edgegen.models.classifier import CLASSIFIER_ARCH, ClassifierConfig, MnistClassifier
+from edgegen.models.unet import UNET_ARCH, UNet, UNetConfig, cosine_alpha_bars
+from edgegen.runtime.errors import ArtifactError, GenerationError
+from edgegen.runtime.model_file import ModelFile, open_model
+from edgegen.runtime.quant import PackedLinear, pack_linear
+from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "models" / "weights"
+# The shipped weights are package data of edgegen.models, found the same way in a wheel and in an editable install.
+WEIGHTS_DIR = Path(str(importlib.resources.files("edgegen.models") / "weights"))
 DEFAULT_UNET = WEIGHTS_DIR / "unet-mnist.gguf"
 DEFAULT_CLASSIFIER = WEIGHTS_DIR / "mnist-classifier.gguf"
 SAMPLERS = ("ddim", "ddpm")
@@ -158,7 +160,7 @@ class ImageGenerator:
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_UNET, device: str | None = None) -> ImageGenerator:
-        from runtime.backend import resolve_device
+        from edgegen.runtime.backend import resolve_device
 
         mf = open_model(path, architectures=(UNET_ARCH,))
         dev = resolve_device(device)
@@ -274,7 +276,7 @@ class Classifier:
     """The MNIST evaluation classifier from its GGUF file: logits and penultimate features."""
 
     def __init__(self, path: str | Path = DEFAULT_CLASSIFIER, device: str | None = None):
-        from runtime.backend import resolve_device
+        from edgegen.runtime.backend import resolve_device
 
         mf = open_model(path, architectures=(CLASSIFIER_ARCH,))
         self.device = resolve_device(device)

@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 from tinygrad import Tensor, TinyJit, UOp
 
-from models.llama import Llama, LlamaConfig
-from runtime import jit_cache as jit_cache_store
-from runtime.backend import resolve_device
-from runtime.chat import render_chat, validate_messages
-from runtime.cpu_replay import CPUReplay
-from runtime.errors import ArtifactError, GenerationError
-from runtime.loader import GGUFWeights, build_llama, config_from_gguf
-from runtime.model_file import ModelFile, open_model
-from runtime.quant import embedding_rows
-from runtime.sampling import Sampler, SamplingParams, find_stop, holdback
-from runtime.tinygrad_seam import TINYGRAD_LOCK, write_buffer
-from runtime.tokenizer import load_tokenizer
+from edgegen.models.llama import Llama, LlamaConfig
+from edgegen.runtime import jit_cache as jit_cache_store
+from edgegen.runtime.backend import resolve_device
+from edgegen.runtime.chat import render_chat, validate_messages
+from edgegen.runtime.cpu_replay import CPUReplay
+from edgegen.runtime.errors import ArtifactError, GenerationError
+from edgegen.runtime.loader import GGUFWeights, build_llama, config_from_gguf
+from edgegen.runtime.model_file import ModelFile, open_model
+from edgegen.runtime.quant import embedding_rows
+from edgegen.runtime.sampling import Sampler, SamplingParams, find_stop, holdback
+from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK, write_buffer
+from edgegen.runtime.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -69,7 +69,7 @@ def _private_dir() -> Path:
 def _code_version() -> str:
     """Hash of the tinygrad version and the code that builds the graphs (runtime/ and models/), so an upgraded
     tinygrad or a changed model never reuses old graphs."""
-    from runtime.tinygrad_seam import tinygrad_version
+    from edgegen.runtime.tinygrad_seam import tinygrad_version
 
     h = hashlib.sha256(tinygrad_version().encode())
     for package in ("runtime", "models"):

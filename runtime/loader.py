@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 from tinygrad import Tensor
 
-from models.llama import Linear, Llama, LlamaConfig
-from runtime.errors import ArtifactError
-from runtime.model_file import ModelFile
-from runtime.quant import PackedLinear, pack_linear
+from edgegen.models.llama import Linear, Llama, LlamaConfig
+from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.model_file import ModelFile
+from edgegen.runtime.quant import PackedLinear, pack_linear
 
 
 def config_from_gguf(mf: ModelFile, max_context: int | None = None) -> LlamaConfig:

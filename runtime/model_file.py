@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from runtime.errors import ArtifactError
+from edgegen.runtime.errors import ArtifactError
 
 GGUF_MAGIC = b"GGUF"
 TEXT_ARCHITECTURES = ("llama",)

@@ -26,10 +26,10 @@ import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit, dtypes
 from tinygrad.nn.onnx import Domain, OnnxPBParser, OnnxRunner, OpSetId, onnx_ops
 
-from runtime.backend import resolve_device
-from runtime.tinygrad_seam import TINYGRAD_LOCK
-from runtime.errors import OnnxModelError
-from runtime.onnx_format import INT4, MIN_OPSET, UINT4
+from edgegen.runtime.backend import resolve_device
+from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK
+from edgegen.runtime.errors import OnnxModelError
+from edgegen.runtime.onnx_format import INT4, MIN_OPSET, UINT4
 
 log = logging.getLogger(__name__)
 

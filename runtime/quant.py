@@ -21,8 +21,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from tinygrad import Tensor, dtypes
 
-from runtime.errors import ArtifactError
-from runtime.model_file import TensorInfo
+from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.model_file import TensorInfo
 
 BLOCK = 32
 # bytes per block of 32 weights (GGML_QUANT_SIZES)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.errors import GenerationError
+from edgegen.runtime.errors import GenerationError
 
 MAX_STOP_STRINGS = 16
 

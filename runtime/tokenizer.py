@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from runtime.errors import ArtifactError
-from runtime.model_file import ModelFile
+from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.model_file import ModelFile
 
 # gguf-py constants.TokenType
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6

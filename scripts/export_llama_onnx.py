@@ -35,8 +35,8 @@ def build_step(gguf_path: str | Path, cache_len: int):
     import torch
     from torch import nn
 
-    from quantize.llama_numpy import LlamaHParams
-    from quantize.source import load_source
+    from edgegen.quantize.llama_numpy import LlamaHParams
+    from edgegen.quantize.source import load_source
 
     source = load_source(gguf_path)
     hp = LlamaHParams.from_source(source)
@@ -128,7 +128,7 @@ def greedy(step: Step, cache_shape: tuple[int, ...], prompt_ids: list[int], n_ne
 
 
 def tinygrad_step(path: Path) -> tuple[Step, tuple[int, ...]]:
-    from runtime.onnx_run import OnnxModel
+    from edgegen.runtime.onnx_run import OnnxModel
 
     model = OnnxModel.load(path)
     return model.run, tuple(int(d) for d in model.inputs["past_k"].shape)
@@ -145,8 +145,8 @@ def onnxruntime_step(path: Path, threads: int = 0) -> Step:
 
 def gguf_greedy(gguf_path: str | Path, prompt_ids: list[int], n_new: int) -> list[int]:
     """edgegen's GGUF runtime (KV cache, TinyJit decode), greedy, past end-of-turn tokens."""
-    from runtime import SamplingParams
-    from runtime.engine import TextGenerator
+    from edgegen.runtime import SamplingParams
+    from edgegen.runtime.engine import TextGenerator
 
     gen = TextGenerator.load(gguf_path, device="CPU", max_context=max(32, len(prompt_ids) + n_new))
     stream = gen.stream_ids(prompt_ids, SamplingParams(temperature=0.0, max_tokens=n_new), ignore_eos=True)
@@ -180,13 +180,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="then generate N greedy tokens with the GGUF runtime, tinygrad and onnxruntime and compare")
     ap.add_argument("--prompt", default="The capital of France is", help="prompt text for --check (no chat template)")
     args = ap.parse_args(argv)
-    from runtime.model_file import resolve_model_path
+    from edgegen.runtime.model_file import resolve_model_path
 
     gguf_path = resolve_model_path(args.model)
     out = export(gguf_path, Path(args.output), args.cache)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", flush=True)
     if args.check:
-        from runtime.engine import TextGenerator
+        from edgegen.runtime.engine import TextGenerator
 
         ids = TextGenerator.load(gguf_path, device="CPU").encode_prompt(args.prompt, chat=False)
         result = check(gguf_path, out, ids, args.check)

@@ -6,7 +6,7 @@ import sys
 
 
 def edgegen(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgegen_cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edgegen.cli", *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 

@@ -12,8 +12,8 @@ from cli_helpers import assert_clean_error, edgegen
 from gguf import GGML_QUANT_SIZES, GGUFWriter
 from gguf import GGMLQuantizationType as Q
 
-import edgegen_cli
-from runtime.model_file import default_model_path
+import edgegen.cli as edgegen_cli
+from edgegen.runtime.model_file import default_model_path
 
 DEFAULT = default_model_path()
 SHAPE = {"dim": 256, "heads": 4, "kv_heads": 2, "hidden": 512, "vocab": 320, "context": 2048}  # K-quant rows: 256
@@ -98,15 +98,15 @@ def test_bench_default_reads_the_shipped_model(capsys):
 
 
 def test_quantize_default_loads_the_shipped_model(capsys, tmp_path, monkeypatch):
-    import quantize.source
+    import edgegen.quantize.source as source
 
     loaded = []
 
     def fake_load_source(path):
         loaded.append(Path(path))
-        raise quantize.source.QuantizeError("stop here")
+        raise source.QuantizeError("stop here")
 
-    monkeypatch.setattr(quantize.source, "load_source", fake_load_source)
+    monkeypatch.setattr(source, "load_source", fake_load_source)
     line = one_error_line(*run(capsys, "quantize", "default", "--recipe", "w8", "-o", str(tmp_path / "m.gguf")))
     assert line == "edgegen quantize: error: stop here" and loaded == [DEFAULT]
 

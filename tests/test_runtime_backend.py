@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.backend import resolve_device
-from runtime.errors import ArtifactError
+from edgegen.runtime.backend import resolve_device
+from edgegen.runtime.errors import ArtifactError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_resolve_device_names_the_unusable_backend_and_leaves_the_default_alone(
 def test_edgegen_device_shows_the_default_backend_and_the_jit_cache(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DEV"}
     env.update(PYTHONPATH=str(REPO), EDGEGEN_CACHE=str(tmp_path), EDGEGEN_JIT_CACHE_MB="300")
-    done = subprocess.run([sys.executable, "-m", "edgegen_cli", "device", "--backends", "CPU"], env=env, cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "edgegen.cli", "device", "--backends", "CPU"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     lines = {ln.split(":", 1)[0]: ln for ln in done.stdout.splitlines()}

@@ -6,8 +6,8 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from tiny_llama import VOCAB, random_weights, reference_logits, write_gguf
 
-from runtime.engine import TextGenerator
-from runtime.quant import PackedLinear
+from edgegen.runtime.engine import TextGenerator
+from edgegen.runtime.quant import PackedLinear
 
 IDS = [5, 17, 42, 3, 88, 60, 7, 7, 31, 90, 12]
 
@@ -73,7 +73,7 @@ def test_quantized_layers_stay_packed(tmp_path, weights):
 def test_graphs_reloaded_from_disk_give_the_same_tokens(tmp_path, weights, monkeypatch):
     """Captured graphs saved by one generator and loaded by another (in this same process, where slot numbers
     of live buffers would collide with unshifted pickled ones) produce identical tokens and logits."""
-    from runtime import SamplingParams, jit_cache
+    from edgegen.runtime import SamplingParams, jit_cache
 
     monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "tiny-q8.gguf"

@@ -9,8 +9,8 @@ from cli_helpers import assert_clean_error, edgegen
 from gguf import GGMLQuantizationType as Q
 from tiny_llama import random_weights, write_gguf
 
-from runtime import ArtifactError, GenerationError, SamplingParams
-from runtime.model_file import open_model
+from edgegen.runtime import ArtifactError, GenerationError, SamplingParams
+from edgegen.runtime.model_file import open_model
 
 
 def test_missing_file(tmp_path):
@@ -81,7 +81,7 @@ def test_cli_generate_bad_inputs(tiny_q4_path):
 def test_token_id_inputs_are_checked(tiny_q4_path):
     from tiny_llama import VOCAB
 
-    from runtime.engine import TextGenerator
+    from edgegen.runtime.engine import TextGenerator
 
     gen = TextGenerator.load(tiny_q4_path, max_context=16, jit_cache=False)
     with pytest.raises(GenerationError, match=rf"token ids must be in \[0, {VOCAB}\), got -1\.\.5"):

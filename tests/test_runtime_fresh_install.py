@@ -16,7 +16,7 @@ PROMPTS = ["What is the capital of France?", "What is the capital of France?", "
 
 
 def edgegen(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgegen_cli", *args], env=env, cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "edgegen.cli", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 
@@ -36,7 +36,7 @@ def test_generate_again_and_again_from_an_empty_cache(tmp_path, backend):
         answers.append(done.stdout.strip())
     assert answers[0] == answers[1] and answers[2] == answers[3], "greedy answers changed between processes"
     # The graph cache is bounded and reported.
-    report = json.loads(subprocess.run([sys.executable, "-m", "runtime.backend"], env=env, cwd=REPO,
+    report = json.loads(subprocess.run([sys.executable, "-m", "edgegen.runtime.backend"], env=env, cwd=REPO,
                                        capture_output=True, text=True, timeout=300, check=True).stdout)
     cache = report["jit_cache"]
     assert 0 < cache["size_bytes"] <= cache["limit_bytes"] == 1000 * 2**20, cache

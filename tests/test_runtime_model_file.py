@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFValueType
 
-from runtime.model_file import default_model_path, open_model
+from edgegen.runtime.model_file import default_model_path, open_model
 
 
 def reader_value(field):

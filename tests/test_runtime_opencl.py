@@ -11,7 +11,7 @@ import sys, numpy as np
 from gguf import GGMLQuantizationType as Q
 sys.path.insert(0, sys.argv[2])
 from tiny_llama import random_weights, reference_logits, write_gguf
-from runtime.engine import TextGenerator
+from edgegen.runtime.engine import TextGenerator
 stored = write_gguf(sys.argv[1], random_weights(seed=5), Q.Q4_0)
 gen = TextGenerator.load(sys.argv[1], device="CL", max_context=32, jit_cache=False)
 ids = [3, 14, 15, 92, 65, 35]

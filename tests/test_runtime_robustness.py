@@ -16,10 +16,10 @@ from test_runtime_tokenizer import spm_model_file
 from tiny_llama import random_weights, write_gguf
 from tinygrad import Device
 
-from runtime import SamplingParams
-from runtime import jit_cache as store
-from runtime.engine import TextGenerator
-from runtime.tinygrad_seam import write_buffer
+from edgegen.runtime import SamplingParams
+from edgegen.runtime import jit_cache as store
+from edgegen.runtime.engine import TextGenerator
+from edgegen.runtime.tinygrad_seam import write_buffer
 
 GREEDY = SamplingParams(max_tokens=6)
 PROMPTS = ([5, 6, 7], list(range(3, 23)), list(range(3, 43)))  # three prefill buckets: 16, 32, 64
@@ -68,9 +68,9 @@ def test_kernel_disk_cache_works_from_a_new_thread():
     """tinygrad's one sqlite connection refused other threads (ProgrammingError); each thread now has its own."""
     from tinygrad import helpers
 
-    import runtime.tinygrad_seam
+    import edgegen.runtime.tinygrad_seam as tinygrad_seam
 
-    runtime.tinygrad_seam.install()
+    tinygrad_seam.install()
     helpers.diskcache_put("edgegen_seam_test", "main", 1)
     seen: list[object] = []
     t = threading.Thread(target=lambda: seen.append(helpers.diskcache_get("edgegen_seam_test", "main")))
@@ -111,7 +111,7 @@ def test_two_backends_in_one_process_keep_their_own_devices(tiny, private_cache)
 
 
 def test_direct_replay_that_disagrees_with_tinyjit_is_dropped(tiny, private_cache, monkeypatch, caplog):
-    from runtime import cpu_replay
+    from edgegen.runtime import cpu_replay
 
     original = cpu_replay.CPUReplay.build
 
@@ -166,7 +166,7 @@ def test_graphs_loaded_from_disk_are_checked_and_a_bad_entry_is_replaced(tiny, p
 
 
 def test_cache_key_follows_the_tinygrad_version(tiny, monkeypatch):
-    from runtime import tinygrad_seam
+    from edgegen.runtime import tinygrad_seam
 
     store._code_version.cache_clear()
     a = store.cache_key(tiny, "CPU", 64)
@@ -210,7 +210,7 @@ def test_cache_is_bounded_with_least_recently_used_eviction(private_cache, monke
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.integers(0, 2**31), min_size=1, max_size=40))
 def test_stream_decoders_equal_a_full_decode(raw_ids):
-    from runtime.tokenizer import load_tokenizer
+    from edgegen.runtime.tokenizer import load_tokenizer
 
     for tok in (_smollm_tokenizer(), load_tokenizer(spm_model_file())):
         ids = [i % tok.vocab_size for i in raw_ids]
@@ -224,8 +224,8 @@ _SMOLLM: list = []
 
 
 def _smollm_tokenizer():
-    from runtime.model_file import open_model
-    from runtime.tokenizer import load_tokenizer
+    from edgegen.runtime.model_file import open_model
+    from edgegen.runtime.tokenizer import load_tokenizer
 
     if not _SMOLLM:
         _SMOLLM.append(load_tokenizer(open_model("default")))
@@ -233,7 +233,7 @@ def _smollm_tokenizer():
 
 
 def test_tail_decoder_work_per_token_stays_constant():
-    from runtime.tokenizer import TailDecoder, load_tokenizer
+    from edgegen.runtime.tokenizer import TailDecoder, load_tokenizer
 
     tok = load_tokenizer(spm_model_file())
     lengths: list[int] = []

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from tinygrad import Tensor
 
-from runtime import GenerationError, SamplingParams
-from runtime.engine import TextGenerator
+from edgegen.runtime import GenerationError, SamplingParams
+from edgegen.runtime.engine import TextGenerator
 
 pytestmark = pytest.mark.slow
 QUESTION = "What is the capital of France?"
@@ -81,8 +81,8 @@ def test_decode_materializes_no_float_weight(gen, record_allocations):
 def test_logits_match_a_numpy_forward_of_the_same_weights(gen):
     """On the real file, tinygrad's packed-weight kernels agree with a float numpy forward (quantize.llama_numpy)
     over the same dequantized Q4_1 weights: the runtime adds no error of its own beyond float rounding."""
-    from quantize.import_gguf import load_gguf
-    from quantize.llama_numpy import LlamaHParams, forward
+    from edgegen.quantize.import_gguf import load_gguf
+    from edgegen.quantize.llama_numpy import LlamaHParams, forward
 
     ids = gen.tokenizer.encode("The GNU General Public License is a free, copyleft license for software and "
                                "other kinds of works, specifically designed to ensure cooperation.")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import ArtifactError
-from runtime.model_file import ModelFile
-from runtime.tokenizer import BPETokenizer, SentencePieceTokenizer, load_tokenizer
+from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.model_file import ModelFile
+from edgegen.runtime.tokenizer import BPETokenizer, SentencePieceTokenizer, load_tokenizer
 
 
 def spm_model_file() -> ModelFile:

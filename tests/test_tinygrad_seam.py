@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tinygrad import Device, Tensor
 
-from runtime import tinygrad_seam as seam
+from edgegen.runtime import tinygrad_seam as seam
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from bridge_fakes import FakeTextEngine
 
-from firmware_bridge.connection import BrokerOptions
-from firmware_bridge.service import DeviceService, ServiceConfig
+from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 
 
 def main() -> int:

@@ -15,10 +15,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from firmware_bridge import topics
-from firmware_bridge.engines import ImageOutcome, TextOutcome
-from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.schema import ImageRequest, TextRequest
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.engines import ImageOutcome, TextOutcome
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.schema import ImageRequest, TextRequest
 
 
 def expected_text(prompt: str, max_tokens: int) -> str:
@@ -91,7 +91,7 @@ DEFAULT_CONTEXT = 1024
 @functools.cache
 def smollm2_file() -> Any:
     """The shipped SmolLM2 model file, opened (mmap, metadata only: about 1 s, no tinygrad)."""
-    from runtime.model_file import open_model
+    from edgegen.runtime.model_file import open_model
 
     return open_model("default")
 
@@ -105,7 +105,7 @@ class TokenizerOnlyGenerator:
     """
 
     def __init__(self, pieces: tuple[str, ...] = ("Hello", ",", " world")) -> None:
-        from runtime.tokenizer import load_tokenizer
+        from edgegen.runtime.tokenizer import load_tokenizer
 
         mf = smollm2_file()
         self.model_file, self.tokenizer = mf, load_tokenizer(mf)
@@ -115,14 +115,14 @@ class TokenizerOnlyGenerator:
         self.calls: list[str | list[dict]] = []
 
     def render_chat(self, messages: list[dict]) -> str:
-        from runtime.chat import render_chat
+        from edgegen.runtime.chat import render_chat
 
         return render_chat(self.chat_template, messages)
 
     def stream(self, prompt: str | list[dict], params: Any, chat: bool = True,
                cancel: threading.Event | None = None) -> Any:
-        from runtime.chat import validate_messages
-        from runtime.errors import GenerationError
+        from edgegen.runtime.chat import validate_messages
+        from edgegen.runtime.errors import GenerationError
 
         params = params.validate()
         if isinstance(prompt, list):

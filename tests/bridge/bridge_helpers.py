@@ -14,10 +14,10 @@ from pathlib import Path
 
 from bridge_fakes import FakeTextEngine
 
-from firmware_bridge.client import Client
-from firmware_bridge.connection import BrokerOptions
-from firmware_bridge.local_broker import die_with_parent
-from firmware_bridge.service import DeviceService, ServiceConfig
+from edgegen.firmware_bridge.client import Client
+from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.local_broker import die_with_parent
+from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORDS = {"dev0": "pw-dev0", "dev1": "pw-dev1", "dev2": "pw-dev2", "alice": "pw-alice"}  # users of acl.example
@@ -47,7 +47,7 @@ def make_tls_files(folder: Path) -> dict[str, str]:
 
 def spawn(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     """A child Python process that dies with the test process; `env` adds to the test's environment."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)]), **(env or {})}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), **(env or {})}
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, preexec_fn=die_with_parent, **kwargs)
 
 

@@ -11,7 +11,7 @@ import pytest
 from bridge_fakes import expected_text
 from bridge_helpers import REPO, running_device
 
-from firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.connection import BrokerOptions
 
 sys.path.insert(0, str(REPO / "firmware_bridge" / "clients"))  # where a board would have the reference client
 from umqtt_client import EdgegenClient, EdgegenError
@@ -62,7 +62,7 @@ def test_umqtt_reference_client_over_mqtt_311(options: BrokerOptions) -> None:
 
 
 def edgegen(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "edgegen_cli.py"), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edgegen.cli", *args], capture_output=True, text=True,
                           timeout=120, cwd=REPO, check=False)
 
 

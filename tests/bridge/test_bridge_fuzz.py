@@ -18,13 +18,13 @@ from bridge_fakes import FakeImageEngine, Published, RecordingMqtt, TokenizerOnl
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge import topics
-from firmware_bridge.answer_store import AnswerStore
-from firmware_bridge.connection import BrokerOptions
-from firmware_bridge.engines import RuntimeTextEngine
-from firmware_bridge.errors import ErrorCode
-from firmware_bridge.schema import parse_request
-from firmware_bridge.service import DeviceService, ServiceConfig
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.answer_store import AnswerStore
+from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.engines import RuntimeTextEngine
+from edgegen.firmware_bridge.errors import ErrorCode
+from edgegen.firmware_bridge.schema import parse_request
+from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 
 DEVICE = "dev1"
 RESPONSES = topics.client_responses("fuzzer")

@@ -8,11 +8,11 @@ import pytest
 from bridge_fakes import FakeImageEngine, FakeTextEngine, expected_text, tiny_png
 from bridge_helpers import connected_client, running_device
 
-from firmware_bridge import topics
-from firmware_bridge.connection import BrokerOptions
-from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.responses import MAX_IMAGE_BYTES
-from firmware_bridge.schema import MAX_PROMPT_CHARS, MAX_REQUEST_BYTES
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.responses import MAX_IMAGE_BYTES
+from edgegen.firmware_bridge.schema import MAX_PROMPT_CHARS, MAX_REQUEST_BYTES
 
 
 @pytest.fixture

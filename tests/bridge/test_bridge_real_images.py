@@ -9,10 +9,10 @@ import pytest
 from bridge_helpers import connected_client, running_device
 from PIL import Image
 
-from firmware_bridge.connection import BrokerOptions
-from firmware_bridge.engines import RuntimeImageEngine
-from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.schema import ImageRequest
+from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.engines import RuntimeImageEngine
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.schema import ImageRequest
 
 
 @pytest.mark.slow

@@ -7,11 +7,11 @@ import threading
 import pytest
 from bridge_helpers import ChildProcess, connected_client
 
-from firmware_bridge import topics
-from firmware_bridge.connection import BrokerOptions
-from firmware_bridge.engines import RuntimeTextEngine
-from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.schema import TextRequest
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.engines import RuntimeTextEngine
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.schema import TextRequest
 
 PROMPT = "Name three rivers."
 MAX_TOKENS = 8
@@ -21,7 +21,7 @@ START_TIMEOUT_S = 600.0  # loading the model; kernels compile on first use: minu
 @pytest.mark.slow
 def test_real_model_round_trip_through_edgegen_serve(broker) -> None:
     options = BrokerOptions("127.0.0.1", broker.port)
-    serve = ChildProcess(["edgegen_cli.py", "serve", "--broker", f"127.0.0.1:{broker.port}", "--device-id", "smol",
+    serve = ChildProcess(["-m", "edgegen.cli", "serve", "--broker", f"127.0.0.1:{broker.port}", "--device-id", "smol",
                           "--no-warmup"])
     try:
         serve.wait_for(lambda words: words[:2] == ["edgegen", "serve:"], START_TIMEOUT_S)

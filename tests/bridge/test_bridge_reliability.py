@@ -11,9 +11,9 @@ import time
 from bridge_fakes import FakeTextEngine, expected_text
 from bridge_helpers import ChildProcess, connected_client, running_device
 
-from firmware_bridge import topics
-from firmware_bridge.connection import BrokerOptions
-from firmware_bridge.service import FAULT_ENV
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.service import FAULT_ENV
 
 N_REQUESTS = 36
 TOKENS = 8

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from firmware_bridge.errors import ErrorCode, RequestError
-from firmware_bridge.schema import parse_request
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.schema import parse_request
 
 REPLY_TO = "edgegen/v1/clients/board/responses"
 TEXT = {"v": 1, "id": "r-1", "prompt": "Hi"}

@@ -7,9 +7,9 @@ import pytest
 from bridge_fakes import expected_text
 from bridge_helpers import PASSWORDS, connected_client, running_device
 
-from firmware_bridge import topics
-from firmware_bridge.connection import BrokerOptions, make_client
-from firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.connection import BrokerOptions, make_client
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 
 NOT_AUTHORIZED = 0x87
 

@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import pytest
 from bridge_fakes import FakeTextEngine, RecordingMqtt, request_message
 
-from firmware_bridge import service as service_module
-from firmware_bridge import topics
-from firmware_bridge.connection import BrokerOptions
-from firmware_bridge.counters import Counters
-from firmware_bridge.errors import ErrorCode
-from firmware_bridge.service import DeviceService, ServiceConfig, peak_rss_bytes
+from edgegen.firmware_bridge import service as service_module
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.counters import Counters
+from edgegen.firmware_bridge.errors import ErrorCode
+from edgegen.firmware_bridge.service import DeviceService, ServiceConfig, peak_rss_bytes
 
 DEVICE = "dev1"
 RESPONSES = topics.client_responses("tester")

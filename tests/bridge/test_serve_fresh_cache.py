@@ -7,7 +7,7 @@ import pytest
 from bridge_helpers import ChildProcess, connected_client
 from fresh_env import skip_unless_distinct
 
-from firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.connection import BrokerOptions
 
 START_TIMEOUT_S = 900.0
 # Raw prompts (chat off) of about 5, 25 and 50 tokens: prefill buckets 16, 32 and 64.
@@ -28,7 +28,7 @@ def test_serve_answers_prompts_of_new_lengths_from_empty_caches(broker, tmp_path
     monkeypatch.delenv("EDGEGEN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     options = BrokerOptions("127.0.0.1", broker.port)
-    serve = ChildProcess(["edgegen_cli.py", "serve", "--broker", f"127.0.0.1:{broker.port}", "--device-id", "fresh",
+    serve = ChildProcess(["-m", "edgegen.cli", "serve", "--broker", f"127.0.0.1:{broker.port}", "--device-id", "fresh",
                           "--state-dir", str(tmp_path / "state"), *flags])
     try:
         serve.wait_for(lambda words: words[:2] == ["edgegen", "serve:"], START_TIMEOUT_S)

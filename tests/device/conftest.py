@@ -19,7 +19,7 @@ def llama7b_q4_path(tmp_path_factory) -> Path:
 @pytest.fixture
 def edgegen(capsys):
     """Run `edgegen ARGS...` in-process; returns (exit code, stdout, stderr)."""
-    from edgegen_cli import main
+    from edgegen.cli import main
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = main(list(argv))

@@ -8,8 +8,8 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from device.energy import NOT_AVAILABLE
-from runtime import default_model_path
+from edgegen.device.energy import NOT_AVAILABLE
+from edgegen.runtime import default_model_path
 
 REPO = Path(__file__).resolve().parents[2]
 SMOLLM2_Q4_1 = Path(default_model_path())  # the shipped SmolLM2-135M-Instruct Q4_1 file

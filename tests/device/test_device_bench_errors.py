@@ -32,7 +32,7 @@ def test_bench_without_matplotlib_skips_the_plots_and_says_so_first(edgegen, tmp
     """A runtime-only install has no matplotlib (the 'bench' extra): the measurement runs, the plots are skipped."""
     from device_helpers import sample_report
 
-    from device import cli_bench
+    from edgegen.device import cli_bench
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
     notice_first = []

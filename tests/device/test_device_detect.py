@@ -9,8 +9,8 @@ import time
 import pytest
 from device_helpers import REPO
 
-from device.backends import probe_backends
-from device.host import read_host
+from edgegen.device.backends import probe_backends
+from edgegen.device.host import read_host
 
 
 def _meminfo_bytes() -> dict[str, int]:
@@ -25,7 +25,7 @@ def _meminfo_bytes() -> dict[str, int]:
 @pytest.fixture(scope="module")
 def device_json() -> dict:
     # The real command line, in its own process, as a user would run it.
-    proc = subprocess.run([sys.executable, "-m", "edgegen_cli", "device", "--json"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "edgegen.cli", "device", "--json"], cwd=REPO,
                           capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -68,7 +68,7 @@ def test_no_board_identity_on_a_plain_vm(device_json):
 
 
 def test_board_identity_read_from_device_tree(tmp_path, monkeypatch):
-    from device import host
+    from edgegen.device import host
 
     (tmp_path / "model").write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\x00")
     (tmp_path / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic\n")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from device_helpers import sample_report
 
-from device.energy import NOT_AVAILABLE, EnergyMeter
-from device.measure import TokenTimer, current_rss_bytes, latency_stats, peak_rss_bytes, percentile
+from edgegen.device.energy import NOT_AVAILABLE, EnergyMeter
+from edgegen.device.measure import TokenTimer, current_rss_bytes, latency_stats, peak_rss_bytes, percentile
 
 
 def test_token_timer_measures_gaps_between_tokens():
@@ -103,7 +103,7 @@ def test_jetson_ina3221_power_is_integrated_over_time(tmp_path):
 
 
 def test_report_table_csv_and_plots(tmp_path):
-    from device.report import append_csv, format_table, plot_comparison, plot_latency, read_history
+    from edgegen.device.report import append_csv, format_table, plot_comparison, plot_latency, read_history
 
     table = format_table(sample_report("q4", 10.0))
     assert "decode" in table and "10.0 tok/s" in table and "5.0% of host's 20.0 GB/s" in table

@@ -7,10 +7,10 @@ import pytest
 from device_helpers import LLAMA7B, SMOLLM2_Q4_1, write_sparse_llama
 from gguf import GGMLQuantizationType as Q
 
-from device import BOARD_PROFILES, DeviceError, get_profile
-from device.model_facts import read_model_facts
-from device.planner import RECIPE_BYTES_PER_WEIGHT, kv_cache_bytes, plan_memory, recipe_weights_bytes
-from device.profiles import match_profile
+from edgegen.device import BOARD_PROFILES, DeviceError, get_profile
+from edgegen.device.model_facts import read_model_facts
+from edgegen.device.planner import RECIPE_BYTES_PER_WEIGHT, kv_cache_bytes, plan_memory, recipe_weights_bytes
+from edgegen.device.profiles import match_profile
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -46,7 +46,7 @@ def test_recipe_estimates_match_the_block_sizes():
 
 
 def test_recipe_names_are_quantize_recipes():
-    from quantize.recipes import RECIPES
+    from edgegen.quantize.recipes import RECIPES
 
     assert set(RECIPE_BYTES_PER_WEIGHT) <= set(RECIPES)
 

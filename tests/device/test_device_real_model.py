@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from device_helpers import REPO, SMOLLM2_Q4_1
 
-from device.machine import host_profile
-from device.model_facts import read_model_facts
-from device.planner import kv_cache_bytes, plan_memory
+from edgegen.device.machine import host_profile
+from edgegen.device.model_facts import read_model_facts
+from edgegen.device.planner import kv_cache_bytes, plan_memory
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
@@ -30,9 +30,9 @@ PROCESS_TIMEOUT_S = 1200
 RSS_SCRIPT = """
 import json, sys
 from pathlib import Path
-from device.measure import peak_rss_bytes
-from runtime import SamplingParams, jit_cache
-from runtime.engine import TextGenerator
+from edgegen.device.measure import peak_rss_bytes
+from edgegen.runtime import SamplingParams, jit_cache
+from edgegen.runtime.engine import TextGenerator
 hit = (jit_cache.cache_dir() / f"{jit_cache.cache_key(Path(sys.argv[1]), 'CPU', 1024)}.pkl").is_file()
 gen = TextGenerator.load(sys.argv[1])
 result = gen.generate("Name three things a microcontroller is good at.", SamplingParams(max_tokens=8))
@@ -64,11 +64,11 @@ def _json_result(proc: subprocess.Popen, what: str) -> dict:
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("real")
-    bench = _popen([sys.executable, "-m", "edgegen_cli", "bench", str(SMOLLM2_Q4_1), "--results", str(tmp / "results"),
+    bench = _popen([sys.executable, "-m", "edgegen.cli", "bench", str(SMOLLM2_Q4_1), "--results", str(tmp / "results"),
                     *BENCH_ARGS], tmp / "bench-cache")
     # The w8 file comes from the quantize package: the same model with every matrix at Q8_0.
     w8 = tmp / "smollm2-w8.gguf"
-    quantize = subprocess.run([sys.executable, "-m", "edgegen_cli", "quantize", str(SMOLLM2_Q4_1), "--recipe", "w8",
+    quantize = subprocess.run([sys.executable, "-m", "edgegen.cli", "quantize", str(SMOLLM2_Q4_1), "--recipe", "w8",
                                "-o", str(w8), "--no-progress"], cwd=REPO, env=_env(tmp / "unused"),
                               capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, check=False)
     assert quantize.returncode == 0, quantize.stderr[-3000:]

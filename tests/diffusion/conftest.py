@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from diffusion_helpers import TINY
 
-from models.unet import UNET_ARCH, UNetConfig, parameter_shapes
+from edgegen.models.unet import UNET_ARCH, UNetConfig, parameter_shapes
 
 
 def random_unet(cfg: UNetConfig, seed: int) -> dict[str, np.ndarray]:
@@ -27,10 +27,10 @@ def random_unet(cfg: UNetConfig, seed: int) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_unet_files(tmp_path_factory) -> dict[str, Path]:
     """{'f32': path, 'w8': path, 'w4': path}: the f32 checkpoint and its quantized artifacts."""
-    from models.train_diffusion import write_checkpoint
-    from quantize.pipeline import quantize_model
-    from quantize.source import load_source
-    from quantize.writer import write_artifact
+    from edgegen.models.train_diffusion import write_checkpoint
+    from edgegen.quantize.pipeline import quantize_model
+    from edgegen.quantize.source import load_source
+    from edgegen.quantize.writer import write_artifact
 
     d = tmp_path_factory.mktemp("unet")
     paths = {"f32": d / "tiny-unet-f32.gguf"}

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.diffusion import parse_prompt
-from runtime.errors import GenerationError
+from edgegen.runtime.diffusion import parse_prompt
+from edgegen.runtime.errors import GenerationError
 
 
 @settings(max_examples=300, deadline=None)

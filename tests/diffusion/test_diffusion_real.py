@@ -6,7 +6,7 @@ import pytest
 from cli_helpers import edgegen
 from PIL import Image
 
-from runtime.diffusion import DEFAULT_CLASSIFIER, DEFAULT_UNET, Classifier, DiffusionParams, ImageGenerator
+from edgegen.runtime.diffusion import DEFAULT_CLASSIFIER, DEFAULT_UNET, Classifier, DiffusionParams, ImageGenerator
 
 STEPS = 10  # the shipped model draws legible digits in 10 DDIM steps; fewer kernels to wait for in CI
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from cli_helpers import assert_clean_error, edgegen
 
-from runtime.diffusion import DiffusionParams, ImageGenerator, grid, parse_prompt
-from runtime.errors import GenerationError
+from edgegen.runtime.diffusion import DiffusionParams, ImageGenerator, grid, parse_prompt
+from edgegen.runtime.errors import GenerationError
 
 
 @pytest.mark.parametrize("prompt,digit", [("7", 7), ("seven", 7), (" Seven ", 7), ("a 3", 3), ("digit zero", 0),
@@ -84,7 +84,7 @@ def test_cli_eval_errors(tiny_unet_files):
 
 
 def test_frechet_distance_against_closed_forms():
-    from quantize.evaluate_diffusion import frechet_distance
+    from edgegen.quantize.evaluate_diffusion import frechet_distance
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((4000, 3))

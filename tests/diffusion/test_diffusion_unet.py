@@ -6,8 +6,8 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from unet_numpy import unet_forward
 
-from quantize.import_gguf import load_gguf
-from runtime.diffusion import ImageGenerator
+from edgegen.quantize.import_gguf import load_gguf
+from edgegen.runtime.diffusion import ImageGenerator
 
 
 @pytest.mark.parametrize("variant", ["f32", "w8", "w4"])

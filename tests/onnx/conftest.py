@@ -22,7 +22,7 @@ def minilm_fp32(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_quantized(minilm_fp32) -> dict[str, Path]:
-    from quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
+    from edgegen.quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
 
     out = {}
     for name, recipe in ONNX_RECIPES.items():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from onnx_test_models import load_script, ort_run
 
-from quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
-from runtime.engine import TextGenerator
-from runtime.onnx_run import OnnxModel
+from edgegen.quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
+from edgegen.runtime.engine import TextGenerator
+from edgegen.runtime.onnx_run import OnnxModel
 
 pytestmark = pytest.mark.slow
 IDS = [5, 17, 42, 3, 88, 60, 7, 7, 31, 90, 12]

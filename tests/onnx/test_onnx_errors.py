@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from onnx_test_models import custom_op_model, embedding_model, linear_model, save
 
-import edgegen_cli
-from quantize.errors import QuantizeError
-from quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
-from runtime.errors import OnnxModelError
-from runtime.onnx_run import OnnxModel
+import edgegen.cli as edgegen_cli
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
+from edgegen.runtime.errors import OnnxModelError
+from edgegen.runtime.onnx_run import OnnxModel
 
 
 def cli(capsys, *argv: str) -> tuple[int, str]:

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx_test_models import SENTENCES, minilm_feeds, ort_run
 
-from runtime.onnx_run import OnnxModel
+from edgegen.runtime.onnx_run import OnnxModel
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import pytest
 from onnx import numpy_helper
 from onnx_test_models import conv_model, embedding_model, linear_model, ort_run, save
 
-from quantize.onnx_blocks import quantize_int8_channels, quantize_uint4_blocks
-from quantize.onnx_quant import ONNX_RECIPES, quantize_onnx, quantize_onnx_file
-from runtime.onnx_run import OnnxModel
+from edgegen.quantize.onnx_blocks import quantize_int8_channels, quantize_uint4_blocks
+from edgegen.quantize.onnx_quant import ONNX_RECIPES, quantize_onnx, quantize_onnx_file
+from edgegen.runtime.onnx_run import OnnxModel
 
 
 def test_int8_channels_golden():

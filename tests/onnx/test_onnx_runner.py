@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx_test_models import embedding_model, float_input, linear_model, model_from, ort_run, save
 
-from runtime.onnx_run import OnnxModel
+from edgegen.runtime.onnx_run import OnnxModel
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -72,14 +72,14 @@ def test_runs_on_opencl_like_on_cpu(tmp_path):
     import sys
     from pathlib import Path
 
-    from quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
+    from edgegen.quantize.onnx_quant import ONNX_RECIPES, quantize_onnx_file
 
     path = tmp_path / "w4.onnx"
     quantize_onnx_file(save(linear_model(64, 32), tmp_path / "f.onnx"), ONNX_RECIPES["w4"], path)
     x = np.random.default_rng(4).normal(0, 1, (3, 64)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-m", "edgegen_cli", "run-onnx", str(path), "--device", "CL", "--input",
+    proc = subprocess.run([sys.executable, "-m", "edgegen.cli", "run-onnx", str(path), "--device", "CL", "--input",
                            f"x={tmp_path / 'x.npy'}", "-o", str(tmp_path / "y.npz")], cwd=root, capture_output=True,
                           text=True, timeout=600, check=False, env={**os.environ, "DEV": "CL"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,7 +88,7 @@ def test_runs_on_opencl_like_on_cpu(tmp_path):
 
 
 def test_unusable_device_is_one_clear_error(capsys, tmp_path):
-    import edgegen_cli
+    import edgegen.cli as edgegen_cli
 
     path = save(linear_model(64, 32), tmp_path / "f.onnx")
     code = edgegen_cli.main(["run-onnx", str(path), "--device", "NOSUCHDEV", "--shape", "x=1x64"])

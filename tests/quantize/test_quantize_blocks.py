@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from gguf.quants import dequantize, quantize
 
-from quantize.blocks import Q, bits_per_weight, packed_nbytes, quantize_tensor, relative_error
+from edgegen.quantize.blocks import Q, bits_per_weight, packed_nbytes, quantize_tensor, relative_error
 
 
 def f16_bytes(x: float) -> bytes:

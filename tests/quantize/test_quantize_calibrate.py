@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from conftest import tiny_tensors, write_tiny_gguf
 
-from quantize.blocks import dequantized
-from quantize.calibrate import MAX_TOKENS, calibrate
-from quantize.llama_numpy import LlamaHParams, forward
-from quantize.pipeline import quantize_model
-from quantize.recipes import assign_types, get_recipe
-from quantize.source import load_source
-from quantize.tokenizer import encode
+from edgegen.quantize.blocks import dequantized
+from edgegen.quantize.calibrate import MAX_TOKENS, calibrate
+from edgegen.quantize.llama_numpy import LlamaHParams, forward
+from edgegen.quantize.pipeline import quantize_model
+from edgegen.quantize.recipes import assign_types, get_recipe
+from edgegen.quantize.source import load_source
+from edgegen.quantize.tokenizer import encode
 
 
 def kl_vs_float(source_tensors, model_tensors, types, hp, tokens):
@@ -49,7 +49,7 @@ def test_calibration_folds_exactly_and_never_worsens(recipe, tiny_gguf, calibrat
 
 def test_calibration_reverts_instead_of_worsening(tiny_gguf, calibration_text, monkeypatch):
     """If the searched scales made the model's KL worse, the unscaled weights are kept and the report says so."""
-    import quantize.calibrate as cal
+    import edgegen.quantize.calibrate as cal
 
     kls = iter([0.1, 0.2])  # before, after: pretend the scaled model is worse
     monkeypatch.setattr(cal, "mean_kl", lambda *a, **k: next(kls))
@@ -73,7 +73,7 @@ def test_pipeline_reports_what_calibration_changed(tmp_path, calibration_text):
 
 
 def test_calibration_with_a_budget_calibrates_the_chosen_types(tiny_gguf, calibration_text, tmp_path):
-    from quantize.writer import write_artifact
+    from edgegen.quantize.writer import write_artifact
 
     source = load_source(tiny_gguf)
     budget = 150_000

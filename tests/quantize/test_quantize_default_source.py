@@ -1,8 +1,8 @@
 """`default` names the shipped model in `edgegen quantize` as it does in `edgegen generate`."""
 from __future__ import annotations
 
-from quantize.source import load_source
-from runtime.model_file import default_model_path
+from edgegen.quantize.source import load_source
+from edgegen.runtime.model_file import default_model_path
 
 
 def test_default_source_is_the_shipped_model():

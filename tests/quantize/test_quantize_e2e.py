@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import SMOLLM2
 
-import edgegen_cli
+import edgegen.cli as edgegen_cli
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +37,10 @@ def test_w8_file_metadata(w8_file):
 
 
 def test_w8_runs_in_edgegen_runtime(w8_file):
-    from quantize.import_gguf import load_gguf
-    from quantize.llama_numpy import LlamaHParams, forward
-    from runtime import SamplingParams
-    from runtime.engine import TextGenerator
+    from edgegen.quantize.import_gguf import load_gguf
+    from edgegen.quantize.llama_numpy import LlamaHParams, forward
+    from edgegen.runtime import SamplingParams
+    from edgegen.runtime.engine import TextGenerator
 
     gen = TextGenerator.load(w8_file, max_context=64)
     result = gen.generate("What is the capital of France?", SamplingParams(max_tokens=6))

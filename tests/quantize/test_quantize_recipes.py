@@ -9,13 +9,13 @@ from conftest import CHAT_TEMPLATE, tiny_tensors, write_tiny_gguf
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from quantize.blocks import Q, packed_nbytes
-from quantize.budget import MB
-from quantize.errors import QuantizeError
-from quantize.pipeline import quantize_model
-from quantize.recipes import RECIPES, get_recipe, outliers
-from quantize.source import load_source
-from quantize.writer import estimate_overhead_bytes, write_artifact
+from edgegen.quantize.blocks import Q, packed_nbytes
+from edgegen.quantize.budget import MB
+from edgegen.quantize.errors import QuantizeError
+from edgegen.quantize.pipeline import quantize_model
+from edgegen.quantize.recipes import RECIPES, get_recipe, outliers
+from edgegen.quantize.source import load_source
+from edgegen.quantize.writer import estimate_overhead_bytes, write_artifact
 
 # recipe -> (type of a body matrix, bound on every matrix's relative error after the round trip)
 EXPECTED = {"f16": (Q.F16, 1e-3), "w8": (Q.Q8_0, 0.01), "w4": (Q.Q4_0, 0.13), "w4a": (Q.Q4_1, 0.12),

@@ -14,18 +14,18 @@ import sys
 
 # name -> (module, one-line help). Modules are imported lazily so `edgegen device` never loads tinygrad's compiler.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("runtime.cli_generate", "generate text from a prompt with a GGUF model"),
-    "info": ("runtime.cli_info", "show a model file's architecture, tensor types and sizes"),
-    "run-onnx": ("runtime.cli_run_onnx", "run an ONNX model (float or quantized) with tinygrad's ONNX runner"),
-    "quantize": ("quantize.cli", "quantize a model into one deployable file"),
-    "train-diffusion": ("models.train_diffusion", "train the MNIST diffusion U-Net or its evaluation classifier"),
-    "diffuse": ("runtime.cli_diffuse", "generate digit images from a prompt with a diffusion model"),
-    "eval": ("quantize.cli_eval", "measure a model's quality (perplexity, KL, top-1 vs a reference)"),
-    "device": ("device.cli", "what this machine is and which tinygrad backends work on it"),
-    "plan": ("device.cli_plan", "predict whether a model fits a board's memory"),
-    "bench": ("device.cli_bench", "measure latency, throughput and memory of a model on this machine"),
-    "serve": ("firmware_bridge.cli_serve", "run a device agent that answers prompts over MQTT"),
-    "prompt": ("firmware_bridge.cli_prompt", "send a prompt to a device over MQTT and stream the answer"),
+    "generate": ("edgegen.runtime.cli_generate", "generate text from a prompt with a GGUF model"),
+    "info": ("edgegen.runtime.cli_info", "show a model file's architecture, tensor types and sizes"),
+    "run-onnx": ("edgegen.runtime.cli_run_onnx", "run an ONNX model (float or quantized) with tinygrad's ONNX runner"),
+    "quantize": ("edgegen.quantize.cli", "quantize a model into one deployable file"),
+    "train-diffusion": ("edgegen.models.train_diffusion", "train the MNIST diffusion U-Net or its evaluation classifier"),
+    "diffuse": ("edgegen.runtime.cli_diffuse", "generate digit images from a prompt with a diffusion model"),
+    "eval": ("edgegen.quantize.cli_eval", "measure a model's quality (perplexity, KL, top-1 vs a reference)"),
+    "device": ("edgegen.device.cli", "what this machine is and which tinygrad backends work on it"),
+    "plan": ("edgegen.device.cli_plan", "predict whether a model fits a board's memory"),
+    "bench": ("edgegen.device.cli_bench", "measure latency, throughput and memory of a model on this machine"),
+    "serve": ("edgegen.firmware_bridge.cli_serve", "run a device agent that answers prompts over MQTT"),
+    "prompt": ("edgegen.firmware_bridge.cli_prompt", "send a prompt to a device over MQTT and stream the answer"),
 }
 
 

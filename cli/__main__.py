@@ -1,0 +1,6 @@
+"""`python -m edgegen.cli`: the edgegen command."""
+import sys
+
+from edgegen.cli import main
+
+sys.exit(main())
