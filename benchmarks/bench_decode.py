@@ -31,7 +31,7 @@ DEFAULT_TEXT = ROOT.parent / "shared" / "eval" / "gpl-3.txt"
 
 
 def prompt_ids(model: str, n: int, text_path: Path) -> list[int]:
-    from edgegen.runtime.model_file import open_model
+    from edgegen.runtime.artifact.reader import open_model
     from edgegen.runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(open_model(model))
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.model is None:
-        from edgegen.runtime.model_file import default_model_path
+        from edgegen.runtime.artifact.reader import default_model_path
 
         a.model = str(default_model_path())
     ids = prompt_ids(a.model, a.prompt_tokens, a.text)

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgegen.quantize.evaluate_diffusion import evaluate_diffusion
+from edgegen.cli.eval import evaluate_diffusion
 from edgegen.quantize.pipeline import quantize_model
 from edgegen.quantize.source import load_source
 from edgegen.quantize.writer import write_artifact

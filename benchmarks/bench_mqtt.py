@@ -34,7 +34,7 @@ from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 
 RESULTS = REPO / "benchmarks" / "results" / "mqtt.json"
 PROMPT = "Name three things a microcontroller is good at."
-SWITCH_INTERVAL_S = 0.001  # firmware_bridge/cli_serve.py
+SWITCH_INTERVAL_S = 0.001  # cli/serve.py
 
 
 class EchoEngine:

@@ -140,7 +140,7 @@ def decoder_check(n_new: int, runs: int) -> dict:
     import export_llama_onnx as E
 
     from edgegen.runtime.engine import TextGenerator
-    from edgegen.runtime.model_file import default_model_path
+    from edgegen.runtime.artifact.reader import default_model_path
 
     gguf = default_model_path()
     path = E.export(gguf, MODELS / "smollm2-135m-step.onnx", DECODER_CACHE)

@@ -91,10 +91,10 @@ class NumpyFloat:
     cannot load F32/F16 matrices (`Tensor(read-only memmap)` raises in runtime/quant.py pack_linear)."""
 
     def __init__(self, path: Path):
-        from edgegen.quantize.llama_numpy import LlamaHParams, forward
+        from edgegen.quantize.llama_numpy import config_from_source, forward
 
         src = load_source(path)
-        self.tensors, self.hp, self.forward = src.tensors, LlamaHParams.from_source(src), forward
+        self.tensors, self.hp, self.forward = src.tensors, config_from_source(src), forward
 
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.forward(self.tensors, self.hp, ids)

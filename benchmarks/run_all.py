@@ -82,7 +82,7 @@ def render_files(paths: list[Path]) -> list[str]:
 
 
 def section_machine() -> list[str]:
-    from edgegen.device.cli import format_report
+    from edgegen.cli.device import format_report
     from edgegen.device.machine import machine_report
 
     return ["## This machine", "", "```", format_report(machine_report()), "```", ""]

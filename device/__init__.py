@@ -1,8 +1,8 @@
 """edgegen device: what the board is (backends, memory, identity), what fits on it, and what a run cost.
 
-A leaf package: its library modules never import runtime, quantize, models or firmware_bridge. Only the `plan` and
-`bench` front ends reach the runtime, inside functions: its model-file parser through device/model_open.py, and
-bench its engine. tinygrad is imported only inside the backend probe subprocess and by `bench`, so `edgegen device`
+Its library modules reach the rest of edgegen only through the model-file package (edgegen.runtime.artifact, which
+imports no tinygrad): never the engine, quantize or firmware_bridge. tinygrad is imported only inside the backend
+probe subprocess and by `bench` (the one front end that runs the engine), so `edgegen device`
 and `edgegen plan` never load tinygrad's compiler.
 """
 from edgegen.device.errors import DeviceError

@@ -33,7 +33,7 @@ def measure_copy_bandwidth(size_bytes: int = COPY_BYTES, repeats: int = 5) -> fl
 def measure_copy_bandwidth_in_child(timeout_s: float = 120) -> float:
     """measure_copy_bandwidth in a child process, so that its 512 MiB of arrays never count in the caller's peak
     RSS (a bench process measures its own)."""
-    code = "from device.machine import measure_copy_bandwidth; print(measure_copy_bandwidth())"
+    code = "from edgegen.device.machine import measure_copy_bandwidth; print(measure_copy_bandwidth())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, check=True,
                          env=child_env())
     return float(out.stdout.strip().splitlines()[-1])

@@ -45,13 +45,12 @@ def current_rss_bytes() -> int:
 def tinygrad_memory_bytes() -> dict[str, int] | None:
     """Bytes tinygrad's allocators hold now, per device ({'CPU': ...}); None if tinygrad is not loaded.
 
-    Read from `GlobalCounters.mem_used_per_device`, which every Buffer allocation and free updates. Never
-    imports tinygrad itself, so a caller that did not use it pays nothing.
+    Read through runtime.tinygrad_seam.device_memory_bytes, which never imports tinygrad itself, so a caller that
+    did not use it pays nothing.
     """
-    helpers = sys.modules.get("tinygrad.helpers")
-    if helpers is None:
-        return None
-    return {dev: int(n) for dev, n in helpers.GlobalCounters.mem_used_per_device.items() if n}
+    from edgegen.runtime.tinygrad_seam import device_memory_bytes
+
+    return device_memory_bytes()
 
 
 @dataclass

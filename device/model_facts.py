@@ -1,7 +1,7 @@
 """What the planner needs from a GGUF file: its tensor table (sizes as packed) and its attention shape.
 
-Only the header and tensor table are read, never the weights: by gguf-py's memory-mapped reader here, by the
-runtime's faster header parser in the CLI front ends (device/model_open.py).
+Only the header and tensor table are read, never the weights, by the model-file package (edgegen.runtime.artifact,
+which imports no tinygrad).
 """
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.device.errors import DeviceError
+from edgegen.runtime.artifact.config import config_from_metadata
+from edgegen.runtime.artifact.constants import GGUF_MAGIC, Key
+from edgegen.runtime.artifact.reader import ModelFile, open_gguf
+from edgegen.runtime.errors import ArtifactError
 
 
 @dataclass(frozen=True)
@@ -63,34 +67,35 @@ class ModelFacts:
 def facts_from_header(path: str, metadata: Mapping[str, Any], tensors: tuple[TensorFacts, ...]) -> ModelFacts:
     """Facts from a GGUF header already read (key -> value, and the tensor table); DeviceError for a missing key.
 
-    The one place that knows which keys the planner needs: read_model_facts feeds it gguf-py's reader, the CLI
-    front ends the runtime's own header parser (device/model_open.py).
+    The shape comes from artifact.config, the path the runtime builds its config by, so the planner's model is
+    the one the runtime allocates (head size from attention.key_length, a missing context_length as the runtime's
+    default).
     """
-    arch = metadata.get("general.architecture")
-    if not arch:
-        raise DeviceError(f"{path!r} has no general.architecture key: expected a GGUF model file")
-
-    def need(key: str) -> int:
-        value = metadata.get(f"{arch}.{key}")
-        if value is None:
-            raise DeviceError(f"{path!r} lacks {arch}.{key}: the planner needs a decoder's attention shape")
-        return int(value)
-
-    n_heads, dim = need("attention.head_count"), need("embedding_length")
+    if not metadata.get(Key.ARCHITECTURE):
+        raise DeviceError(f"{path!r} has no {Key.ARCHITECTURE} key: expected a GGUF model file")
     embed = next((t for t in tensors if t.name == "token_embd.weight"), None)
-    vocab = metadata.get(f"{arch}.vocab_size") or (embed.n_rows if embed is not None else 0)
+    try:
+        cfg = config_from_metadata(metadata, repr(path), embed.n_rows if embed is not None else None)
+    except ArtifactError as e:
+        raise DeviceError(f"{e}: the planner needs a decoder's attention shape") from None
     return ModelFacts(
-        path=path, architecture=str(arch), n_layers=need("block_count"), n_heads=n_heads,
-        n_kv_heads=int(metadata.get(f"{arch}.attention.head_count_kv", n_heads)),
-        head_dim=int(metadata.get(f"{arch}.attention.key_length", dim // n_heads)),
-        dim=dim, hidden_dim=need("feed_forward_length"), vocab_size=int(vocab),
-        max_context=need("context_length"), tensors=tensors,
+        path=path, architecture=cfg.architecture, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, dim=cfg.dim, hidden_dim=cfg.hidden_dim,
+        vocab_size=cfg.vocab_size, max_context=cfg.max_context, tensors=tensors,
     )
 
 
+def facts_from_model_file(mf: ModelFile) -> ModelFacts:
+    """Facts of a file opened by artifact.reader.open_gguf (sizes as packed; shapes in numpy order)."""
+    tensors = tuple(TensorFacts(t.name, t.n_elements, t.size_bytes, t.ggml_type.name, len(t.shape),
+                                t.shape[0] if t.shape else 1)
+                    for t in mf.tensors.values())
+    return facts_from_header(str(mf.path), mf.metadata, tensors)
+
+
 def read_model_facts(path: str | Path) -> ModelFacts:
-    """Facts of the GGUF file at `path` (gguf-py's reader); DeviceError naming the file for a missing file, a
-    folder, a file that is not GGUF or is truncated, or a missing key."""
+    """Facts of the GGUF file at `path`; DeviceError naming the file for a missing file, a folder, a file that is
+    not GGUF or is truncated, or a missing key."""
     path = Path(path)
     if not path.exists():
         raise DeviceError(f"model file {str(path)!r} does not exist")
@@ -98,17 +103,10 @@ def read_model_facts(path: str | Path) -> ModelFacts:
         raise DeviceError(f"model path {str(path)!r} is not a file")
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != b"GGUF":  # gguf-py's GGUF_MAGIC, as bytes in file order
-        raise DeviceError(f"{str(path)!r} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-    from gguf import GGUFReader  # numpy-heavy import, only when a file is actually read
-
+    if magic != GGUF_MAGIC:
+        raise DeviceError(f"{str(path)!r} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
     try:
-        reader = GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError, struct errors, ... on a bad file
-        raise DeviceError(f"{str(path)!r} is truncated or corrupt: gguf-py cannot read it "
-                          f"({type(e).__name__})") from None
-    metadata = {key: f.contents() for key, f in reader.fields.items() if not key.startswith("GGUF.")}
-    tensors = tuple(TensorFacts(t.name, int(t.n_elements), int(t.n_bytes), t.tensor_type.name, len(t.shape),
-                                int(t.shape[-1]) if len(t.shape) else 1)
-                    for t in reader.tensors)
-    return facts_from_header(str(path), metadata, tensors)
+        mf = open_gguf(path)
+    except ArtifactError as e:  # truncated or corrupt: the message names the file and where it ends
+        raise DeviceError(str(e)) from None
+    return facts_from_model_file(mf)

@@ -1,14 +1,16 @@
-"""The `plan` and `bench` front ends' one seam to the runtime: open a model file with its parser, ask if it runs.
+"""The `plan` and `bench` front ends' one place to open a model file and ask whether the runtime can run it.
 
-device's library modules never import runtime (device/__init__.py); its CLI front ends sit on top of both, and
-this module is where they meet. The runtime owns what a model file is: 'default' (the shipped model), the errors
-for a missing, non-GGUF or truncated file, and which architectures and tensor types it can run.
+The model-file package (edgegen.runtime.artifact, no tinygrad) owns what a model file is: 'default' (the shipped
+model), the errors for a missing, non-GGUF or truncated file, and which architectures and tensor types the runtime
+can run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgegen.device.model_facts import ModelFacts, TensorFacts, facts_from_header
+from edgegen.device.model_facts import ModelFacts, facts_from_model_file
+from edgegen.runtime.artifact.constants import TEXT_ARCHITECTURES
+from edgegen.runtime.artifact.reader import open_gguf, runnable_reason
 
 
 @dataclass(frozen=True)
@@ -21,13 +23,8 @@ class OpenedModel:
 
 
 def open_model_facts(model: str) -> OpenedModel:
-    """Facts of `model` (a GGUF path or 'default'); the runtime's ArtifactError for a file it cannot parse."""
-    from edgegen.runtime.model_file import TEXT_ARCHITECTURES, open_gguf, runnable_reason
-
+    """Facts of `model` (a GGUF path or 'default'); the artifact package's ArtifactError for a file it cannot parse."""
     mf = open_gguf(model)
-    tensors = tuple(TensorFacts(t.name, t.n_elements, t.size_bytes, t.ggml_type.name, len(t.shape),
-                                t.shape[0] if t.shape else 1)
-                    for t in mf.tensors.values())
-    facts = facts_from_header(str(mf.path), mf.metadata, tensors)
+    facts = facts_from_model_file(mf)
     reason = runnable_reason(mf, TEXT_ARCHITECTURES)  # plan and bench are about text generation
-    return OpenedModel(facts, reason, reason is not None and mf.architecture in TEXT_ARCHITECTURES and bool(tensors))
+    return OpenedModel(facts, reason, reason is not None and mf.architecture in TEXT_ARCHITECTURES and bool(mf.tensors))

@@ -11,7 +11,7 @@ Either way one copy of the weights stays resident. Terms, each mirroring what th
   and its repacked arrays): the largest tensor's bytes.
 - KV cache: 2 (K and V) x layers x kv heads x context x head_dim x 4 bytes (float32, models/llama.py), allocated
   for the whole context at load.
-- activations: the largest prefill graph's buffers (the prompt up to the largest prefill bucket, 512 tokens): per
+- activations: the largest prefill graph's buffers (the prompt up to MAX_PREFILL_TOKENS, the largest bucket): per
   token the residual, q/k/v, attention output, the MLP's two hidden projections, and a row of attention scores.
 - runtime: interpreter, numpy, tinygrad, tokenizer, kernels and captured graphs; a per-backend constant for each
   start path, calibrated against measured peak RSS (tests/device/test_device_real_model.py).
@@ -26,11 +26,19 @@ from dataclasses import asdict, dataclass
 from edgegen.device.errors import DeviceError
 from edgegen.device.model_facts import ModelFacts
 from edgegen.device.profiles import BoardProfile
+from edgegen.runtime.artifact.constants import (
+    ACTIVATION_BYTES,
+    BLOCK_SIZES,
+    KV_CACHE_BYTES,
+    MAX_PREFILL_TOKENS,
+    GGMLQuantizationType,
+)
+
+T = GGMLQuantizationType
 
 MIB = 1024 * 1024
-KV_BYTES = 4  # float32 cache (models/llama.py Block.allocate_cache)
-ACT_BYTES = 4  # float32 activations
-MAX_PREFILL_TOKENS = 512  # runtime/engine.py PREFILL_BUCKETS: the largest graph a prompt is padded to
+KV_BYTES = KV_CACHE_BYTES  # float32 cache
+ACT_BYTES = ACTIVATION_BYTES  # float32 activations
 
 # Runtime overhead beyond the terms above, per backend, for (first start, cached start). CPU: measured on this
 # host (2-core AMD EPYC VM, tinygrad 0.14, runtime at commit 8da4aa4 and the one before it), SmolLM2-135M Q4_1 at
@@ -46,16 +54,26 @@ RUNTIME_OVERHEAD_BYTES: dict[str, tuple[int, int]] = {
     "METAL": (310 * MIB, 300 * MIB),  # estimate
 }
 
-# Bytes per weight of each quantize recipe (quantize/recipes.py names; GGML block sizes from gguf-py
-# GGML_QUANT_SIZES: Q8_0 34 B, Q4_0 18 B, Q4_1 20 B per 32 weights). Matrices take the recipe's type; vectors stay
-# F32. `w4-mix8` keeps the embedding/output head at Q8_0; its outlier promotions depend on measured errors and
-# are not predicted, so its estimate is a lower bound.
+# The tensor types of each quantize recipe (quantize/recipes.py names), as (matrices, embedding/output head);
+# vectors stay F32. `w4-mix8` keeps the embedding/output head at Q8_0; its outlier promotions depend on measured
+# errors and are not predicted, so its estimate is a lower bound.
+RECIPE_TYPES: dict[str, tuple[GGMLQuantizationType, GGMLQuantizationType]] = {
+    "f16": (T.F16, T.F16),
+    "w8": (T.Q8_0, T.Q8_0),
+    "w4-mix8": (T.Q4_0, T.Q8_0),
+    "w4a": (T.Q4_1, T.Q4_1),
+    "w4": (T.Q4_0, T.Q4_0),
+}
+
+
+def bytes_per_weight(qtype: GGMLQuantizationType) -> float:
+    """Packed bytes per weight of a GGML type, from the block table (Q4_1: 20 B per 32 weights)."""
+    block, type_size = BLOCK_SIZES[qtype]
+    return type_size / block
+
+
 RECIPE_BYTES_PER_WEIGHT: dict[str, tuple[float, float]] = {  # name -> (matrices, embedding/output head)
-    "f16": (2.0, 2.0),
-    "w8": (34 / 32, 34 / 32),
-    "w4-mix8": (18 / 32, 34 / 32),
-    "w4a": (20 / 32, 20 / 32),
-    "w4": (18 / 32, 18 / 32),
+    name: (bytes_per_weight(matrix), bytes_per_weight(head)) for name, (matrix, head) in RECIPE_TYPES.items()
 }
 HEAD_TENSORS = ("token_embd.weight", "output.weight")
 

@@ -1,6 +1,6 @@
 """Bench reports: a text table, an appended CSV history, and PNG plots (matplotlib, Agg backend).
 
-A report is a plain JSON-ready dict (see device/cli_bench.py for its fields); these functions only present it.
+A report is a plain JSON-ready dict (see device/bench.py for its fields); these functions only present it.
 """
 from __future__ import annotations
 

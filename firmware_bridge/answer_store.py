@@ -1,6 +1,6 @@
 """The answered-request memory: final answers by (response topic, request id), in SQLite, bounded in count and bytes.
 
-A redelivered or repeated request is answered from here instead of being generated twice (ARCHITECTURE.md, MQTT).
+A redelivered or repeated request is answered from here instead of being generated twice (docs/ARCHITECTURE.md, MQTT).
 With a state folder the store is a file, so the memory survives a restart: the service commits an answer before it
 acks the request, and a device killed between the two answers the broker's redelivery from disk. Without one
 (tests, library use) it is an in-memory database with the same bounds. Either way SQLite holds the only copy: a

@@ -1,4 +1,4 @@
-"""Broker connection options and a paho-mqtt 2.x MQTT 5 client configured the way ARCHITECTURE.md measured."""
+"""Broker connection options and a paho-mqtt 2.x MQTT 5 client configured the way docs/ARCHITECTURE.md measured."""
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +43,7 @@ def parse_broker(text: str) -> tuple[str, int]:
 
 
 def _set_nodelay(client: mqtt.Client, userdata: object, sock: socket.socket | ssl.SSLSocket | object) -> None:
-    # Nagle's algorithm + delayed ACK cost ~90 ms per QoS 1 round trip instead of ~1 ms (ARCHITECTURE.md, MQTT).
+    # Nagle's algorithm + delayed ACK cost ~90 ms per QoS 1 round trip instead of ~1 ms (docs/ARCHITECTURE.md, MQTT).
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

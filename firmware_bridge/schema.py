@@ -20,15 +20,15 @@ from typing import Any
 
 from edgegen.firmware_bridge import topics
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.runtime.sampling import MAX_REPETITION_PENALTY, MAX_STOP_STRINGS, MAX_TEMPERATURE, SEED_LIMIT
 
 SCHEMA_VERSION = 1
 # A request is a prompt, not a document: 64 KiB keeps one far below Mosquitto's and paho's packet limits, and
-# both sides check it before publishing (ARCHITECTURE.md: an oversized packet makes paho reconnect in a loop).
+# both sides check it before publishing (docs/ARCHITECTURE.md: an oversized packet makes paho reconnect in a loop).
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 16_000
 MAX_MESSAGES = 64
 MAX_TOKENS_LIMIT = 4096
-MAX_STOP_STRINGS = 8
 MAX_ID_CHARS = 128
 MAX_IMAGE_STEPS = 1000
 ROLES = ("system", "user", "assistant")
@@ -203,7 +203,7 @@ def _parse_sampling(obj: Any, rid: str) -> Sampling:
     if unknown:
         raise _fail(ErrorCode.INVALID_SAMPLING, f"unknown sampling option(s) {_show(sorted(unknown))}", rid)
     seed = obj.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
         raise _fail(ErrorCode.INVALID_SAMPLING, f"seed must be null or an integer in [0, 2**63), got {_show(seed)}",
                     rid)
     stop = obj.get("stop", [])
@@ -211,10 +211,11 @@ def _parse_sampling(obj: Any, rid: str) -> Sampling:
             or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop)):
         raise _fail(ErrorCode.INVALID_SAMPLING, f"stop must be a list of up to {MAX_STOP_STRINGS} non-empty strings "
                     f"of up to 64 characters, got {_show(stop)}", rid)
-    return Sampling(temperature=float(_number(obj, "temperature", 0.0, 10.0, 0.0, rid)),
+    return Sampling(temperature=float(_number(obj, "temperature", 0.0, MAX_TEMPERATURE, 0.0, rid)),
                     top_k=_number(obj, "top_k", 0, 1_000_000, 0, rid, integer=True),
                     top_p=float(_number(obj, "top_p", 0.0, 1.0, 1.0, rid, above_lo=True)),
-                    repetition_penalty=float(_number(obj, "repetition_penalty", 0.0, 10.0, 1.0, rid, above_lo=True)),
+                    repetition_penalty=float(_number(obj, "repetition_penalty", 0.0, MAX_REPETITION_PENALTY, 1.0, rid,
+                                                     above_lo=True)),
                     seed=seed, stop=tuple(stop))
 
 

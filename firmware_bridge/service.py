@@ -1,6 +1,6 @@
 """The device agent: takes requests from MQTT, runs them one at a time on an engine, streams the answers back.
 
-Reliability (ARCHITECTURE.md, MQTT): requests arrive at QoS 1 into a persistent session (clean_start=False, session
+Reliability (docs/ARCHITECTURE.md, MQTT): requests arrive at QoS 1 into a persistent session (clean_start=False, session
 expiry) and are acknowledged by hand only once their answer is published, so a device killed mid-generation gets
 them again after a restart. Request ids are remembered: a redelivered or repeated request is answered from memory
 or joins the running generation instead of being generated twice; with a state folder that memory is a file

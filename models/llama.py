@@ -1,20 +1,25 @@
-"""The Llama-family decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU), written once in tinygrad.
+"""The Llama-family decoder (RMSNorm, RoPE, grouped-query attention, gated FFN), written once in tinygrad.
 
 The model does no file I/O and knows nothing of quantization: it asks a `WeightSource` for each linear layer and
 norm vector by its GGUF name, so the same code runs float, int8 or int4 weights. It takes token *embeddings*
 (looked up by the caller) and returns logits.
 
-RoPE follows GGUF's convention: llama.cpp stores the Q and K projection rows permuted so that rotation pairs are
-adjacent (interleaved, "normal" RoPE mode), so we rotate (x[2i], x[2i+1]) pairs rather than the two halves.
+One decoder serves Llama 2/3, SmolLM, Qwen 2/3, Gemma 3 and Phi-3: each family is a set of options in
+`models.config.LlamaConfig` named for what they do (`rope_pairs`, `qk_norm`, `post_norms`, `ffn_activation`,
+`embedding_scale`, `sliding_window`), plus what the file's tensors show (Q/K/V biases, fused `attn_qkv` and gate+up
+tensors, RoPE frequency factors). RoPE pairs: llama.cpp's llama converter permutes the Q/K rows so that rotation
+pairs are adjacent (x[2i], x[2i+1]); the other families keep Hugging Face's order and rotate the halves
+(x[i], x[i + d/2]), llama.cpp's NEOX mode.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from tinygrad import Tensor, UOp, dtypes
+
+from edgegen.models.config import LlamaConfig
 
 Linear = Callable[[Tensor], Tensor]
 
@@ -30,62 +35,85 @@ class WeightSource(Protocol):
 
     def vector(self, name: str, size: int) -> Tensor: ...
 
-
-@dataclass(frozen=True)
-class LlamaConfig:
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    hidden_dim: int
-    vocab_size: int
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    max_context: int = 1024
-    head_dim: int = 0  # 0: dim // n_heads
-
-    def __post_init__(self) -> None:
-        if self.head_dim == 0:
-            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+    def has(self, name: str) -> bool:
+        """Whether the file has the tensor (optional ones: biases, fused layers, RoPE factors)."""
+        ...
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return (x * (x.square().mean(axis=-1, keepdim=True) + eps).rsqrt()) * weight
 
 
-def rope_table(head_dim: int, max_context: int, theta: float, device: str | None = None) -> tuple[Tensor, Tensor]:
-    """cos and sin of every (position, pair) angle: two (max_context, head_dim // 2) tensors."""
+def rope_table(rope_dim: int, max_context: int, theta: float, device: str | None = None,
+               freq_factors: np.ndarray | None = None, attn_factor: float = 1.0) -> tuple[Tensor, Tensor]:
+    """cos and sin of every (position, pair) angle: two (max_context, rope_dim // 2) tensors.
+
+    freq_factors (Llama 3.x `rope_freqs.weight`, Phi-3 `rope_factors_*`) divide each pair's frequency, as
+    ggml_rope_ext does; attn_factor scales cos and sin (ggml's mscale)."""
     # In numpy, then uploaded: tinygrad 0.14's Tensor.arange takes no device, and a Python scalar on the left of an
     # operator (theta ** t) becomes a tensor on the process-wide default device, which is not this model's when
     # two models run on two backends (and opening that default cost ~100 MB of RSS here).
-    freqs = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
-    angles = np.arange(max_context, dtype=np.float32)[:, None] * freqs[None, :].astype(np.float32)
-    return (Tensor(np.cos(angles).astype(np.float32), device=device).realize(),
-            Tensor(np.sin(angles).astype(np.float32), device=device).realize())
+    freqs = 1.0 / (np.float64(theta) ** (np.arange(0, rope_dim, 2, dtype=np.float64) / np.float64(rope_dim)))
+    if freq_factors is not None:
+        freqs = freqs / np.asarray(freq_factors, dtype=np.float64)
+    angles = np.arange(max_context, dtype=np.float64)[:, None] * freqs[None, :]
+    return (Tensor((np.cos(angles) * attn_factor).astype(np.float32), device=device).realize(),
+            Tensor((np.sin(angles) * attn_factor).astype(np.float32), device=device).realize())
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent pairs of the last axis. x: (B, T, H, D); cos, sin: (T, D/2)."""
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, pairs: str = "interleaved") -> Tensor:
+    """Rotate pairs of the first 2 * cos.shape[-1] dims of the last axis; the rest pass through (partial RoPE).
+    x: (B, T, H, D); cos, sin: (T, R/2); pairs: "interleaved" (x[2i], x[2i+1]) or "halves" (x[i], x[i + R/2])."""
     B, T, H, D = x.shape
-    pairs = x.reshape(B, T, H, D // 2, 2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]  # (B, T, H, D/2)
-    c, s = cos.reshape(1, T, 1, D // 2), sin.reshape(1, T, 1, D // 2)
-    return Tensor.stack(x0 * c - x1 * s, x0 * s + x1 * c, dim=-1).reshape(B, T, H, D)
+    R = 2 * cos.shape[-1]
+    rot, rest = (x, None) if R == D else (x[..., :R], x[..., R:])
+    c, s = cos.reshape(1, T, 1, R // 2), sin.reshape(1, T, 1, R // 2)
+    if pairs == "interleaved":
+        p = rot.reshape(B, T, H, R // 2, 2)
+        x0, x1 = p[..., 0], p[..., 1]  # (B, T, H, R/2)
+        out = Tensor.stack(x0 * c - x1 * s, x0 * s + x1 * c, dim=-1).reshape(B, T, H, R)
+    else:
+        x0, x1 = rot[..., : R // 2], rot[..., R // 2 :]
+        out = Tensor.cat(x0 * c - x1 * s, x0 * s + x1 * c, dim=-1)
+    return out if rest is None else Tensor.cat(out, rest, dim=-1)
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU with the tanh approximation (ggml_gelu; Gemma's gelu_pytorch_tanh)."""
+    return 0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
 
 
 class Block:
     def __init__(self, cfg: LlamaConfig, layer: int, weights: WeightSource) -> None:
         p, hd = f"blk.{layer}.", cfg.head_dim
-        self.cfg = cfg
+        self.cfg, self.local = cfg, cfg.is_local_layer(layer)
         self.attn_norm = weights.vector(p + "attn_norm.weight", cfg.dim)
         self.ffn_norm = weights.vector(p + "ffn_norm.weight", cfg.dim)
         self.qkv_sizes = [cfg.n_heads * hd, cfg.n_kv_heads * hd, cfg.n_kv_heads * hd]
-        self.attn_qkv = weights.linear_group([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"],
-                                             cfg.dim, self.qkv_sizes)
+        if weights.has(p + "attn_qkv.weight"):  # Phi-3: Q, K and V rows in one tensor, in that order
+            self.attn_qkv = weights.linear(p + "attn_qkv.weight", cfg.dim, sum(self.qkv_sizes))
+        else:
+            self.attn_qkv = weights.linear_group([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"],
+                                                 cfg.dim, self.qkv_sizes)
+        # Qwen 2: biases on Q, K and V, added to the one fused projection as one vector
+        biases = [p + f"attn_{n}.bias" for n in "qkv"]
+        self.qkv_bias = (Tensor.cat(*[weights.vector(n, size) for n, size in zip(biases, self.qkv_sizes)])
+                         .realize() if all(weights.has(n) for n in biases) else None)
+        self.q_norm = self.k_norm = None
+        if cfg.qk_norm:
+            self.q_norm = weights.vector(p + "attn_q_norm.weight", hd)
+            self.k_norm = weights.vector(p + "attn_k_norm.weight", hd)
         self.attn_output = weights.linear(p + "attn_output.weight", cfg.n_heads * hd, cfg.dim)
-        self.ffn_gate_up = weights.linear_group([p + "ffn_gate.weight", p + "ffn_up.weight"], cfg.dim,
-                                                [cfg.hidden_dim, cfg.hidden_dim])
+        if weights.has(p + "ffn_gate.weight"):
+            self.ffn_gate_up = weights.linear_group([p + "ffn_gate.weight", p + "ffn_up.weight"], cfg.dim,
+                                                    [cfg.hidden_dim, cfg.hidden_dim])
+        else:  # Phi-3: gate and up rows fused in ffn_up, gate first (llama.cpp LLM_FFN_SWIGLU on one tensor)
+            self.ffn_gate_up = weights.linear(p + "ffn_up.weight", cfg.dim, 2 * cfg.hidden_dim)
         self.ffn_down = weights.linear(p + "ffn_down.weight", cfg.hidden_dim, cfg.dim)
+        self.post_attn_norm = self.post_ffn_norm = None
+        if cfg.post_norms:
+            self.post_attn_norm = weights.vector(p + "post_attention_norm.weight", cfg.dim)
+            self.post_ffn_norm = weights.vector(p + "post_ffw_norm.weight", cfg.dim)
         self.cache_kv: Tensor | None = None
 
     def allocate_cache(self, batch: int, device: str) -> None:
@@ -93,19 +121,26 @@ class Block:
         shape = (2, batch, cfg.n_kv_heads, cfg.max_context, cfg.head_dim)
         self.cache_kv = Tensor.zeros(*shape, dtype=dtypes.float32, device=device).contiguous().realize()
 
-    def attention(self, x: Tensor, start_pos: int | UOp, cos: Tensor, sin: Tensor) -> Tensor:
+    def attention(self, x: Tensor, start_pos: int | UOp, rope: tuple[Tensor, Tensor],
+                  positions: Tensor | None) -> Tensor:
         cfg, hd = self.cfg, self.cfg.head_dim
         B, T, _ = x.shape
         # contiguous: left lazy, the projection was recomputed inside the RoPE + cache-store kernel for every
         # element it wrote (measured: 7 ms instead of 0.05 ms per layer).
-        qkv = self.attn_qkv(x).contiguous()  # (B, T, q + k + v)
+        qkv = self.attn_qkv(x)
+        if self.qkv_bias is not None:
+            qkv = qkv + self.qkv_bias
+        qkv = qkv.contiguous()  # (B, T, q + k + v)
         nq, nk, _ = self.qkv_sizes
         q = qkv[..., :nq].reshape(B, T, cfg.n_heads, hd)
         k = qkv[..., nq : nq + nk].reshape(B, T, cfg.n_kv_heads, hd)
         v = qkv[..., nq + nk :].reshape(B, T, cfg.n_kv_heads, hd)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = rms_norm(q, self.q_norm, cfg.norm_eps), rms_norm(k, self.k_norm, cfg.norm_eps)
         # q contiguous: left lazy, its rotation was recomputed inside the score kernel for every cached key
         # (2.65 ms per layer at position 180, measured).
-        q, k = apply_rope(q, cos, sin).contiguous(), apply_rope(k, cos, sin)
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin, cfg.rope_pairs).contiguous(), apply_rope(k, cos, sin, cfg.rope_pairs)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
 
         # Write this step's keys and values into the cache without realizing inside the layer: a realize here made
@@ -121,6 +156,13 @@ class Block:
         if T > 1:  # causal, aligned to the end: query t sees keys 0 .. start_pos + t
             mask = Tensor.full((1, 1, T, start_pos + T), float("-inf"), dtype=x.dtype, device=x.device)
             mask = mask.triu(start_pos + 1)
+        if self.local and positions is not None:
+            # sliding window (llama.cpp LLAMA_SWA_TYPE_STANDARD): query p sees key j only if p - j < window
+            q_pos = positions[start_pos : start_pos + T].reshape(1, 1, T, 1)
+            k_pos = positions[0 : start_pos + T].reshape(1, 1, 1, -1)
+            far = (q_pos - k_pos) >= cfg.sliding_window
+            window = far.where(float("-inf"), 0.0).cast(x.dtype)
+            mask = window if mask is None else mask + window
         out = q.scaled_dot_product_attention(keys, values, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
         return self.attn_output(out.transpose(1, 2).reshape(B, T, cfg.n_heads * hd))
 
@@ -130,17 +172,28 @@ class Block:
         # 0.2 ms each, measured).
         gate_up = self.ffn_gate_up(x).contiguous()
         hidden = self.cfg.hidden_dim
-        return self.ffn_down((gate_up[..., :hidden].silu() * gate_up[..., hidden:]).contiguous())
+        gate = gate_up[..., :hidden]
+        act = gelu_tanh(gate) if self.cfg.ffn_activation == "gelu_tanh" else gate.silu()
+        return self.ffn_down((act * gate_up[..., hidden:]).contiguous())
 
-    def __call__(self, x: Tensor, start_pos: int | UOp, cos: Tensor, sin: Tensor) -> Tensor:
-        h = x + self.attention(rms_norm(x, self.attn_norm, self.cfg.norm_eps), start_pos, cos, sin)
-        return (h + self.feed_forward(rms_norm(h, self.ffn_norm, self.cfg.norm_eps))).contiguous()
+    def __call__(self, x: Tensor, start_pos: int | UOp, rope: tuple[Tensor, Tensor],
+                 positions: Tensor | None = None) -> Tensor:
+        eps = self.cfg.norm_eps
+        a = self.attention(rms_norm(x, self.attn_norm, eps), start_pos, rope, positions)
+        if self.post_attn_norm is not None:
+            a = rms_norm(a, self.post_attn_norm, eps)
+        h = x + a
+        f = self.feed_forward(rms_norm(h, self.ffn_norm, eps))
+        if self.post_ffn_norm is not None:
+            f = rms_norm(f, self.post_ffn_norm, eps)
+        return (h + f).contiguous()
 
 
 class Llama:
     """Decoder stack. `__call__(embeddings (B, T, dim), start_pos)` returns logits (B, T or 1, vocab)."""
 
-    def __init__(self, cfg: LlamaConfig, weights: WeightSource, has_output: bool = True) -> None:
+    def __init__(self, cfg: LlamaConfig, weights: WeightSource, has_output: bool = True,
+                 rope_freq_factors: np.ndarray | None = None) -> None:
         self.cfg = cfg
         self.blocks = [Block(cfg, i, weights) for i in range(cfg.n_layers)]
         self.output_norm = weights.vector("output_norm.weight", cfg.dim)
@@ -149,8 +202,17 @@ class Llama:
         self.output = weights.linear(head, cfg.dim, cfg.vocab_size)
         # On the weights' device: a tensor made without `device=` lands on tinygrad's process-wide default, which
         # is not this model's when two models run on different backends in one process.
-        self.cos, self.sin = rope_table(cfg.head_dim, cfg.max_context, cfg.rope_theta,
-                                        self.output_norm.device)
+        device = self.output_norm.device
+        self.rope = rope_table(cfg.rope_dim, cfg.max_context, cfg.rope_theta, device, rope_freq_factors,
+                               cfg.rope_attn_factor)
+        self.cos, self.sin = self.rope
+        # Local (sliding-window) layers rotate with their own base (Gemma 3: 10000 vs 1e6 for the global layers)
+        self.rope_local = self.rope
+        if any(b.local for b in self.blocks) and cfg.rope_theta_local != cfg.rope_theta:
+            self.rope_local = rope_table(cfg.rope_dim, cfg.max_context, cfg.rope_theta_local, device)
+        self.positions = None
+        if any(b.local for b in self.blocks):
+            self.positions = Tensor(np.arange(cfg.max_context, dtype=np.float32), device=device).realize()
 
     def allocate_cache(self, batch: int = 1, device: str | None = None) -> None:
         for block in self.blocks:
@@ -161,9 +223,13 @@ class Llama:
         """Logits for the last position (or position `logits_at`, e.g. the last real token of a padded prompt),
         or for every position when last_only is False. h: (B, T, dim) token embeddings."""
         T = h.shape[1]
-        cos, sin = self.cos[start_pos : start_pos + T], self.sin[start_pos : start_pos + T]
+        if self.cfg.embedding_scale != 1.0:
+            h = h * self.cfg.embedding_scale
+        tables = {id(t): (t[0][start_pos : start_pos + T], t[1][start_pos : start_pos + T])
+                  for t in (self.rope, self.rope_local)}
         for block in self.blocks:
-            h = block(h, start_pos, cos, sin)
+            rope = tables[id(self.rope_local if block.local else self.rope)]
+            h = block(h, start_pos, rope, self.positions)
             if T > 1:
                 # Batched steps schedule layer by layer: a weight the layer dequantizes into a temporary buffer is
                 # then freed before the next layer, instead of the scheduler hoisting every layer's dequantization
@@ -173,4 +239,8 @@ class Llama:
             h = h[:, logits_at : logits_at + 1, :]  # (B, 1, dim)
         elif last_only:
             h = h[:, -1:, :]
-        return self.output(rms_norm(h, self.output_norm, self.cfg.norm_eps))
+        logits = self.output(rms_norm(h, self.output_norm, self.cfg.norm_eps))
+        if self.cfg.final_logit_softcapping:  # Gemma 2: cap * tanh(logits / cap)
+            cap = self.cfg.final_logit_softcapping
+            logits = (logits / cap).tanh() * cap
+        return logits

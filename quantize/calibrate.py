@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType
 
 from edgegen.quantize.blocks import Q, dequantized
 from edgegen.quantize.evaluate import log_softmax
-from edgegen.quantize.llama_numpy import LlamaHParams, forward
+from edgegen.quantize.llama_numpy import LlamaHParams, config_from_source, forward
 from edgegen.quantize.source import ModelSource
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def calibrate(
     track: Callable[[Iterable[Any], str, int], Iterable[Any]] = lambda it, desc, total: it,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Scaled float tensors (same names) and a report of what changed and the calibration-set error."""
-    hp = LlamaHParams.from_source(source)
+    hp = config_from_source(source)
     tokens = tokens[:MAX_TOKENS]
     seqs = [tokens[i:i + SEQ_LEN] for i in range(0, len(tokens), SEQ_LEN)]
     acts: list[dict[str, list[np.ndarray]]] = [{} for _ in range(hp.n_layers)]

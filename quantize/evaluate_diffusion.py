@@ -8,16 +8,27 @@
 
 Every variant is sampled from the same seed, so the same starting noise: differences between fp32, w8 and w4
 come from the weights, not from sampling luck.
+
+Numpy only, like quantize/evaluate.py: the caller samples the images with the runtime and hands over any classifier
+with `run(images) -> (probabilities, features)`; `quantize` never imports the runtime.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 
-from edgegen.models.mnist import load_mnist
-from edgegen.runtime.diffusion import DEFAULT_GUIDANCE, DiffusionParams
+from edgegen.quantize.errors import QuantizeError
+
+
+class DigitClassifier(Protocol):
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # (N, 10) probabilities, (N, F) features
+
+
+def digit_labels(per_digit: int) -> np.ndarray:
+    """The prompted digit of every image to sample: `per_digit` of each of 0..9, in order."""
+    return np.repeat(np.arange(10), per_digit)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,28 +63,24 @@ class DiffusionQuality:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def evaluate_diffusion(generator, classifier, per_digit: int = 100, steps: int = 20, sampler: str = "ddim",
-                       guidance: float = DEFAULT_GUIDANCE, seed: int = 0, batch: int = 100,
-                       on_step: Callable[[int, int], None] | None = None) -> tuple[DiffusionQuality, np.ndarray]:
-    """Sample `per_digit` images of every digit and score them; returns the scores and the images (N, 28, 28)."""
-    labels = np.repeat(np.arange(10), per_digit)
-    params = DiffusionParams(steps=steps, sampler=sampler, guidance=guidance, seed=seed, n=len(labels))
-    images = generator.sample(labels, params, batch=batch, on_step=on_step)
-    probs, feats = classifier.run(images)
-    real_x, real_y = load_mnist("test")
-    real_x = real_x * 2.0 - 1.0
-    # held-out real digits: the first half is the reference set, the second half measures the floor
+def score_digits(images: np.ndarray, labels: np.ndarray, classifier: DigitClassifier, real_images: np.ndarray,
+                 real_labels: np.ndarray, steps: int, sampler: str, guidance: float, seed: int) -> DiffusionQuality:
+    """Score generated `images` (N, 28, 28) in [-1, 1], prompted with `labels`, against held-out real digits
+    (`real_images` in [0, 1] as MNIST stores them, at least 2N); steps..seed are recorded with the scores."""
     n = len(labels)
-    real_probs, real_feats = classifier.run(real_x[: 2 * n])
+    if len(real_images) < 2 * n:
+        raise QuantizeError(f"{len(real_images)} real digits given, expected at least {2 * n} (twice the images)")
+    probs, feats = classifier.run(images)
+    # held-out real digits: the first half is the reference set, the second half measures the floor
+    real_probs, real_feats = classifier.run(real_images[: 2 * n] * 2.0 - 1.0)
     correct = probs.argmax(1) == labels
-    quality = DiffusionQuality(
+    return DiffusionQuality(
         images=n,
         prompt_accuracy=float(correct.mean()),
         mean_confidence=float(probs[np.arange(n), labels].mean()),
         frechet_distance=frechet_distance(feats, real_feats[:n]),
         per_digit_accuracy=[round(float(correct[labels == d].mean()), 4) for d in range(10)],
-        real_accuracy=float((real_probs.argmax(1) == real_y[: 2 * n]).mean()),
+        real_accuracy=float((real_probs.argmax(1) == real_labels[: 2 * n]).mean()),
         real_vs_real_fd=frechet_distance(real_feats[n:], real_feats[:n]),
         steps=steps, sampler=sampler, guidance=guidance, seed=seed,
     )
-    return quality, images

@@ -5,61 +5,55 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
-from gguf.quants import dequantize
 
 from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
-from edgegen.runtime.model_file import IMAGE_ARCHITECTURES
+from edgegen.runtime.artifact.constants import IMAGE_ARCHITECTURES, GGUFValueType, Key
+from edgegen.runtime.artifact.reader import ModelFile, dequantize_tensor, open_gguf
+from edgegen.runtime.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
-# Keys the writer sets anew: the reader's pseudo-keys, the file type, and an earlier quantization's own report.
-_DROPPED_PREFIXES = ("GGUF.", "general.file_type", "general.quantization_version", "edgegen.")
+# Keys the writer sets anew: the file type, and an earlier quantization's own report.
+_DROPPED_PREFIXES = (Key.FILE_TYPE, Key.QUANTIZATION_VERSION, "edgegen.")
 
 
-def read_metadata(reader: GGUFReader) -> dict[str, MetaValue]:
+def read_metadata(mf: ModelFile) -> dict[str, MetaValue]:
     """Every key-value of a GGUF file as MetaValue, except those the writer sets itself."""
     out: dict[str, MetaValue] = {}
-    for key, f in reader.fields.items():
+    for key, value in mf.metadata.items():
         if key.startswith(_DROPPED_PREFIXES):
             continue
-        vtype = f.types[0]
-        sub = f.types[-1] if vtype == GGUFValueType.ARRAY else None
-        if vtype == GGUFValueType.ARRAY and len(f.types) > 2:
+        vtype, sub = mf.value_types[key]
+        if sub == GGUFValueType.ARRAY:
             log.warning("skipping nested-array metadata key %s", key)
             continue
-        out[key] = MetaValue(f.contents(), vtype, sub)
+        out[key] = MetaValue(value, vtype, sub)
     return out
 
 
 def load_gguf(path: Path) -> ModelSource:
     """Read `path` and dequantize every tensor to float32 (numpy order: rows are output features)."""
     try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise QuantizeError(f"{path}: not a readable GGUF file ({e})") from e
-    metadata = read_metadata(reader)
-    if "general.architecture" not in metadata:
+        mf = open_gguf(path)
+    except ArtifactError as e:
+        raise QuantizeError(str(e)) from None
+    metadata = read_metadata(mf)
+    if Key.ARCHITECTURE not in metadata:
         raise QuantizeError(f"{path}: GGUF file has no general.architecture")
-    if str(metadata["general.architecture"].value) not in IMAGE_ARCHITECTURES:  # image models have no tokenizer
+    if mf.architecture not in IMAGE_ARCHITECTURES:  # image models have no tokenizer
         check_tokenizer(path, metadata)
     tensors: dict[str, np.ndarray] = {}
     types: dict[str, str] = {}
-    for t in reader.tensors:
-        qtype = GGMLQuantizationType(t.tensor_type)
+    for t in mf.tensors.values():
         try:
-            arr = dequantize(np.asarray(t.data), qtype)
-        except NotImplementedError as e:
-            raise QuantizeError(
-                f"{path}: tensor {t.name} has type {qtype.name}, which gguf-py cannot dequantize"
-            ) from e
-        # gguf shapes list the fastest dimension first; numpy's order is the reverse.
-        tensors[t.name] = np.ascontiguousarray(arr, dtype=np.float32).reshape(tuple(int(d) for d in reversed(t.shape)))
-        types[t.name] = qtype.name
+            tensors[t.name] = np.ascontiguousarray(dequantize_tensor(t))
+        except ArtifactError as e:
+            raise QuantizeError(f"{path}: {e}") from None
+        types[t.name] = t.ggml_type.name
     return ModelSource(
         path=path,
-        architecture=str(metadata["general.architecture"].value),
+        architecture=mf.architecture,
         tensors=tensors,
         metadata=metadata,
         content_sha256=sha256_files([path]),

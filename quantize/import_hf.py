@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFValueType
 
 from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
 from edgegen.quantize.tokenizer import metadata_from_hf_tokenizer
+from edgegen.runtime.artifact.constants import GGUFValueType, Key, arch_key
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _LAYER_NAMES = {
@@ -33,6 +33,7 @@ _GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.w
                  "lm_head.weight": "output.weight"}
 _SKIPPED = re.compile(r".*rotary_emb\.inv_freq$")  # recomputed by every runtime; llama.cpp's converter drops it too
 _SUPPORTED_ARCHS = ("LlamaForCausalLM",)
+ARCH = "llama"  # the GGUF architecture these folders become
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -84,20 +85,27 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def _hparams(folder: Path, cfg: dict[str, Any]) -> dict[str, MetaValue]:
     u32, f32 = GGUFValueType.UINT32, GGUFValueType.FLOAT32
+
+    def k(template: str) -> str:
+        return arch_key(template, ARCH)
+
     try:
         n_head = int(cfg["num_attention_heads"])
         keys = {
-            "llama.context_length": MetaValue(int(cfg.get("max_position_embeddings", 2048)), u32),
-            "llama.embedding_length": MetaValue(int(cfg["hidden_size"]), u32),
-            "llama.block_count": MetaValue(int(cfg["num_hidden_layers"]), u32),
-            "llama.feed_forward_length": MetaValue(int(cfg["intermediate_size"]), u32),
-            "llama.attention.head_count": MetaValue(n_head, u32),
-            "llama.attention.head_count_kv": MetaValue(int(cfg.get("num_key_value_heads", n_head)), u32),
-            "llama.rope.freq_base": MetaValue(float(cfg.get("rope_theta", 10000.0)), f32),
-            "llama.attention.layer_norm_rms_epsilon": MetaValue(float(cfg.get("rms_norm_eps", 1e-5)), f32),
-            "llama.vocab_size": MetaValue(int(cfg["vocab_size"]), u32),
-            "llama.rope.dimension_count": MetaValue(int(cfg.get("head_dim", cfg["hidden_size"] // n_head)), u32),
+            k(Key.CONTEXT_LENGTH): MetaValue(int(cfg.get("max_position_embeddings", 2048)), u32),
+            k(Key.EMBEDDING_LENGTH): MetaValue(int(cfg["hidden_size"]), u32),
+            k(Key.BLOCK_COUNT): MetaValue(int(cfg["num_hidden_layers"]), u32),
+            k(Key.FEED_FORWARD_LENGTH): MetaValue(int(cfg["intermediate_size"]), u32),
+            k(Key.HEAD_COUNT): MetaValue(n_head, u32),
+            k(Key.HEAD_COUNT_KV): MetaValue(int(cfg.get("num_key_value_heads", n_head)), u32),
+            k(Key.ROPE_FREQ_BASE): MetaValue(float(cfg.get("rope_theta", 10000.0)), f32),
+            k(Key.LAYERNORM_RMS_EPS): MetaValue(float(cfg.get("rms_norm_eps", 1e-5)), f32),
+            k(Key.VOCAB_SIZE): MetaValue(int(cfg["vocab_size"]), u32),
+            k(Key.ROPE_DIMENSION_COUNT): MetaValue(int(cfg.get("head_dim", cfg["hidden_size"] // n_head)), u32),
         }
+        if cfg.get("head_dim") is not None:  # as convert_hf_to_gguf.py: a stated head size may differ from dim/heads
+            keys[k(Key.KEY_LENGTH)] = MetaValue(int(cfg["head_dim"]), u32)
+            keys[k(Key.VALUE_LENGTH)] = MetaValue(int(cfg["head_dim"]), u32)
     except KeyError as e:
         raise QuantizeError(f"{folder / 'config.json'}: missing {e.args[0]!r}") from None
     if cfg.get("rope_scaling"):
@@ -118,13 +126,13 @@ def load_hf_folder(folder: Path) -> ModelSource:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise QuantizeError(f"{folder}: no *.safetensors files")
-    metadata = {"general.architecture": MetaValue("llama", GGUFValueType.STRING),
-                "general.name": MetaValue(folder.name, GGUFValueType.STRING)}
+    metadata = {Key.ARCHITECTURE: MetaValue(ARCH, GGUFValueType.STRING),
+                Key.NAME: MetaValue(folder.name, GGUFValueType.STRING)}
     metadata.update(_hparams(folder, cfg))
     metadata.update(metadata_from_hf_tokenizer(folder, cfg))
     check_tokenizer(folder, metadata)
-    n_head = metadata["llama.attention.head_count"].value
-    n_kv = metadata["llama.attention.head_count_kv"].value
+    n_head = metadata[arch_key(Key.HEAD_COUNT, ARCH)].value
+    n_kv = metadata[arch_key(Key.HEAD_COUNT_KV, ARCH)].value
     tensors: dict[str, np.ndarray] = {}
     for f in files:
         for hf_name, w in _read_safetensors(f).items():
@@ -141,5 +149,5 @@ def load_hf_folder(folder: Path) -> ModelSource:
         del tensors["output.weight"]  # tied: the runtime reuses token_embd, as llama.cpp does
     hashed = [cfg_path, *(p for p in (folder / "tokenizer.json", folder / "tokenizer_config.json") if p.is_file()),
               *files]
-    return ModelSource(path=folder, architecture="llama", tensors=tensors, metadata=metadata,
+    return ModelSource(path=folder, architecture=ARCH, tensors=tensors, metadata=metadata,
                        content_sha256=sha256_files(hashed, root=folder))

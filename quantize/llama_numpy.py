@@ -6,41 +6,29 @@ are in llama.cpp's order and RoPE rotates adjacent pairs (x[2i], x[2i+1]) (ggml_
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
+from edgegen.models.config import LlamaConfig
 from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.source import ModelSource
+from edgegen.runtime.artifact.config import config_from_metadata
+from edgegen.runtime.errors import ArtifactError
+
+# The forward's hyperparameters are the runtime's config, read from the metadata by the same code (artifact.config).
+LlamaHParams = LlamaConfig
 
 
-@dataclass(frozen=True)
-class LlamaHParams:
-    n_layers: int
-    dim: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    norm_eps: float
-    rope_theta: float
-
-    @classmethod
-    def from_source(cls, source: ModelSource) -> LlamaHParams:
-        if source.architecture != "llama":
-            raise QuantizeError(f"calibration supports the llama architecture, not {source.architecture!r}")
-        n_heads = int(source.hparam("attention.head_count"))
-        dim = int(source.hparam("embedding_length"))
-        md = source.metadata
-        return cls(
-            n_layers=int(source.hparam("block_count")),
-            dim=dim,
-            n_heads=n_heads,
-            n_kv_heads=int(md["llama.attention.head_count_kv"].value) if "llama.attention.head_count_kv" in md
-            else n_heads,
-            head_dim=dim // n_heads,
-            norm_eps=float(source.hparam("attention.layer_norm_rms_epsilon")),
-            rope_theta=float(md["llama.rope.freq_base"].value) if "llama.rope.freq_base" in md else 10000.0,
-        )
+def config_from_source(source: ModelSource) -> LlamaConfig:
+    """The decoder config of `source` (artifact.config over its metadata); QuantizeError if it is not a llama."""
+    if source.architecture != "llama":
+        raise QuantizeError(f"calibration supports the llama architecture, not {source.architecture!r}")
+    embed = source.tensors.get("token_embd.weight")
+    try:
+        return config_from_metadata({k: m.value for k, m in source.metadata.items()}, source.path.name,
+                                    embed.shape[0] if embed is not None else None)
+    except ArtifactError as e:
+        raise QuantizeError(str(e)) from None
 
 
 def rms_norm(x: np.ndarray, eps: float) -> np.ndarray:

@@ -7,21 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFValueType
 
 from edgegen.quantize.errors import QuantizeError
+from edgegen.runtime.artifact.writer import MetaValue
+
+__all__ = ["MetaValue", "ModelSource", "check_tokenizer", "load_source", "sha256_files"]
 
 # The tokenizer fields a runtime (ours or llama.cpp's) needs to turn text into ids; a source without them is refused.
 REQUIRED_TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
-
-
-@dataclass(frozen=True)
-class MetaValue:
-    """One GGUF key-value: the value and its GGUF type (sub_type for arrays)."""
-
-    value: Any
-    type: GGUFValueType
-    sub_type: GGUFValueType | None = None
 
 
 @dataclass
@@ -76,7 +69,7 @@ def load_source(path: str | Path) -> ModelSource:
     """Import a GGUF file or a Hugging Face-style folder (config.json + *.safetensors + tokenizer.json);
     `default` names the shipped SmolLM2-135M-Instruct GGUF, as everywhere in edgegen."""
     if str(path) == "default":
-        from edgegen.runtime.model_file import default_model_path
+        from edgegen.runtime.artifact.reader import default_model_path
 
         path = default_model_path()
     p = Path(path)

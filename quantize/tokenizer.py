@@ -1,7 +1,7 @@
-"""GGUF tokenizer fields <-> Hugging Face `tokenizers` objects (byte-level BPE, `tokenizer.ggml.model = gpt2`).
+"""The quantizer's two uses of a tokenizer: calibration text -> ids, and a Hugging Face tokenizer.json -> GGUF fields.
 
-The quantizer needs a tokenizer twice: to turn calibration text into ids, and to import a Hugging Face folder's
-tokenizer.json into GGUF fields. Only byte-level BPE (GPT-2 style, what SmolLM2 and Llama 3 use) is handled.
+Ids come from the runtime's own tokenizer built from the metadata (artifact.tokenizer), so calibration sees the
+tokens generation will. Importing handles byte-level BPE (GPT-2 style, what SmolLM2 and Llama 3 use).
 """
 from __future__ import annotations
 
@@ -9,37 +9,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType, TokenType
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from gguf.constants import TokenType
 
 from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.source import MetaValue, ModelSource
+from edgegen.runtime.artifact.constants import GGUFValueType, Key
+from edgegen.runtime.artifact.tokenizer import tokenizer_from_metadata
+from edgegen.runtime.errors import ArtifactError
 
 S, U32, I32, ARR = GGUFValueType.STRING, GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.ARRAY
 
 
-def tokenizer_from_metadata(metadata: dict[str, MetaValue]) -> Tokenizer:
-    """A `tokenizers.Tokenizer` equal to a GGUF file's gpt2 tokenizer (control tokens are special tokens)."""
-    model = metadata["tokenizer.ggml.model"].value
-    if model != "gpt2":
-        raise QuantizeError(f"tokenizer model {model!r} is not supported (expected byte-level BPE, 'gpt2')")
-    tokens = list(metadata["tokenizer.ggml.tokens"].value)
-    merges = [tuple(m.split(" ", 1)) for m in metadata["tokenizer.ggml.merges"].value]
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
-    pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    if metadata.get("tokenizer.ggml.pre", MetaValue("", S)).value == "smollm":
-        pre.insert(0, pre_tokenizers.Digits(individual_digits=True))  # SmolLM splits every digit
-    tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
-    tok.decoder = decoders.ByteLevel()
-    types = metadata.get("tokenizer.ggml.token_type")
-    if types is not None:
-        tok.add_special_tokens([t for t, ty in zip(tokens, types.value) if ty == TokenType.CONTROL])
-    return tok
-
-
 def encode(source: ModelSource, text: str) -> list[int]:
     """Token ids of `text` under the source's tokenizer (no BOS: calibration text is plain continuation)."""
-    return tokenizer_from_metadata(source.metadata).encode(text).ids
+    try:
+        tok = tokenizer_from_metadata({k: m.value for k, m in source.metadata.items()}, source.path.name)
+    except ArtifactError as e:
+        raise QuantizeError(str(e)) from None
+    return tok.encode(text, add_bos=False)
 
 
 def _special_id(model_cfg: dict[str, Any], tok_cfg: dict[str, Any], name: str, tokens_by_content: dict[str, int]
@@ -85,20 +72,19 @@ def metadata_from_hf_tokenizer(folder: Path, config: dict[str, Any]) -> dict[str
     tcfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     by_content = {t: i for i, t in enumerate(tokens)}
     out = {
-        "tokenizer.ggml.model": MetaValue("gpt2", S),
-        "tokenizer.ggml.pre": MetaValue(_pre_name(tj), S),
-        "tokenizer.ggml.tokens": MetaValue(tokens, ARR, S),
-        "tokenizer.ggml.token_type": MetaValue(types, ARR, I32),
-        "tokenizer.ggml.merges": MetaValue(merges, ARR, S),
+        Key.TOKENIZER_MODEL: MetaValue("gpt2", S),
+        Key.TOKENIZER_PRE: MetaValue(_pre_name(tj), S),
+        Key.TOKENS: MetaValue(tokens, ARR, S),
+        Key.TOKEN_TYPE: MetaValue(types, ARR, I32),
+        Key.MERGES: MetaValue(merges, ARR, S),
     }
-    for name in ("bos", "eos", "unknown", "padding"):
-        hf_name = {"unknown": "unk", "padding": "pad"}.get(name, name)
+    for key, hf_name in ((Key.BOS_ID, "bos"), (Key.EOS_ID, "eos"), (Key.UNK_ID, "unk"), (Key.PAD_ID, "pad")):
         ident = _special_id(config, tcfg, hf_name, by_content)
         if ident is not None:
-            out[f"tokenizer.ggml.{name}_token_id"] = MetaValue(ident, U32)
+            out[key] = MetaValue(ident, U32)
     template = tcfg.get("chat_template")
     if isinstance(template, str):
-        out["tokenizer.chat_template"] = MetaValue(template, S)
+        out[Key.CHAT_TEMPLATE] = MetaValue(template, S)
     return out
 
 

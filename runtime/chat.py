@@ -9,11 +9,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from edgegen.runtime.errors import GenerationError
 
 ROLES = ("system", "user", "assistant", "tool")
-# ChatML: used when a file carries no template (SmolLM2 and many small models are trained on it).
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def validate_messages(messages: object) -> list[dict[str, str]]:
@@ -37,10 +32,11 @@ def _compiled(template: str):
     return env.from_string(template)
 
 
-def render_chat(template: str | None, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "") -> str:
-    """Render messages with the model's template (sandboxed: templates come from model files)."""
+def render_chat(template: str, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "") -> str:
+    """Render messages with the model's template (sandboxed: templates come from model files). A file without a
+    template gets no invented one: TextGenerator.render_chat passes its raw text instead."""
     try:
-        return _compiled(template or CHATML).render(
+        return _compiled(template).render(
             messages=validate_messages(messages), add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
         )
     except TemplateError as e:

@@ -1,4 +1,6 @@
-"""Text generation on tinygrad: load a GGUF, prefill the prompt in one batch, decode under TinyJit, stream text.
+"""Text generation on tinygrad: load a GGUF, prefill the prompt, decode token by token, sample, stream text.
+
+The model and its captured decode/prefill graphs live in runtime.graphs; this module is the generation loop.
 
     gen = TextGenerator.load("default")
     for piece in gen.stream("Why is the sky blue?", SamplingParams(max_tokens=64)):
@@ -10,32 +12,29 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tinygrad import Tensor, TinyJit, UOp
 
 from edgegen.models.llama import Llama, LlamaConfig
-from edgegen.runtime import jit_cache as jit_cache_store
+from edgegen.runtime.artifact.reader import ModelFile, open_model
 from edgegen.runtime.backend import resolve_device
 from edgegen.runtime.chat import render_chat, validate_messages
 from edgegen.runtime.cpu_replay import CPUReplay
 from edgegen.runtime.errors import ArtifactError, GenerationError
-from edgegen.runtime.loader import GGUFWeights, build_llama, config_from_gguf
-from edgegen.runtime.model_file import ModelFile, open_model
-from edgegen.runtime.quant import embedding_rows
+from edgegen.runtime.graphs import PREFILL_BUCKETS, ModelGraphs
+from edgegen.runtime.loader import GGUFWeights, config_from_gguf
 from edgegen.runtime.sampling import Sampler, SamplingParams, find_stop, holdback
-from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK, write_buffer
+from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK
 from edgegen.runtime.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_CONTEXT", "END_OF_TURN", "PREFILL_BUCKETS", "GenerationResult", "TextGenerator", "TextStream"]
+
 DEFAULT_CONTEXT = 1024
-# Prompts are padded to one of these lengths so that a handful of prefill graphs serve every prompt (each graph is
-# compiled once, then replayed by TinyJit); padded positions write cache rows that decode overwrites before reading.
-PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512)
 # Token strings that end a turn in the chat formats we know (llama.cpp calls these end-of-generation tokens).
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>", "<end_of_turn>")
 
@@ -78,25 +77,11 @@ class TextGenerator:
         self.config: LlamaConfig = config_from_gguf(model_file, max_context)
         self.tokenizer = load_tokenizer(model_file)
         self.chat_template: str | None = model_file.get("tokenizer.chat_template")
-        self._embedding = model_file.tensors["token_embd.weight"]
+        self._raw_notice_given = False
         self._lock = TINYGRAD_LOCK
-        self._model: Llama | None = None
-        self._weights: GGUFWeights | None = None
-        self._start = UOp.variable("start_pos", 0, self.config.max_context - 1)
-        self._last = UOp.variable("last", 0, max(PREFILL_BUCKETS) - 1)
         self._end_ids = self._end_of_turn_ids()
-        # The stream whose tokens the KV cache holds now; another stream that resumes re-runs its context first.
-        self._cache_owner: object | None = None
-        self._probe_token = int(self.tokenizer.bos_id or 0)
-        self._cache_key = jit_cache_store.cache_key(model_file.path, device, self.config.max_context) \
-            if jit_cache else None
         with self._lock:
-            self._new_graphs()
-            self._graphs_from_disk = False
-            self._probe: np.ndarray | None = None  # decode logits for the probe token at position 0
-            if self._cache_key is not None and (graphs := jit_cache_store.load(self._cache_key)) is not None:
-                self._install_graphs(graphs)
-            self._saved_graphs = self._captured_names()
+            self.graphs = ModelGraphs(model_file, device, self.config, int(self.tokenizer.bos_id or 0), jit_cache)
 
     @classmethod
     def load(cls, model: str | os.PathLike = "default", device: str | None = None,
@@ -111,186 +96,49 @@ class TextGenerator:
         if "token_embd.weight" not in mf.tensors:
             raise ArtifactError(f"{mf.path.name}: tensor token_embd.weight is missing")
         gen = cls(mf, dev, max_context, jit_cache)
-        if not gen._graphs_from_disk:
+        if not gen.graphs.from_disk:
             with gen._lock:
                 gen.model  # noqa: B018 - repack the weights now, so a bad tensor fails at load, not mid-request
         log.info("loaded %s on %s (%d MB packed, graphs %s)", mf.path.name, dev, mf.size_bytes // 2**20,
-                 "from the JIT cache" if gen._graphs_from_disk else "captured on first use")
+                 "from the JIT cache" if gen.graphs.from_disk else "captured on first use")
         return gen
 
-    # ---- the model and its captured graphs ---------------------------------------------------------------------
+    # ---- the model and its captured graphs (runtime.graphs) ---------------------------------------------------
     @property
     def model(self) -> Llama:
         """The tinygrad model, with weights repacked from the GGUF; built on first use."""
-        if self._model is None:
-            self._model, self._weights = build_llama(self.model_file, self.device, self.config.max_context)
-            self._model.allocate_cache(1, self.device)
-            self.model_file.release_pages()
-        return self._model
+        return self.graphs.model
 
     @property
     def weights(self) -> GGUFWeights:
-        self.model  # noqa: B018
-        assert self._weights is not None
-        return self._weights
-
-    def _new_graphs(self) -> None:
-        self._decode_input: Tensor | None = None
-        self._replay: CPUReplay | None = None  # direct kernel calls for the decode graph, once it is captured
-        self._replay_tried = False
-        self._unverified: set[str] = set()  # graphs loaded from disk that have not yet matched the saved probe
-        # cnt = 1: capture on the first call. TinyJit's default first call runs the graph eagerly without
-        # recording it, which in a fresh process costs as much Python scheduling time as the capture itself.
-        self._decode_jit = TinyJit(self._decode_step)
-        self._prefill_jits = {b: TinyJit(self._prefill_step) for b in PREFILL_BUCKETS}
-        for jit in (self._decode_jit, *self._prefill_jits.values()):
-            jit.cnt = 1
-
-    def _install_graphs(self, graphs: dict) -> None:
-        if "decode" not in graphs or not isinstance(graphs.get("probe"), np.ndarray):
-            return
-        self._decode_input = None
-        self._decode_jit.captured, self._decode_jit.cnt = graphs["decode"], 2
-        for bucket, captured in graphs.get("prefill", {}).items():
-            if bucket in self._prefill_jits:
-                self._prefill_jits[bucket].captured, self._prefill_jits[bucket].cnt = captured, 2
-        self._probe = graphs["probe"]
-        self._graphs_from_disk = True
-        self._unverified = self._captured_names()
-
-    def _own_graphs(self, reason: str = "the JIT cache lacks a graph needed now") -> None:
-        """Graphs loaded from disk own their KV cache and weights; anything that must run the Python model (a
-        prefill length with no cached graph, eval) drops them and recaptures from the model, so all share one
-        cache."""
-        if self._graphs_from_disk:
-            log.info("%s: recapturing the graphs from the model", reason)
-            self._new_graphs()
-            self._graphs_from_disk = False
-            self._saved_graphs = set()
-            self._cache_owner = None
-            self._probe = None  # the next save computes its probe from the recaptured graph, not the loaded file
-
-    def _captured_names(self) -> set[str]:
-        names = {"decode"} if self._decode_jit.captured is not None else set()
-        return names | {f"prefill{b}" for b, j in self._prefill_jits.items() if j.captured is not None}
-
-    def _save_graphs(self) -> None:
-        names = self._captured_names()
-        if self._cache_key is None or "decode" not in names or names <= self._saved_graphs:
-            return
-        if self._probe is None:
-            self._probe = self._decode_probe()
-        graphs = {"decode": self._decode_jit.captured, "probe": self._probe,
-                  "prefill": {b: j.captured for b, j in self._prefill_jits.items() if j.captured is not None}}
-        if jit_cache_store.save(self._cache_key, graphs) is not None:
-            self._saved_graphs = names
-
-    # ---- checking graphs that skip TinyJit's own path ----------------------------------------------------------
-    def _decode_probe(self) -> np.ndarray:
-        """Decode logits for the probe token alone at position 0: they depend only on the weights (row 0 of the KV
-        cache is written before it is read, and every request rewrites the rows it reads)."""
-        self._write_decode_input(self._embed([self._probe_token])[None])  # (1, 1, dim)
-        self._cache_owner = None  # the probe rewrote cache row 0
-        return self._decode_jit(self._decode_input, self._start.bind(0)).numpy().reshape(-1)
-
-    @staticmethod
-    def _same_logits(a: np.ndarray, b: np.ndarray) -> bool:
-        """Equal up to float reassociation between kernels (prefill and decode differ in summation order)."""
-        if a.shape != b.shape or not np.isfinite(a).all():
-            return False
-        return int(a.argmax()) == int(b.argmax()) and float(np.abs(a - b).max()) <= 1e-3 * float(np.abs(b).max()) + 1e-3
-
-    def _verify_loaded(self, name: str, run: Callable[[], tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
-        """First use of a graph loaded from disk: `run()` returns (its result, what TinyJit computed for the same
-        input). Agreement returns the result; a mismatch or a crash deletes the cache entry, recaptures from the
-        model and returns None."""
-        try:
-            got, want = run()
-            ok, why = self._same_logits(got, want), "its logits differ from TinyJit's"
-        except Exception as e:  # noqa: BLE001 - a graph that fails to replay is a bad cache entry, not a bad request
-            got, ok, why = None, False, f"replaying it failed ({type(e).__name__}: {e})"
-        if ok:
-            self._unverified.discard(name)
-            return got
-        log.warning("the %s graph loaded from the JIT cache is not usable: %s; dropping the cache entry", name, why)
-        if self._cache_key is not None:
-            jit_cache_store.remove(self._cache_key)
-        self._own_graphs("a graph from the JIT cache failed its check")
-        return None
-
-    def _checked_disk_prefill(self, ids: list[int], bucket: int) -> np.ndarray | None:
-        """A loaded prefill graph's first use: the decode graph (checked against the saved probe first) then
-        recomputes the last prompt position from the cache rows the prefill wrote; both must agree. Costs one
-        decode step, not a second prefill. None when a check failed and the caller must use the model."""
-        assert self._probe is not None
-        probe = self._probe
-        if "decode" in self._unverified and self._verify_loaded("decode", lambda: (self._decode_probe(), probe)) is None:
-            return None
-        name = f"prefill{bucket}"
-        if name not in self._unverified:
-            return self._run_prefill_graph(ids, bucket)
-        return self._verify_loaded(name, lambda: (self._run_prefill_graph(ids, bucket),
-                                                  self._decode(ids[-1], len(ids) - 1)))
+        return self.graphs.weights
 
     @property
     def path(self) -> Path:
         return self.model_file.path
 
-    # ---- model steps (callers hold self._lock) -----------------------------------------------------------------
-    def _decode_step(self, h: Tensor, start_pos: UOp) -> Tensor:
-        return self.model(h, start_pos).realize()  # (1, 1, vocab)
+    # Shorthands kept for tests, benchmarks and the CLI, which reach into one step (callers hold self._lock).
+    @property
+    def _graphs_from_disk(self) -> bool:
+        return self.graphs.from_disk
 
-    def _prefill_step(self, h: Tensor, last: UOp) -> Tensor:
-        return self.model(h, 0, logits_at=last).realize()  # (1, 1, vocab)
+    @property
+    def _replay(self) -> CPUReplay | None:
+        return self.graphs.replay
+
+    @property
+    def _model(self) -> Llama | None:
+        """The model if its weights were repacked already (None while graphs loaded from disk serve alone)."""
+        return self.graphs.built_model
 
     def _embed(self, ids: list[int]) -> np.ndarray:
-        return embedding_rows(self._embedding, ids)  # (T, dim)
+        return self.graphs.embed(ids)  # (T, dim)
 
     def _prefill(self, ids: list[int]) -> np.ndarray:
-        """Run the prompt from position 0 in one batch; return the logits after its last token."""
-        n = len(ids)
-        bucket = next((b for b in PREFILL_BUCKETS if b >= n), None)
-        if bucket is None or bucket > self.config.max_context or self._prefill_jits[bucket].captured is None:
-            self._own_graphs()  # this prefill will be captured from the Python model (a no-op unless from disk)
-        elif self._graphs_from_disk and (checked := self._checked_disk_prefill(ids, bucket)) is not None:
-            return checked
-        if bucket is None or bucket > self.config.max_context:
-            # Longer than every bucket: one exact-size graph (compiled for this length only).
-            h = Tensor(self._embed(ids)[None], device=self.device).realize()
-            return self.model(h, 0, logits_at=n - 1).realize().numpy().reshape(-1)
-        return self._run_prefill_graph(ids, bucket)
-
-    def _run_prefill_graph(self, ids: list[int], bucket: int) -> np.ndarray:
-        emb = np.zeros((1, bucket, self.config.dim), dtype=np.float32)
-        emb[0, :len(ids)] = self._embed(ids)
-        x = Tensor(emb, device=self.device).realize()
-        return self._prefill_jits[bucket](x, self._last.bind(len(ids) - 1)).numpy().reshape(-1)
-
-    def _write_decode_input(self, emb: np.ndarray) -> None:
-        if self._decode_input is None:
-            # One persistent input buffer: replays read it in place.
-            self._decode_input = Tensor(emb, device=self.device).realize()
-        else:
-            write_buffer(self._decode_input, emb)
+        return self.graphs.prefill(ids)
 
     def _decode(self, token: int, pos: int) -> np.ndarray:
-        self._write_decode_input(self._embed([token])[None])  # (1, 1, dim)
-        if self._replay is not None:
-            self._replay({"start_pos": pos})
-            return self._decode_jit.captured.ret.numpy().reshape(-1)
-        out = self._decode_jit(self._decode_input, self._start.bind(pos)).numpy().reshape(-1)
-        if self._decode_jit.captured is not None and not self._replay_tried:
-            self._replay_tried = True
-            self._replay = CPUReplay.build(self._decode_jit, (self._decode_input, self._start.bind(pos)))
-            if self._replay is not None:
-                # The same step again through the direct calls (it rewrites the same cache row): both must agree.
-                self._replay({"start_pos": pos})
-                replayed = self._decode_jit.captured.ret.numpy().reshape(-1)
-                if not self._same_logits(replayed, out):
-                    log.warning("direct CPU replay disagrees with TinyJit (max |diff| %.3g); using TinyJit",
-                                float(np.abs(replayed - out).max()))
-                    self._replay = None
-        return out
+        return self.graphs.decode(token, pos)
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """Next-token logits at every position of one causal forward pass (T, vocab), for evaluation."""
@@ -298,13 +146,18 @@ class TextGenerator:
         if not ids or len(ids) > self.config.max_context:
             raise GenerationError(f"logits() needs 1 to {self.config.max_context} tokens, got {len(ids)}")
         with self._lock:
-            self._own_graphs()
-            self._cache_owner = None
-            h = Tensor(self._embed(ids)[None], device=self.device).realize()
-            return self.model(h, 0, last_only=False).realize().numpy().reshape(len(ids), -1)
+            return self.graphs.forward(ids)
 
     # ---- prompts -----------------------------------------------------------------------------------------------
     def render_chat(self, messages: list[dict]) -> str:
+        """The messages in the file's own template; a file without one (a base model) gets the messages' text as
+        it is, joined by blank lines, with a one-line notice, instead of a template it was not trained on."""
+        if not self.chat_template:
+            if not self._raw_notice_given:
+                self._raw_notice_given = True
+                log.warning("%s has no chat template (a base model): generating from the raw prompt",
+                            self.model_file.path.name)
+            return "\n\n".join(m["content"] for m in validate_messages(messages))
         tok = self.tokenizer
         bos = self._token_text(tok.bos_id)
         eos = self._token_text(tok.eos_id)
@@ -320,6 +173,11 @@ class TextGenerator:
         ids = {i for i, t in enumerate(tokens) if t in END_OF_TURN}
         if self.tokenizer.eos_id is not None:
             ids.add(int(self.tokenizer.eos_id))
+        # end-of-turn / end-of-message ids the file names (Llama 3.x: <|eot_id|>, <|eom_id|>)
+        for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+            value = self.model_file.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(tokens):
+                ids.add(value)
         return ids
 
     def encode_prompt(self, prompt: str | list[dict], chat: bool = True) -> list[int]:
@@ -377,11 +235,11 @@ class TextGenerator:
         """Logits after `context`: a decode step at `pos` when the KV cache still holds this stream's tokens, else
         (the first step, or another stream ran in between) a prefill of the whole context."""
         with self._lock:
-            if pos is None or self._cache_owner is not owner:
-                logits = self._prefill(context)
+            if pos is None or self.graphs.cache_owner is not owner:
+                logits = self.graphs.prefill(context)
             else:
-                logits = self._decode(context[-1], pos)
-            self._cache_owner = owner
+                logits = self.graphs.decode(context[-1], pos)
+            self.graphs.cache_owner = owner
             return logits
 
     def _run(self, ids: list[int], params: SamplingParams, cancel: threading.Event | None,
@@ -433,7 +291,7 @@ class TextGenerator:
             yield text[emitted:]
         t_end = time.perf_counter()
         with self._lock:
-            self._save_graphs()
+            self.graphs.save()
         first = t_first or t_end
         n = len(generated)
         stream.result = GenerationResult(

@@ -4,13 +4,15 @@ tinygrad caches compiled kernel binaries on disk, but a new process still schedu
 decode and prefill graphs in Python: measured here 26-29 s to first token with a warm kernel cache versus 6.7 s
 from a pickled capture (docs/TINYGRAD.md). The pickle holds the graphs' buffers, packed weights and KV cache
 included, so a warm start reads one file instead of repacking the GGUF. One entry per (model file, device, context,
-tinygrad version, edgegen code); a stale or unreadable entry is ignored and rewritten.
+tinygrad version, edgegen code, the tinygrad settings that pick kernels); a stale or unreadable entry is ignored and
+rewritten. How a graph's buffers are pickled is tinygrad's business: runtime.tinygrad_seam.graph_reduction.
 
 The folder is private (0700): it holds pickles that this process loads, and an MQTT-facing process must not load
 one that another user planted. Entries are written to temporary names and renamed into place, so a killed process
 leaves no partial entry. Total size is bounded (EDGEGEN_JIT_CACHE_MB, default 1024; least recently used entries are
 evicted first), because a board's flash is small: one SmolLM2 entry is about 150 MB on CPU and 580 MB on OpenCL.
-The engine checks every loaded graph against a probe result saved with it before trusting it (runtime.engine).
+This module only stores and loads; runtime.graphs checks every loaded graph against the probe result saved with it
+before trusting it, and removes an entry that fails.
 """
 from __future__ import annotations
 
@@ -74,19 +76,19 @@ def _code_version() -> str:
     h = hashlib.sha256(tinygrad_version().encode())
     for package in ("runtime", "models"):
         folder = Path(__file__).resolve().parents[1] / package
-        for source in sorted(folder.glob("*.py")):
+        for source in sorted(folder.rglob("*.py")):  # subpackages too (the seam, diffusion)
+            h.update(source.relative_to(folder).as_posix().encode())
             h.update(source.read_bytes())
     return h.hexdigest()[:16]
 
 
 def cache_key(model_path: Path, device: str, max_context: int) -> str:
     """Everything a captured graph depends on: the file, device, context, code, and BEAM (it picks the kernels)."""
-    from tinygrad.helpers import BEAM, NUM_CPU_THREADS, getenv
+    from edgegen.runtime.tinygrad_seam import kernel_settings
 
     st = model_path.stat()
     ident = f"{FORMAT_VERSION}|{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{device}|{max_context}|" \
-            f"{_code_version()}|beam={BEAM.value}|jitbeam={getenv('JITBEAM', BEAM.value)}|" \
-            f"threads={getenv('THREADS', 1)}|cpu_threads={NUM_CPU_THREADS.value}"
+            f"{_code_version()}|{kernel_settings()}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
@@ -146,21 +148,10 @@ class _GraphPickler(pickle.Pickler):
         self.offset = offset
 
     def reducer_override(self, obj: Any) -> Any:
-        from tinygrad.device import Buffer
-        from tinygrad.uop.ops import Ops, UOp
+        from edgegen.runtime.tinygrad_seam import graph_reduction
 
-        if type(obj) is UOp and obj.op is Ops.BUFFER:
-            arg = obj.arg
-            slot = arg.slot + self.offset if arg.slot >= 0 else arg.slot - self.offset
-            args = [obj.op, obj.dtype, obj.src, dataclasses.replace(arg, slot=slot), obj.tag, obj.metadata]
-            if obj.realized is not None:
-                args.append(obj.realized)
-            return UOp, tuple(args)
-        if type(obj) is Buffer and obj._base is None and obj.is_allocated() and obj.device != "NPY":
-            view = obj.as_memoryview(allow_zero_copy=True)
-            return Buffer, (obj.device, obj.size, obj.dtype, None, obj.options, pickle.PickleBuffer(view),
-                            obj.uop_refcount)
-        return NotImplemented
+        reduction = graph_reduction(obj, self.offset)
+        return NotImplemented if reduction is None else reduction
 
 
 def save(key: str, graphs: dict[str, Any]) -> Path | None:

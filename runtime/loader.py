@@ -1,41 +1,18 @@
-"""Build a models.llama.Llama from a GGUF ModelFile: the config from metadata, packed layers from tensors."""
+"""Build a models.llama.Llama from a GGUF ModelFile: the config by artifact.config, packed layers from tensors."""
 from __future__ import annotations
 
 import numpy as np
 from tinygrad import Tensor
 
-from edgegen.models.llama import Linear, Llama, LlamaConfig
+from edgegen.models.config import LlamaConfig
+from edgegen.models.llama import Linear, Llama
+from edgegen.runtime.artifact.config import config_from_model_file
+from edgegen.runtime.artifact.reader import ModelFile, dequantize_tensor
 from edgegen.runtime.errors import ArtifactError
-from edgegen.runtime.model_file import ModelFile
 from edgegen.runtime.quant import PackedLinear, pack_linear
 
-
-def config_from_gguf(mf: ModelFile, max_context: int | None = None) -> LlamaConfig:
-    """LlamaConfig from `llama.*` keys (gguf-py constants.Keys.LLM / Keys.Attention names)."""
-    a = mf.architecture
-    n_heads = int(mf.require(f"{a}.attention.head_count"))
-    dim = int(mf.require(f"{a}.embedding_length"))
-    vocab = mf.get(f"{a}.vocab_size")
-    if vocab is None:
-        tokens = mf.get("tokenizer.ggml.tokens")
-        vocab = len(tokens) if tokens else mf.tensors["token_embd.weight"].shape[0]
-    file_context = int(mf.get(f"{a}.context_length", 2048))
-    context = file_context if max_context is None else int(max_context)
-    if context < 1:
-        raise ArtifactError(f"context length must be at least 1, got {context}")
-    key_length = mf.get(f"{a}.attention.key_length")
-    return LlamaConfig(
-        dim=dim,
-        n_layers=int(mf.require(f"{a}.block_count")),
-        n_heads=n_heads,
-        n_kv_heads=int(mf.get(f"{a}.attention.head_count_kv", n_heads)),
-        hidden_dim=int(mf.require(f"{a}.feed_forward_length")),
-        vocab_size=int(vocab),
-        norm_eps=float(mf.get(f"{a}.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(mf.get(f"{a}.rope.freq_base", 10000.0)),
-        max_context=min(context, file_context),
-        head_dim=int(key_length) if key_length else 0,
-    )
+# The name engine and `edgegen info` import; the one path from metadata to config is artifact.config.
+config_from_gguf = config_from_model_file
 
 
 class GGUFWeights:
@@ -77,11 +54,31 @@ class GGUFWeights:
         info = self._info(name)
         if info.shape != (size,):
             raise ArtifactError(f"{self.mf.path.name}: tensor {name} has shape {info.shape}, expected ({size},)")
-        return Tensor(np.asarray(info.data, dtype=np.float32).copy(), device=self.device).realize()
+        # norms and biases are small: any stored type is widened to float32 on the host (F32 as it is)
+        return Tensor(np.array(dequantize_tensor(info), dtype=np.float32), device=self.device).realize()
+
+    def has(self, name: str) -> bool:
+        return name in self.mf.tensors
+
+
+def rope_freq_factors(mf: ModelFile, cfg: LlamaConfig) -> np.ndarray | None:
+    """Per-pair RoPE frequency divisors the file carries: Llama 3.x `rope_freqs.weight` (its llama3 scaling, computed
+    by the converter); Phi-3's `rope_factors_short` / `_long`, the long ones when the context used exceeds the
+    original one (llama.cpp build_rope_factors)."""
+    name = "rope_freqs.weight"
+    if name not in mf.tensors:
+        long_ctx = cfg.rope_scaling_original_context and cfg.max_context > cfg.rope_scaling_original_context
+        name = "rope_factors_long.weight" if long_ctx else "rope_factors_short.weight"
+        if name not in mf.tensors:
+            return None
+    factors = np.asarray(mf.tensors[name].data, dtype=np.float32).reshape(-1)
+    if factors.shape != (cfg.rope_dim // 2,):
+        raise ArtifactError(f"{mf.path.name}: tensor {name} has shape {factors.shape}, expected ({cfg.rope_dim // 2},)")
+    return factors
 
 
 def build_llama(mf: ModelFile, device: str | None = None, max_context: int | None = None) -> tuple[Llama, GGUFWeights]:
-    cfg = config_from_gguf(mf, max_context)
+    cfg = config_from_model_file(mf, max_context)
     weights = GGUFWeights(mf, device)
-    model = Llama(cfg, weights, has_output="output.weight" in mf.tensors)
+    model = Llama(cfg, weights, has_output="output.weight" in mf.tensors, rope_freq_factors=rope_freq_factors(mf, cfg))
     return model, weights

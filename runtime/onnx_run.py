@@ -24,12 +24,19 @@ from typing import Any
 
 import numpy as np
 from tinygrad import Context, Device, Tensor, TinyJit, dtypes
+
+# Deliberately not in runtime.tinygrad_seam: `tinygrad.nn.onnx` is part of the public `tinygrad.nn` package, and what
+# edgegen reaches into here (the parser's `_parse_NodeProto` / `_parse_TensorProto` / `_parse_message` / `reader`,
+# the runner's `_init_from_graph` / `_select_op` / `_python_const_cache` / `variable_dims` / `graph_values`) is ONNX
+# protobuf and op dispatch, not tinygrad's engine: moving it would put ONNX format knowledge into the seam, and
+# tests/onnx/ exercises each override (test_onnx_runner: INT4 tensors, per-shape caches; test_onnx_errors: an unknown
+# domain, an unsupported op), so an upgrade that renames one fails there.
 from tinygrad.nn.onnx import Domain, OnnxPBParser, OnnxRunner, OpSetId, onnx_ops
 
 from edgegen.runtime.backend import resolve_device
-from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK
 from edgegen.runtime.errors import OnnxModelError
 from edgegen.runtime.onnx_format import INT4, MIN_OPSET, UINT4
+from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +74,8 @@ def _unpack_4bit(packed: Tensor, shape: tuple[int, ...], signed: bool) -> Tensor
 
 def _unsupported(node: str, domain: str, op: str, opset: int | None = None) -> OnnxModelError:
     version = f" (opset {opset})" if opset is not None else ""
-    return OnnxModelError(f"node {node!r}: op {domain or 'ai.onnx'}::{op}{version} is implemented neither by tinygrad's "
-                          f"ONNX runner nor by edgegen")
+    return OnnxModelError(f"node {node!r}: op {domain or 'ai.onnx'}::{op}{version} is implemented neither by "
+                          f"tinygrad's ONNX runner nor by edgegen")
 
 
 class _Parser(OnnxPBParser):
@@ -223,7 +230,7 @@ class OnnxModel:
                 a = a.astype(want)
             if a.ndim != len(spec.shape):
                 raise OnnxModelError(f"input {name!r} has shape {list(a.shape)}, expected {spec.describe()}")
-            for axis, (d, got) in enumerate(zip(spec.shape, a.shape)):
+            for d, got in zip(spec.shape, a.shape):
                 if isinstance(d, int) and d > 0 and d != got:
                     raise OnnxModelError(f"input {name!r} has shape {list(a.shape)}, expected {spec.describe()}")
                 if isinstance(d, str):

@@ -12,7 +12,11 @@ import numpy as np
 
 from edgegen.runtime.errors import GenerationError
 
+# The ranges a request may ask for; the MQTT schema (firmware_bridge/schema.py) imports them.
 MAX_STOP_STRINGS = 16
+MAX_TEMPERATURE = 10.0
+MAX_REPETITION_PENALTY = 10.0
+SEED_LIMIT = 2**63  # seeds are integers in [0, SEED_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -31,16 +35,17 @@ class SamplingParams:
             return GenerationError(f"{name}={value!r} is out of range: expected {expected}")
 
         if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
-                or not 0.0 <= self.temperature <= 10.0:
-            raise bad("temperature", self.temperature, "a number from 0 (greedy) to 10")
+                or not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            raise bad("temperature", self.temperature, f"a number from 0 (greedy) to {MAX_TEMPERATURE:g}")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
             raise bad("top_k", self.top_k, "an integer >= 0 (0 disables)")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", self.top_p, "a number in (0, 1]")
-        if not isinstance(self.repetition_penalty, (int, float)) or not 0.0 < self.repetition_penalty <= 10.0:
-            raise bad("repetition_penalty", self.repetition_penalty, "a number in (0, 10]")
+        if not isinstance(self.repetition_penalty, (int, float)) \
+                or not 0.0 < self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise bad("repetition_penalty", self.repetition_penalty, f"a number in (0, {MAX_REPETITION_PENALTY:g}]")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
-                                      or not 0 <= self.seed < 2**63):
+                                      or not 0 <= self.seed < SEED_LIMIT):
             raise bad("seed", self.seed, "an integer in [0, 2**63)")
         if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
             raise bad("max_tokens", self.max_tokens, "an integer >= 1")

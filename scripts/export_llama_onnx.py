@@ -35,11 +35,11 @@ def build_step(gguf_path: str | Path, cache_len: int):
     import torch
     from torch import nn
 
-    from edgegen.quantize.llama_numpy import LlamaHParams
+    from edgegen.quantize.llama_numpy import config_from_source
     from edgegen.quantize.source import load_source
 
     source = load_source(gguf_path)
-    hp = LlamaHParams.from_source(source)
+    hp = config_from_source(source)
     H, KV, D = hp.n_heads, hp.n_kv_heads, hp.head_dim
     tensors = source.tensors
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="then generate N greedy tokens with the GGUF runtime, tinygrad and onnxruntime and compare")
     ap.add_argument("--prompt", default="The capital of France is", help="prompt text for --check (no chat template)")
     args = ap.parse_args(argv)
-    from edgegen.runtime.model_file import resolve_model_path
+    from edgegen.runtime.artifact.reader import resolve_model_path
 
     gguf_path = resolve_model_path(args.model)
     out = export(gguf_path, Path(args.output), args.cache)

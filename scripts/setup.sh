@@ -2,7 +2,8 @@
 # Set up edgegen on a fresh Debian machine (as root, or with sudo) and optionally run something.
 #   bash scripts/setup.sh                 # set up the runtime only (the core dependencies and the default model)
 #   bash scripts/setup.sh --run "prompt"  # the same, then answer a prompt with the default model
-#   bash scripts/setup.sh --test          # also the 'test' extra and the test data, then run the whole test suite
+#   bash scripts/setup.sh --test [ARGS]   # also the 'test' extra and the test data, then CI's checks: ruff, mypy,
+#                                         # the line budget, the fast tests, the slow tests (ARGS go to pytest)
 # Idempotent: a second run skips what is already installed and takes a few seconds; --test after a runtime-only
 # set-up adds what the tests need.
 set -euo pipefail
@@ -67,6 +68,31 @@ if [ "$have" != "test $hash" ] && [ "$have" != "$MODE $hash" ]; then
   echo "$MODE $hash" > "$STAMP"
 fi
 
+# CI's checks, in order, stopping at the first that fails: lint, types, file sizes, then the fast test tier (seconds
+# to minutes) before the slow one (the real models), so a broken build is reported before the long part runs.
+run_checks() {
+  echo "setup: ruff check"
+  "$VENV/bin/ruff" check .
+  # mypy cannot follow the editable install's package-dir mapping: link the top-level folders into the layout the
+  # installed package has (edgegen/<folder>), which [tool.mypy] mypy_path points at.
+  local tree="$VENV/typecheck/edgegen" folder
+  mkdir -p "$tree"
+  for folder in runtime quantize models device firmware_bridge cli; do ln -sfn "../../../$folder" "$tree/$folder"; done
+  echo "setup: mypy"
+  "$VENV/bin/mypy"
+  echo "setup: line budget"
+  "$VENV/bin/python" scripts/check_line_budget.py
+  # pytest exits 5 when a tier selects no test (ARGS naming only fast tests, say): that tier has nothing to do.
+  local tier rc ran=0
+  for tier in "not slow" "slow"; do
+    echo "setup: pytest -m \"$tier\""
+    rc=0
+    "$VENV/bin/python" -m pytest -q -m "$tier" "$@" || rc=$?
+    if [ "$rc" -eq 0 ]; then ran=1; elif [ "$rc" -ne 5 ]; then exit "$rc"; fi
+  done
+  if [ "$ran" -eq 0 ]; then echo "setup: no test matched: $*" >&2; exit 5; fi
+}
+
 case "${1:-}" in
   --run)
     shift
@@ -74,7 +100,7 @@ case "${1:-}" in
     ;;
   --test)
     shift
-    exec "$VENV/bin/python" -m pytest -q "$@"
+    run_checks "$@"
     ;;
   *) echo "setup: done. Try: .venv/bin/edgegen generate \"Hello\"" ;;
 esac

@@ -38,16 +38,9 @@ class AllocationRecorder:
 
 
 @pytest.fixture
-def record_allocations(monkeypatch):
-    from tinygrad.device import Buffer
+def record_allocations():
+    from edgegen.runtime.tinygrad_seam import buffer_allocations
 
     recorder = AllocationRecorder()
-    original = Buffer.allocate
-
-    def allocate(self, *args, **kwargs):
-        if self._base is None:
-            recorder.allocations.append((self.nbytes, str(self.dtype)))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Buffer, "allocate", allocate)
-    return recorder
+    with buffer_allocations(lambda nbytes, dtype: recorder.allocations.append((nbytes, dtype))):
+        yield recorder

@@ -13,7 +13,7 @@ from gguf import GGML_QUANT_SIZES, GGUFWriter
 from gguf import GGMLQuantizationType as Q
 
 import edgegen.cli as edgegen_cli
-from edgegen.runtime.model_file import default_model_path
+from edgegen.runtime.artifact.reader import default_model_path
 
 DEFAULT = default_model_path()
 SHAPE = {"dim": 256, "heads": 4, "kv_heads": 2, "hidden": 512, "vocab": 320, "context": 2048}  # K-quant rows: 256

@@ -23,7 +23,7 @@ def child(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_default_backend_prefers_a_gpu_and_skips_opencl_on_the_cpu():
-    code = ("import json; from runtime import tinygrad_seam as s; from runtime.backend import default_backend; "
+    code = ("import json; from edgegen.runtime import tinygrad_seam as s; from edgegen.runtime.backend import default_backend; "
             "from tinygrad import Device; s.install(); c = default_backend(); tg = Device.DEFAULT; "
             "kind = s.opencl_device_type(Device['CL']) if tg == 'CL' else None; "
             "print(json.dumps([c.device, c.reason, tg, kind]))")
@@ -37,7 +37,7 @@ def test_default_backend_prefers_a_gpu_and_skips_opencl_on_the_cpu():
     else:
         assert device == tinygrad_pick
     # DEV in the environment still decides.
-    done = child("from runtime.backend import default_backend; print(default_backend().device)", DEV="CPU")
+    done = child("from edgegen.runtime.backend import default_backend; print(default_backend().device)", DEV="CPU")
     assert done.stdout.strip() == "CPU"
 
 
@@ -51,6 +51,7 @@ def test_resolve_device_names_the_unusable_backend_and_leaves_the_default_alone(
     assert Device.DEFAULT == before
 
 
+@pytest.mark.slow
 def test_edgegen_device_shows_the_default_backend_and_the_jit_cache(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DEV"}
     env.update(PYTHONPATH=str(REPO), EDGEGEN_CACHE=str(tmp_path), EDGEGEN_JIT_CACHE_MB="300")
@@ -63,10 +64,11 @@ def test_edgegen_device_shows_the_default_backend_and_the_jit_cache(tmp_path):
     assert "0 MiB in 0 entries, limit 300 MiB" in lines["jit cache"] and str(tmp_path) in lines["jit cache"]
 
 
+@pytest.mark.slow
 def test_the_default_path_opens_only_the_backend_it_runs_on(tiny_q4_path, tmp_path):
     """Finding tinygrad's own default opens every backend in turn (PoCL loads LLVM: ~100 MB more peak RSS); with
     edgegen's choice made in a child process and set as the default, a run opens just the one it uses."""
-    code = ("import json, sys; from runtime.engine import TextGenerator; from runtime import SamplingParams; "
+    code = ("import json, sys; from edgegen.runtime.engine import TextGenerator; from edgegen.runtime import SamplingParams; "
             "from tinygrad import Device; g = TextGenerator.load(sys.argv[1], max_context=64); "
             "g.generate('hi', SamplingParams(max_tokens=2), chat=False); "
             "print(json.dumps([g.device, sorted(Device._opened_devices)]))")

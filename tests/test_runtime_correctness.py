@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
+from test_runtime_quant_types import make_tensor
 from tiny_llama import VOCAB, random_weights, reference_logits, write_gguf
+from tinygrad import Tensor
 
 from edgegen.runtime.engine import TextGenerator
-from edgegen.runtime.quant import PackedLinear
+from edgegen.runtime.quant import PackedLinear, pack_linear
 
 IDS = [5, 17, 42, 3, 88, 60, 7, 7, 31, 90, 12]
 
@@ -17,7 +20,8 @@ def weights():
     return random_weights(seed=1)
 
 
-@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1])
+@pytest.mark.slow
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1])
 def test_logits_match_numpy_reference(tmp_path, weights, qtype):
     path = tmp_path / f"tiny-{qtype.name}.gguf"
     stored = write_gguf(path, weights, qtype)
@@ -39,6 +43,7 @@ def test_logits_match_numpy_reference(tmp_path, weights, qtype):
     assert gen._replay is not None
 
 
+@pytest.mark.slow
 def test_mixed_precision_file(tmp_path, weights):
     """Tensors of one layer group in different types (as mixed recipes write) run as separate kernels."""
     path = tmp_path / "tiny-mixed.gguf"
@@ -53,21 +58,45 @@ def test_mixed_precision_file(tmp_path, weights):
     np.testing.assert_allclose(gen._decode(IDS[4], 4), ref[4], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 
 
-def test_quantized_layers_stay_packed(tmp_path, weights):
-    """Q4_1 weights occupy their packed size on the device: no float copy is held by the model."""
-    path = tmp_path / "tiny-q41.gguf"
-    write_gguf(path, weights, Q.Q4_1)
-    gen = TextGenerator.load(path, max_context=32)
-    layer = gen.weights.layers["blk.0.ffn_gate.weight+blk.0.ffn_up.weight"]  # rows of gate and up, one layer
+PACKED_TYPES = [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.BF16, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q3_K, Q.Q2_K]
+# types checked through a whole tiny model file; the others through one layer built from their blocks (K-quants need
+# rows of 256, which the tiny model's 64 inputs are not)
+MODEL_TYPES = (Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.BF16)
+# bytes per 256 weights added on the device: the 6-bit scales of these K-quants are unpacked to a byte each
+UNPACKED_SCALE_BYTES = {Q.Q4_K: 4, Q.Q5_K: 4, Q.Q3_K: 4}
+
+
+@pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)
+def test_quantized_layers_stay_packed(tmp_path, weights, qtype, record_allocations):
+    """Weights occupy their packed size on the device, and a decode matvec allocates no float copy of them."""
+    if qtype not in MODEL_TYPES:
+        info, _ = make_tensor("blk.0.ffn_gate.weight+blk.0.ffn_up.weight", qtype, 2 * 128, 512)
+        layer = pack_linear(info, "CPU")
+    else:
+        path = tmp_path / f"tiny-{qtype.name}.gguf"
+        write_gguf(path, weights, qtype)
+        gen = TextGenerator.load(path, max_context=32)
+        layer = gen.weights.layers["blk.0.ffn_gate.weight+blk.0.ffn_up.weight"]  # rows of gate and up, one layer
+        # the tinygrad buffers for all matrices add up to the file's packed bytes for those tensors
+        packed = sum(x.size_bytes for x in gen.weights.layers.values())
+        names = {n for key in gen.weights.layers for n in key.split("+")}
+        in_file = sum(t.size_bytes for name, t in gen.model_file.tensors.items() if name in names)
+        assert packed == in_file
     assert isinstance(layer, PackedLinear) and layer.out_features == 2 * 128
     n = layer.out_features * layer.in_features
-    assert layer.size_bytes == n // 32 * 20  # Q4_1: 20 bytes per 32 weights, like the file
-    assert layer.qs.dtype.itemsize == 1 and layer.d.dtype.itemsize == 2
-    # the tinygrad buffers for all matrices add up to the file's packed bytes for those tensors
-    packed = sum(l.size_bytes for l in gen.weights.layers.values())
-    names = {n for key in gen.weights.layers for n in key.split("+")}
-    in_file = sum(t.size_bytes for name, t in gen.model_file.tensors.items() if name in names)
-    assert packed == in_file
+    block, block_bytes = GGML_QUANT_SIZES[qtype]  # Q4_1: 20 bytes per 32 weights, like the file
+    assert layer.size_bytes == n // block * block_bytes + n // 256 * UNPACKED_SCALE_BYTES.get(qtype, 0)
+    if qtype == Q.BF16:
+        assert layer.qs.dtype.itemsize == 2 and layer.d is None
+    else:
+        assert layer.qs.dtype.itemsize == 1 and layer.d.dtype.itemsize == 2
+    x = Tensor(np.random.default_rng(0).standard_normal(layer.in_features).astype(np.float32),
+               device=layer.qs.device).realize()
+    record_allocations.allocations.clear()
+    assert layer(x).realize().shape == (layer.out_features,)
+    floats = record_allocations.float_buffers()
+    assert floats, "the matvec allocated no float buffers at all: the recorder is not seeing allocations"
+    assert max(floats) < n * 4 // 8, (max(floats), n * 4)  # the output only: no float weight buffer
 
 
 def test_graphs_reloaded_from_disk_give_the_same_tokens(tmp_path, weights, monkeypatch):

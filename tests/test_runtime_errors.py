@@ -10,7 +10,8 @@ from gguf import GGMLQuantizationType as Q
 from tiny_llama import random_weights, write_gguf
 
 from edgegen.runtime import ArtifactError, GenerationError, SamplingParams
-from edgegen.runtime.model_file import open_model
+from edgegen.runtime.artifact.constants import SUPPORTED_TYPES
+from edgegen.runtime.artifact.reader import open_model
 
 
 def test_missing_file(tmp_path):
@@ -43,18 +44,18 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_unsupported_tensor_type(tmp_path):
-    p = tmp_path / "q5.gguf"
-    extra = ("blk.0.extra.weight", np.ones((32, 64), dtype=np.float32), Q.Q5_0)
+    p = tmp_path / "tq2.gguf"
+    extra = ("blk.0.extra.weight", np.ones((32, 256), dtype=np.float32), Q.TQ2_0)  # ternary: not run by edgegen
     write_gguf(p, random_weights(), Q.F32, extra_tensor=extra)
-    with pytest.raises(ArtifactError, match="unsupported type Q5_0"):
+    with pytest.raises(ArtifactError, match="unsupported type TQ2_0"):
         open_model(p)
-    assert_clean_error(edgegen("generate", "--model", str(p), "hi"), "blk.0.extra.weight", "Q5_0")
+    assert_clean_error(edgegen("generate", "--model", str(p), "hi"), "blk.0.extra.weight", "TQ2_0")
     # `info` describes the file anyway and says why it cannot run here.
     done = edgegen("info", str(p))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == (
-        "runnable here: no (unsupported tensor types Q5_0 (1 tensor: blk.0.extra.weight) "
-        "(supported: F32, F16, Q8_0, Q4_0, Q4_1))")
+        "runnable here: no (unsupported tensor types TQ2_0 (1 tensor: blk.0.extra.weight) "
+        f"(supported: {', '.join(t.name for t in SUPPORTED_TYPES)}))")
 
 
 @pytest.mark.parametrize("field,value,needle", [
@@ -96,6 +97,7 @@ def test_token_id_inputs_are_checked(tiny_q4_path):
         gen.logits([1] * 17)
 
 
+@pytest.mark.slow
 def test_cli_generate_and_info_on_tiny_model(tiny_q4_path):
     """The whole CLI path runs: load, prefill, JIT decode, stream, stats."""
     proc = edgegen("generate", "--model", str(tiny_q4_path), "abc", "--no-chat", "--max-tokens", "6", "--stats")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFValueType
 
-from edgegen.runtime.model_file import default_model_path, open_model
+from edgegen.runtime.artifact.reader import default_model_path, open_model
 
 
 def reader_value(field):
@@ -15,7 +15,7 @@ def reader_value(field):
     return v
 
 
-@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+@pytest.mark.parametrize("which", ["tiny", pytest.param("smollm2", marks=pytest.mark.slow)])
 def test_parser_matches_gguf_reader(which, tiny_q4_path):
     path = tiny_q4_path if which == "tiny" else default_model_path()
     ours, ref = open_model(path), GGUFReader(path)

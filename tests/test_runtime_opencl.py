@@ -24,6 +24,7 @@ print("device", gen.device)
 """
 
 
+@pytest.mark.slow
 def test_tiny_model_on_opencl_matches_numpy(tmp_path):
     # A separate process: the device is chosen per process, and the CPU tests in this one keep theirs.
     tests_dir = str(__import__("pathlib").Path(__file__).parent)

@@ -82,12 +82,12 @@ def test_logits_match_a_numpy_forward_of_the_same_weights(gen):
     """On the real file, tinygrad's packed-weight kernels agree with a float numpy forward (quantize.llama_numpy)
     over the same dequantized Q4_1 weights: the runtime adds no error of its own beyond float rounding."""
     from edgegen.quantize.import_gguf import load_gguf
-    from edgegen.quantize.llama_numpy import LlamaHParams, forward
+    from edgegen.quantize.llama_numpy import config_from_source, forward
 
     ids = gen.tokenizer.encode("The GNU General Public License is a free, copyleft license for software and "
                                "other kinds of works, specifically designed to ensure cooperation.")
     source = load_gguf(gen.model_file.path)
-    ref = forward(source.tensors, LlamaHParams.from_source(source), ids)
+    ref = forward(source.tensors, config_from_source(source), ids)
     got = gen.logits(ids)
     assert (got.argmax(-1) == ref.argmax(-1)).all()
     np.testing.assert_allclose(got, ref, atol=2e-3 * np.abs(ref).max(), rtol=0)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from edgegen.runtime.errors import ArtifactError
-from edgegen.runtime.model_file import ModelFile
+from edgegen.runtime.artifact.reader import ModelFile
 from edgegen.runtime.tokenizer import BPETokenizer, SentencePieceTokenizer, load_tokenizer
 
 

@@ -2,9 +2,12 @@
 upgrade that changes one fails here first, by name."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -12,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tinygrad import Device, Tensor
+from tinygrad import Context, Device, Tensor, TinyJit
 
 from edgegen.runtime import tinygrad_seam as seam
+from edgegen.runtime.tinygrad_seam import patches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,8 +37,8 @@ def test_install_is_idempotent_and_patches_the_named_functions():
 
     seam.install()
     seam.install()
-    assert helpers.db_connection.__name__ == "db_connection" and helpers.db_connection.__module__ == seam.__name__
-    assert compiler_cpu.ClangCompiler.compile.__module__ == seam.__name__
+    assert helpers.db_connection.__name__ == "db_connection" and helpers.db_connection.__module__ == patches.__name__
+    assert compiler_cpu.ClangCompiler.compile.__module__ == patches.__name__
 
 
 def test_each_thread_gets_its_own_kernel_cache_connection():
@@ -61,7 +65,7 @@ def test_clang_warnings_go_to_the_log_not_the_terminal(capfd, caplog):
     compiler = Device["CPU"].compiler
     assert isinstance(compiler, ClangCompiler)
     source = "int f(void) { int a[2] = {1, 2}; return a[5]; }\n"  # -Warray-bounds
-    with caplog.at_level(logging.DEBUG, logger=seam.__name__):
+    with caplog.at_level(logging.DEBUG, logger=patches.__name__):
         obj = compiler.compile(source)
     assert obj[:4] == b"\x7fELF"
     assert capfd.readouterr().err == ""
@@ -72,7 +76,7 @@ def test_clang_warnings_go_to_the_log_not_the_terminal(capfd, caplog):
 
 
 def test_captured_stderr_catches_native_writes(capfd, caplog):
-    with caplog.at_level(logging.DEBUG, logger=seam.__name__), seam.captured_stderr("a test"):
+    with caplog.at_level(logging.DEBUG, logger=patches.__name__), seam.captured_stderr("a test"):
         os.write(2, b"1 warning generated.\n")
     assert capfd.readouterr().err == ""
     assert "a test wrote: 1 warning generated." in caplog.text
@@ -81,7 +85,7 @@ def test_captured_stderr_catches_native_writes(capfd, caplog):
 @pytest.mark.skipif(not cl_usable(), reason="no OpenCL platform")
 def test_opencl_compiles_quietly_and_reports_its_device_type(tmp_path):
     # A fresh process and kernel cache, so the OpenCL compiler really runs.
-    code = ("from runtime import tinygrad_seam as s; s.install(); from tinygrad import Tensor, Device; "
+    code = ("from edgegen.runtime import tinygrad_seam as s; s.install(); from tinygrad import Tensor, Device; "
             "import json; print(json.dumps([(Tensor([1.0, 2.0], device='CL') * 3 + 0.5).tolist(), "
             "s.opencl_device_type(Device['CL'])]))")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
@@ -107,3 +111,156 @@ def test_tinygrad_version_is_the_installed_distribution():
     from importlib.metadata import version
 
     assert seam.tinygrad_version() == version("tinygrad")
+
+
+# ---- devices --------------------------------------------------------------------------------------------------------
+def test_default_device_is_read_and_set_through_dev():
+    before = seam.tinygrad_default_device()
+    try:
+        seam.set_default_device("CPU")
+        assert seam.tinygrad_default_device() == "CPU" == Device.DEFAULT
+    finally:
+        seam.set_default_device(before)
+    assert before == Device.DEFAULT
+
+
+def test_describe_device_names_the_cpu_backend():
+    info = seam.describe_device("CPU", Device["CPU"])
+    assert info["device_name"] == "host CPU (shares host memory)" and info["device_memory_bytes"] is None
+    assert isinstance(info["arch"], str) and info["arch"], "CPUDevice.arch is gone"
+
+
+def test_device_memory_bytes_counts_allocations_and_imports_nothing(monkeypatch):
+    keep = Tensor(np.ones(1024, np.float32), device="CPU").realize()  # noqa: F841 - held while counting
+    used = seam.device_memory_bytes()
+    assert used is not None and used.get("CPU", 0) >= 4096, used
+    monkeypatch.delitem(sys.modules, "tinygrad.helpers")
+    assert seam.device_memory_bytes() is None
+
+
+def test_kernel_settings_follow_beam():
+    assert re.fullmatch(r"beam=\d+\|jitbeam=\d+\|threads=\d+\|cpu_threads=\d+", seam.kernel_settings())
+    with Context(BEAM=2):
+        assert seam.kernel_settings().startswith("beam=2|jitbeam=2|")
+    assert seam.kernel_settings() != "beam=2"
+
+
+# ---- captured graphs and buffers ------------------------------------------------------------------------------------
+def _doubled_plus_one(x: Tensor) -> Tensor:
+    return (x * 2 + 1).realize()
+
+
+def _captured_jit() -> tuple[TinyJit, Tensor]:
+    jit = seam.capture_on_first_call(TinyJit(_doubled_plus_one))
+    assert seam.captured_graph(jit) is None
+    x = Tensor(np.arange(4, dtype=np.float32), device="CPU").realize()
+    assert jit(x).tolist() == [1.0, 3.0, 5.0, 7.0]
+    return jit, x
+
+
+def test_capture_on_first_call_records_the_first_call_and_its_output():
+    jit, _ = _captured_jit()
+    graph = seam.captured_graph(jit)
+    assert graph is not None, "TinyJit.cnt = 1 no longer captures on the first call"
+    assert seam.graph_output(graph).tolist() == [1.0, 3.0, 5.0, 7.0]
+
+
+def test_write_buffer_feeds_a_replay_in_place():
+    jit, x = _captured_jit()
+    seam.write_buffer(x, np.full(4, 5.0, np.float32))
+    assert jit(x).tolist() == [11.0] * 4
+
+
+def test_buffer_allocations_sees_new_buffers_only_while_active():
+    seen: list[tuple[int, str]] = []
+    with seam.buffer_allocations(lambda nbytes, dtype: seen.append((nbytes, dtype))):
+        Tensor(np.zeros(256, np.float32), device="CPU").realize()
+    assert (1024, "dtypes.float") in seen, seen
+    n = len(seen)
+    Tensor(np.zeros(512, np.float32), device="CPU").realize()
+    assert len(seen) == n
+
+
+def test_graph_reduction_moves_buffer_slots_and_pickles_bytes_out_of_band():
+    jit, _ = _captured_jit()
+    t = Tensor(np.ones(4, np.float32), device="CPU").realize()
+    op, args = seam.graph_reduction(t.uop.base, 100)
+    assert args[3].slot == t.uop.base.arg.slot + 100
+    assert seam.graph_reduction(object(), 100) is None
+    buffers: list[pickle.PickleBuffer] = []
+
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            reduction = seam.graph_reduction(obj, 2**41)
+            return NotImplemented if reduction is None else reduction
+
+    structure = io.BytesIO()
+    Pickler(structure, protocol=5, buffer_callback=buffers.append).dump(seam.captured_graph(jit))
+    assert buffers, "no buffer went out of band"
+    loaded = pickle.loads(structure.getvalue(), buffers=[b.raw() for b in buffers])
+    fresh = TinyJit(_doubled_plus_one)
+    seam.install_captured(fresh, loaded)
+    y = Tensor(np.full(4, 10.0, np.float32), device="CPU").realize()
+    assert fresh(y).tolist() == [21.0] * 4, "an installed, unpickled graph did not replay"
+
+
+def test_cpu_kernel_calls_reproduce_the_replay():
+    jit, x = _captured_jit()
+    calls = seam.cpu_kernel_calls(jit, (x,))
+    assert calls and all(isinstance(c, seam.KernelCall) for c in calls)
+    seam.write_buffer(x, np.full(4, 2.0, np.float32))
+    for call in calls:
+        for args in call.arguments({}):
+            call.function(*args)
+    assert seam.graph_output(seam.captured_graph(jit)).tolist() == [5.0] * 4
+    with pytest.raises(seam.UnsupportedGraph, match="has not captured"):
+        seam.cpu_kernel_calls(TinyJit(_doubled_plus_one), (x,))
+
+
+def test_cpu_kernel_calls_with_a_symbolic_variable():
+    from tinygrad import UOp
+
+    v = UOp.variable("edgegen_seam_v", 0, 7)
+    jit = seam.capture_on_first_call(TinyJit(lambda x, n: (x + n).realize()))
+    x = Tensor(np.zeros(4, np.float32), device="CPU").realize()
+    assert jit(x, v.bind(3)).tolist() == [3.0] * 4
+    calls = seam.cpu_kernel_calls(jit, (x, v.bind(3)))
+    assert any(not c.static for c in calls), "a kernel reading a variable was marked static"
+    for call in calls:
+        for args in call.arguments({"edgegen_seam_v": 6}):
+            call.function(*args)
+    assert seam.graph_output(seam.captured_graph(jit)).tolist() == [6.0] * 4
+
+
+# ---- nothing else touches tinygrad's internals ----------------------------------------------------------------------
+INTERNALS = ("engine", "uop", "device", "helpers", "runtime", "codegen", "renderer")
+_INTERNAL_IMPORT = re.compile(
+    rf"^\s*(?:from\s+tinygrad\.(?:{'|'.join(INTERNALS)})\b|import\s+tinygrad\.(?:{'|'.join(INTERNALS)})\b"
+    rf"|from\s+tinygrad\s+import\s+.*\b(?:{'|'.join(INTERNALS)})\b)"
+    rf"|[\"']tinygrad\.(?:{'|'.join(INTERNALS)})\b",
+    re.MULTILINE,
+)
+
+
+def test_only_the_seam_imports_tinygrad_internals():
+    seam_dir = REPO / "runtime" / "tinygrad_seam"
+    offenders = []
+    for folder in ("runtime", "models", "device", "quantize", "firmware_bridge", "cli", "tests"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if seam_dir in path.parents or path == Path(__file__).resolve():
+                continue
+            for m in _INTERNAL_IMPORT.finditer(path.read_text(encoding="utf-8")):
+                line = path.read_text(encoding="utf-8").count("\n", 0, m.start()) + 1
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {m.group(0).strip()}")
+    assert not offenders, "tinygrad internals outside runtime/tinygrad_seam/ (add a seam function):\n" + "\n".join(
+        offenders)
+
+
+def test_the_internal_import_check_catches_each_form():
+    for line in ("from tinygrad.engine.jit import x", "import tinygrad.uop.ops", "from tinygrad import helpers",
+                 "from tinygrad import Tensor, helpers", 'sys.modules.get("tinygrad.helpers")',
+                 "    from tinygrad.device import Buffer"):
+        assert _INTERNAL_IMPORT.search(line), line
+    for line in ("from tinygrad import Tensor, TinyJit", "from tinygrad.nn.optim import Adam",
+                 "# tinygrad.helpers.CACHEDB is an environment variable"):
+        assert not _INTERNAL_IMPORT.search(line), line

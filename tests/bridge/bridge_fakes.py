@@ -91,7 +91,7 @@ DEFAULT_CONTEXT = 1024
 @functools.cache
 def smollm2_file() -> Any:
     """The shipped SmolLM2 model file, opened (mmap, metadata only: about 1 s, no tinygrad)."""
-    from edgegen.runtime.model_file import open_model
+    from edgegen.runtime.artifact.reader import open_model
 
     return open_model("default")
 

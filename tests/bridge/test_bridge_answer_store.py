@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgegen.firmware_bridge.answer_store import FILE_NAME, AnswerStore
-from edgegen.firmware_bridge.cli_serve import default_state_dir
+from edgegen.firmware_bridge.state_dir import default_state_dir
 
 TOPIC = "edgegen/v1/clients/c1/responses"
 PNG, JSON = "image/png", "application/json"

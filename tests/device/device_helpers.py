@@ -71,7 +71,7 @@ def write_sparse_llama(path: Path, qtype: Q = Q.Q4_0, dim: int = 4096, n_layers:
 
 
 def sample_report(label: str, decode: float) -> dict:
-    """A bench report as device.cli_bench.bench returns it, with made-up figures."""
+    """A bench report as device.bench.bench returns it, with made-up figures."""
     return {
         "timestamp": "2026-01-01T00:00:00+00:00", "label": label, "model": "/m.gguf", "device": "CPU",
         "board": "host", "board_bandwidth_bytes_per_s": 20e9, "prompt_tokens": 16, "gen_tokens": 4, "runs": 2,

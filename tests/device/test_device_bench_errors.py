@@ -32,16 +32,16 @@ def test_bench_without_matplotlib_skips_the_plots_and_says_so_first(edgegen, tmp
     """A runtime-only install has no matplotlib (the 'bench' extra): the measurement runs, the plots are skipped."""
     from device_helpers import sample_report
 
-    from edgegen.device import cli_bench
+    from edgegen.device import bench as measurement
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
     notice_first = []
 
-    def fake_bench(args):  # stands in for minutes of measuring; the notice must come before them
+    def fake_bench(model, settings, track):  # stands in for minutes of measuring; the notice must come before them
         notice_first.append("PNG plots skipped" in sys.stderr.getvalue())  # capsys's buffer so far
         return sample_report("q4", 10.0)
 
-    monkeypatch.setattr(cli_bench, "bench", fake_bench)
+    monkeypatch.setattr(measurement, "bench", fake_bench)
     code, out, err = edgegen("bench", str(SMOLLM2_Q4_1), "--results", str(tmp_path))
     assert code == 0 and notice_first == [True]
     assert err == ("edgegen bench: PNG plots skipped: they need matplotlib, the 'bench' extra: "

@@ -58,7 +58,7 @@ def test_peak_rss_of_a_child_is_its_own():
 
     # getrusage's ru_maxrss would report this (large) parent's size for a forked child; VmHWM does not.
     ballast = np.ones(300 * 1024 * 1024 // 8)
-    code = "from device.measure import peak_rss_bytes; print(peak_rss_bytes())"
+    code = "from edgegen.device.measure import peak_rss_bytes; print(peak_rss_bytes())"
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert child < ballast.nbytes / 2
 

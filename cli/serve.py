@@ -1,0 +1,94 @@
+"""`edgegen serve`: run a device agent that answers text (and image) prompts over MQTT until SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+from edgegen.cli.flags import (
+    add_broker_arguments,
+    add_deprecated_alias,
+    add_device_argument,
+    add_device_id_argument,
+    add_model_argument,
+    broker_options,
+)
+from edgegen.firmware_bridge import topics
+from edgegen.firmware_bridge.answer_store import AnswerStore
+from edgegen.firmware_bridge.engines import ImageEngine, RuntimeImageEngine, RuntimeTextEngine
+from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
+from edgegen.firmware_bridge.state_dir import default_state_dir
+
+log = logging.getLogger(__name__)
+CONNECT_WARN_S = 10.0
+# While the worker thread decodes (Python between tinygrad kernels), paho's network thread waits for the GIL to send
+# each chunk: up to the switch interval, 5 ms by default. 1 ms keeps that wait small against a token's ~100+ ms.
+SWITCH_INTERVAL_S = 0.001
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_device_id_argument(parser, "this device's id: its topic subtree and MQTT client id", required=True)
+    parser.add_argument("--pool", help="also take requests sent to this pool (a shared subscription)")
+    add_model_argument(parser, "a GGUF file", option=True)
+    parser.add_argument("--image-model", nargs="?", const="default", default=None, metavar="FILE",
+                        help="also answer image requests with this diffusion U-Net ('default' or no value: the "
+                             "shipped MNIST U-Net)")
+    add_device_argument(parser)
+    add_deprecated_alias(parser, "--backend", "--device", dest="device", metavar="DEV")
+    parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait; more get 'busy' (8)")
+    parser.add_argument("--telemetry-interval-s", type=float, default=10.0, help="seconds between telemetry (10)")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR",
+                        help="where answers are remembered across restarts, so a request redelivered after a crash is "
+                             "not generated twice (default: $XDG_STATE_HOME/edgegen/<device-id>, or "
+                             "~/.local/state/edgegen/<device-id>; created with mode 0700)")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the warm-up generation that compiles kernels before the device goes online")
+    add_broker_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = broker_options(args)
+    if args.queue_size < 1 or not args.telemetry_interval_s > 0:
+        raise RequestError(ErrorCode.INVALID_REQUEST, f"--queue-size must be >= 1 and --telemetry-interval-s > 0, "
+                           f"got {args.queue_size} and {args.telemetry_interval_s}")
+    topics.check_name(args.device_id)
+    if args.pool is not None:
+        topics.check_name(args.pool, "pool")
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    state_dir = args.state_dir or default_state_dir(args.device_id)
+    config = ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size,
+                           telemetry_interval_s=args.telemetry_interval_s, state_dir=state_dir)
+    try:  # now, not after the minutes a model takes to load and warm up
+        AnswerStore.open(state_dir, config.remembered_answers, config.remembered_answer_bytes).close()
+    except (OSError, sqlite3.Error) as e:
+        raise RequestError(ErrorCode.INVALID_REQUEST, f"--state-dir {state_dir}: cannot keep answers there ({e})") \
+            from e
+    engine = RuntimeTextEngine.load(args.model, device=args.device)
+    if not args.no_warmup:
+        # tinygrad compiles kernels on first use: pay that before announcing `online`, not on the first request.
+        log.info("warming up %s", args.model)
+        engine.warm_up()
+    images: dict[str, ImageEngine] = {}
+    if args.image_model is not None:
+        image_engine = RuntimeImageEngine.load(None if args.image_model == "default" else args.image_model,
+                                               device=args.device)
+        if not args.no_warmup:
+            image_engine.warm_up()
+        images["default"] = image_engine
+    service = DeviceService(config, options, {"default": engine}, images)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    if not service.wait_connected(CONNECT_WARN_S):
+        log.warning("not connected to %s yet; still trying", args.broker)
+    print(f"edgegen serve: device {args.device_id} serving {args.model} via {args.broker}"
+          + (f" (pool {args.pool})" if args.pool else ""), flush=True)
+    stop.wait()
+    service.stop()
+    return 0

@@ -1,0 +1,241 @@
+"""The Llama on one device and its captured decode/prefill graphs: capture, disk cache, and checks before trusting.
+
+Decode runs under TinyJit with a symbolic position, prefill under one TinyJit per padded prompt length. Graphs can
+come from the JIT cache on disk (runtime.jit_cache) and decode can skip TinyJit through direct CPU calls
+(runtime.cpu_replay); both skip tinygrad's own path, so each is checked against TinyJit on first use and dropped,
+with a log line, when they disagree. Callers hold runtime.tinygrad_seam.TINYGRAD_LOCK around every method here.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from tinygrad import Tensor, TinyJit, UOp
+
+from edgegen.models.llama import Llama, LlamaConfig
+from edgegen.runtime import jit_cache as jit_cache_store
+from edgegen.runtime.artifact.constants import PREFILL_BUCKETS
+from edgegen.runtime.artifact.reader import ModelFile
+from edgegen.runtime.cpu_replay import CPUReplay
+from edgegen.runtime.loader import GGUFWeights, build_llama
+from edgegen.runtime.quant import embedding_rows
+from edgegen.runtime.tinygrad_seam import (
+    capture_on_first_call,
+    captured_graph,
+    graph_output,
+    install_captured,
+    write_buffer,
+)
+
+log = logging.getLogger(__name__)
+
+# Prompts are padded to one of PREFILL_BUCKETS' lengths so that a handful of prefill graphs serve every prompt (each
+# graph is compiled once, then replayed by TinyJit); padded positions write cache rows that decode overwrites before
+# reading. The lengths live with the artifact's constants because the memory planner sizes memory by them.
+
+
+def same_logits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to float reassociation between kernels (prefill and decode differ in summation order)."""
+    if a.shape != b.shape or not np.isfinite(a).all():
+        return False
+    return int(a.argmax()) == int(b.argmax()) and float(np.abs(a - b).max()) <= 1e-3 * float(np.abs(b).max()) + 1e-3
+
+
+class ModelGraphs:
+    """The model (weights repacked on first use), its KV cache, and the decode/prefill graphs that run it."""
+
+    def __init__(self, model_file: ModelFile, device: str, config: LlamaConfig, probe_token: int,
+                 jit_cache: bool = True) -> None:
+        self.model_file, self.device, self.config = model_file, device, config
+        self._embedding = model_file.tensors["token_embd.weight"]
+        self._model: Llama | None = None
+        self._weights: GGUFWeights | None = None
+        self._start = UOp.variable("start_pos", 0, config.max_context - 1)
+        self._last = UOp.variable("last", 0, max(PREFILL_BUCKETS) - 1)
+        # The stream whose tokens the KV cache holds now; another stream that resumes re-runs its context first.
+        self.cache_owner: object | None = None
+        self.probe_token = probe_token
+        self._cache_key = jit_cache_store.cache_key(model_file.path, device, config.max_context) \
+            if jit_cache else None
+        self._new_graphs()
+        self.from_disk = False
+        self.probe: np.ndarray | None = None  # decode logits for the probe token at position 0
+        if self._cache_key is not None and (graphs := jit_cache_store.load(self._cache_key)) is not None:
+            self._install_graphs(graphs)
+        self._saved_graphs = self._captured_names()
+
+    # ---- the model ---------------------------------------------------------------------------------------------
+    @property
+    def model(self) -> Llama:
+        """The tinygrad model, with weights repacked from the GGUF; built on first use."""
+        if self._model is None:
+            self._model, self._weights = build_llama(self.model_file, self.device, self.config.max_context)
+            self._model.allocate_cache(1, self.device)
+            self.model_file.release_pages()
+        return self._model
+
+    @property
+    def built_model(self) -> Llama | None:
+        """The model if it was built already, without building it."""
+        return self._model
+
+    @property
+    def weights(self) -> GGUFWeights:
+        self.model  # noqa: B018
+        assert self._weights is not None
+        return self._weights
+
+    def embed(self, ids: list[int]) -> np.ndarray:
+        return embedding_rows(self._embedding, ids)  # (T, dim)
+
+    # ---- graph lifecycle ---------------------------------------------------------------------------------------
+    def _new_graphs(self) -> None:
+        self._decode_input: Tensor | None = None
+        self.replay: CPUReplay | None = None  # direct kernel calls for the decode graph, once it is captured
+        self.replay_tried = False
+        self.unverified: set[str] = set()  # graphs loaded from disk that have not yet matched the saved probe
+        self._decode_jit = capture_on_first_call(TinyJit(self._decode_step))
+        self._prefill_jits = {b: capture_on_first_call(TinyJit(self._prefill_step)) for b in PREFILL_BUCKETS}
+
+    def _install_graphs(self, graphs: dict) -> None:
+        if "decode" not in graphs or not isinstance(graphs.get("probe"), np.ndarray):
+            return
+        self._decode_input = None
+        install_captured(self._decode_jit, graphs["decode"])
+        for bucket, captured in graphs.get("prefill", {}).items():
+            if bucket in self._prefill_jits:
+                install_captured(self._prefill_jits[bucket], captured)
+        self.probe = graphs["probe"]
+        self.from_disk = True
+        self.unverified = self._captured_names()
+
+    def own_graphs(self, reason: str = "the JIT cache lacks a graph needed now") -> None:
+        """Graphs loaded from disk own their KV cache and weights; anything that must run the Python model (a
+        prefill length with no cached graph, eval) drops them and recaptures from the model, so all share one
+        cache."""
+        if self.from_disk:
+            log.info("%s: recapturing the graphs from the model", reason)
+            self._new_graphs()
+            self.from_disk = False
+            self._saved_graphs = set()
+            self.cache_owner = None
+            self.probe = None  # the next save computes its probe from the recaptured graph, not the loaded file
+
+    def _captured_names(self) -> set[str]:
+        names = {"decode"} if captured_graph(self._decode_jit) is not None else set()
+        return names | {f"prefill{b}" for b, j in self._prefill_jits.items() if captured_graph(j) is not None}
+
+    def save(self) -> None:
+        """Write the captured graphs to the JIT cache when there is something new to save (after a generation)."""
+        names = self._captured_names()
+        if self._cache_key is None or "decode" not in names or names <= self._saved_graphs:
+            return
+        if self.probe is None:
+            self.probe = self._decode_probe()
+        graphs = {"decode": captured_graph(self._decode_jit), "probe": self.probe,
+                  "prefill": {b: g for b, j in self._prefill_jits.items() if (g := captured_graph(j)) is not None}}
+        if jit_cache_store.save(self._cache_key, graphs) is not None:
+            self._saved_graphs = names
+
+    # ---- checking graphs that skip TinyJit's own path ----------------------------------------------------------
+    def _decode_probe(self) -> np.ndarray:
+        """Decode logits for the probe token alone at position 0: they depend only on the weights (row 0 of the KV
+        cache is written before it is read, and every request rewrites the rows it reads)."""
+        self._write_decode_input(self.embed([self.probe_token])[None])  # (1, 1, dim)
+        self.cache_owner = None  # the probe rewrote cache row 0
+        return self._decode_jit(self._decode_input, self._start.bind(0)).numpy().reshape(-1)
+
+    def _verify_loaded(self, name: str, run: Callable[[], tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+        """First use of a graph loaded from disk: `run()` returns (its result, what TinyJit computed for the same
+        input). Agreement returns the result; a mismatch or a crash deletes the cache entry, recaptures from the
+        model and returns None."""
+        try:
+            got, want = run()
+            ok, why = same_logits(got, want), "its logits differ from TinyJit's"
+        except Exception as e:  # noqa: BLE001 - a graph that fails to replay is a bad cache entry, not a bad request
+            got, ok, why = None, False, f"replaying it failed ({type(e).__name__}: {e})"
+        if ok:
+            self.unverified.discard(name)
+            return got
+        log.warning("the %s graph loaded from the JIT cache is not usable: %s; dropping the cache entry", name, why)
+        if self._cache_key is not None:
+            jit_cache_store.remove(self._cache_key)
+        self.own_graphs("a graph from the JIT cache failed its check")
+        return None
+
+    def _checked_disk_prefill(self, ids: list[int], bucket: int) -> np.ndarray | None:
+        """A loaded prefill graph's first use: the decode graph (checked against the saved probe first) then
+        recomputes the last prompt position from the cache rows the prefill wrote; both must agree. Costs one
+        decode step, not a second prefill. None when a check failed and the caller must use the model."""
+        assert self.probe is not None
+        probe = self.probe
+        if "decode" in self.unverified and self._verify_loaded("decode", lambda: (self._decode_probe(), probe)) is None:
+            return None
+        name = f"prefill{bucket}"
+        if name not in self.unverified:
+            return self._run_prefill_graph(ids, bucket)
+        return self._verify_loaded(name, lambda: (self._run_prefill_graph(ids, bucket),
+                                                  self.decode(ids[-1], len(ids) - 1)))
+
+    # ---- model steps -------------------------------------------------------------------------------------------
+    def _decode_step(self, h: Tensor, start_pos: UOp) -> Tensor:
+        return self.model(h, start_pos).realize()  # (1, 1, vocab)
+
+    def _prefill_step(self, h: Tensor, last: UOp) -> Tensor:
+        return self.model(h, 0, logits_at=last).realize()  # (1, 1, vocab)
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        """Run the prompt from position 0 in one batch; return the logits after its last token."""
+        n = len(ids)
+        bucket = next((b for b in PREFILL_BUCKETS if b >= n), None)
+        if bucket is None or bucket > self.config.max_context or captured_graph(self._prefill_jits[bucket]) is None:
+            self.own_graphs()  # this prefill will be captured from the Python model (a no-op unless from disk)
+        elif self.from_disk and (checked := self._checked_disk_prefill(ids, bucket)) is not None:
+            return checked
+        if bucket is None or bucket > self.config.max_context:
+            # Longer than every bucket: one exact-size graph (compiled for this length only).
+            h = Tensor(self.embed(ids)[None], device=self.device).realize()
+            return self.model(h, 0, logits_at=n - 1).realize().numpy().reshape(-1)
+        return self._run_prefill_graph(ids, bucket)
+
+    def _run_prefill_graph(self, ids: list[int], bucket: int) -> np.ndarray:
+        emb = np.zeros((1, bucket, self.config.dim), dtype=np.float32)
+        emb[0, :len(ids)] = self.embed(ids)
+        x = Tensor(emb, device=self.device).realize()
+        return self._prefill_jits[bucket](x, self._last.bind(len(ids) - 1)).numpy().reshape(-1)
+
+    def _write_decode_input(self, emb: np.ndarray) -> None:
+        if self._decode_input is None:
+            # One persistent input buffer: replays read it in place.
+            self._decode_input = Tensor(emb, device=self.device).realize()
+        else:
+            write_buffer(self._decode_input, emb)
+
+    def decode(self, token: int, pos: int) -> np.ndarray:
+        """One token at position `pos` (the KV cache holds the positions before it); the logits after it."""
+        self._write_decode_input(self.embed([token])[None])  # (1, 1, dim)
+        if self.replay is not None:
+            self.replay({"start_pos": pos})
+            return graph_output(captured_graph(self._decode_jit)).numpy().reshape(-1)
+        out = self._decode_jit(self._decode_input, self._start.bind(pos)).numpy().reshape(-1)
+        if captured_graph(self._decode_jit) is not None and not self.replay_tried:
+            self.replay_tried = True
+            assert self._decode_input is not None  # written just above
+            self.replay = CPUReplay.build(self._decode_jit, (self._decode_input, self._start.bind(pos)))
+            if self.replay is not None:
+                # The same step again through the direct calls (it rewrites the same cache row): both must agree.
+                self.replay({"start_pos": pos})
+                replayed = graph_output(captured_graph(self._decode_jit)).numpy().reshape(-1)
+                if not same_logits(replayed, out):
+                    log.warning("direct CPU replay disagrees with TinyJit (max |diff| %.3g); using TinyJit",
+                                float(np.abs(replayed - out).max()))
+                    self.replay = None
+        return out
+
+    def forward(self, ids: list[int]) -> np.ndarray:
+        """Next-token logits at every position of one causal pass from position 0, outside the graphs (T, vocab)."""
+        self.own_graphs()
+        self.cache_owner = None
+        h = Tensor(self.embed(ids)[None], device=self.device).realize()
+        return self.model(h, 0, last_only=False).realize().numpy().reshape(len(ids), -1)

@@ -1,0 +1,68 @@
+"""What a GGUF file holds (architecture, config, tensor types, metadata) and whether the runtime runs it, as a dict."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+ARRAY_SUMMARY = "[{} items]"
+ARRAY_SUMMARY_RE = re.compile(r"\[\d+ items\]")
+MAX_LISTED_ITEMS = 16  # arrays up to this length are shown whole (channel lists); longer ones (vocabularies) by length
+
+
+def summarize_value(value: Any) -> Any:
+    """A metadata value as printed: long arrays (vocabularies, merges) by their length, everything else as is."""
+    if isinstance(value, list) and len(value) > MAX_LISTED_ITEMS:
+        return ARRAY_SUMMARY.format(len(value))
+    return value
+
+
+def model_config(mf) -> tuple[dict, str | None]:
+    """The text model's LlamaConfig fields, else the `<arch>.*` scalar keys; and why a llama config is unreadable."""
+    from edgegen.runtime.artifact.reader import TEXT_ARCHITECTURES
+    from edgegen.runtime.errors import ArtifactError
+    from edgegen.runtime.loader import config_from_gguf
+
+    if mf.architecture in TEXT_ARCHITECTURES:
+        try:
+            return dict(config_from_gguf(mf).__dict__), None
+        except (ArtifactError, KeyError, ValueError, TypeError) as e:  # a key missing, or of the wrong type
+            problem = str(e) if isinstance(e, ArtifactError) else f"{mf.path.name}: unreadable config ({e})"
+    else:
+        problem = None
+    prefix = mf.architecture + "."  # our image models, and architectures we cannot run, as `<arch>.<field>` keys
+    return {k[len(prefix):]: summarize_value(v) for k, v in mf.metadata.items() if k.startswith(prefix)}, problem
+
+
+def describe(model: str) -> dict:
+    """Everything `edgegen info` prints about the GGUF file `model` (a path or 'default')."""
+    from edgegen.runtime.artifact.reader import open_gguf, runnable_reason
+
+    mf = open_gguf(model)
+    config, config_problem = model_config(mf)
+    reason = "; ".join(r for r in (runnable_reason(mf), config_problem) if r) or None
+    types = Counter(t.ggml_type.name for t in mf.tensors.values())
+    bytes_by_type: Counter[str] = Counter()
+    for t in mf.tensors.values():
+        bytes_by_type[t.ggml_type.name] += t.size_bytes
+    n_params = sum(t.n_elements for t in mf.tensors.values())
+    return {
+        "path": str(mf.path),
+        "architecture": mf.architecture or None,
+        "name": mf.get("general.name"),
+        "runnable": reason is None,
+        "runnable_reason": reason,
+        "config": config,
+        "parameters": n_params,
+        "size_bytes": mf.size_bytes,
+        "file_bytes": mf.path.stat().st_size,
+        "bits_per_weight": round(8 * mf.size_bytes / max(n_params, 1), 3),
+        "tensor_types": dict(types),
+        "bytes_by_type": dict(bytes_by_type),
+        "tokenizer": mf.get("tokenizer.ggml.model"),
+        "vocab_size": len(mf.get("tokenizer.ggml.tokens") or []),
+        "has_chat_template": bool(mf.get("tokenizer.chat_template")),
+        "metadata": {k: summarize_value(v) for k, v in mf.metadata.items()},
+        "tensors": [{"name": t.name, "type": t.ggml_type.name, "shape": list(t.shape), "bytes": t.size_bytes}
+                    for t in mf.tensors.values()],
+    }

@@ -1,0 +1,103 @@
+"""TinyJit's captured graphs and tinygrad's device buffers, as tinygrad 0.14 lays them out.
+
+A `TinyJit` records its kernels on a call and replays them afterwards; edgegen keeps those recordings on disk
+(runtime.jit_cache), reads their output after a direct replay (runtime.cpu_replay) and writes inputs in place.
+Each function names the attribute it relies on: `TinyJit.cnt` / `.captured`, `CapturedJit.ret`, `Tensor.uop.buffer`,
+`Buffer.allocator._copyin`, `Buffer.allocate`, and the pickle reductions of `UOp` (Ops.BUFFER) and `Buffer`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import pickle
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # tinygrad is imported when a function runs, not when the seam is imported
+    from tinygrad import Tensor
+
+
+def capture_on_first_call(jit: Any) -> Any:
+    """Make `jit` record its kernels on its first call (sets `TinyJit.cnt = 1`).
+
+    TinyJit's default first call runs the function eagerly without recording it, which in a fresh process costs as
+    much Python scheduling time as the capture itself."""
+    jit.cnt = 1
+    return jit
+
+
+def captured_graph(jit: Any) -> Any | None:
+    """The graph `jit` has recorded (`TinyJit.captured`, a `CapturedJit`), or None before its capture."""
+    return jit.captured
+
+
+def install_captured(jit: Any, graph: Any) -> None:
+    """Make `jit` replay `graph` (a `CapturedJit`, e.g. unpickled) from its next call: sets `TinyJit.captured` and
+    `TinyJit.cnt = 2`, the state TinyJit is in after recording."""
+    jit.captured, jit.cnt = graph, 2
+
+
+def graph_output(graph: Any) -> Any:
+    """What a captured graph's function returned, whose buffers each replay rewrites (`CapturedJit.ret`)."""
+    return graph.ret
+
+
+def write_buffer(tensor: Tensor, array: np.ndarray) -> None:
+    """Overwrite a realized tensor's device buffer in place with `array`'s bytes (same size), without a new UOp.
+
+    A captured graph reads its input buffer by address; `Tensor.assign` would build and schedule a copy kernel
+    per call. Wraps `tensor.uop.buffer` (the Buffer) and `Buffer.allocator._copyin(Buffer._buf, memoryview)`.
+    """
+    buf: Any = tensor.uop.buffer  # a Buffer (a MultiBuffer only for sharded tensors, which edgegen never makes)
+    data = np.ascontiguousarray(array, dtype=np.float32).data.cast("B")
+    if data.nbytes != buf.nbytes:
+        raise ValueError(f"write_buffer: {data.nbytes} bytes for a {buf.nbytes}-byte buffer")
+    buf.allocator._copyin(buf._buf, data)
+
+
+@contextlib.contextmanager
+def buffer_allocations(record: Callable[[int, str], None]) -> Iterator[None]:
+    """Call `record(nbytes, dtype name)` for every device buffer tinygrad allocates (not views) while active.
+
+    Wraps `tinygrad.device.Buffer.allocate` and `Buffer._base` (None for a buffer that owns its memory)."""
+    from tinygrad.device import Buffer
+
+    original = Buffer.allocate
+
+    def allocate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._base is None:
+            record(self.nbytes, str(self.dtype))
+        return original(self, *args, **kwargs)
+
+    Buffer.allocate = allocate  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Buffer.allocate = original  # type: ignore[method-assign]
+
+
+def graph_reduction(obj: Any, slot_offset: int) -> tuple | None:
+    """A pickle reduction for a captured graph's BUFFER UOps and Buffers, for `pickle.Pickler.reducer_override`;
+    None for any other object (pickle's default applies).
+
+    BUFFER UOps (`UOp.op is Ops.BUFFER`, `arg.slot`) are rebuilt with their slot moved by `slot_offset` (negative
+    slots away from zero), keeping `obj.realized`. A Buffer that owns allocated memory (`_base is None`, not the
+    NPY device) is rebuilt from `(device, size, dtype, None, options, bytes, uop_refcount)`, its bytes a zero-copy
+    `pickle.PickleBuffer` of `Buffer.as_memoryview(allow_zero_copy=True)` (out of band with protocol 5)."""
+    from tinygrad import UOp
+    from tinygrad.device import Buffer
+    from tinygrad.uop.ops import Ops
+
+    if type(obj) is UOp and obj.op is Ops.BUFFER:
+        arg = obj.arg
+        slot = arg.slot + slot_offset if arg.slot >= 0 else arg.slot - slot_offset
+        args = [obj.op, obj.dtype, obj.src, dataclasses.replace(arg, slot=slot), obj.tag, obj.metadata]
+        if obj.realized is not None:
+            args.append(obj.realized)
+        return UOp, tuple(args)
+    if type(obj) is Buffer and obj._base is None and obj.is_allocated() and obj.device != "NPY":
+        view = obj.as_memoryview(allow_zero_copy=True)
+        return Buffer, (obj.device, obj.size, obj.dtype, None, obj.options, pickle.PickleBuffer(view), obj.uop_refcount)
+    return None
