@@ -146,10 +146,10 @@ def logits_agreement(a: argparse.Namespace, ids: list[int]) -> dict:
         if proc.returncode != 0:
             raise SystemExit(f"logits worker {rt} failed:\n{proc.stderr[-3000:]}")
         out[rt] = np.asarray(json.loads(proc.stdout.strip().splitlines()[-1]), dtype=np.float32)
-    e, l = out["edgegen"], out["llamacpp"]
-    return {"positions": len(ids), "top1_agreement": float((e.argmax(-1) == l.argmax(-1)).mean()),
-            "max_abs_logit_diff": float(np.abs(e - l).max()), "mean_abs_logit_diff": float(np.abs(e - l).mean()),
-            "logit_scale_mean_abs": float(np.abs(l).mean())}
+    e, lc = out["edgegen"], out["llamacpp"]
+    return {"positions": len(ids), "top1_agreement": float((e.argmax(-1) == lc.argmax(-1)).mean()),
+            "max_abs_logit_diff": float(np.abs(e - lc).max()), "mean_abs_logit_diff": float(np.abs(e - lc).mean()),
+            "logit_scale_mean_abs": float(np.abs(lc).mean())}
 
 
 # ---- parent ------------------------------------------------------------------------------------------------------
@@ -245,19 +245,19 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "results": results,
     }
     if "llamacpp" in results and "edgegen" in results:
-        e, l = results["edgegen"], results["llamacpp"]
+        e, lc = results["edgegen"], results["llamacpp"]
         same = 0
-        for x, y in zip(e["greedy_tokens"], l["greedy_tokens"]):
+        for x, y in zip(e["greedy_tokens"], lc["greedy_tokens"]):
             if x != y:
                 break
             same += 1
-        report["greedy_tokens_identical_prefix"] = f"{same}/{len(l['greedy_tokens'])}"
+        report["greedy_tokens_identical_prefix"] = f"{same}/{len(lc['greedy_tokens'])}"
         print(f"[both] teacher-forced logits over {a.agreement_tokens} tokens ...", file=sys.stderr, flush=True)
         report["logits_vs_llamacpp"] = logits_agreement(a, prompt_ids(a.model, a.agreement_tokens, a.text))
         report["ratios_edgegen_over_llamacpp"] = {
-            "decode_tok_s": e["decode_tok_s"] / l["decode_tok_s"],
-            "ttft_64_s": e["ttft_64_s"] / l["ttft_64_s"],
-            "peak_rss_mb": e["peak_rss_mb"] / l["peak_rss_mb"],
+            "decode_tok_s": e["decode_tok_s"] / lc["decode_tok_s"],
+            "ttft_64_s": e["ttft_64_s"] / lc["ttft_64_s"],
+            "peak_rss_mb": e["peak_rss_mb"] / lc["peak_rss_mb"],
         }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2))

@@ -139,8 +139,8 @@ def decoder_check(n_new: int, runs: int) -> dict:
     """SmolLM2-135M exported as an ONNX decode step: greedy tokens vs the GGUF runtime, and the step's latency."""
     import export_llama_onnx as E
 
-    from edgegen.runtime.engine import TextGenerator
     from edgegen.runtime.artifact.reader import default_model_path
+    from edgegen.runtime.engine import TextGenerator
 
     gguf = default_model_path()
     path = E.export(gguf, MODELS / "smollm2-135m-step.onnx", DECODER_CACHE)
@@ -173,9 +173,9 @@ def decoder_check(n_new: int, runs: int) -> dict:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    head = ("| variant | file MB | embedding table | cos vs ORT fp32, tinygrad (mean / min) | cos, onnxruntime (mean / min) | "
-            "tinygrad 1 sentence ms | ORT 1 sentence ms | ratio | tinygrad 62 sentences ms | ORT 62 sentences ms | "
-            "ratio |")
+    head = ("| variant | file MB | embedding table | cos vs ORT fp32, tinygrad (mean / min) | "
+            "cos, onnxruntime (mean / min) | tinygrad 1 sentence ms | ORT 1 sentence ms | ratio | "
+            "tinygrad 62 sentences ms | ORT 62 sentences ms | ratio |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if "tinygrad_error" in r:
@@ -183,9 +183,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         else:
             tiny = (f"{r['tinygrad_cos_mean']:.4f} / {r['tinygrad_cos_min']:.4f}", f"{r['tinygrad_one_ms']:.1f}",
                     f"{r['ratio_one']:.1f}x", f"{r['tinygrad_batch_ms']:.0f}", f"{r['ratio_batch']:.1f}x")
-        lines.append(f"| {r['variant']} | {r['size_mb']:.1f} | {r['embedding_table']} | {tiny[0]} | {r['ort_cos_mean']:.4f} / "
-                     f"{r['ort_cos_min']:.4f} | {tiny[1]} | {r['ort_one_ms']:.2f} | {tiny[2]} | {tiny[3]} | "
-                     f"{r['ort_batch_ms']:.1f} | {tiny[4]} |")
+        lines.append(f"| {r['variant']} | {r['size_mb']:.1f} | {r['embedding_table']} | {tiny[0]} | "
+                     f"{r['ort_cos_mean']:.4f} / {r['ort_cos_min']:.4f} | {tiny[1]} | {r['ort_one_ms']:.2f} | "
+                     f"{tiny[2]} | {tiny[3]} | {r['ort_batch_ms']:.1f} | {tiny[4]} |")
     notes = [
         "",
         (f"all-MiniLM-L6-v2, {meta['sentences']} sentences (batch padded to {meta['batch_tokens']} tokens); one "

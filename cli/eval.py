@@ -25,8 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", metavar="FILE", help="UTF-8 text to measure perplexity on (text models)")
     parser.add_argument("--reference", metavar="MODEL", help="GGUF model to compare next-token distributions with")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="use only the first N tokens of the text")
-    parser.add_argument("--window", type=int, default=256, help="tokens per forward pass (default 256)")
-    parser.add_argument("--stride", type=int, default=128, help="tokens between window starts (default 128)")
+    parser.add_argument("--window", type=int, default=256,
+                        help="tokens per forward pass (default 256); when the model's vocabulary adds BOS "
+                             "(tokenizer.ggml.add_bos_token, e.g. Gemma) the text starts with BOS and every window's "
+                             "first token is replaced by BOS, as llama.cpp's llama-perplexity does")
+    parser.add_argument("--stride", type=int, default=128,
+                        help="tokens between window starts (default 128); every token is scored once: the first "
+                             "window's all, each later window's last STRIDE (the second half by default, "
+                             "llama-perplexity's rule)")
     img = parser.add_argument_group("diffusion models")
     img.add_argument("--per-digit", type=int, default=100, help="images generated per digit (default 100)")
     img.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
@@ -62,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens is not None:
         ids = ids[: args.max_tokens]
     track = tracker(not args.no_progress, unit="window", leave=True)
-    result = evaluate(model, ids, reference, window=args.window, stride=args.stride, track=track)
+    # encode() put the BOS in front when the vocabulary adds one; then every window starts with it (quantize.evaluate)
+    tok = model.tokenizer
+    bos = tok.bos_id if tok.add_bos and tok.bos_id is not None else None
+    result = evaluate(model, ids, reference, window=args.window, stride=args.stride, track=track, bos_id=bos)
     if args.json:
         print(json.dumps({"model": args.model, "reference": args.reference, **result.as_dict()}, indent=2))
         return 0

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edgegen.firmware_bridge.connection import BrokerOptions
 
-DEFAULT_MODEL_HELP = "'default' (the shipped SmolLM2-135M-Instruct Q4_1)"
+DEFAULT_MODEL_HELP = ("'default' (the shipped SmolLM2-135M-Instruct Q4_1) or another installed model's name "
+                      "(gemma3-270m)")
 DEVICE_HELP = "tinygrad backend: CPU, CL, CUDA, NV, METAL"
 DEFAULT_DEVICE_CHOICE = "tinygrad's choice"
 DEFAULT_BROKER = "127.0.0.1:1883"

@@ -25,6 +25,7 @@ def format_info(info: dict, tensors: bool = False, metadata: bool = False) -> st
     if "n_layers" in cfg:  # a text model the runtime can read a config of
         lines.append(f"layers        {cfg['n_layers']}  dim {cfg['dim']}  heads {cfg['n_heads']}/{cfg['n_kv_heads']} "
                      f"kv  ffn {cfg['hidden_dim']}  vocab {cfg['vocab_size']}  context {cfg['max_context']}")
+        lines.append(f"family        {cfg['architecture']}: " + ", ".join(info["family_options"]))
     elif cfg:
         lines.append("config        " + ", ".join(f"{k} {v}" for k, v in cfg.items()))
     lines.append(f"parameters    {info['parameters'] / 1e6:.2f} M in {info['size_bytes'] / mib:.2f} MiB "

@@ -20,6 +20,7 @@ from edgegen.quantize.job import (
     resolve_source,
 )
 from edgegen.quantize.recipes import RECIPES, get_recipe
+from edgegen.runtime.artifact.constants import TEXT_ARCHITECTURES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()))
     parser.add_argument("-o", "--output", required=True, metavar="OUT.gguf", help="file to write")
     parser.add_argument("--calibrate", metavar="TEXTFILE",
-                        help="AWQ-style activation-aware scales measured on this text (llama architecture)")
+                        help="AWQ-style activation-aware scales measured on this text (decoder families: "
+                             f"{', '.join(TEXT_ARCHITECTURES)})")
     parser.add_argument("--budget-mb", type=float, metavar="N",
                         help="choose per-tensor types so that the file fits N MB (10^6 bytes); overrides the "
                              "recipe's type choice")

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         values = ", ".join(f"{v:.6g}" for v in flat) + (", ..." if a.size > 6 else "")
         print(f"{name}: {a.dtype} {list(a.shape)} [{values}]")
     if args.output:
-        np.savez(args.output, **outputs)
+        np.savez(args.output, **outputs)  # type: ignore[arg-type]  # the keys are array names, not savez's options
         print(f"wrote {args.output}")
     stats = {"runs": len(times), "first_ms": round(times[0] * 1e3, 2),
              "median_ms": round(float(np.median(times)) * 1e3, 2)}

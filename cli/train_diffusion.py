@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if init is not None:
             prov["init_sha256"] = hashlib.sha256(init.read_bytes()).hexdigest()
-        res = training.train_unet(UNetConfig(channels=channels), args.steps, args.batch, args.lr or DEFAULT_LR,
-                                  args.seed, out, provenance=prov, init_from=init)
+        config = UNetConfig(channels=channels)  # type: ignore[arg-type]  # three integers: checked above
+        res = training.train_unet(config, args.steps, args.batch, args.lr or DEFAULT_LR, args.seed, out,
+                                  provenance=prov, init_from=init)
     print(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
     return 0

@@ -201,7 +201,7 @@ def bench(model: str, settings: BenchSettings = BenchSettings(), track: Track = 
     completion = [r.completion_tokens for r in results]
     # Bytes one decode step reads, at the run's average position; times tokens/s is the bandwidth decode used.
     mean_pos = prompt_tokens + sum(completion) / len(completion) / 2
-    per_token = decode_bytes_per_token(facts, facts.weights_bytes, int(mean_pos))
+    per_token = decode_bytes_per_token(facts, facts.device_weights_bytes, int(mean_pos))
     achieved = per_token * decode if decode else None
     generated = sum(completion)
 

@@ -35,7 +35,8 @@ def rapl_zones(root: Path = Path("/sys/class/powercap")) -> list[Path]:
 
 def ina_power_channels(root: Path = Path("/sys/bus/i2c/drivers")) -> list[tuple[Path, Path]]:
     """(voltage, current) file pairs of the Jetson board-input rail, or of every rail if none is labelled VDD_IN."""
-    pairs, vdd_in = [], []
+    pairs: list[tuple[Path, Path]] = []
+    vdd_in: list[tuple[Path, Path]] = []
     for hwmon in sorted(root.glob("ina3221*/*/hwmon/hwmon*")):
         for volt in sorted(hwmon.glob("in*_input")):
             n = volt.name[2:-len("_input")]
@@ -77,10 +78,10 @@ class EnergyMeter:
         last_t, last_p = time.perf_counter(), self._power_w()
         while not self._stop.wait(self.sample_period_s):
             t, p = time.perf_counter(), self._power_w()
-            self.joules += (p + last_p) / 2 * (t - last_t)
+            self.joules += (p + last_p) / 2 * (t - last_t)  # type: ignore[operator]  # __enter__ set it to 0.0
             last_t, last_p = t, p
         t, p = time.perf_counter(), self._power_w()
-        self.joules += (p + last_p) / 2 * (t - last_t)
+        self.joules += (p + last_p) / 2 * (t - last_t)  # type: ignore[operator]
 
     def __enter__(self) -> Self:
         self.joules = None

@@ -12,9 +12,20 @@ from typing import Any
 
 from edgegen.device.errors import DeviceError
 from edgegen.runtime.artifact.config import config_from_metadata
-from edgegen.runtime.artifact.constants import GGUF_MAGIC, Key
+from edgegen.runtime.artifact.constants import BLOCK_SIZES, GGUF_MAGIC, GGMLQuantizationType, Key
 from edgegen.runtime.artifact.reader import ModelFile, open_gguf
 from edgegen.runtime.errors import ArtifactError
+
+# Bytes per block the runtime's linear layers hold beyond the file's: runtime/quant/formats.py unpacks the 12 bytes
+# of 6-bit packed scales and mins of Q3_K, Q4_K and Q5_K to one byte each, 16 (docs/QUANT_TYPES.md: Q4_K 148 bytes
+# per 256 weights on the device, 144 in the file). Every other type keeps the file's size.
+# tests/test_families_tools.py checks these against PackedLinear.size_bytes.
+REPACK_EXTRA_BYTES_PER_BLOCK: dict[GGMLQuantizationType, int] = {
+    GGMLQuantizationType.Q3_K: 4,
+    GGMLQuantizationType.Q4_K: 4,
+    GGMLQuantizationType.Q5_K: 4,
+}
+VECTOR_DEVICE_BYTES = 4  # norms and biases are widened to float32 on the host, whatever their stored type
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,16 @@ class TensorFacts:
     type_name: str  # GGML type: F32, Q8_0, Q4_1, ...
     n_dims: int  # 1 for norm vectors, 2 for weight matrices
     n_rows: int  # the slowest dimension: the vocabulary of an embedding table
+
+    @property
+    def device_bytes(self) -> int:
+        """Bytes the runtime holds for this tensor once loaded: vectors as float32, K-quant matrices with their
+        scales unpacked (REPACK_EXTRA_BYTES_PER_BLOCK), everything else as in the file."""
+        if self.n_dims < 2:
+            return self.n_elements * VECTOR_DEVICE_BYTES
+        qtype = GGMLQuantizationType[self.type_name]
+        extra = REPACK_EXTRA_BYTES_PER_BLOCK.get(qtype, 0)
+        return self.n_bytes + self.n_elements // BLOCK_SIZES[qtype][0] * extra
 
 
 @dataclass(frozen=True)
@@ -45,7 +66,13 @@ class ModelFacts:
 
     @property
     def weights_bytes(self) -> int:
+        """The tensors' bytes as packed in the file."""
         return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def device_weights_bytes(self) -> int:
+        """The tensors' bytes once the runtime has loaded them (TensorFacts.device_bytes)."""
+        return sum(t.device_bytes for t in self.tensors)
 
     @property
     def n_params(self) -> int:

@@ -6,11 +6,14 @@ The runtime starts one of two ways (runtime/jit_cache.py), and the planner predi
   saved to the JIT cache with their buffer bytes streamed to a side file.
 - cached start: the graphs are unpickled, each buffer copied from the side file's map and its pages released.
 Either way one copy of the weights stays resident. Terms, each mirroring what the runtime allocates:
-- weights: the tensor table's packed bytes; repacking keeps the size (runtime/quant.py), F32 norms included.
+- weights: the tensor table's bytes as the runtime holds them (ModelFacts.device_weights_bytes): repacking keeps
+  the file's size except for Q3_K / Q4_K / Q5_K, whose packed scales are unpacked (4 bytes more per 256 weights,
+  docs/QUANT_TYPES.md), and vectors, widened to float32.
 - load transient (first start only): the tensor being repacked, resident twice for a moment (its mapped pages
   and its repacked arrays): the largest tensor's bytes.
 - KV cache: 2 (K and V) x layers x kv heads x context x head_dim x 4 bytes (float32, models/llama.py), allocated
-  for the whole context at load.
+  for the whole context at load, every layer, sliding-window ones included. head_dim is the file's
+  attention.key_length where it states one (Qwen 3, Gemma 3: not dim / heads).
 - activations: the largest prefill graph's buffers (the prompt up to MAX_PREFILL_TOKENS, the largest bucket): per
   token the residual, q/k/v, attention output, the MLP's two hidden projections, and a row of attention scores.
 - runtime: interpreter, numpy, tinygrad, tokenizer, kernels and captured graphs; a per-backend constant for each
@@ -131,7 +134,7 @@ def recipe_weights_bytes(m: ModelFacts, recipe: str) -> tuple[int, int]:
 def decode_bytes_per_token(m: ModelFacts, weights_bytes: int, context: int) -> int:
     """Bytes one decode step reads at position `context`: the weights (minus an untied embedding) and the KV."""
     embed = next((t for t in m.tensors if t.name == "token_embd.weight"), None)
-    untied_embed = embed.n_bytes if embed is not None and not m.tied_embeddings else 0
+    untied_embed = embed.device_bytes if embed is not None and not m.tied_embeddings else 0
     return weights_bytes - untied_embed + kv_cache_bytes(m, context)
 
 
@@ -161,8 +164,8 @@ def plan_memory(m: ModelFacts, board: BoardProfile, context: int, cannot_run: st
     `requantize_fixes`: re-quantizing with `edgegen quantize` would remove that reason (only the types stop it).
     """
     check_context(m, context)
-    weights = m.weights_bytes
-    p = predict_memory(m, weights, max(t.n_bytes for t in m.tensors), context, board.backend)
+    weights = m.device_weights_bytes
+    p = predict_memory(m, weights, max(t.device_bytes for t in m.tensors), context, board.backend)
     usable = board.usable_bytes
     per_token = decode_bytes_per_token(m, weights, context)
     memory_fits = p["total"] <= usable

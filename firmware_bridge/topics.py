@@ -23,7 +23,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def check_name(name: str, what: str = "device id") -> str:
     """Return `name` if it can be one topic level (letters, digits, `_.-`, up to 64), else raise RequestError."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise RequestError(ErrorCode.INVALID_REQUEST,
                            f"{what} {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'")
     return name

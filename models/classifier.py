@@ -40,7 +40,8 @@ class MnistClassifier:
     def features(self, x: Tensor) -> Tensor:
         """Penultimate activations (B, features) of images x (B, 1, 28, 28) in [-1, 1]."""
         for name in ("conv1", "conv2", "conv3"):
-            x = self.w.conv(name, x.contiguous(), 3, padding=1).relu().max_pool2d(2)
+            # tinygrad types max_pool2d as taking a tuple and maybe returning indices: an int works, and no indices.
+            x = self.w.conv(name, x.contiguous(), 3, padding=1).relu().max_pool2d(2)  # type: ignore[assignment,arg-type]
         return self.w.linear("fc1", x.flatten(1)).relu()
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 ROPE_PAIRS = ("interleaved", "halves")
 FFN_ACTIVATIONS = ("silu", "gelu_tanh")
 

@@ -202,7 +202,7 @@ class Llama:
         self.output = weights.linear(head, cfg.dim, cfg.vocab_size)
         # On the weights' device: a tensor made without `device=` lands on tinygrad's process-wide default, which
         # is not this model's when two models run on different backends in one process.
-        device = self.output_norm.device
+        device: str = self.output_norm.device  # type: ignore[assignment]  # a tuple only for sharded tensors
         self.rope = rope_table(cfg.rope_dim, cfg.max_context, cfg.rope_theta, device, rope_freq_factors,
                                cfg.rope_attn_factor)
         self.cos, self.sin = self.rope
@@ -216,7 +216,7 @@ class Llama:
 
     def allocate_cache(self, batch: int = 1, device: str | None = None) -> None:
         for block in self.blocks:
-            block.allocate_cache(batch, device or self.cos.device)
+            block.allocate_cache(batch, device or self.cos.device)  # type: ignore[arg-type]  # never sharded
 
     def __call__(self, h: Tensor, start_pos: int | UOp, last_only: bool = True,
                  logits_at: int | UOp | None = None) -> Tensor:

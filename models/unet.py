@@ -168,7 +168,8 @@ class UNet:
         cfg = self.cfg
         h = self.w.linear("time.fc1", timestep_features(t, cfg.time_freqs)).silu()
         h = self.w.linear("time.fc2", h)
-        onehot = y.reshape(-1, 1) == Tensor(np.arange(cfg.num_classes + 1, dtype=np.int32), device=y.device).reshape(1, -1)
+        classes = Tensor(np.arange(cfg.num_classes + 1, dtype=np.int32), device=y.device).reshape(1, -1)
+        onehot = y.reshape(-1, 1) == classes
         return h + onehot.cast(dtypes.float32) @ self.w.vector("class_emb")
 
     def __call__(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:

@@ -13,6 +13,14 @@ Where the 1/s goes, so that the file keeps standard block types and the runtime 
 - down's input is silu(gate x) * (up x), linear in up's output: divide up's rows by s.
 Row scaling (v, up) barely changes their own quantization (a block lies within a row and its scale follows the
 row), and their error is counted in the group's objective anyway.
+
+Every decoder family folds the same way (the forward is quantize.llama_numpy's, the runtime's computation):
+- Fused tensors (Phi-3): q/k/v are one `attn_qkv` scaled by columns, and v's rows are its last kv rows; gate/up are
+  one `ffn_up` (gate rows first), and up's rows are its second half.
+- A bias on a row-scaled matrix (Qwen 2's `attn_v.bias`) is divided by the same s, so v stays v / s exactly.
+- Q/K norms (Qwen 3, Gemma 3) act on q/k's outputs, post norms (Gemma 3) on o's and down's outputs: column scaling
+  leaves those outputs unchanged, so nothing is folded into them. GELU-tanh (Gemma 3) like SiLU only touches the
+  gate: down's input is still linear in up.
 """
 from __future__ import annotations
 
@@ -44,6 +52,7 @@ class Member:
     name: str
     acts: np.ndarray  # (N, in) float inputs the float model gave this matrix
     by_columns: bool  # True: W[:, j] *= s_j (scaled matrix); False: W[j, :] /= s_j (the matrix feeding it)
+    rows: slice | None = None  # by rows: the rows s acts on (v's rows of a fused attn_qkv); None: all rows
 
 
 def output_error(w_eff: np.ndarray, acts_eff: np.ndarray, row: np.ndarray, qtype: GGMLQuantizationType) -> float:
@@ -81,11 +90,20 @@ class _Scaling:
         w_eff = self.weights[m.name] * col[None, :] / row[:, None]
         return output_error(w_eff, m.acts / col[None, :], row, self.types[m.name])
 
+    def row_scale(self, m: Member, s: np.ndarray) -> np.ndarray:
+        """s over all of m's rows: ones outside m.rows."""
+        if m.rows is None:
+            return s
+        full = np.ones(self.weights[m.name].shape[0], np.float32)
+        full[m.rows] = s
+        return full
+
     def group_error(self, members: list[Member], s: np.ndarray | None, expand: Callable[[np.ndarray], np.ndarray]
                     ) -> float:
         if s is None:
             return sum(self.error(m) for m in members)
-        return sum(self.error(m, extra_col=expand(s)) if m.by_columns else self.error(m, extra_row=s) for m in members)
+        return sum(self.error(m, extra_col=expand(s)) if m.by_columns else self.error(m, extra_row=self.row_scale(m, s))
+                   for m in members)
 
     def apply(self, members: list[Member], s: np.ndarray, expand: Callable[[np.ndarray], np.ndarray]) -> None:
         for m in members:
@@ -93,7 +111,7 @@ class _Scaling:
             if m.by_columns:
                 self.col[m.name] = col * expand(s)
             else:
-                self.row[m.name] = row * s
+                self.row[m.name] = row * self.row_scale(m, s)
 
     def scaled(self, name: str) -> np.ndarray:
         col, row = self.scales(name)
@@ -106,7 +124,7 @@ def mean_kl(reference: list[np.ndarray], tensors: dict[str, np.ndarray], types: 
     quantized = {n: dequantized(w, types[n]) for n, w in tensors.items()}
     total, count = 0.0, 0
     for ref, seq in zip(reference, seqs):
-        p, q = log_softmax(ref), log_softmax(forward(quantized, hp, seq))
+        p, q = log_softmax(ref), log_softmax(forward(quantized, hp, seq))  # type: ignore[arg-type]  # with_head=True
         total += float(np.sum(np.exp(p) * (p - q)))
         count += len(seq)
     return total / count
@@ -123,27 +141,38 @@ def _quantized(types: dict[str, GGMLQuantizationType], names: list[str]) -> bool
 Plan = list[tuple[str, list[Member], np.ndarray, Callable[[np.ndarray], np.ndarray], str]]
 
 
-def _layer_plan(p: str, hp: LlamaHParams, a: np.ndarray, o_in: np.ndarray, f: np.ndarray, h: np.ndarray) -> Plan:
+def _layer_plan(p: str, hp: LlamaHParams, tensors: dict[str, np.ndarray], a: np.ndarray, o_in: np.ndarray,
+                f: np.ndarray, h: np.ndarray) -> Plan:
     """One layer's search groups, in order: (name, members, activations for the statistic, expand, folded into).
 
-    a: attention input (normed), o_in: attention output (o's input), f: FFN input (normed), h: silu(gate) * up.
+    a: attention input (normed), o_in: attention output (o's input), f: FFN input (normed), h: act(gate) * up.
     """
     group = hp.n_heads // hp.n_kv_heads
+    nq, nkv = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
 
     def expand_heads(s: np.ndarray) -> np.ndarray:  # (KV*D,) -> (H*D,): query heads share their kv head's s
         return np.tile(s.reshape(hp.n_kv_heads, 1, hp.head_dim), (1, group, 1)).reshape(-1)
 
+    if p + "attn_qkv.weight" in tensors:  # Phi-3: one matrix, V's rows last
+        qkv = [Member(p + "attn_qkv.weight", a, True)]
+        v_rows = Member(p + "attn_qkv.weight", a, False, slice(nq + nkv, nq + 2 * nkv))
+    else:
+        qkv = [Member(p + x, a, True) for x in ("attn_q.weight", "attn_k.weight", "attn_v.weight")]
+        v_rows = Member(p + "attn_v.weight", a, False)
+    if p + "ffn_gate.weight" in tensors:
+        gate_up = [Member(p + x, f, True) for x in ("ffn_gate.weight", "ffn_up.weight")]
+        up_rows = Member(p + "ffn_up.weight", f, False)
+    else:  # Phi-3: gate and up rows in one ffn_up, gate first
+        gate_up = [Member(p + "ffn_up.weight", f, True)]
+        up_rows = Member(p + "ffn_up.weight", f, False, slice(hp.hidden_dim, 2 * hp.hidden_dim))
     # o's statistic per kv channel: mean |input| over the query heads that share it.
     o_stat = np.abs(o_in).reshape(-1, hp.n_kv_heads, group, hp.head_dim).mean(axis=2).reshape(len(o_in), -1)
     return [
-        ("attn_qkv", [Member(p + x, a, True) for x in ("attn_q.weight", "attn_k.weight", "attn_v.weight")],
-         a, _identity, p + "attn_norm.weight"),
-        ("attn_output", [Member(p + "attn_output.weight", o_in, True), Member(p + "attn_v.weight", a, False)],
-         o_stat, expand_heads, p + "attn_v.weight rows"),
-        ("ffn_gate_up", [Member(p + x, f, True) for x in ("ffn_gate.weight", "ffn_up.weight")],
-         f, _identity, p + "ffn_norm.weight"),
-        ("ffn_down", [Member(p + "ffn_down.weight", h, True), Member(p + "ffn_up.weight", f, False)],
-         h, _identity, p + "ffn_up.weight rows"),
+        ("attn_qkv", qkv, a, _identity, p + "attn_norm.weight"),
+        ("attn_output", [Member(p + "attn_output.weight", o_in, True), v_rows], o_stat, expand_heads,
+         v_rows.name + " rows"),
+        ("ffn_gate_up", gate_up, f, _identity, p + "ffn_norm.weight"),
+        ("ffn_down", [Member(p + "ffn_down.weight", h, True), up_rows], h, _identity, up_rows.name + " rows"),
     ]
 
 
@@ -163,7 +192,7 @@ def calibrate(
         for k, v in inputs.items():
             acts[layer].setdefault(k, []).append(v)
 
-    float_logits = [forward(source.tensors, hp, seq, hook=keep)
+    float_logits: list[np.ndarray] = [forward(source.tensors, hp, seq, hook=keep)  # type: ignore[misc]  # with_head
                     for seq in track(seqs, "calibration forward", len(seqs))]
     rng = np.random.default_rng(0)
     scaling = _Scaling(source.tensors, types)
@@ -175,7 +204,8 @@ def calibrate(
         acts[i] = {}
         n = next(iter(layer.values())).shape[0]
         rows = np.sort(rng.choice(n, size=min(n, MAX_ROWS), replace=False))
-        plan = _layer_plan(f"blk.{i}.", hp, *(layer[k][rows] for k in ("attn_in", "attn_out", "ffn_in", "ffn_act")))
+        plan = _layer_plan(f"blk.{i}.", hp, tensors,
+                           *(layer[k][rows] for k in ("attn_in", "attn_out", "ffn_in", "ffn_act")))
         layer_members = {m.name: m for _, members, *_ in plan for m in members}
         before_total += sum(scaling.error(m) for m in layer_members.values())
         for gname, members, stat, expand, folded in plan:
@@ -197,6 +227,9 @@ def calibrate(
         after_total += sum(scaling.error(m) for m in layer_members.values())
         for name in layer_members:
             tensors[name] = scaling.scaled(name)
+            bias = name.removesuffix("weight") + "bias"
+            if bias in tensors and name in scaling.row:  # y / s needs b / s too (Qwen 2's attn_v.bias)
+                tensors[bias] = (source.tensors[bias] / scaling.row[name]).astype(np.float32)
     # The search lowers each layer's own output error; check that the whole model agrees on the same text, and
     # keep the unscaled weights if it does not.
     kl_before = mean_kl(float_logits, source.tensors, types, hp, seqs)

@@ -2,6 +2,15 @@
 
 Any object with `logits(token_ids) -> (T, vocab)` can be evaluated: edgegen's TextGenerator, or an adapter around
 another runtime (benchmarks wrap llama.cpp), so both are measured by the same code on the same token ids.
+
+Windows and BOS. A window feeds `window` tokens; every target is scored once, the first window's all, each later
+window's last `stride` (with the default stride = window / 2, its second half: llama.cpp's `llama-perplexity`
+scores only the second half of each chunk too). A model whose vocabulary adds BOS (`tokenizer.ggml.add_bos_token`;
+Gemma: true) has only ever seen text after a BOS and is far off without one, so, as `llama-perplexity` does
+(tools/perplexity/perplexity.cpp, perplexity(): `tokens[batch_start] = llama_vocab_bos(vocab)` for each chunk when
+the vocab adds BOS), the text is tokenized with its leading BOS and the first token fed in every window is replaced
+by BOS. That token is context only, never a target, so each target still keeps at least window - stride - 1 tokens
+of text before it.
 """
 from __future__ import annotations
 
@@ -68,8 +77,13 @@ def evaluate(
     window: int = 256,
     stride: int = 128,
     track: Callable[[Iterable[Window], str, int], Iterable[Window]] = lambda it, desc, total: it,
+    bos_id: int | None = None,
 ) -> EvalResult:
-    """Perplexity of `model` on token_ids; with `reference`, mean KL(reference || model) and top-1 agreement."""
+    """Perplexity of `model` on token_ids; with `reference`, mean KL(reference || model) and top-1 agreement.
+
+    bos_id: the model's BOS when its vocabulary adds one (token_ids then start with it): the first token fed in
+    every window is replaced by it, as llama.cpp's perplexity does (module docstring). None: windows as they are.
+    """
     if len(token_ids) < 2:
         raise QuantizeError(f"evaluation needs at least 2 tokens of text, got {len(token_ids)}")
     nll = kl = 0.0
@@ -77,6 +91,8 @@ def evaluate(
     wins = sliding_windows(len(token_ids), window, stride)
     for w in track(wins, "evaluating", len(wins)):
         ids = list(token_ids[w.start:w.end])
+        if bos_id is not None:
+            ids[0] = int(bos_id)  # window position 0 is context only: the first target is w.first_target > w.start
         # logits at local position i predict token start + i + 1; keep the ones whose target is new here
         rows = slice(w.first_target - 1 - w.start, w.end - 1 - w.start)
         targets = np.asarray(token_ids[w.first_target:w.end])

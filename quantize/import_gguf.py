@@ -8,7 +8,7 @@ import numpy as np
 
 from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
-from edgegen.runtime.artifact.constants import IMAGE_ARCHITECTURES, GGUFValueType, Key
+from edgegen.runtime.artifact.constants import IMAGE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, GGUFValueType, Key
 from edgegen.runtime.artifact.reader import ModelFile, dequantize_tensor, open_gguf
 from edgegen.runtime.errors import ArtifactError
 
@@ -32,15 +32,28 @@ def read_metadata(mf: ModelFile) -> dict[str, MetaValue]:
     return out
 
 
+def check_architecture(path: Path, architecture: str) -> None:
+    """Refuse a file the runtime could not run after quantizing: its architecture must be a decoder family
+    (artifact.constants.TEXT_ARCHITECTURES) or one of edgegen's image models."""
+    if not architecture:
+        raise QuantizeError(f"{path}: GGUF file has no general.architecture")
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise QuantizeError(f"{path}: architecture {architecture!r} is not one the runtime runs "
+                            f"(expected one of: {', '.join(SUPPORTED_ARCHITECTURES)})")
+
+
 def load_gguf(path: Path) -> ModelSource:
-    """Read `path` and dequantize every tensor to float32 (numpy order: rows are output features)."""
+    """Read `path` and dequantize every tensor to float32 (numpy order: rows are output features).
+
+    Tensors of any type gguf-py dequantizes (K-quants included) come back as float32; every metadata key is kept
+    (tokenizer, chat template, family keys) except those the writer sets anew.
+    """
     try:
         mf = open_gguf(path)
     except ArtifactError as e:
         raise QuantizeError(str(e)) from None
+    check_architecture(path, mf.architecture)  # before dequantizing: that is the work
     metadata = read_metadata(mf)
-    if Key.ARCHITECTURE not in metadata:
-        raise QuantizeError(f"{path}: GGUF file has no general.architecture")
     if mf.architecture not in IMAGE_ARCHITECTURES:  # image models have no tokenizer
         check_tokenizer(path, metadata)
     tensors: dict[str, np.ndarray] = {}

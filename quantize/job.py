@@ -80,13 +80,15 @@ def resolve_source(source: str) -> Path:
 
 def check_source(path: Path) -> None:
     """A GGUF source is parsed by the runtime's header reader first, so that a file that is not GGUF, or truncated,
-    is one line naming it; a folder needs the 'quantize' extra (safetensors)."""
+    or of an architecture the runtime cannot run, is one line naming it; a folder needs the 'quantize' extra
+    (safetensors)."""
     if path.is_dir():
         require_extra("reading a Hugging Face folder", "quantize", "safetensors")
     elif path.is_file():
+        from edgegen.quantize.import_gguf import check_architecture
         from edgegen.runtime.artifact.reader import open_gguf
 
-        open_gguf(path)
+        check_architecture(path, open_gguf(path).architecture)
 
 
 def check_onnx_output(output: str, source: str) -> Path:

@@ -140,7 +140,8 @@ def quantize_onnx(model: onnx.ModelProto, recipe: OnnxRecipe,
             continue
         bits, axis = plan
         w = numpy_helper.to_array(inits[name]).astype(np.float32)
-        stored = {"q": None, "scale": None}
+        stored: dict[str, np.ndarray] = {}  # filled in initializer order: q, scale[, zero_point]
+        attrs: dict[str, int]
         if bits == 4:
             stored["q"], stored["scale"], stored["zero_point"], deq = quantize_uint4_blocks(w, axis, BLOCK_SIZE)
             attrs, kind = {"axis": axis, "block_size": BLOCK_SIZE}, f"uint4/block{BLOCK_SIZE}"
@@ -149,7 +150,7 @@ def quantize_onnx(model: onnx.ModelProto, recipe: OnnxRecipe,
             attrs, kind = {"axis": axis}, "int8/channel"
         new_inits += [numpy_helper.from_array(a, f"{name}_{part}") for part, a in stored.items()]
         dq_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_{part}" for part in stored], [name],
-                                         name=f"{name}_dequantize", **attrs))
+                                         name=f"{name}_dequantize", **attrs))  # type: ignore[arg-type]
         node = consumers[name][0][0]
         result.weights.append(QuantizedWeight(name, node.name or node.op_type, tuple(w.shape), kind,
                                               relative_error(w, deq)))

@@ -64,8 +64,9 @@ def _default_backend() -> BackendChoice:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        done = subprocess.run([sys.executable, "-m", "edgegen.runtime.backend", "--choose"], capture_output=True, text=True,
-                              timeout=120, check=True, env={k: v for k, v in os.environ.items() if k != "DEV"})
+        done = subprocess.run([sys.executable, "-m", "edgegen.runtime.backend", "--choose"], capture_output=True,
+                              text=True, timeout=120, check=True,
+                              env={k: v for k, v in os.environ.items() if k != "DEV"})
         out = json.loads(done.stdout.strip().splitlines()[-1])
         choice = BackendChoice(out["device"], out["reason"])
     except Exception as e:  # noqa: BLE001 - a child that cannot decide: decide here, at the memory cost above

@@ -17,7 +17,7 @@ def validate_messages(messages: object) -> list[dict[str, str]]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
             raise GenerationError(f"messages[{i}] must be {{'role': one of {', '.join(ROLES)}, 'content': string}}")
-    return messages  # type: ignore[return-value]
+    return messages
 
 
 def _raise_exception(message: str) -> None:

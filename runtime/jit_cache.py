@@ -122,11 +122,11 @@ def _views_released_behind(blob: np.memmap, spans: list[tuple[int, int]]) -> Ite
     can_release = mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")
     previous: tuple[int, int] | None = None
     for start, size in [*spans, (len(blob), 0)]:
-        if previous is not None and can_release:
+        if previous is not None and can_release and mm is not None:
             lo = previous[0] // mmap.PAGESIZE * mmap.PAGESIZE
             mm.madvise(mmap.MADV_DONTNEED, lo, previous[0] + previous[1] - lo)
         if size:
-            yield memoryview(blob[start : start + size])
+            yield memoryview(blob[start : start + size])  # type: ignore[arg-type]  # numpy's stubs lack __buffer__
         previous = (start, size)
 
 

@@ -34,6 +34,39 @@ def model_config(mf) -> tuple[dict, str | None]:
     return {k[len(prefix):]: summarize_value(v) for k, v in mf.metadata.items() if k.startswith(prefix)}, problem
 
 
+def family_options(config: dict, tensor_names: set[str]) -> list[str]:
+    """What sets a decoder apart from plain llama, in words: the config's family options (artifact.config) and what
+    the tensors show (biases, fused layers, RoPE factors). Empty for a config that is not a decoder's."""
+    if "n_layers" not in config:
+        return []
+    c = config
+    out = [f"head_dim {c['head_dim']}" + (" (not dim / heads)" if c["head_dim"] * c["n_heads"] != c["dim"] else "")]
+    rope = f"RoPE {c['rope_pairs']}, base {c['rope_theta']:,.0f}"
+    if c["rope_dim"] != c["head_dim"]:
+        rope += f", {c['rope_dim']} of {c['head_dim']} dims"
+    if any(n in tensor_names for n in ("rope_freqs.weight", "rope_factors_short.weight", "rope_factors_long.weight")):
+        rope += ", frequency factors"
+    out.append(rope)
+    if "blk.0.attn_q.bias" in tensor_names:
+        out.append("Q/K/V biases")
+    if "blk.0.attn_qkv.weight" in tensor_names:
+        out.append("fused attn_qkv")
+    if "blk.0.ffn_up.weight" in tensor_names and "blk.0.ffn_gate.weight" not in tensor_names:
+        out.append("fused gate+up")
+    out += [text for key, text in (("qk_norm", "Q/K norms"), ("post_norms", "post norms")) if c[key]]
+    if c["ffn_activation"] != "silu":
+        out.append(c["ffn_activation"])
+    if c["embedding_scale"] != 1.0:
+        out.append(f"embeddings x{c['embedding_scale']:.4g}")
+    if c["sliding_window"] and c["sliding_window_pattern"]:
+        n = c["sliding_window_pattern"]
+        out.append(f"sliding window {c['sliding_window']} on {n - 1} of every {n} layers "
+                   f"(RoPE base {c['rope_theta_local']:,.0f} there)")
+    if c["final_logit_softcapping"]:
+        out.append(f"logit soft-cap {c['final_logit_softcapping']:g}")
+    return out
+
+
 def describe(model: str) -> dict:
     """Everything `edgegen info` prints about the GGUF file `model` (a path or 'default')."""
     from edgegen.runtime.artifact.reader import open_gguf, runnable_reason
@@ -53,6 +86,7 @@ def describe(model: str) -> dict:
         "runnable": reason is None,
         "runnable_reason": reason,
         "config": config,
+        "family_options": family_options(config, set(mf.tensors)),
         "parameters": n_params,
         "size_bytes": mf.size_bytes,
         "file_bytes": mf.path.stat().st_size,

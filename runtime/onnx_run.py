@@ -165,7 +165,7 @@ class OnnxModel:
         self.inputs = {n: InputSpec(n, tuple(s.shape), s.dtype) for n, s in runner.graph_inputs.items()}
         self.outputs = tuple(runner.graph_outputs)
         self._node_names = node_names
-        self._compiled: dict[tuple, tuple[TinyJit | None, dict]] = {}
+        self._compiled: dict[tuple, tuple[Any, dict]] = {}  # a TinyJit (a function in 0.14's types) or None
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, jit: bool = True) -> OnnxModel:
@@ -199,7 +199,7 @@ class OnnxModel:
                                  f"runs: re-export it with opset {MIN_OPSET} or newer")
         runner = OnnxRunner.__new__(OnnxRunner)
         runner._init_from_graph(model["graph"])
-        runner.onnx_ops = {**onnx_ops, **EDGEGEN_OPS}
+        runner.onnx_ops = {**onnx_ops, **EDGEGEN_OPS}  # type: ignore[dict-item]  # typed as FunctionType; any callable
         names = [n.get("name") or f"#{i}" for i, n in enumerate(model["graph"]["node"])]
         for name, node in zip(names, runner.graph_nodes):
             try:

@@ -4,9 +4,10 @@ fixed-size KV cache, and check that greedy generation from the ONNX file equals 
     .venv/bin/pip install -e ".[export]"          # torch==2.13.0, the CPU build on this machine's disk
     .venv/bin/python scripts/export_llama_onnx.py -o smollm2.onnx --check 16 --prompt "The capital of France is"
 
-The graph: inputs `input_ids` (1,) int64, `position` (1,) int64, `past_k` / `past_v` (layers, kv_heads, cache, head_dim);
-outputs `logits` (1, vocab), `present_k` / `present_v`. Every shape is static, so tinygrad compiles one graph and
-replays it (TinyJit) for every token; the new key/value are written into slot `position` with a one-hot mask and
+The graph: inputs `input_ids` (1,) int64, `position` (1,) int64, `past_k` / `past_v`
+(layers, kv_heads, cache, head_dim); outputs `logits` (1, vocab), `present_k` / `present_v`. Every shape is static,
+so tinygrad compiles one graph and replays it (TinyJit) for every token; the new key/value are written into slot
+`position` with a one-hot mask and
 attention masks the slots after it. The weights are the GGUF's, dequantized to float32 by `quantize.source`
 (gguf-py); the forward is written out in plain torch after `quantize.llama_numpy` (llama.cpp's interleaved RoPE on
 GGUF-ordered Q/K rows, grouped-query attention). torch is a development dependency only.

@@ -27,7 +27,7 @@ def skip_unless_distinct(backend: str) -> None:
     """A named backend that is not usable, or that is the default one (already run by the default case)."""
     if backend not in usable_backends():
         pytest.skip(f"{backend} is not usable here")
-    done = subprocess.run([sys.executable, "-m", "edgegen.runtime.backend"], env=fresh_env(Path("/nonexistent")), cwd=REPO,
-                          capture_output=True, text=True, timeout=300, check=True)
+    done = subprocess.run([sys.executable, "-m", "edgegen.runtime.backend"], env=fresh_env(Path("/nonexistent")),
+                          cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
     if json.loads(done.stdout)["default_backend"] == backend:
         pytest.skip(f"{backend} is the default backend here: the default case ran it")

@@ -23,8 +23,9 @@ def child(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_default_backend_prefers_a_gpu_and_skips_opencl_on_the_cpu():
-    code = ("import json; from edgegen.runtime import tinygrad_seam as s; from edgegen.runtime.backend import default_backend; "
-            "from tinygrad import Device; s.install(); c = default_backend(); tg = Device.DEFAULT; "
+    code = ("import json; from edgegen.runtime import tinygrad_seam as s; "
+            "from edgegen.runtime.backend import default_backend; from tinygrad import Device; s.install(); "
+            "c = default_backend(); tg = Device.DEFAULT; "
             "kind = s.opencl_device_type(Device['CL']) if tg == 'CL' else None; "
             "print(json.dumps([c.device, c.reason, tg, kind]))")
     done = child(code)
@@ -48,7 +49,7 @@ def test_resolve_device_names_the_unusable_backend_and_leaves_the_default_alone(
     with pytest.raises(ArtifactError, match="tinygrad device 'NOSUCH' is not usable here"):
         resolve_device("nosuch")
     assert resolve_device("cpu") == "CPU"
-    assert Device.DEFAULT == before
+    assert before == Device.DEFAULT
 
 
 @pytest.mark.slow
@@ -68,8 +69,9 @@ def test_edgegen_device_shows_the_default_backend_and_the_jit_cache(tmp_path):
 def test_the_default_path_opens_only_the_backend_it_runs_on(tiny_q4_path, tmp_path):
     """Finding tinygrad's own default opens every backend in turn (PoCL loads LLVM: ~100 MB more peak RSS); with
     edgegen's choice made in a child process and set as the default, a run opens just the one it uses."""
-    code = ("import json, sys; from edgegen.runtime.engine import TextGenerator; from edgegen.runtime import SamplingParams; "
-            "from tinygrad import Device; g = TextGenerator.load(sys.argv[1], max_context=64); "
+    code = ("import json, sys; from edgegen.runtime.engine import TextGenerator; "
+            "from edgegen.runtime import SamplingParams; from tinygrad import Device; "
+            "g = TextGenerator.load(sys.argv[1], max_context=64); "
             "g.generate('hi', SamplingParams(max_tokens=2), chat=False); "
             "print(json.dumps([g.device, sorted(Device._opened_devices)]))")
     base = {k: v for k, v in os.environ.items() if k != "DEV"}

@@ -58,3 +58,19 @@ def test_sliding_window_changes_the_answer(tmp_path):
     w = random_weights(s, seed=3)
     wide = type(s)(**{**s.__dict__, "sliding_window": 64})
     assert not np.allclose(reference_logits(s, w, IDS)[-1], reference_logits(wide, w, IDS)[-1], atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_matches_llama_cpp(tmp_path, family):
+    """llama.cpp is the reference implementation of every family: the same file gives the same logits there, in the
+    numpy forward and in the runtime."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    s = shape_for(family)
+    path = tmp_path / f"tiny-{family}.gguf"
+    stored = write_gguf(path, s, random_weights(s, seed=3))
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, logits_all=True, verbose=False, n_threads=2)
+    llm.eval(IDS)
+    theirs = np.asarray(llm.scores[: len(IDS)], dtype=np.float64)
+    check(reference_logits(s, stored, IDS), theirs, f"{family}: numpy reference vs llama.cpp")
+    check(TextGenerator.load(path, max_context=32).logits(IDS), theirs, f"{family}: edgegen vs llama.cpp")

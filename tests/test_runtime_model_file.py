@@ -32,4 +32,5 @@ def test_parser_matches_gguf_reader(which, tiny_q4_path):
     for t in ref.tensors:
         mine = ours.tensors[t.name]
         assert mine.ggml_type == t.tensor_type and mine.shape == tuple(reversed(t.shape.tolist()))
-        assert np.array_equal(np.asarray(mine.data).view(np.uint8).reshape(-1), np.asarray(t.data).view(np.uint8).reshape(-1))
+        assert np.array_equal(np.asarray(mine.data).view(np.uint8).reshape(-1),
+                              np.asarray(t.data).view(np.uint8).reshape(-1))

@@ -29,7 +29,8 @@ def test_tiny_model_on_opencl_matches_numpy(tmp_path):
     # A separate process: the device is chosen per process, and the CPU tests in this one keep theirs.
     tests_dir = str(__import__("pathlib").Path(__file__).parent)
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "tiny.gguf"), tests_dir],
-                          capture_output=True, text=True, timeout=900, check=False, env={**__import__("os").environ, "DEV": "CL"})
+                          capture_output=True, text=True, timeout=900, check=False,
+                          env={**__import__("os").environ, "DEV": "CL"})
     if "is not usable here" in proc.stderr and "CL" in proc.stderr:
         pytest.fail(f"OpenCL is not usable: scripts/setup.sh installs PoCL; stderr: {proc.stderr[-800:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]

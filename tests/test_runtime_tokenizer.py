@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from edgegen.runtime.errors import ArtifactError
 from edgegen.runtime.artifact.reader import ModelFile
+from edgegen.runtime.errors import ArtifactError
 from edgegen.runtime.tokenizer import BPETokenizer, SentencePieceTokenizer, load_tokenizer
 
 
@@ -64,3 +64,50 @@ def test_bpe_control_tokens_are_atomic():
 def test_unsupported_tokenizers(meta, needle):
     with pytest.raises(ArtifactError, match=needle):
         load_tokenizer(ModelFile(Path("x.gguf"), "llama", meta, {}))
+
+
+def test_sentencepiece_special_ids_default_like_llama_cpp():
+    """Without bos/eos ids a SentencePiece file gets llama.cpp's 1 and 2 (Llama 2's <s> and </s>) and adds BOS."""
+    mf = spm_model_file()
+    meta = {k: v for k, v in mf.metadata.items() if not k.endswith(("_token_id", "add_bos_token"))}
+    tok = load_tokenizer(ModelFile(Path("spm.gguf"), "llama", meta, {}))
+    assert (tok.bos_id, tok.eos_id, tok.add_bos, tok.add_eos) == (1, 2, True, False)
+    assert tok.encode("hello")[0] == 1
+
+
+def test_special_tokens_split_out_before_sentencepiece():
+    """Control tokens in the text become their ids and the text after them gets the space prefix again, as in
+    llama.cpp (every raw piece after a special token starts a word)."""
+    mf = spm_model_file()
+    tokens = mf.metadata["tokenizer.ggml.tokens"]
+    ids = load_tokenizer(mf).encode("hello</s>world", add_bos=False)
+    assert [tokens[i] for i in ids] == ["▁hello", "</s>", "▁world"]
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    from edgegen.runtime.artifact.catalog import model_path
+    from edgegen.runtime.artifact.reader import open_gguf
+
+    mf = open_gguf(model_path("gemma3-270m"))
+    return load_tokenizer(mf), mf.metadata["tokenizer.ggml.tokens"]
+
+
+@pytest.mark.parametrize("text, pieces", [
+    ("hello world", ["<bos>", "hello", "▁world"]),  # add_bos_token = True, add_space_prefix = False
+    ("a    b", ["<bos>", "a", "    ", "b"]),  # a whitespace run is one user-defined token, raw spaces
+    ("x\n\n\ny", ["<bos>", "x", "\n\n\n", "y"]),
+    ("2024", ["<bos>", "2", "0", "2", "4"]),  # Gemma splits digits
+    ("<start_of_turn>user\n", ["<bos>", "<start_of_turn>", "user", "\n"]),  # control and user-defined kept whole
+    ("<td>x</td>", ["<bos>", "<td>", "x", "</td>"]),
+])
+def test_gemma3_tokenizes_like_llama_cpp_spm(gemma3, text, pieces):
+    tok, tokens = gemma3
+    assert [tokens[i] for i in tok.encode(text)] == pieces
+
+
+def test_gemma3_byte_fallback(gemma3):
+    tok, tokens = gemma3
+    ids = tok.encode("\U000f0000", add_bos=False)  # a private-use code point: not in the vocabulary
+    assert [tokens[i] for i in ids] == ["<0xF3>", "<0xB0>", "<0x80>", "<0x80>"]
+    assert tok.decode(tok.encode("日本 😀 \U000f0000", add_bos=False)) == "日本 😀 \U000f0000"

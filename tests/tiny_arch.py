@@ -9,8 +9,10 @@ The reference implements llama.cpp's graph for each family directly from its ten
 | llama | interleaved (x[2i], x[2i+1]) | `rope_freqs` (Llama 3.x) | SiLU(gate) * up | |
 | qwen2 | halves (NEOX) | Q/K/V biases | SiLU(gate) * up | |
 | qwen3 | halves | per-head RMSNorm on Q and K | SiLU(gate) * up | |
-| gemma3 | halves | Q/K norms, post-attention and post-FFN norms | GELU-tanh(gate) * up | embeddings * sqrt(dim), sliding window on 5 of every 6 layers with RoPE base 10000 there |
+| gemma3 | halves | Q/K norms, post-attention and post-FFN norms | GELU-tanh(gate) * up | see below |
 | phi3 | halves | fused `attn_qkv`, fused gate+up in `ffn_up` | SiLU(first half) * second half | |
+
+gemma3 also scales the embeddings by sqrt(dim) and slides a window on 5 of every 6 layers, with RoPE base 10000 there.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from gguf import GGMLQuantizationType as Q
 
 FAMILIES = ("llama", "llama3", "qwen2", "qwen3", "gemma3", "phi3")
 VOCAB, CONTEXT = 96, 64
-TOKENS = [chr(0x21 + i) for i in range(VOCAB - 2)] + ["<|im_start|>", "<|im_end|>"]
+# byte-level symbols for '!'.., one merged pair (llama.cpp refuses a BPE vocabulary without merges), two specials
+TOKENS = [chr(0x21 + i) for i in range(VOCAB - 3)] + ['!"', "<|im_start|>", "<|im_end|>"]
 GEMMA3_SWA_BASE = 10000.0  # llama.cpp: hparams.rope_freq_base_train_swa for gemma3 (not stored in the file)
 GEMMA3_SWA_PATTERN = 6  # llama.cpp: set_swa_pattern(6): layers 5, 11, 17, ... attend globally
 
@@ -118,7 +121,7 @@ def write_gguf(path: Path, s: Shape, weights: dict[str, np.ndarray], qtype: Q = 
     w.add_tokenizer_pre("smollm")
     w.add_token_list(TOKENS)
     w.add_token_types([1] * (VOCAB - 2) + [3, 3])
-    w.add_token_merges([])
+    w.add_token_merges(['! "'])
     w.add_eos_token_id(VOCAB - 1)
     w.add_bos_token_id(VOCAB - 2)
     stored = {}

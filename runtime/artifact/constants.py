@@ -97,6 +97,7 @@ class Key:
     UNK_ID = Keys.Tokenizer.UNK_ID
     PAD_ID = Keys.Tokenizer.PAD_ID
     EOT_ID = Keys.Tokenizer.EOT_ID
+    EOM_ID = Keys.Tokenizer.EOM_ID
     ADD_BOS = Keys.Tokenizer.ADD_BOS
     ADD_EOS = Keys.Tokenizer.ADD_EOS
     ADD_PREFIX = Keys.Tokenizer.ADD_PREFIX

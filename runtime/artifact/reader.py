@@ -257,7 +257,7 @@ def open_gguf(model: str | os.PathLike) -> ModelFile:
     if magic != GGUF_MAGIC:
         raise ArtifactError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
     data = np.memmap(path, dtype=np.uint8, mode="r")
-    metadata, types, infos, data_start = _parse(path, memoryview(data))
+    metadata, types, infos, data_start = _parse(path, memoryview(data))  # type: ignore[arg-type]  # numpy stubs
     tensors: dict[str, TensorInfo] = {}
     for name, dims, type_id, offset in infos:
         try:

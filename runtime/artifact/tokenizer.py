@@ -1,17 +1,22 @@
 """Tokenizers rebuilt from GGUF metadata with well-kept libraries: the one builder, for the runtime and the quantizer.
 
-- `tokenizer.ggml.model == "gpt2"` (byte-level BPE: SmolLM2, Llama 3, Qwen): Hugging Face `tokenizers`.
-- `tokenizer.ggml.model == "llama"` (SentencePiece: Llama 2, TinyLlama, Mistral): `sentencepiece`, from a
-  ModelProto assembled from the GGUF vocabulary, scores and token types.
+- `tokenizer.ggml.model == "gpt2"` (byte-level BPE: SmolLM2, Llama 3, Qwen): Hugging Face `tokenizers`, with
+  llama.cpp's pre-tokenizer for the file's `tokenizer.ggml.pre` (artifact.pretokenizer).
+- `tokenizer.ggml.model == "llama"` (SentencePiece: Gemma 3, Llama 2, Phi-3): `sentencepiece`, from a ModelProto
+  assembled from the GGUF vocabulary, scores and token types, after splitting out special tokens as llama.cpp does.
+
+Both encode like llama.cpp's `llama_tokenize(add_special=True, parse_special=True)`; docs/TOKENIZERS.md says how.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gguf.constants import TokenType
 
 from edgegen.runtime.artifact.constants import Key
+from edgegen.runtime.artifact.pretokenizer import PreTokenizerRule, hf_pre_tokenizer, pre_tokenizer_rule
 from edgegen.runtime.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -20,19 +25,24 @@ if TYPE_CHECKING:
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL = int(TokenType.NORMAL), int(TokenType.UNKNOWN), int(TokenType.CONTROL)
 TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = int(TokenType.USER_DEFINED), int(TokenType.UNUSED), int(TokenType.BYTE)
 TOKENIZER_MODELS = ("gpt2", "llama")  # tokenizer.ggml.model values we build: byte-level BPE, SentencePiece
+# Token types llama.cpp splits out of the text before tokenizing (llama_vocab::impl::tokenizer_st_partition)
+SPECIAL_TYPES = (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)
+# llama.cpp's defaults for a SentencePiece file without bos/eos ids (llama_vocab::impl::load: 1 and 2, Llama 2's)
+SPM_DEFAULT_BOS, SPM_DEFAULT_EOS = 1, 2
 
-# llama.cpp llama-vocab.cpp: the pre-tokenizer split used for each `tokenizer.ggml.pre` value we support.
-# SmolLM2 ("smollm") splits every digit on its own, then applies the GPT-2 regex (same as "starcoder", "refact").
-DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "codeshell", "command-r"}
-GPT2_PRE = {"default", "gpt-2", "gpt2", None}
+log = logging.getLogger(__name__)
 
 
 class Tokenizer(Protocol):
     bos_id: int | None
     eos_id: int | None
+    eot_id: int | None  # end of turn (tokenizer.ggml.eot_token_id), e.g. Llama 3's <|eot_id|>
+    eom_id: int | None  # end of message (tokenizer.ggml.eom_token_id), e.g. Llama 3.1's <|eom_id|>
+    add_bos: bool
+    add_eos: bool
     vocab_size: int
 
-    def encode(self, text: str, add_bos: bool = False) -> list[int]: ...
+    def encode(self, text: str, add_bos: bool | None = None, add_eos: bool | None = None) -> list[int]: ...
 
     def decode(self, ids: list[int]) -> str: ...
 
@@ -114,41 +124,64 @@ class _HFStreamDecoder:
         return after[len(before):]
 
 
+class _Specials:
+    """The file's special ids and flags, read as llama.cpp reads them (llama_vocab::impl::load)."""
+
+    def __init__(self, metadata: Mapping[str, Any], n_tokens: int, add_bos_default: bool, spm: bool,
+                 source: str) -> None:
+        # BPE files without ids get none: llama.cpp's BPE default (id 11 for both) is a guess we do not copy.
+        self.bos_id = _token_id(metadata, Key.BOS_ID, n_tokens, SPM_DEFAULT_BOS if spm else None, source)
+        self.eos_id = _token_id(metadata, Key.EOS_ID, n_tokens, SPM_DEFAULT_EOS if spm else None, source)
+        self.eot_id = _token_id(metadata, Key.EOT_ID, n_tokens, None, source)
+        self.eom_id = _token_id(metadata, Key.EOM_ID, n_tokens, None, source)
+        # llama.cpp defaults: SentencePiece adds BOS, never EOS; BPE adds BOS only for some `pre` values
+        # (llama-bpe/llama3 and tekken, PreTokenizerRule.add_bos); the file's own flags win.
+        self.add_bos = _flag(metadata, Key.ADD_BOS, add_bos_default, source)
+        self.add_eos = _flag(metadata, Key.ADD_EOS, False, source)
+        for key, flag, ident, id_key in ((Key.ADD_BOS, self.add_bos, self.bos_id, Key.BOS_ID),
+                                         (Key.ADD_EOS, self.add_eos, self.eos_id, Key.EOS_ID)):
+            if flag and ident is None and key in metadata:  # llama.cpp refuses such a file too
+                raise ArtifactError(f"{source}: {key} is true, but {id_key} is not set (expected a token id)")
+
+    def wrap(self, ids: list[int], add_bos: bool | None, add_eos: bool | None) -> list[int]:
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        if (self.add_eos if add_eos is None else add_eos) and self.eos_id is not None:
+            ids = ids + [self.eos_id]
+        return ids
+
+
 class BPETokenizer:
-    """GPT-2-style byte-level BPE built with `tokenizers` from the GGUF token list and merges."""
+    """GPT-2-style byte-level BPE built with `tokenizers` from the GGUF token list and merges, split first by
+    llama.cpp's pre-tokenizer for the file's `tokenizer.ggml.pre`."""
 
     def __init__(self, metadata: Mapping[str, Any], source: str = "model") -> None:
-        from tokenizers import AddedToken, decoders, models, pre_tokenizers
+        from tokenizers import AddedToken, decoders, models
         from tokenizers import Tokenizer as HFTokenizer
 
         tokens: list[str] = _require(metadata, Key.TOKENS, source)
         merges: list[str] = metadata.get(Key.MERGES) or []
         types: list[int] = list(metadata.get(Key.TOKEN_TYPE) or [TOKEN_NORMAL] * len(tokens))
-        pre = metadata.get(Key.TOKENIZER_PRE)
+        self.pre_tokenizer: PreTokenizerRule = pre_tokenizer_rule(metadata.get(Key.TOKENIZER_PRE), source)
         vocab = {tok: i for i, tok in enumerate(tokens)}
-        merge_pairs = [(a, b) for a, b in (m.split(" ", 1) for m in merges if " " in m)]
-        tok = HFTokenizer(models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False))
-        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        if pre in DIGIT_SPLIT_PRE:
-            tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-        elif pre in GPT2_PRE or pre is not None:
-            # Other pre-tokenizers (llama-bpe, qwen2, ...) differ in their regex in small ways; GPT-2's is the
-            # closest common ground. The mismatch only changes how rare strings split, never what decodes back.
-            tok.pre_tokenizer = byte_level
+        merge_pairs = [pair for pair in map(_merge_pair, merges) if pair is not None]
+        tok = HFTokenizer(models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False,
+                                     ignore_merges=self.pre_tokenizer.ignore_merges))
+        tok.pre_tokenizer = hf_pre_tokenizer(self.pre_tokenizer)
         tok.decoder = decoders.ByteLevel()
         self._control = {i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED)}
-        tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in sorted(self._control)])
+        special = sorted(i for i, t in enumerate(types) if t in SPECIAL_TYPES)
+        tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in special])
         self._tok = tok
         self.vocab_size = len(tokens)
-        self.bos_id = metadata.get(Key.BOS_ID)
-        self.eos_id = metadata.get(Key.EOS_ID)
-        self.add_bos = bool(metadata.get(Key.ADD_BOS, False))
+        self._specials = _Specials(metadata, len(tokens), self.pre_tokenizer.add_bos, spm=False, source=source)
+        self.bos_id, self.eos_id = self._specials.bos_id, self._specials.eos_id
+        self.eot_id, self.eom_id = self._specials.eot_id, self._specials.eom_id
+        self.add_bos, self.add_eos = self._specials.add_bos, self._specials.add_eos
 
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=False).ids
-        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
-            ids = [self.bos_id] + ids
-        return ids
+    def encode(self, text: str, add_bos: bool | None = None, add_eos: bool | None = None) -> list[int]:
+        """Token ids of `text`, special tokens in it parsed; BOS/EOS as the file says unless given."""
+        return self._specials.wrap(self._tok.encode(text, add_special_tokens=False).ids, add_bos, add_eos)
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
@@ -161,7 +194,13 @@ class BPETokenizer:
 
 
 class SentencePieceTokenizer:
-    """SentencePiece built from a ModelProto assembled from the GGUF vocabulary (llama.cpp's `llama` vocab)."""
+    """SentencePiece built from a ModelProto assembled from the GGUF vocabulary (llama.cpp's `llama` vocab).
+
+    Special tokens (control, user-defined, unknown) are split out of the text first, longest first, as llama.cpp's
+    tokenizer_st_partition does: Gemma 3 keeps whitespace runs and HTML tags as user-defined tokens with raw spaces,
+    which SentencePiece would never see after it escapes spaces to U+2581. Each remaining piece gets the dummy prefix
+    space when the file asks for one; llama.cpp adds it to exactly these pieces (the first, and any after a special).
+    """
 
     def __init__(self, metadata: Mapping[str, Any], source: str = "model") -> None:
         import sentencepiece as spm
@@ -175,7 +214,8 @@ class SentencePieceTokenizer:
         proto.trainer_spec.vocab_size = len(tokens)
         proto.trainer_spec.byte_fallback = any(t == TOKEN_BYTE for t in types)
         proto.normalizer_spec.name = "identity"
-        proto.normalizer_spec.add_dummy_prefix = bool(metadata.get(Key.ADD_PREFIX, True))
+        # llama.cpp's SPM default is a space prefix; Gemma 3 says add_space_prefix = False
+        proto.normalizer_spec.add_dummy_prefix = _flag(metadata, Key.ADD_PREFIX, True, source)
         proto.normalizer_spec.remove_extra_whitespaces = False
         proto.normalizer_spec.escape_whitespaces = True
         kinds = {TOKEN_NORMAL: pb.ModelProto.SentencePiece.NORMAL, TOKEN_UNKNOWN: pb.ModelProto.SentencePiece.UNKNOWN,
@@ -187,16 +227,23 @@ class SentencePieceTokenizer:
             p.piece, p.score, p.type = piece, float(score), kinds.get(int(kind), pb.ModelProto.SentencePiece.NORMAL)
         self._sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         self._control = {i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED)}
+        special = [i for i, t in enumerate(types) if t in SPECIAL_TYPES]
+        self._partition = _SpecialPartition(tokens, special, _rstrip_ids(metadata, tokens, special))
         self.vocab_size = len(tokens)
-        self.bos_id = metadata.get(Key.BOS_ID)
-        self.eos_id = metadata.get(Key.EOS_ID)
-        self.add_bos = bool(metadata.get(Key.ADD_BOS, True))
+        self._specials = _Specials(metadata, len(tokens), True, spm=True, source=source)
+        self.bos_id, self.eos_id = self._specials.bos_id, self._specials.eos_id
+        self.eot_id, self.eom_id = self._specials.eot_id, self._specials.eom_id
+        self.add_bos, self.add_eos = self._specials.add_bos, self._specials.add_eos
 
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        ids = list(self._sp.encode(text))
-        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
-            ids = [self.bos_id] + ids
-        return ids
+    def encode(self, text: str, add_bos: bool | None = None, add_eos: bool | None = None) -> list[int]:
+        """Token ids of `text`, special tokens in it parsed; BOS/EOS as the file says unless given."""
+        ids: list[int] = []
+        for part in self._partition.split(text):
+            if isinstance(part, int):
+                ids.append(part)
+            else:
+                ids.extend(self._sp.encode(part))
+        return self._specials.wrap(ids, add_bos, add_eos)
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode(list(ids))
@@ -206,6 +253,76 @@ class SentencePieceTokenizer:
 
     def is_control(self, token_id: int) -> bool:
         return token_id in self._control
+
+
+class _SpecialPartition:
+    """Splits text into raw pieces and special-token ids the way llama.cpp's tokenizer_st_partition does: each
+    special token in turn, longest first, is cut out of every raw piece left; `rstrip` ids swallow the whitespace
+    after them."""
+
+    def __init__(self, tokens: Sequence[str], special_ids: Sequence[int], rstrip_ids: set[int]) -> None:
+        order = sorted((i for i in special_ids if tokens[i]), key=lambda i: (-len(tokens[i]), i))
+        self._specials = [(tokens[i], i) for i in order]
+        self._rstrip = rstrip_ids
+
+    def split(self, text: str) -> list[str | int]:
+        parts: list[str | int] = [text] if text else []
+        for piece, ident in [(piece, ident) for piece, ident in self._specials if piece in text]:
+            out: list[str | int] = []
+            for p in parts:
+                if isinstance(p, int) or piece not in p:
+                    out.append(p)
+                    continue
+                chunks = p.split(piece)
+                for k, chunk in enumerate(chunks):
+                    if k:
+                        out.append(ident)
+                        if ident in self._rstrip:
+                            chunk = chunk.lstrip(" \t\n\v\f\r")  # C isspace, as llama.cpp
+                    if chunk:
+                        out.append(chunk)
+            parts = out
+        return parts
+
+
+def _rstrip_ids(metadata: Mapping[str, Any], tokens: Sequence[str], special_ids: Sequence[int]) -> set[int]:
+    """Special tokens that swallow the whitespace after them: llama.cpp sets this for models named Phi-3 (all
+    specials and </s>, not <unk>, <s>, <|endoftext|>), whose chat template puts a newline after each tag."""
+    name = str(metadata.get("general.name") or "").lower()
+    if "phi-3" not in name and "phi3" not in name:
+        return set()
+    index = {t: i for i, t in enumerate(tokens)}
+    ids = set(special_ids) | {index[t] for t in ("</s>",) if t in index}
+    return ids - {index[t] for t in ("<unk>", "<s>", "<|endoftext|>") if t in index}
+
+
+def _merge_pair(merge: str) -> tuple[str, str] | None:
+    """A GGUF merge "a b" as a pair; llama.cpp splits at the first space after the first character."""
+    cut = merge.find(" ", 1)
+    return (merge[:cut], merge[cut + 1:]) if cut > 0 else None
+
+
+def _token_id(metadata: Mapping[str, Any], key: str, n_tokens: int, default: int | None, source: str) -> int | None:
+    """A special token id from the file; like llama.cpp, an id outside the vocabulary is ignored with a warning."""
+    if default is not None and default >= n_tokens:
+        default = None
+    if key not in metadata:
+        return default
+    value = metadata[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArtifactError(f"{source}: {key} is {value!r}, expected a token id (an integer)")
+    if not 0 <= value < n_tokens:
+        log.warning("%s: %s = %d is outside the vocabulary (%d tokens), using %s", source, key, value, n_tokens,
+                    default)
+        return default
+    return value
+
+
+def _flag(metadata: Mapping[str, Any], key: str, default: bool, source: str) -> bool:
+    value = metadata.get(key, default)
+    if not isinstance(value, bool):
+        raise ArtifactError(f"{source}: {key} is {value!r}, expected true or false")
+    return value
 
 
 def _require(metadata: Mapping[str, Any], key: str, source: str) -> Any:

@@ -72,7 +72,7 @@ class PackedLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        rows = int(np.prod(lead)) if lead else 1
+        rows = int(np.prod(lead)) if lead else 1  # type: ignore[arg-type]  # an input's shape: ints, not symbolic
         if rows != 1:
             # Prefill / batches: dequantize once into a temporary float buffer, then an ordinary matmul. Fused
             # into the matmul, the dequantization was redone for every tile of rows (2.8 s vs 1.7 s for a 64-token

@@ -78,3 +78,13 @@ def test_json_the_decoder_accepts_or_chokes_on_gets_a_client_error(payload: byte
         parse_request("text", payload)
     assert err.value.code == code and words in err.value.message, err.value
     assert len(err.value.message) < 400
+
+
+@pytest.mark.parametrize("name", ["dev1\n", "dev1\r\n", "", "a" * 65, "dev/1", "dev+", "dev#", "dév"])
+def test_topic_names_refuse_what_is_not_one_topic_level(name):
+    """A trailing newline once passed (`$` matches before it): it would make a second, broken topic level."""
+    from edgegen.firmware_bridge.topics import check_name
+
+    with pytest.raises(RequestError, match="must be 1-64 characters"):
+        check_name(name)
+    assert check_name("dev-1.a_b") == "dev-1.a_b"

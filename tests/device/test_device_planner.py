@@ -164,16 +164,37 @@ def test_plan_json_verdicts(edgegen, llama7b_q4_path):
 
 
 def test_plan_of_a_file_the_runtime_cannot_run_that_is_also_too_big(edgegen, tmp_path):
-    """A 7B Q4_K file: re-quantizing fixes the types, but no recipe fits 4 GB at 4096 tokens; the advice says both."""
-    path = write_sparse_llama(tmp_path / "llama7b-q4_k.gguf", Q.Q4_K, **LLAMA7B)
+    """A 7B IQ4_XS file: re-quantizing fixes the types, but no recipe fits 4 GB at 4096 tokens; the advice says
+    both."""
+    path = write_sparse_llama(tmp_path / "llama7b-iq4_xs.gguf", Q.IQ4_XS, **LLAMA7B)
     code, out, _ = edgegen("plan", str(path), "--board", "rpi5-4gb", "--context", "4096")
     assert code == 0
     lines = out.splitlines()
-    assert ("verdict:  cannot run here: unsupported tensor types Q4_K (226 tensors, e.g. token_embd.weight) "
-            "(supported: F32, F16, Q8_0, Q4_0, Q4_1)") in lines
+    assert ("verdict:  cannot run here: unsupported tensor types IQ4_XS (226 tensors, e.g. token_embd.weight) "
+            "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)") in lines
     assert any(line.startswith("          memory alone: DOES NOT FIT: needs ") for line in lines)
     assert ("advice:   re-quantize to tensor types the runtime runs; does not fit: even recipe w4 at a 1-token "
             "context exceeds the board's usable memory") in lines
+
+
+@pytest.mark.parametrize("qtype,extra", [(Q.Q4_K, 4), (Q.Q5_K, 4), (Q.Q3_K, 4), (Q.Q6_K, 0), (Q.Q2_K, 0)])
+def test_k_quant_weights_are_planned_at_their_device_size(edgegen, tmp_path, qtype, extra):
+    """A 7B K-quant file runs; Q3_K / Q4_K / Q5_K weights take 4 bytes more per 256 on the device than in the file
+    (their packed scales are unpacked at load, docs/QUANT_TYPES.md), Q6_K and Q2_K the file's size."""
+    path = write_sparse_llama(tmp_path / f"llama7b-{qtype.name}.gguf", qtype, **LLAMA7B)
+    m = read_model_facts(path)
+    matrices = sum(t.n_elements for t in m.tensors if t.n_dims == 2)
+    vectors = sum(t.n_bytes for t in m.tensors if t.n_dims == 1)
+    assert m.device_weights_bytes == m.weights_bytes + extra * matrices // 256
+    code, out, _ = edgegen("plan", str(path), "--board", "jetson-agx-orin-32gb", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["verdict"] == "fits" and plan["cannot_run_reason"] is None
+    block, size = {Q.Q4_K: (256, 144), Q.Q5_K: (256, 176), Q.Q3_K: (256, 110), Q.Q6_K: (256, 210),
+                   Q.Q2_K: (256, 84)}[qtype]
+    assert plan["weights_bytes"] == matrices // block * (size + extra) + vectors
+    # untied 7B: one decode step reads every weight but the embedding table (one row of it)
+    embed = next(t for t in m.tensors if t.name == "token_embd.weight")
+    assert plan["bytes_per_token"] == plan["weights_bytes"] - embed.device_bytes + plan["kv_cache_bytes"]
 
 
 def test_read_model_facts_names_bad_files(tmp_path):

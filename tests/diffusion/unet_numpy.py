@@ -1,4 +1,4 @@
-"""An independent numpy forward of models/unet.py's U-Net (float64), the reference the tinygrad model is checked against."""
+"""An independent numpy forward of models/unet.py's U-Net (float64): the reference the tinygrad model is checked by."""
 from __future__ import annotations
 
 import numpy as np
@@ -62,7 +62,9 @@ def unet_forward(p, cfg, x, t, y):
     o = (s / s.sum(-1, keepdims=True)) @ v
     o = lin("mid.attn.out", o.transpose(0, 2, 1, 3).reshape(b, hh * ww, c)).transpose(0, 2, 1).reshape(b, c, hh, ww)
     h = h + o
-    up = lambda v: v.repeat(2, axis=2).repeat(2, axis=3)
+    def up(v):
+        return v.repeat(2, axis=2).repeat(2, axis=3)
+
     h = res("up1", conv("up1.merge", np.concatenate([up(h), h1], 1), 1), emb, c1, c1)
     h = res("up0", conv("up0.merge", np.concatenate([up(h), h0], 1), 1), emb, c0, c0)
     return conv("conv_out", silu(norm("out.norm", h)), 3)

@@ -12,7 +12,8 @@ SENTENCES = Path(__file__).with_name("sentences.txt")
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def model_from(nodes, inputs, outputs, inits, opset: int = 18, domains: dict[str, int] | None = None) -> onnx.ModelProto:
+def model_from(nodes, inputs, outputs, inits, opset: int = 18,
+               domains: dict[str, int] | None = None) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in inits.items()])
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (domains or {}).items()]
     return helper.make_model(graph, opset_imports=opsets, ir_version=8 if opset < 21 else 10)
@@ -28,7 +29,8 @@ def linear_model(k: int, n: int, op: str = "MatMul", opset: int = 18, seed: int 
     w = rng.normal(0, 0.05, (k, n)).astype(np.float32)
     b = rng.normal(0, 0.1, (n,)).astype(np.float32)
     if op == "MatMul":
-        nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"], name="proj"), helper.make_node("Add", ["xw", "b"], ["y"])]
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"], name="proj"),
+                 helper.make_node("Add", ["xw", "b"], ["y"])]
         inits = {"W": w, "b": b}
     else:
         nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["y"], name="proj", transB=1)]

@@ -112,7 +112,8 @@ def test_bad_inputs(capsys, tmp_path):
     ids = tmp_path / "ids.npy"
     ids.write_text("not numpy")
     assert_one_line(*cli(capsys, "run-onnx", str(path), "--input", f"ids={ids}"), "run-onnx", "is not a .npy array")
-    assert_one_line(*cli(capsys, "run-onnx", str(path), "--input", "ids"), "run-onnx", "--input 'ids' is not NAME=VALUE")
+    assert_one_line(*cli(capsys, "run-onnx", str(path), "--input", "ids"), "run-onnx",
+                    "--input 'ids' is not NAME=VALUE")
     assert_one_line(*cli(capsys, "run-onnx", str(path), "--input", f"tokens={ids}"), "run-onnx",
                     "unknown input 'tokens'")
 

@@ -86,3 +86,24 @@ def _rows(ref, model, ids, window, stride):
 def test_too_little_text():
     with pytest.raises(QuantizeError, match="at least 2 tokens"):
         evaluate(CountingModel(), [3])
+
+
+@pytest.mark.parametrize("bos_id", [None, 49])
+def test_every_window_starts_with_bos_when_the_model_adds_one(bos_id):
+    """llama.cpp's perplexity rule: the first token fed in each window is BOS (a vocabulary that adds BOS); it is
+    context only, so the same targets are scored, each against the window that holds it."""
+    model = CountingModel()
+    fed: list[list[int]] = []
+    inner = model.logits
+    model.logits = lambda ids: fed.append(list(ids)) or inner(ids)
+    ids = [49] + list(np.random.default_rng(5).integers(0, 49, 30))  # tokenized with a leading BOS
+    res = evaluate(model, ids, window=10, stride=5, bos_id=bos_id)
+    wins = sliding_windows(len(ids), 10, 5)
+    assert [f[1:] for f in fed] == [ids[w.start + 1:w.end] for w in wins]
+    assert [f[0] for f in fed] == [ids[w.start] if bos_id is None else bos_id for w in wins]
+    expected = 0.0
+    for w, window_ids in zip(wins, fed):
+        lp = log_softmax(inner(window_ids))
+        expected -= sum(lp[t - 1 - w.start, ids[t]] for t in range(w.first_target, w.end))
+    assert res.tokens_scored == len(ids) - 1
+    assert res.mean_nll == pytest.approx(expected / res.tokens_scored, rel=1e-9)
