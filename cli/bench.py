@@ -8,11 +8,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from edgegen.cli.flags import add_device_argument, add_json_flag, add_model_argument, add_no_progress_flag
 from edgegen.cli.progress import tracker
 from edgegen.device import bench as measurement
+
+
+class RuntimeRunner:
+    """device.bench's Runner over edgegen's runtime (the runtime is imported when a bench runs, not at parse time)."""
+
+    def load(self, path: Path, device: str, context: int) -> Any:
+        from edgegen.runtime.engine import TextGenerator
+
+        return TextGenerator.load(str(path), device=device, max_context=context)
+
+    def greedy(self, max_tokens: int) -> Any:
+        from edgegen.runtime import SamplingParams
+
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens)
+
+    def graphs_cached(self, path: Path, device: str, context: int) -> bool:
+        from edgegen.runtime import jit_cache
+
+        # the runtime's key hashes the file, device, context and runtime code
+        return (jit_cache.cache_dir() / f"{jit_cache.cache_key(path, device, context)}.pkl").is_file()
+
 
 PLOTS_SKIPPED = "PNG plots skipped: they need matplotlib, the 'bench' extra: pip install 'edgegen[bench]'"
 
@@ -49,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if plots and not measurement.plotting_available():  # said before the minutes of measuring, not after
         print(f"edgegen bench: {PLOTS_SKIPPED}", file=sys.stderr)
         plots = False
-    report = measurement.bench(args.model, settings(args), track=tracker(not args.no_progress, unit="tok"))
+    report = measurement.bench(args.model, RuntimeRunner(), settings(args),
+                               track=tracker(not args.no_progress, unit="tok"))
     report["files"] = measurement.write_outputs(report, Path(args.results), plots)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -59,3 +83,12 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(report))
         print("\n".join(f"wrote {p}" for p in report["files"].values()))
     return 0
+
+
+if __name__ == "__main__":  # device.bench.measure_startup's child: a fresh process timed from its first import
+    _t0 = time.perf_counter()
+    if len(sys.argv) == 6 and sys.argv[1] == measurement.PROBE_FLAG:
+        measurement.startup_probe(RuntimeRunner(), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), _t0)
+    else:
+        sys.exit(f"usage: python -m {measurement.PROBE_MODULE} {measurement.PROBE_FLAG} MODEL DEVICE PROMPT_TOKENS "
+                 "CONTEXT")

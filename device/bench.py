@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from edgegen.device.backends import BACKENDS
 from edgegen.device.energy import NOT_AVAILABLE, EnergyMeter
@@ -43,7 +43,8 @@ Track = Callable[[Iterable[T], str, int], Iterable[T]]
 PROMPT_TEXT = ("A microcontroller is a small computer on a single chip. It reads sensors, drives motors and talks "
                "to other devices over serial buses, and it runs for years on a battery. ")
 STARTUP_TIMEOUT_S = 900
-PROBE_MODULE, PROBE_FLAG = "edgegen.device.bench", "--startup-probe"  # this module, run as measure_startup's child
+# measure_startup's child: the CLI's bench module, which can import the runtime (this library never does)
+PROBE_MODULE, PROBE_FLAG = "edgegen.cli.bench", "--startup-probe"
 
 
 def no_track(it: Iterable[T], desc: str, total: int) -> Iterable[T]:
@@ -98,11 +99,22 @@ def pick_board(name: str | None) -> BoardProfile:
     return match_profile(host.board_model, host.memory_total_bytes) or get_profile("host")
 
 
-def load_generator(path: Path, device: str, context: int):
-    """Load through the runtime on `device`; an unusable backend is the runtime's ArtifactError (exit code 2)."""
-    from edgegen.runtime.engine import TextGenerator
+class Runner(Protocol):
+    """What bench needs from a runtime, passed in by the caller (the CLI passes edgegen's): `device` measures, the
+    runtime runs, and this package imports none of it (docs/ARCHITECTURE.md)."""
 
-    return TextGenerator.load(str(path), device=device, max_context=context)
+    def load(self, path: Path, device: str, context: int) -> Any:
+        """A generator with `.tokenizer.encode(text)` and `.stream_ids(ids, params, ignore_eos=True)`; an unusable
+        backend raises an error class with exit_code 2."""
+        ...
+
+    def greedy(self, max_tokens: int) -> Any:
+        """Sampling parameters for exactly `max_tokens` greedy tokens."""
+        ...
+
+    def graphs_cached(self, path: Path, device: str, context: int) -> bool:
+        """Whether a load would find captured graphs on disk."""
+        ...
 
 
 def make_prompt(tokenizer, n_tokens: int) -> list[int]:
@@ -112,16 +124,14 @@ def make_prompt(tokenizer, n_tokens: int) -> list[int]:
     return ids[:n_tokens]
 
 
-def timed_generation(gen, prompt: list[int], max_tokens: int, track: Track = no_track,
+def timed_generation(runner: Runner, gen: Any, prompt: list[int], max_tokens: int, track: Track = no_track,
                      desc: str = "generating") -> tuple[TokenTimer, Any, int]:
     """Run one greedy generation of exactly `max_tokens` tokens (end-of-turn ignored), marking every streamed
     piece; returns the timer, the runtime's result, and the number of pieces seen."""
-    from edgegen.runtime import SamplingParams
-
     timer = TokenTimer()
     pieces = 0
     timer.start()
-    stream = gen.stream_ids(prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens), ignore_eos=True)
+    stream = gen.stream_ids(prompt, runner.greedy(max_tokens), ignore_eos=True)
     for _ in track(stream, desc, max_tokens):
         timer.mark()
         pieces += 1
@@ -148,42 +158,41 @@ def measure_startup(path: Path, device: str, prompt_tokens: int, context: int, c
     return out
 
 
-def _startup_probe(path: str, device: str, prompt_tokens: int, context: int) -> None:
-    """Child of measure_startup: import, load, generate 2 tokens; print times and peak RSS as one JSON line."""
-    from edgegen.runtime import jit_cache
-
-    t0 = time.perf_counter()
-    # Whether the runtime will find captured graphs: its key hashes the file, device, context and runtime code.
-    cache_hit = (jit_cache.cache_dir() / f"{jit_cache.cache_key(Path(path), device, context)}.pkl").is_file()
-    gen = load_generator(Path(path), device, context)
+def startup_probe(runner: Runner, path: str, device: str, prompt_tokens: int, context: int, t0: float) -> None:
+    """Child of measure_startup (t0: when the child started importing): load, generate 2 tokens; print times and
+    peak RSS as one JSON line."""
+    cache_hit = runner.graphs_cached(Path(path), device, context)
+    gen = runner.load(Path(path), device, context)
     t_load = time.perf_counter()
-    timer, result, _ = timed_generation(gen, make_prompt(gen.tokenizer, prompt_tokens), 2)
+    timer, result, _ = timed_generation(runner, gen, make_prompt(gen.tokenizer, prompt_tokens), 2)
     t_end = time.perf_counter()
     print(json.dumps({"load_s": t_load - t0, "first_token_s": t_load - t0 + (timer.ttft_s or 0.0),
                       "first_generation_s": t_end - t0, "completion_tokens": result.completion_tokens,
                       "peak_rss_bytes": peak_rss_bytes(), "jit_cache_hit": cache_hit}))
 
 
-def bench(model: str, settings: BenchSettings = BenchSettings(), track: Track = no_track) -> dict:
-    """Measure; return the report dict (every field present; None or a string where something does not apply)."""
+def bench(model: str, runner: Runner, settings: BenchSettings = BenchSettings(), track: Track = no_track) -> dict:
+    """Measure a model run by `runner`; return the report dict (every field present; None or a string where
+    something does not apply)."""
     s = settings
     path, facts, device = validate(model, s)
     board = pick_board(s.board)
     label = s.label or path.stem
     t0 = time.perf_counter()
-    gen = load_generator(path, device, s.context)
+    gen = runner.load(path, device, s.context)
     load_s = time.perf_counter() - t0
     prompt = make_prompt(gen.tokenizer, s.prompt_tokens)
 
     # Warm-up: compiles the prefill and decode kernels and captures their graphs (the runtime's TinyJits capture
     # on the first call; tinygrad's default would be the second), so the measured runs only replay. Two warm-up
     # generations, because prefill runs once per generation, leave it replaying under either rule.
-    warm_timer, _, _ = timed_generation(gen, prompt, min(s.gen_tokens, 4) + 1)
-    timed_generation(gen, prompt, 2)
+    warm_timer, _, _ = timed_generation(runner, gen, prompt, min(s.gen_tokens, 4) + 1)
+    timed_generation(runner, gen, prompt, 2)
     timers, results, pieces = [], [], []
     with EnergyMeter() as meter:
         for i in range(s.runs):
-            timer, result, n = timed_generation(gen, prompt, s.gen_tokens, track, f"bench run {i + 1}/{s.runs}")
+            timer, result, n = timed_generation(runner, gen, prompt, s.gen_tokens, track,
+                                                f"bench run {i + 1}/{s.runs}")
             timers.append(timer)
             results.append(result)
             pieces.append(n)
@@ -264,9 +273,3 @@ def plotting_available() -> bool:
         return False
     return True
 
-
-if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == PROBE_FLAG:
-        _startup_probe(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
-    else:
-        sys.exit(f"usage: python -m {PROBE_MODULE} {PROBE_FLAG} MODEL DEVICE PROMPT_TOKENS CONTEXT")

@@ -7,8 +7,8 @@ On a request's Response Topic, in order, every message echoing the request's Cor
      "device": "dev1", "stats": {"prompt_tokens": 9, "completion_tokens": 2, "ttft_ms": 41.2, "tokens_per_s": 30.1,
                                   "total_ms": 95.0, "queue_ms": 0.3, "peak_rss_bytes": 210000000}}
 or, instead of chunks and final, one {"v": 1, "type": "error", "id": "r-42", "code": "busy", "message": "..."}.
-An image answer is one message whose payload is PNG bytes (Content Type `image/png`, user property id) followed by
-a final message with empty text.
+An image answer is one message whose payload is PNG bytes (Content Type `image/png`, the request's correlation data)
+followed by a final message with empty text.
 """
 from __future__ import annotations
 

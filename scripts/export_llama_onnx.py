@@ -41,6 +41,8 @@ def build_step(gguf_path: str | Path, cache_len: int):
 
     source = load_source(gguf_path)
     hp = config_from_source(source)
+    if hp.architecture != "llama":  # the graph below is the llama family's (interleaved RoPE, SwiGLU, no biases)
+        raise SystemExit(f"{gguf_path}: architecture {hp.architecture!r}: this exporter writes llama models only")
     H, KV, D = hp.n_heads, hp.n_kv_heads, hp.head_dim
     tensors = source.tensors
 

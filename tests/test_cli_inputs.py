@@ -13,22 +13,24 @@ from gguf import GGML_QUANT_SIZES, GGUFWriter
 from gguf import GGMLQuantizationType as Q
 
 import edgegen.cli as edgegen_cli
+from edgegen.runtime.artifact.constants import SUPPORTED_ARCHITECTURES, SUPPORTED_TYPES, TEXT_ARCHITECTURES
 from edgegen.runtime.artifact.reader import default_model_path
 
 DEFAULT = default_model_path()
 SHAPE = {"dim": 256, "heads": 4, "kv_heads": 2, "hidden": 512, "vocab": 320, "context": 2048}  # K-quant rows: 256
-# name -> (type, rows, cols); the K-quants and Q5_0 are types gguf-py knows and the runtime does not run.
+# name -> (type, rows, cols); the i-quants are types gguf-py knows and the runtime does not run.
 FOREIGN_TENSORS = {
-    "token_embd.weight": (Q.Q6_K, 320, 256),
+    "token_embd.weight": (Q.IQ4_XS, 320, 256),
     "blk.0.attn_norm.weight": (Q.F32, 1, 256),
-    "blk.0.attn_q.weight": (Q.Q4_K, 256, 256),
-    "blk.0.attn_k.weight": (Q.Q4_K, 128, 256),
-    "blk.0.ffn_down.weight": (Q.Q5_0, 256, 512),
+    "blk.0.attn_q.weight": (Q.IQ2_XXS, 256, 256),
+    "blk.0.attn_k.weight": (Q.IQ2_XXS, 128, 256),
+    "blk.0.ffn_down.weight": (Q.IQ4_NL, 256, 512),
     "output_norm.weight": (Q.F32, 1, 256),
 }
-SUPPORTED = "(supported: F32, F16, Q8_0, Q4_0, Q4_1)"
-FOREIGN_TYPES = ("unsupported tensor types Q6_K (1 tensor: token_embd.weight), Q4_K (2 tensors, e.g. "
-                 f"blk.0.attn_q.weight), Q5_0 (1 tensor: blk.0.ffn_down.weight) {SUPPORTED}")
+SUPPORTED = f"(supported: {', '.join(t.name for t in SUPPORTED_TYPES)})"
+FOREIGN_TYPES = ("unsupported tensor types IQ4_XS (1 tensor: token_embd.weight), IQ2_XXS (2 tensors, e.g. "
+                 f"blk.0.attn_q.weight), IQ4_NL (1 tensor: blk.0.ffn_down.weight) {SUPPORTED}")
+FOREIGN_ARCH = "falcon"  # a decoder family the runtime does not run
 
 
 def write_foreign_gguf(path: Path, architecture: str, tensors: dict = FOREIGN_TENSORS) -> Path:
@@ -119,29 +121,31 @@ def test_eval_default(capsys):
 # 2. `info` describes any GGUF file and says whether, and why not, the runtime can run it.
 
 def test_info_describes_an_architecture_and_types_it_cannot_run(capsys, tmp_path):
-    path = write_foreign_gguf(tmp_path / "gemma3.gguf", "gemma3")
+    path = write_foreign_gguf(tmp_path / "falcon.gguf", FOREIGN_ARCH)
     code, out, err = run(capsys, "info", str(path))
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert lines[1] == "architecture  gemma3 (tiny-gemma3)"
+    assert lines[1] == "architecture  falcon (tiny-falcon)"
     assert lines[2] == ("config        block_count 1, context_length 2048, embedding_length 256, feed_forward_length "
                         "512, attention.head_count 4, attention.head_count_kv 2, vocab_size 320")
-    # 311,808 weights in 214,656 bytes: 67,200 Q6_K + 55,296 Q4_K + 90,112 Q5_0 + 2,048 F32.
-    assert lines[3] == "parameters    0.31 M in 0.20 MiB (5.507 bits/weight)"
-    assert lines[4] == "tensor types  F32: 2 (0.00 MiB), Q4_K: 2 (0.05 MiB), Q5_0: 1 (0.09 MiB), Q6_K: 1 (0.06 MiB)"
-    assert lines[-1] == ("runnable here: no (unsupported architecture 'gemma3' (supported: llama, edgegen-unet, "
-                         f"edgegen-mnist-classifier); {FOREIGN_TYPES})")
+    # 311,808 weights in 144,640 bytes: 43,520 IQ4_XS + 25,344 IQ2_XXS + 73,728 IQ4_NL + 2,048 F32.
+    assert lines[3] == "parameters    0.31 M in 0.14 MiB (3.711 bits/weight)"
+    assert lines[4] == ("tensor types  F32: 2 (0.00 MiB), IQ2_XXS: 2 (0.02 MiB), IQ4_NL: 1 (0.07 MiB), "
+                        "IQ4_XS: 1 (0.04 MiB)")
+    assert lines[-1] == (f"runnable here: no (unsupported architecture 'falcon' (supported: "
+                         f"{', '.join(SUPPORTED_ARCHITECTURES)}); {FOREIGN_TYPES})")
     code, out, _ = run(capsys, "info", str(path), "--json", "--metadata", "--tensors")
     info = json.loads(out)
     assert info["runnable"] is False and info["runnable_reason"] == lines[-1][len("runnable here: no ("):-1]
-    # Packed sizes from GGML_QUANT_SIZES: Q6_K 210 B, Q4_K 144 B per 256 weights; Q5_0 22 B per 32.
-    assert info["bytes_by_type"] == {"Q6_K": 320 * 210, "F32": 2 * 256 * 4, "Q4_K": 384 * 144, "Q5_0": 256 * 16 * 22}
-    assert info["metadata"]["gemma3.embedding_length"] == 256 and info["metadata"]["general.architecture"] == "gemma3"
+    # Packed sizes from GGML_QUANT_SIZES: IQ4_XS 136 B, IQ2_XXS 66 B per 256 weights; IQ4_NL 18 B per 32.
+    assert info["bytes_by_type"] == {"IQ4_XS": 320 * 136, "F32": 2 * 256 * 4, "IQ2_XXS": 384 * 66,
+                                     "IQ4_NL": 256 * 16 * 18}
+    assert info["metadata"]["falcon.embedding_length"] == 256 and info["metadata"]["general.architecture"] == "falcon"
     assert {t["name"]: t["shape"] for t in info["tensors"]}["blk.0.ffn_down.weight"] == [256, 512]
 
 
-def test_info_describes_a_llama_with_k_quants(capsys, tmp_path):
-    path = write_foreign_gguf(tmp_path / "llama-q4_k.gguf", "llama")
+def test_info_describes_a_llama_with_i_quants(capsys, tmp_path):
+    path = write_foreign_gguf(tmp_path / "llama-iq.gguf", "llama")
     code, out, _ = run(capsys, "info", str(path))
     assert code == 0
     assert "layers        1  dim 256  heads 4/2 kv  ffn 512  vocab 320  context 2048" in out
@@ -163,13 +167,13 @@ def test_info_of_a_llama_without_its_hyperparameters(capsys, tmp_path):
 # 3. `plan` says the runtime cannot run a file instead of calling it a fit.
 
 def test_plan_of_a_file_the_runtime_cannot_run(capsys, tmp_path):
-    path = write_foreign_gguf(tmp_path / "gemma3.gguf", "gemma3")
+    path = write_foreign_gguf(tmp_path / "falcon.gguf", FOREIGN_ARCH)
     code, out, _ = run(capsys, "plan", str(path), "--board", "rpi5-4gb")
     assert code == 0  # a verdict, like DOES NOT FIT, not an input error
     lines = out.splitlines()
     verdict = next(i for i, line in enumerate(lines) if line.startswith("verdict:"))
-    assert lines[verdict] == ("verdict:  cannot run here: unsupported architecture 'gemma3' (supported: llama); "
-                              f"{FOREIGN_TYPES}")
+    assert lines[verdict] == ("verdict:  cannot run here: unsupported architecture 'falcon' (supported: "
+                              f"{', '.join(TEXT_ARCHITECTURES)}); {FOREIGN_TYPES}")
     assert lines[verdict + 1].startswith("          memory alone: FITS: needs ")
     assert "FITS" not in lines[verdict] and "fits as is" not in out
     assert "advice:   none: re-quantizing cannot remove what stops the runtime (see the verdict)" in lines
@@ -179,8 +183,8 @@ def test_plan_of_a_file_the_runtime_cannot_run(capsys, tmp_path):
     assert plan["cannot_run_reason"] == lines[verdict].removeprefix("verdict:  cannot run here: ")
 
 
-def test_plan_of_a_llama_with_k_quants_suggests_requantizing(capsys, tmp_path):
-    path = write_foreign_gguf(tmp_path / "llama-q4_k.gguf", "llama")
+def test_plan_of_a_llama_with_i_quants_suggests_requantizing(capsys, tmp_path):
+    path = write_foreign_gguf(tmp_path / "llama-iq.gguf", "llama")
     code, out, _ = run(capsys, "plan", str(path), "--board", "rpi5-4gb")
     assert code == 0
     assert f"verdict:  cannot run here: {FOREIGN_TYPES}" in out.splitlines()
@@ -189,7 +193,7 @@ def test_plan_of_a_llama_with_k_quants_suggests_requantizing(capsys, tmp_path):
 
 
 def test_bench_refuses_a_file_the_runtime_cannot_run(capsys, tmp_path):
-    path = write_foreign_gguf(tmp_path / "llama-q4_k.gguf", "llama")
+    path = write_foreign_gguf(tmp_path / "llama-iq.gguf", "llama")
     line = one_error_line(*run(capsys, "bench", str(path), "--no-compile-times"))
     assert line == f"edgegen bench: error: {path}: cannot run here: {FOREIGN_TYPES}"
 

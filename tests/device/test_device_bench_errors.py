@@ -37,7 +37,7 @@ def test_bench_without_matplotlib_skips_the_plots_and_says_so_first(edgegen, tmp
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
     notice_first = []
 
-    def fake_bench(model, settings, track):  # stands in for minutes of measuring; the notice must come before them
+    def fake_bench(model, runner, settings, track):  # stands in for minutes of measuring; the notice comes first
         notice_first.append("PNG plots skipped" in sys.stderr.getvalue())  # capsys's buffer so far
         return sample_report("q4", 10.0)
 
