@@ -107,6 +107,15 @@ def test_quantized_family_runs_in_the_runtime(family_files, family, recipe, tmp_
     ref = reference_logits(s, weights, IDS)
     close(got, ref, 0.03 if recipe == "w8" else 0.3)
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= (1.0 if recipe == "w8" else 0.75)
+    try:  # the output also runs in llama.cpp, the reference of every family, where llama-cpp-python is installed
+        import llama_cpp
+    except ImportError:
+        return
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=32, logits_all=True, verbose=False, n_threads=2)
+    llm.eval(IDS)
+    theirs = np.asarray(llm.scores[: len(IDS)], dtype=np.float64)
+    close(got, theirs, 0.02)  # llama.cpp also rounds the activations to 8 bits for its integer dot products
+    assert (got.argmax(-1) == theirs.argmax(-1)).mean() >= 0.9
 
 
 def test_calibrated_quantize_of_a_gemma3_runs(family_files, tmp_path, capsys):
