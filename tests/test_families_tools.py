@@ -293,3 +293,25 @@ def test_info_and_plan_of_the_gemma3_file(capsys):
     q4k = sum(t.n_elements for t in m.tensors if t.type_name == "Q4_K")
     vectors_f32 = all(t.type_name == "F32" for t in m.tensors if t.n_dims == 1)
     assert vectors_f32 and plan["weights_bytes"] == m.weights_bytes + 4 * q4k // 256 > m.weights_bytes
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3", "phi3"])
+def test_serve_engine_answers_every_family(family_files, family):
+    """The MQTT service's text engine over a family file: a request with messages (no chat template in these files:
+    the raw text) streams the tokens the runtime generates."""
+    import json
+    import threading
+
+    from edgegen.firmware_bridge.engines import RuntimeTextEngine
+    from edgegen.firmware_bridge.schema import parse_request
+
+    _, path, _ = family_files[family]
+    engine = RuntimeTextEngine.load(str(path), device="CPU")
+    payload = {"v": 1, "id": "r-1", "messages": [{"role": "user", "content": "abc"}], "max_tokens": 4,
+               "sampling": {"temperature": 0.0}}
+    request = parse_request("text", json.dumps(payload).encode())
+    engine.check(request)
+    pieces: list[str] = []
+    out = engine.generate(request, threading.Event(), pieces.append)
+    assert out.completion_tokens >= 1 and out.finish_reason in ("length", "stop")
+    assert "".join(pieces) == out.text
