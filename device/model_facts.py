@@ -12,19 +12,16 @@ from typing import Any
 
 from edgegen.device.errors import DeviceError
 from edgegen.runtime.artifact.config import config_from_metadata
-from edgegen.runtime.artifact.constants import BLOCK_SIZES, GGUF_MAGIC, GGMLQuantizationType, Key
+from edgegen.runtime.artifact.constants import (
+    BLOCK_SIZES,
+    GGUF_MAGIC,
+    REPACK_EXTRA_BYTES_PER_BLOCK,
+    GGMLQuantizationType,
+    Key,
+)
 from edgegen.runtime.artifact.reader import ModelFile, open_gguf
 from edgegen.runtime.errors import ArtifactError
 
-# Bytes per block the runtime's linear layers hold beyond the file's: runtime/quant/formats.py unpacks the 12 bytes
-# of 6-bit packed scales and mins of Q3_K, Q4_K and Q5_K to one byte each, 16 (docs/QUANT_TYPES.md: Q4_K 148 bytes
-# per 256 weights on the device, 144 in the file). Every other type keeps the file's size.
-# tests/test_families_tools.py checks these against PackedLinear.size_bytes.
-REPACK_EXTRA_BYTES_PER_BLOCK: dict[GGMLQuantizationType, int] = {
-    GGMLQuantizationType.Q3_K: 4,
-    GGMLQuantizationType.Q4_K: 4,
-    GGMLQuantizationType.Q5_K: 4,
-}
 VECTOR_DEVICE_BYTES = 4  # norms and biases are widened to float32 on the host, whatever their stored type
 
 

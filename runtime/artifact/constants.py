@@ -10,7 +10,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantiz
 __all__ = [
     "BLOCK_SIZES", "GGML_QUANT_SIZES", "GGMLQuantizationType", "GGUFValueType", "GGUF_MAGIC", "DEFAULT_ALIGNMENT",
     "SUPPORTED_TYPES", "TEXT_ARCHITECTURES", "IMAGE_ARCHITECTURES", "SUPPORTED_ARCHITECTURES",
-    "CONFIG_ARCHITECTURES", "arch_key",
+    "CONFIG_ARCHITECTURES", "REPACK_EXTRA_BYTES_PER_BLOCK", "arch_key",
 ]
 
 GGUF_MAGIC = b"GGUF"  # gguf-py's GGUF_MAGIC (0x46554747) as bytes in file order
@@ -38,6 +38,16 @@ SUPPORTED_TYPES: tuple[GGMLQuantizationType, ...] = (
     GGMLQuantizationType.Q6_K,
 )
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
+
+# Bytes per block the runtime's linear layers hold beyond the file's: runtime/quant/formats.py unpacks the 12 bytes
+# of 6-bit packed scales and mins of Q3_K, Q4_K and Q5_K to one byte each, 16 (docs/QUANT_TYPES.md: Q4_K 148 bytes
+# per 256 weights on the device, 144 in the file). Every other type keeps the file's size.
+# tests/test_families_tools.py checks these against PackedLinear.size_bytes.
+REPACK_EXTRA_BYTES_PER_BLOCK: dict[GGMLQuantizationType, int] = {
+    GGMLQuantizationType.Q3_K: 4,
+    GGMLQuantizationType.Q4_K: 4,
+    GGMLQuantizationType.Q5_K: 4,
+}
 
 TEXT_ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma3", "phi3")  # the decoder families
 # Our own image models (models/unet.py, models/classifier.py) use the same container.
