@@ -26,7 +26,7 @@ def encode(source: ModelSource, text: str) -> list[int]:
         tok = tokenizer_from_metadata({k: m.value for k, m in source.metadata.items()}, source.path.name)
     except ArtifactError as e:
         raise QuantizeError(str(e)) from None
-    return tok.encode(text, add_bos=False)
+    return tok.encode(text, add_bos=False, add_eos=False)  # plain text: no special tokens added
 
 
 def _special_id(model_cfg: dict[str, Any], tok_cfg: dict[str, Any], name: str, tokens_by_content: dict[str, int]
