@@ -225,11 +225,11 @@ class Llama:
         T = h.shape[1]
         if self.cfg.embedding_scale != 1.0:
             h = h * self.cfg.embedding_scale
-        tables = {id(t): (t[0][start_pos : start_pos + T], t[1][start_pos : start_pos + T])
-                  for t in (self.rope, self.rope_local)}
+        rope = (self.cos[start_pos : start_pos + T], self.sin[start_pos : start_pos + T])
+        local = rope if self.rope_local is self.rope else \
+            (self.rope_local[0][start_pos : start_pos + T], self.rope_local[1][start_pos : start_pos + T])
         for block in self.blocks:
-            rope = tables[id(self.rope_local if block.local else self.rope)]
-            h = block(h, start_pos, rope, self.positions)
+            h = block(h, start_pos, local if block.local else rope, self.positions)
             if T > 1:
                 # Batched steps schedule layer by layer: a weight the layer dequantizes into a temporary buffer is
                 # then freed before the next layer, instead of the scheduler hoisting every layer's dequantization

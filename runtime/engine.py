@@ -171,13 +171,10 @@ class TextGenerator:
     def _end_of_turn_ids(self) -> set[int]:
         tokens = self.model_file.get("tokenizer.ggml.tokens") or []
         ids = {i for i, t in enumerate(tokens) if t in END_OF_TURN}
-        if self.tokenizer.eos_id is not None:
-            ids.add(int(self.tokenizer.eos_id))
-        # end-of-turn / end-of-message ids the file names (Llama 3.x: <|eot_id|>, <|eom_id|>)
-        for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
-            value = self.model_file.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(tokens):
-                ids.add(value)
+        # EOS and the end-of-turn / end-of-message ids the file names (Llama 3.x: <|eot_id|>, <|eom_id|>), as the
+        # tokenizer read and checked them from the metadata
+        tok = self.tokenizer
+        ids.update(int(i) for i in (tok.eos_id, tok.eot_id, tok.eom_id) if i is not None)
         return ids
 
     def encode_prompt(self, prompt: str | list[dict], chat: bool = True) -> list[int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
+from tiny_llama import add_weights
 
 FAMILIES = ("llama", "llama3", "qwen2", "qwen3", "gemma3", "phi3")
 VOCAB, CONTEXT = 96, 64
@@ -124,19 +125,7 @@ def write_gguf(path: Path, s: Shape, weights: dict[str, np.ndarray], qtype: Q = 
     w.add_token_merges(['! "'])
     w.add_eos_token_id(VOCAB - 1)
     w.add_bos_token_id(VOCAB - 2)
-    stored = {}
-    for name, arr in weights.items():
-        t = (overrides or {}).get(name, qtype)
-        if arr.ndim == 1 or t == Q.F32:
-            stored[name] = arr
-            w.add_tensor(name, arr)
-        elif t == Q.F16:
-            stored[name] = arr.astype(np.float16).astype(np.float32)
-            w.add_tensor(name, arr.astype(np.float16))
-        else:
-            packed = gguf.quants.quantize(arr, t)
-            stored[name] = gguf.quants.dequantize(packed, t).reshape(arr.shape)
-            w.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=t)
+    stored = add_weights(w, weights, qtype, overrides)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -62,6 +62,21 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], qtype: Q, architectur
     w.add_token_merges([])
     w.add_eos_token_id(VOCAB - 1)
     w.add_bos_token_id(VOCAB - 2)
+    stored = add_weights(w, weights, qtype, overrides)
+    if extra_tensor is not None:
+        name, arr, t = extra_tensor
+        packed = gguf.quants.quantize(arr, t)
+        w.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return stored
+
+
+def add_weights(w: gguf.GGUFWriter, weights: dict[str, np.ndarray], qtype: Q,
+                overrides: dict[str, Q] | None = None) -> dict[str, np.ndarray]:
+    """Add every matrix in `qtype` (unless named in `overrides`) and every vector as F32; return them as stored."""
     stored = {}
     for name, arr in weights.items():
         t = (overrides or {}).get(name, qtype)
@@ -75,14 +90,6 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], qtype: Q, architectur
             packed = gguf.quants.quantize(arr, t)
             stored[name] = gguf.quants.dequantize(packed, t).reshape(arr.shape)
             w.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=t)
-    if extra_tensor is not None:
-        name, arr, t = extra_tensor
-        packed = gguf.quants.quantize(arr, t)
-        w.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
     return stored
 
 

