@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgegen.cli.flags import add_device_argument, add_json_flag, add_model_argument, add_no_progress_flag
+from edgegen.cli.flags import (
+    add_device_argument,
+    add_json_flag,
+    add_kernel_arguments,
+    add_model_argument,
+    add_no_progress_flag,
+    kernel_options,
+)
 from edgegen.cli.progress import tracker
 from edgegen.device import bench as measurement
 
@@ -20,10 +27,13 @@ from edgegen.device import bench as measurement
 class RuntimeRunner:
     """device.bench's Runner over edgegen's runtime (the runtime is imported when a bench runs, not at parse time)."""
 
+    def __init__(self, kernels: Any = None) -> None:
+        self.kernels = kernels  # runtime.native.options.KernelOptions, or None for the default
+
     def load(self, path: Path, device: str, context: int) -> Any:
         from edgegen.runtime.engine import TextGenerator
 
-        return TextGenerator.load(str(path), device=device, max_context=context)
+        return TextGenerator.load(str(path), device=device, max_context=context, kernels=self.kernels)
 
     def greedy(self, max_tokens: int) -> Any:
         from edgegen.runtime import SamplingParams
@@ -34,7 +44,10 @@ class RuntimeRunner:
         from edgegen.runtime import jit_cache
 
         # the runtime's key hashes the file, device, context and runtime code
-        return (jit_cache.cache_dir() / f"{jit_cache.cache_key(path, device, context)}.pkl").is_file()
+        from edgegen.runtime.native.options import KernelOptions
+
+        variant = (self.kernels or KernelOptions()).describe(device)
+        return (jit_cache.cache_dir() / f"{jit_cache.cache_key(path, device, context, variant)}.pkl").is_file()
 
 
 PLOTS_SKIPPED = "PNG plots skipped: they need matplotlib, the 'bench' extra: pip install 'edgegen[bench]'"
@@ -46,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gen-tokens", type=int, default=32, metavar="M", help="tokens generated per run (default 32)")
     parser.add_argument("--runs", type=int, default=3, metavar="K", help="measured runs after a warm-up (default 3)")
     add_device_argument(parser, default="CPU")
+    add_kernel_arguments(parser)
     parser.add_argument("--board", metavar="NAME",
                         help="profile whose bandwidth the achieved bandwidth is compared with (default: the detected "
                              "board, else 'host', this machine's measured copy bandwidth)")
@@ -72,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if plots and not measurement.plotting_available():  # said before the minutes of measuring, not after
         print(f"edgegen bench: {PLOTS_SKIPPED}", file=sys.stderr)
         plots = False
-    report = measurement.bench(args.model, RuntimeRunner(), settings(args),
+    report = measurement.bench(args.model, RuntimeRunner(kernel_options(args)), settings(args),
                                track=tracker(not args.no_progress, unit="tok"))
     report["files"] = measurement.write_outputs(report, Path(args.results), plots)
     if args.json:

@@ -12,7 +12,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgegen.cli.flags import add_device_argument, add_json_flag, add_model_argument, add_no_progress_flag
+from edgegen.cli.flags import (
+    add_device_argument,
+    add_json_flag,
+    add_kernel_arguments,
+    add_model_argument,
+    add_no_progress_flag,
+    kernel_options,
+)
 from edgegen.cli.progress import step_bar, tracker
 from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.evaluate_diffusion import DiffusionQuality
@@ -22,6 +29,7 @@ from edgegen.quantize.job import read_text
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser, "GGUF model file to evaluate (a text model or a diffusion U-Net)")
     add_device_argument(parser)
+    add_kernel_arguments(parser)
     parser.add_argument("--text", metavar="FILE", help="UTF-8 text to measure perplexity on (text models)")
     parser.add_argument("--reference", metavar="MODEL", help="GGUF model to compare next-token distributions with")
     parser.add_argument("--max-tokens", type=int, metavar="N", help="use only the first N tokens of the text")
@@ -58,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from edgegen.quantize.evaluate import evaluate
     from edgegen.runtime.engine import TextGenerator
 
-    model = TextGenerator.load(args.model, device=args.device)
-    reference = TextGenerator.load(args.reference, device=args.device) if args.reference else None
+    model = TextGenerator.load(args.model, device=args.device, kernels=kernel_options(args))
+    reference = TextGenerator.load(args.reference, device=args.device, kernels=kernel_options(args)) \
+        if args.reference else None
     if args.window > model.config.max_context:
         raise QuantizeError(f"--window {args.window} is longer than the model's context ({model.config.max_context})")
     ids = model.tokenizer.encode(text)

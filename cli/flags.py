@@ -89,3 +89,33 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
     host, port = parse_broker(args.broker)
     return BrokerOptions(host, port, username=args.username, password=args.password, cafile=args.cafile,
                          certfile=args.certfile, keyfile=args.keyfile)
+
+
+def add_kernel_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--kernels` and `--threads`: which CPU kernels run a text model, on how many threads (runtime.native)."""
+    from edgegen.runtime.native.options import KERNEL_CHOICES
+
+    parser.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto",
+                        help="CPU kernels: 'native' (hand-written int8-dot kernels on threads), 'tinygrad' (tinygrad's "
+                             "generated kernels, one thread), 'auto' (native on the CPU backend; default)")
+    parser.add_argument("--threads", type=_thread_count, default=None, metavar="N",
+                        help="threads for the native CPU kernels (default: every core this process may use)")
+
+
+def kernel_options(args: argparse.Namespace) -> Any:
+    """The runtime's KernelOptions from `--kernels` / `--threads`."""
+    from edgegen.runtime.native.options import KernelOptions
+
+    return KernelOptions(getattr(args, "kernels", "auto"), getattr(args, "threads", None))
+
+
+def _thread_count(text: str) -> int:
+    from edgegen.runtime.native.options import MAX_THREADS
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads must be an integer, got {text!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"--threads must be from 1 to {MAX_THREADS}, got {n}")
+    return n

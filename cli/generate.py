@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from edgegen.cli.flags import add_device_argument, add_model_argument
+from edgegen.cli.flags import add_device_argument, add_kernel_arguments, add_model_argument, kernel_options
 from edgegen.runtime.errors import GenerationError
 from edgegen.runtime.sampling import SamplingParams
 
@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="the prompt text (a user message when --chat is on)")
     add_model_argument(p, "a GGUF file", option=True)
     add_device_argument(p)
+    add_kernel_arguments(p)
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default 0)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1] (1: off)")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise GenerationError("the prompt is empty")
     status = _Status(sys.stderr.isatty())
     status.show("loading model ...")
-    gen = TextGenerator.load(args.model, device=args.device, max_context=args.context)
+    gen = TextGenerator.load(args.model, device=args.device, max_context=args.context, kernels=kernel_options(args))
     if not gen._graphs_from_disk:
         status.show("compiling kernels for this model and device (once; about a minute on a small CPU) ...")
     stream = gen.stream(args.prompt, params, chat=args.chat)

@@ -14,8 +14,10 @@ from edgegen.cli.flags import (
     add_deprecated_alias,
     add_device_argument,
     add_device_id_argument,
+    add_kernel_arguments,
     add_model_argument,
     broker_options,
+    kernel_options,
 )
 from edgegen.firmware_bridge import topics
 from edgegen.firmware_bridge.answer_store import AnswerStore
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "shipped MNIST U-Net)")
     add_device_argument(parser)
     add_deprecated_alias(parser, "--backend", "--device", dest="device", metavar="DEV")
+    add_kernel_arguments(parser)
     parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait; more get 'busy' (8)")
     parser.add_argument("--telemetry-interval-s", type=float, default=10.0, help="seconds between telemetry (10)")
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, sqlite3.Error) as e:
         raise RequestError(ErrorCode.INVALID_REQUEST, f"--state-dir {state_dir}: cannot keep answers there ({e})") \
             from e
-    engine = RuntimeTextEngine.load(args.model, device=args.device)
+    engine = RuntimeTextEngine.load(args.model, device=args.device, kernels=kernel_options(args))
     if not args.no_warmup:
         # tinygrad compiles kernels on first use: pay that before announcing `online`, not on the first request.
         log.info("warming up %s", args.model)

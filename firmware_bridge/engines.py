@@ -51,10 +51,11 @@ class RuntimeTextEngine:
         self.generator = generator
 
     @classmethod
-    def load(cls, model: str = "default", device: str | None = None) -> RuntimeTextEngine:
+    def load(cls, model: str = "default", device: str | None = None, kernels: Any = None) -> RuntimeTextEngine:
+        """kernels: runtime.native.options.KernelOptions (`--kernels`/`--threads`), None for the default."""
         from edgegen.runtime.engine import TextGenerator  # imported here so the protocol and tests never load tinygrad
 
-        return cls(TextGenerator.load(model, device=device))
+        return cls(TextGenerator.load(model, device=device, kernels=kernels))
 
     def warm_up(self) -> None:
         """Generate a few tokens so tinygrad compiles (and caches) the prefill and decode kernels now."""

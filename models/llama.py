@@ -40,6 +40,12 @@ class WeightSource(Protocol):
         ...
 
 
+# Optional on a WeightSource: `attention(q (1, T, H, hd), cache (2, 1, KvH, C, hd), start_pos, window)`, returning
+# (1, T, H, hd): a fused attention kernel for the device (the runtime's hand-written CPU kernel); without it the
+# block uses tinygrad's scaled_dot_product_attention.
+Attention = Callable[[Tensor, Tensor, "int | UOp", int], Tensor]
+
+
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return (x * (x.square().mean(axis=-1, keepdim=True) + eps).rsqrt()) * weight
 
@@ -104,6 +110,7 @@ class Block:
             self.q_norm = weights.vector(p + "attn_q_norm.weight", hd)
             self.k_norm = weights.vector(p + "attn_k_norm.weight", hd)
         self.attn_output = weights.linear(p + "attn_output.weight", cfg.n_heads * hd, cfg.dim)
+        self.attend: Attention | None = getattr(weights, "attention", None)
         if weights.has(p + "ffn_gate.weight"):
             self.ffn_gate_up = weights.linear_group([p + "ffn_gate.weight", p + "ffn_up.weight"], cfg.dim,
                                                     [cfg.hidden_dim, cfg.hidden_dim])
@@ -141,6 +148,7 @@ class Block:
         # (2.65 ms per layer at position 180, measured).
         cos, sin = rope
         q, k = apply_rope(q, cos, sin, cfg.rope_pairs).contiguous(), apply_rope(k, cos, sin, cfg.rope_pairs)
+        q_rows = q  # (B, T, H, hd)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
 
         # Write this step's keys and values into the cache without realizing inside the layer: a realize here made
@@ -149,6 +157,9 @@ class Block:
         assert self.cache_kv is not None, "allocate_cache() first"
         store = self.cache_kv[:, :, :, start_pos : start_pos + T, :].uop.store(Tensor.stack(k, v).uop)
         cache = Tensor(self.cache_kv.uop.after(store))
+        if self.attend is not None and B == 1:
+            out_rows = self.attend(q_rows, cache, start_pos, cfg.sliding_window if self.local else 0)  # (1, T, H, hd)
+            return self.attn_output(out_rows.reshape(B, T, cfg.n_heads * hd))
         keys = cache[0, :, :, 0 : start_pos + T, :]  # (B, KvH, S, hd)
         values = cache[1, :, :, 0 : start_pos + T, :]
 

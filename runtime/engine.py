@@ -26,6 +26,7 @@ from edgegen.runtime.cpu_replay import CPUReplay
 from edgegen.runtime.errors import ArtifactError, GenerationError
 from edgegen.runtime.graphs import PREFILL_BUCKETS, ModelGraphs
 from edgegen.runtime.loader import GGUFWeights, config_from_gguf
+from edgegen.runtime.native.options import KernelOptions
 from edgegen.runtime.sampling import Sampler, SamplingParams, find_stop, holdback
 from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK
 from edgegen.runtime.tokenizer import load_tokenizer
@@ -72,7 +73,7 @@ class TextGenerator:
     and no lock is held while a stream waits for its consumer, so a stream abandoned mid-way blocks nobody."""
 
     def __init__(self, model_file: ModelFile, device: str, max_context: int | None = DEFAULT_CONTEXT,
-                 jit_cache: bool = True) -> None:
+                 jit_cache: bool = True, kernels: KernelOptions | None = None) -> None:
         self.model_file, self.device = model_file, device
         self.config: LlamaConfig = config_from_gguf(model_file, max_context)
         self.tokenizer = load_tokenizer(model_file)
@@ -81,21 +82,25 @@ class TextGenerator:
         self._lock = TINYGRAD_LOCK
         self._end_ids = self._end_of_turn_ids()
         with self._lock:
-            self.graphs = ModelGraphs(model_file, device, self.config, int(self.tokenizer.bos_id or 0), jit_cache)
+            self.graphs = ModelGraphs(model_file, device, self.config, int(self.tokenizer.bos_id or 0), jit_cache,
+                                      kernels)
 
     @classmethod
     def load(cls, model: str | os.PathLike = "default", device: str | None = None,
-             max_context: int | None = DEFAULT_CONTEXT, jit_cache: bool = True) -> TextGenerator:
+             max_context: int | None = DEFAULT_CONTEXT, jit_cache: bool = True,
+             kernels: KernelOptions | None = None) -> TextGenerator:
         """Open and validate the file, then prepare generation on the device. Raises ArtifactError.
 
         device: a tinygrad backend name, or None for runtime.backend.default_backend(). jit_cache: reuse
         decode/prefill graphs captured by an earlier process for this file (see runtime.jit_cache); without a cache
-        entry the weights are repacked from the GGUF and the graphs captured on first use."""
+        entry the weights are repacked from the GGUF and the graphs captured on first use. kernels: which CPU kernels
+        and how many threads (runtime.native.options; default: hand-written kernels on every core the process may
+        use)."""
         mf = open_model(model)
         dev = resolve_device(device)
         if "token_embd.weight" not in mf.tensors:
             raise ArtifactError(f"{mf.path.name}: tensor token_embd.weight is missing")
-        gen = cls(mf, dev, max_context, jit_cache)
+        gen = cls(mf, dev, max_context, jit_cache, kernels)
         if not gen.graphs.from_disk:
             with gen._lock:
                 gen.model  # noqa: B018 - repack the weights now, so a bad tensor fails at load, not mid-request
@@ -230,10 +235,11 @@ class TextGenerator:
 
     def _step(self, owner: object, context: list[int], pos: int | None) -> np.ndarray:
         """Logits after `context`: a decode step at `pos` when the KV cache still holds this stream's tokens, else
-        (the first step, or another stream ran in between) a prefill of the whole context."""
+        (the first step, or another stream ran in between) a prefill of what the cache does not already hold (a
+        prompt that starts like the previous one reuses that prefix: runtime.graphs.prefill_reusing)."""
         with self._lock:
             if pos is None or self.graphs.cache_owner is not owner:
-                logits = self.graphs.prefill(context)
+                logits = self.graphs.prefill_reusing(context)
             else:
                 logits = self.graphs.decode(context[-1], pos)
             self.graphs.cache_owner = owner

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from tinygrad import Tensor, TinyJit, UOp
@@ -19,6 +20,7 @@ from edgegen.runtime.artifact.constants import PREFILL_BUCKETS
 from edgegen.runtime.artifact.reader import ModelFile
 from edgegen.runtime.cpu_replay import CPUReplay
 from edgegen.runtime.loader import GGUFWeights, build_llama
+from edgegen.runtime.native.options import KernelOptions
 from edgegen.runtime.quant import embedding_rows
 from edgegen.runtime.tinygrad_seam import (
     capture_on_first_call,
@@ -29,6 +31,8 @@ from edgegen.runtime.tinygrad_seam import (
 )
 
 log = logging.getLogger(__name__)
+# A suffix this short after a reused prefix runs as decode steps when no suffix prefill graph applies
+SUFFIX_DECODE_STEPS = 16
 
 # Prompts are padded to one of PREFILL_BUCKETS' lengths so that a handful of prefill graphs serve every prompt (each
 # graph is compiled once, then replayed by TinyJit); padded positions write cache rows that decode overwrites before
@@ -46,8 +50,10 @@ class ModelGraphs:
     """The model (weights repacked on first use), its KV cache, and the decode/prefill graphs that run it."""
 
     def __init__(self, model_file: ModelFile, device: str, config: LlamaConfig, probe_token: int,
-                 jit_cache: bool = True) -> None:
+                 jit_cache: bool = True, options: KernelOptions | None = None) -> None:
         self.model_file, self.device, self.config = model_file, device, config
+        self.options = options or KernelOptions()
+        self.native, self.threads = self.options.resolve(device)
         self._embedding = model_file.tensors["token_embd.weight"]
         self._model: Llama | None = None
         self._weights: GGUFWeights | None = None
@@ -55,8 +61,12 @@ class ModelGraphs:
         self._last = UOp.variable("last", 0, max(PREFILL_BUCKETS) - 1)
         # The stream whose tokens the KV cache holds now; another stream that resumes re-runs its context first.
         self.cache_owner: object | None = None
+        # The token ids whose keys and values the KV cache holds at positions 0.. (prompt reuse: a request that starts
+        # with them prefills only the rest); [] when unknown.
+        self.cached_ids: list[int] = []
         self.probe_token = probe_token
-        self._cache_key = jit_cache_store.cache_key(model_file.path, device, config.max_context) \
+        self._cache_key = jit_cache_store.cache_key(model_file.path, device, config.max_context,
+                                                    self.options.describe(device)) \
             if jit_cache else None
         self._new_graphs()
         self.from_disk = False
@@ -70,7 +80,8 @@ class ModelGraphs:
     def model(self) -> Llama:
         """The tinygrad model, with weights repacked from the GGUF; built on first use."""
         if self._model is None:
-            self._model, self._weights = build_llama(self.model_file, self.device, self.config.max_context)
+            self._model, self._weights = build_llama(self.model_file, self.device, self.config.max_context,
+                                                     self.threads if self.native else 0)
             self._model.allocate_cache(1, self.device)
             self.model_file.release_pages()
         return self._model
@@ -97,15 +108,21 @@ class ModelGraphs:
         self.unverified: set[str] = set()  # graphs loaded from disk that have not yet matched the saved probe
         self._decode_jit = capture_on_first_call(TinyJit(self._decode_step))
         self._prefill_jits = {b: capture_on_first_call(TinyJit(self._prefill_step)) for b in PREFILL_BUCKETS}
+        # prefill after a reused prefix: the same step from a symbolic position (the native attention kernel only)
+        self._suffix_jits = {b: capture_on_first_call(TinyJit(self._suffix_step)) for b in PREFILL_BUCKETS}
+        self._prefill_inputs: dict[int, Tensor] = {}  # one persistent input buffer per bucket (replays read it)
+        self._prefill_replays: dict[str, CPUReplay | None] = {}  # per graph name; None: tried, TinyJit it is
+        self.cached_ids = []
 
     def _install_graphs(self, graphs: dict) -> None:
         if "decode" not in graphs or not isinstance(graphs.get("probe"), np.ndarray):
             return
         self._decode_input = None
         install_captured(self._decode_jit, graphs["decode"])
-        for bucket, captured in graphs.get("prefill", {}).items():
-            if bucket in self._prefill_jits:
-                install_captured(self._prefill_jits[bucket], captured)
+        for kind, jits in (("prefill", self._prefill_jits), ("suffix", self._suffix_jits)):
+            for bucket, captured in graphs.get(kind, {}).items():
+                if bucket in jits:
+                    install_captured(jits[bucket], captured)
         self.probe = graphs["probe"]
         self.from_disk = True
         self.unverified = self._captured_names()
@@ -124,6 +141,7 @@ class ModelGraphs:
 
     def _captured_names(self) -> set[str]:
         names = {"decode"} if captured_graph(self._decode_jit) is not None else set()
+        names |= {f"suffix{b}" for b, j in self._suffix_jits.items() if captured_graph(j) is not None}
         return names | {f"prefill{b}" for b, j in self._prefill_jits.items() if captured_graph(j) is not None}
 
     def save(self) -> None:
@@ -134,7 +152,8 @@ class ModelGraphs:
         if self.probe is None:
             self.probe = self._decode_probe()
         graphs = {"decode": captured_graph(self._decode_jit), "probe": self.probe,
-                  "prefill": {b: g for b, j in self._prefill_jits.items() if (g := captured_graph(j)) is not None}}
+                  "prefill": {b: g for b, j in self._prefill_jits.items() if (g := captured_graph(j)) is not None},
+                  "suffix": {b: g for b, j in self._suffix_jits.items() if (g := captured_graph(j)) is not None}}
         if jit_cache_store.save(self._cache_key, graphs) is not None:
             self._saved_graphs = names
 
@@ -144,6 +163,7 @@ class ModelGraphs:
         cache is written before it is read, and every request rewrites the rows it reads)."""
         self._write_decode_input(self.embed([self.probe_token])[None])  # (1, 1, dim)
         self.cache_owner = None  # the probe rewrote cache row 0
+        self.cached_ids = []
         return self._decode_jit(self._decode_input, self._start.bind(0)).numpy().reshape(-1)
 
     def _verify_loaded(self, name: str, run: Callable[[], tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
@@ -185,6 +205,34 @@ class ModelGraphs:
     def _prefill_step(self, h: Tensor, last: UOp) -> Tensor:
         return self.model(h, 0, logits_at=last).realize()  # (1, 1, vocab)
 
+    def _suffix_step(self, h: Tensor, start_pos: UOp, last: UOp) -> Tensor:
+        return self.model(h, start_pos, logits_at=last).realize()  # (1, 1, vocab)
+
+    def prefill_reusing(self, ids: list[int]) -> np.ndarray:
+        """The logits after `ids`, computing only what the KV cache does not hold yet: the tokens after the longest
+        prefix shared with the cache's tokens (a fixed system prompt over MQTT is prefilled once). Falls back to a
+        whole prefill when nothing is shared."""
+        shared = 0
+        for a, b in zip(self.cached_ids, ids[:-1]):  # at least the last token is computed: its logits are the answer
+            if a != b:
+                break
+            shared += 1
+        rest = ids[shared:]
+        bucket = next((b for b in PREFILL_BUCKETS if b >= len(rest)), None)
+        if shared == 0:
+            return self.prefill(ids)
+        if (self.native and not self.from_disk and bucket is not None and shared + bucket <= self.config.max_context
+                and len(rest) > 1):
+            logits = self._run_graph(f"suffix{bucket}", self._suffix_jits[bucket], rest, bucket,
+                                     {"start_pos": self._start.bind(shared)})
+        elif len(rest) <= SUFFIX_DECODE_STEPS:
+            for i, token in enumerate(rest):
+                logits = self.decode(token, shared + i)
+        else:
+            return self.prefill(ids)
+        self.cached_ids = list(ids)
+        return logits
+
     def prefill(self, ids: list[int]) -> np.ndarray:
         """Run the prompt from position 0 in one batch; return the logits after its last token."""
         n = len(ids)
@@ -196,14 +244,41 @@ class ModelGraphs:
         if bucket is None or bucket > self.config.max_context:
             # Longer than every bucket: one exact-size graph (compiled for this length only).
             h = Tensor(self.embed(ids)[None], device=self.device).realize()
+            self.cached_ids = list(ids)
             return self.model(h, 0, logits_at=n - 1).realize().numpy().reshape(-1)
         return self._run_prefill_graph(ids, bucket)
 
     def _run_prefill_graph(self, ids: list[int], bucket: int) -> np.ndarray:
+        logits = self._run_graph(f"prefill{bucket}", self._prefill_jits[bucket], ids, bucket, {})
+        self.cached_ids = list(ids)
+        return logits
+
+    def _run_graph(self, name: str, jit: Any, ids: list[int], bucket: int, variables: dict) -> np.ndarray:
+        """Run a batched graph (a prefill) on `ids` padded to `bucket`: through TinyJit until it is captured, then
+        through the threaded direct replay, checked once against TinyJit (a mismatch keeps TinyJit)."""
         emb = np.zeros((1, bucket, self.config.dim), dtype=np.float32)
         emb[0, :len(ids)] = self.embed(ids)
-        x = Tensor(emb, device=self.device).realize()
-        return self._prefill_jits[bucket](x, self._last.bind(len(ids) - 1)).numpy().reshape(-1)
+        if (x := self._prefill_inputs.get(bucket)) is None:
+            x = self._prefill_inputs[bucket] = Tensor(emb, device=self.device).realize()
+        else:
+            write_buffer(x, emb)
+        bound = {**variables, "last": self._last.bind(len(ids) - 1)}
+        values = {k: v.unbind()[1] for k, v in bound.items()}
+        replay = self._prefill_replays.get(name)
+        if replay is not None:
+            replay(values)
+            return graph_output(captured_graph(jit)).numpy().reshape(-1)
+        out = jit(x, *bound.values()).numpy().reshape(-1)
+        if name not in self._prefill_replays and captured_graph(jit) is not None:
+            replay = CPUReplay.build(jit, (x, *bound.values()), self.threads)
+            if replay is not None:
+                replay(values)  # rewrites the same cache rows with the same values
+                if not same_logits(graph_output(captured_graph(jit)).numpy().reshape(-1), out):
+                    log.warning("direct CPU replay of %s disagrees with TinyJit; using TinyJit", name)
+                    replay = None
+                    out = jit(x, *bound.values()).numpy().reshape(-1)
+            self._prefill_replays[name] = replay
+        return out
 
     def _write_decode_input(self, emb: np.ndarray) -> None:
         if self._decode_input is None:
@@ -214,6 +289,7 @@ class ModelGraphs:
 
     def decode(self, token: int, pos: int) -> np.ndarray:
         """One token at position `pos` (the KV cache holds the positions before it); the logits after it."""
+        self.cached_ids = self.cached_ids[:pos] + [token] if len(self.cached_ids) >= pos else []
         self._write_decode_input(self.embed([token])[None])  # (1, 1, dim)
         if self.replay is not None:
             self.replay({"start_pos": pos})
@@ -222,7 +298,7 @@ class ModelGraphs:
         if captured_graph(self._decode_jit) is not None and not self.replay_tried:
             self.replay_tried = True
             assert self._decode_input is not None  # written just above
-            self.replay = CPUReplay.build(self._decode_jit, (self._decode_input, self._start.bind(pos)))
+            self.replay = CPUReplay.build(self._decode_jit, (self._decode_input, self._start.bind(pos)), self.threads)
             if self.replay is not None:
                 # The same step again through the direct calls (it rewrites the same cache row): both must agree.
                 self.replay({"start_pos": pos})
@@ -231,11 +307,14 @@ class ModelGraphs:
                     log.warning("direct CPU replay disagrees with TinyJit (max |diff| %.3g); using TinyJit",
                                 float(np.abs(replayed - out).max()))
                     self.replay = None
+                    # the replay rewrote this position's cache row: TinyJit writes it again
+                    out = self._decode_jit(self._decode_input, self._start.bind(pos)).numpy().reshape(-1)
         return out
 
     def forward(self, ids: list[int]) -> np.ndarray:
         """Next-token logits at every position of one causal pass from position 0, outside the graphs (T, vocab)."""
         self.own_graphs()
         self.cache_owner = None
+        self.cached_ids = []
         h = Tensor(self.embed(ids)[None], device=self.device).realize()
         return self.model(h, 0, last_only=False).realize().numpy().reshape(len(ids), -1)

@@ -76,19 +76,21 @@ def _code_version() -> str:
     h = hashlib.sha256(tinygrad_version().encode())
     for package in ("runtime", "models"):
         folder = Path(__file__).resolve().parents[1] / package
-        for source in sorted(folder.rglob("*.py")):  # subpackages too (the seam, diffusion)
+        # subpackages too (the seam, diffusion), and the hand-written kernels' C source
+        for source in sorted(p for ext in ("*.py", "*.h", "*.c") for p in folder.rglob(ext)):
             h.update(source.relative_to(folder).as_posix().encode())
             h.update(source.read_bytes())
     return h.hexdigest()[:16]
 
 
-def cache_key(model_path: Path, device: str, max_context: int) -> str:
-    """Everything a captured graph depends on: the file, device, context, code, and BEAM (it picks the kernels)."""
+def cache_key(model_path: Path, device: str, max_context: int, variant: str = "") -> str:
+    """Everything a captured graph depends on: the file, device, context, code, BEAM (it picks the kernels), and the
+    variant (which kernels, how many partitions: runtime.native.options)."""
     from edgegen.runtime.tinygrad_seam import kernel_settings
 
     st = model_path.stat()
     ident = f"{FORMAT_VERSION}|{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{device}|{max_context}|" \
-            f"{_code_version()}|{kernel_settings()}"
+            f"{_code_version()}|{kernel_settings()}|{variant}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import numpy as np
-from tinygrad import Tensor
+from tinygrad import Tensor, UOp
 
 from edgegen.models.config import LlamaConfig
 from edgegen.models.llama import Linear, Llama
 from edgegen.runtime.artifact.config import config_from_model_file
 from edgegen.runtime.artifact.reader import ModelFile, dequantize_tensor
 from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.native.linear import attention as native_attention
+from edgegen.runtime.native.linear import on_cpu as native_supported
 from edgegen.runtime.quant import PackedLinear, pack_linear
 
 # The name engine and `edgegen info` import; the one path from metadata to config is artifact.config.
@@ -18,9 +20,14 @@ config_from_gguf = config_from_model_file
 class GGUFWeights:
     """The WeightSource models.llama asks for its parameters: packed linear layers and float norm vectors."""
 
-    def __init__(self, mf: ModelFile, device: str | None = None) -> None:
-        self.mf, self.device = mf, device
+    def __init__(self, mf: ModelFile, device: str | None = None, native_parts: int = 0) -> None:
+        self.mf, self.device, self.native_parts = mf, device, native_parts
         self.layers: dict[str, PackedLinear] = {}
+        if native_parts > 0 and native_supported(device):
+            self.attention = self._native_attention  # models.llama uses it when present
+
+    def _native_attention(self, q: Tensor, cache: Tensor, start_pos: int | UOp, window: int) -> Tensor:
+        return native_attention(q, cache, start_pos, window, self.native_parts)
 
     def _info(self, name: str):
         if name not in self.mf.tensors:
@@ -40,9 +47,9 @@ class GGUFWeights:
                     f"{self.mf.path.name}: tensor {info.name} has shape {info.shape}, expected {(out, in_features)}"
                 )
         if len({i.ggml_type for i in infos}) == 1:
-            layers = [pack_linear(infos, self.device)]
+            layers = [pack_linear(infos, self.device, self.native_parts)]
         else:
-            layers = [pack_linear(i, self.device) for i in infos]
+            layers = [pack_linear(i, self.device, self.native_parts) for i in infos]
         for layer in layers:
             self.layers[layer.name] = layer
         self.mf.release_pages()  # the packed copy is on the device now; keep RSS to one copy while loading
@@ -77,8 +84,11 @@ def rope_freq_factors(mf: ModelFile, cfg: LlamaConfig) -> np.ndarray | None:
     return factors
 
 
-def build_llama(mf: ModelFile, device: str | None = None, max_context: int | None = None) -> tuple[Llama, GGUFWeights]:
+def build_llama(mf: ModelFile, device: str | None = None, max_context: int | None = None,
+                native_parts: int = 0) -> tuple[Llama, GGUFWeights]:
+    """The model on `device`; native_parts > 0 runs its packed layers through the hand-written CPU kernels with that
+    many row partitions per matmul (runtime.native)."""
     cfg = config_from_model_file(mf, max_context)
-    weights = GGUFWeights(mf, device)
+    weights = GGUFWeights(mf, device, native_parts)
     model = Llama(cfg, weights, has_output="output.weight" in mf.tensors, rope_freq_factors=rope_freq_factors(mf, cfg))
     return model, weights

@@ -20,6 +20,9 @@ esac
 # tests use. pocl + ocl-icd: an OpenCL platform on hosts without a GPU, so the CL backend is exercised too.
 # openssl: the bridge's TLS tests make their certificates with its CLI.
 SYSTEM_PACKAGES=(clang mosquitto mosquitto-clients pocl-opencl-icd ocl-icd-libopencl1 openssl)
+# qemu-user + lld (tests only): tests/native cross-compiles the aarch64 kernels, links a static test program with
+# lld and runs it under qemu-aarch64.
+if [ "${1:-}" = "--test" ]; then SYSTEM_PACKAGES+=(qemu-user lld); fi
 missing=()
 for p in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

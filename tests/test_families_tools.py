@@ -103,7 +103,8 @@ def test_quantized_family_runs_in_the_runtime(family_files, family, recipe, tmp_
     assert matrices == {"Q8_0" if recipe == "w8" else "Q4_0"}
     assert all(t.ggml_type == Q.F32 for t in dst.tensors.values() if len(t.shape) == 1)  # norms, biases, rope_freqs
     got = TextGenerator.load(out, max_context=32, jit_cache=False).logits(IDS)
-    close(got, reference_logits(s, load_source(out).tensors, IDS), 2e-3)
+    # 2e-2 (llama.cpp's bound below): the CPU kernels round activations to 8 bits per block of 32 (2e-3 without)
+    close(got, reference_logits(s, load_source(out).tensors, IDS), 2e-2)
     ref = reference_logits(s, weights, IDS)
     close(got, ref, 0.03 if recipe == "w8" else 0.3)
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= (1.0 if recipe == "w8" else 0.75)
@@ -130,7 +131,7 @@ def test_calibrated_quantize_of_a_gemma3_runs(family_files, tmp_path, capsys):
     assert code == 0, err
     assert "calibration: 320 tokens" in printed
     got = TextGenerator.load(out, max_context=32, jit_cache=False).logits(IDS)
-    close(got, reference_logits(s, load_source(out).tensors, IDS), 2e-3)
+    close(got, reference_logits(s, load_source(out).tensors, IDS), 1e-2)  # 8-bit activations in the CPU kernels
 
 
 def test_quantize_refuses_an_architecture_the_runtime_cannot_run(tmp_path, capsys, monkeypatch):
@@ -173,7 +174,8 @@ def test_eval_starts_every_window_with_bos_when_the_vocabulary_adds_one(family_f
     model = with_add_bos(path, tmp_path / f"gemma3-bos-{add_bos}.gguf", add_bos)
     (tmp_path / "text.txt").write_text(TEXT)
     code, out, err = run(capsys, "eval", str(model), "--text", str(tmp_path / "text.txt"), "--window", "12",
-                         "--stride", "6", "--json", "--no-progress")
+                         "--stride", "6", "--json", "--no-progress",
+                         "--kernels", "tinygrad")  # float activations, as the reference computes
     assert code == 0, err
     result = json.loads(out)
     bos = VOCAB - 2  # tiny_arch's BOS id

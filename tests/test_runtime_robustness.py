@@ -123,8 +123,8 @@ def test_direct_replay_that_disagrees_with_tinyjit_is_dropped(tiny, private_cach
 
     original = cpu_replay.CPUReplay.build
 
-    def corrupted_build(jit, inputs):
-        replay = original(jit, inputs)
+    def corrupted_build(jit, inputs, threads=1):
+        replay = original(jit, inputs, threads)
         if replay is None:
             return None
         real_call = replay.__call__

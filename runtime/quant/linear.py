@@ -29,8 +29,10 @@ class PackedLinear:
     ggml_type: T
     out_features: int
     in_features: int
-    # per block format (formats.FORMATS): quants "qs" and scales, each (out, nb, ...); float types: "qs" (out, in)
+    # per block format (formats.FORMATS): quants "qs" and scales, each (out, nb, ...); float types: "qs" (out, in);
+    # for the hand-written kernels (native_parts > 0): "raw", the GGUF blocks as stored, rows back to back (uint8)
     arrays: dict[str, Tensor] = field(repr=False)
+    native_parts: int = 0  # > 0: run through runtime.native's kernels, output rows split in this many partitions
 
     @property
     def qs(self) -> Tensor:
@@ -60,6 +62,8 @@ class PackedLinear:
 
     def weight(self) -> Tensor:
         """The float weight (out, in) as a lazy expression; only materialized if a caller realizes it."""
+        if self.native_parts:
+            raise ArtifactError(f"{self.name}: layers packed for the hand-written kernels have no float weight view")
         if self.ggml_type in FLOAT_TYPES:
             return float_weight(self.ggml_type, self.qs)
         fmt = FORMATS[self.ggml_type]
@@ -71,6 +75,10 @@ class PackedLinear:
         return w.reshape(out, self.in_features)
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.native_parts:
+            from edgegen.runtime.native.linear import matmul
+
+            return matmul(x, self.arrays["raw"], self.ggml_type, self.out_features, self.native_parts)
         lead = x.shape[:-1]
         rows = int(np.prod(lead)) if lead else 1  # type: ignore[arg-type]  # an input's shape: ints, not symbolic
         if rows != 1:
@@ -117,8 +125,12 @@ def _packed_arrays(info: TensorInfo) -> dict[str, np.ndarray]:
     return FORMATS[t].repack(raw)
 
 
-def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None) -> PackedLinear:
+def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None, native_parts: int = 0) -> PackedLinear:
     """Repack GGUF weight matrices for the device. Rows stay packed; only the block layout changes.
+
+    native_parts > 0 asks for the hand-written CPU kernels (runtime.native) with that many row partitions: where
+    they apply (runtime.native.linear.supports) the GGUF blocks are kept exactly as stored, else the layer is
+    repacked for tinygrad's kernels as usual.
 
     Several tensors of one type and input size (Q, K and V; gate and up) become one layer with their rows
     concatenated, so one kernel computes all of them: fewer kernels per decode step, each costing a fixed
@@ -128,6 +140,14 @@ def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None)
     first = infos[0]
     if any(i.ggml_type != first.ggml_type or i.shape[1:] != first.shape[1:] for i in infos):
         raise ArtifactError(f"cannot concatenate {[i.name for i in infos]}: types or input sizes differ")
+    if native_parts > 0:
+        from edgegen.runtime.native.linear import supports
+
+        if supports(first.ggml_type, first.shape[1], device):
+            raw = np.concatenate([np.asarray(i.data).reshape(-1) for i in infos])
+            out = sum(i.shape[0] for i in infos)
+            return PackedLinear("+".join(i.name for i in infos), first.ggml_type, out, first.shape[1],
+                                {"raw": Tensor(raw, device=device).realize()}, native_parts)
     parts = [_packed_arrays(i) for i in infos]
     arrays = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
     tensors = {k: Tensor(a, device=device).realize() for k, a in arrays.items()}

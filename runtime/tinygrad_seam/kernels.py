@@ -23,7 +23,14 @@ class KernelCall:
     buffer_addresses: tuple[int, ...]
     program: Any  # the loaded CPUProgram (runtimevars)
     info: Any  # its ProgramInfo (launch_dims, vals)
-    static: bool  # no symbolic variable in its arguments or launch size: the arguments never change
+    static: bool  # no symbolic variable but core_id in its arguments or launch size: the arguments never change
+
+    @property
+    def core_argument(self) -> int | None:
+        """Index of the core_id argument among (buffers, variables), or None (`CPUProgram.runtimevars`; -1 there
+        counts from the end)."""
+        core = self.program.runtimevars.get("core_id")
+        return None if core is None else core % (len(self.buffer_addresses) + len(self.info.vars))
 
     def arguments(self, var_vals: dict[str, int]) -> list[tuple]:
         """One ctypes argument tuple per thread partition (`ProgramInfo.launch_dims` / `.vals`, and the `core_id`
@@ -74,6 +81,45 @@ def cpu_kernel_calls(jit: Any, inputs: tuple[Tensor, ...]) -> list[KernelCall]:
         resolved = resolve_params(call, input_uops)
         addrs = tuple(int(resolved[i].buffer.ensure_allocated().get_buf(device).va_addr) for i in ast.arg.globals)
         info = ast.arg
-        static = not info.vars and all(isinstance(s, int) for s in info.global_size)
+        # core_id is a launch variable the replay sets per partition, not one the caller binds
+        static = all(getattr(v.arg, "name", None) == "core_id" for v in info.vars) and \
+            all(isinstance(s, int) for s in info.global_size)
         calls.append(KernelCall(rt.fxn, addrs, rt, info, static))
     return calls
+
+
+def c_kernel(name: str, source: str, out: Tensor, inputs: tuple[Tensor, ...], parts: int,
+             variables: tuple[tuple[str, int, int], ...] = ()) -> Tensor:
+    """`out` after the hand-written C function `name` (in `source`) ran on it and `inputs`, as one kernel of the graph.
+
+    The function takes the buffers in this order (out, *inputs), then one `int` per named variable (name, min, max:
+    the graph binds it by name, e.g. the decode position), then `int core_id`; tinygrad launches `parts`
+    partitions (core_id 0..parts-1; its CPU device runs them one after another, runtime.native.runner on threads).
+    Wraps `Tensor.custom_kernel` with a function returning a raw `Ops.PROGRAM` whose `Ops.SOURCE` the device compiles,
+    `KernelInfo(name=...)` (the C function name) and `UOp.variable(..., param=True)` for core_id."""
+    from tinygrad import UOp, dtypes
+    from tinygrad.uop.ops import KernelInfo, Ops
+
+    def program(*params: UOp) -> UOp:
+        named = [UOp.variable(n, lo, hi, dtypes.int, param=True) for n, lo, hi in variables]
+        core = UOp.variable("core_id", 0, parts - 1, dtypes.int, param=True)
+        sink = UOp.sink(*params, *named, core, arg=KernelInfo(name=name))
+        return UOp(Ops.PROGRAM, src=(sink, UOp(Ops.LINEAR, src=(*sink.src, sink)), UOp(Ops.SOURCE, arg=source)))
+
+    return out.custom_kernel(*inputs, fxn=program)[0]
+
+
+def variable_spec(v: Any) -> tuple[str, int, int]:
+    """(name, min, max) of a symbolic variable, bound to a value or not (`UOp.is_variable`; a bound one is an
+    `Ops.AFTER` that `UOp.unbind` splits; `ParamArg.name` and `.vmin_vmax`)."""
+    var = v if v.is_variable else v.unbind()[0]
+    lo, hi = var.arg.vmin_vmax
+    return str(var.arg.name), int(lo), int(hi)
+
+
+def load_image(obj: bytes) -> bytes:
+    """A compiled ELF object laid out as tinygrad's CPU device loads it (entry point first, relocations applied):
+    `tinygrad.runtime.support.elf.jit_loader`. Used to check cross-compiled kernels under an emulator."""
+    from tinygrad.runtime.support.elf import jit_loader
+
+    return jit_loader(obj)

@@ -1,0 +1,65 @@
+/* Float helpers of the attention kernel: exp (no libm in a kernel), dot product and scaled add over a head. */
+
+/* expf by range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial (Cephes' expf coefficients), scaled by 2^n
+ * through the exponent bits; relative error about 2e-7 over the clamped range, exp(-87.3) and below give 0. */
+EG_INLINE float eg_expf(float x) {
+  if (x < -87.3f) return 0.0f;
+  if (x > 88.7f) x = 88.7f;
+  float fn = x * 1.44269504088896341f;
+  int n = (int)(fn + (fn >= 0.0f ? 0.5f : -0.5f));
+  float r = x - (float)n * 0.693359375f;
+  r = r - (float)n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  union { uint32_t u; float f; } s;
+  s.u = (uint32_t)(n + 127) << 23;
+  return p * s.f;
+}
+
+#if defined(__AVX2__) && defined(__FMA__) && !defined(EG_PORTABLE)
+EG_INLINE float eg_dotf(const float* a, const float* b, int n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  float s = eg_hsum8(_mm256_add_ps(s0, s1));
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+EG_INLINE void eg_axpyf(float* y, float a, const float* x, int n) {
+  __m256 va = _mm256_set1_ps(a);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; i++) y[i] += a * x[i];
+}
+#elif defined(__aarch64__) && defined(__ARM_NEON) && !defined(EG_PORTABLE)
+#include <arm_neon.h>
+EG_INLINE float eg_dotf(const float* a, const float* b, int n) {
+  float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+    s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+  }
+  float s = vaddvq_f32(vaddq_f32(s0, s1));
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+EG_INLINE void eg_axpyf(float* y, float a, const float* x, int n) {
+  int i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
+  for (; i < n; i++) y[i] += a * x[i];
+}
+#else
+EG_INLINE float eg_dotf(const float* a, const float* b, int n) {
+  float s = 0.0f; for (int i = 0; i < n; i++) s += a[i] * b[i]; return s;
+}
+EG_INLINE void eg_axpyf(float* y, float a, const float* x, int n) { for (int i = 0; i < n; i++) y[i] += a * x[i]; }
+#endif

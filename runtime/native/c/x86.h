@@ -1,0 +1,230 @@
+/* x86 block dots: AVX2 (maddubs + madd), or dpbusd where the CPU has AVX-VNNI / AVX-512 VNNI (picked at compile
+ * time from -march=native, i.e. from the CPU the kernel is built on). Same integer sums as common.h's portable
+ * dots: every product sum here stays below int16's range before madd, so maddubs never saturates (the largest is
+ * Q8_0's 2 * 128 * 127 after the sign trick). Only the order of float additions differs. */
+#if defined(__AVX2__) && defined(__FMA__) && !defined(EG_PORTABLE)
+#include <immintrin.h>
+#define EG_ISA_NAME "avx2"
+
+/* sum over groups of 4 of unsigned a * signed b, in int32 lanes. */
+EG_INLINE __m256i eg_mul_sum_us8(__m256i a, __m256i b) {
+#if defined(__AVXVNNI__) && !defined(EG_NO_VNNI)
+  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__) && !defined(EG_NO_VNNI)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+
+EG_INLINE float eg_hsum8(__m256 x) {
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+}
+
+EG_INLINE __m256i eg_load32(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
+
+/* 16 bytes of nibbles -> 32 bytes: weights 0..15 (low nibbles) then 16..31 (high nibbles), as the blocks order them */
+EG_INLINE __m256i eg_nibbles32(const uint8_t* qs) {
+  __m128i b = _mm_loadu_si128((const __m128i*)qs);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0f));
+}
+
+/* bit j of qh (32 bits, little endian) -> byte j = 0x10 if set (Q5_0/Q5_1's fifth bit), as ggml's bytes_from_bits_32 */
+EG_INLINE __m256i eg_fifth_bits(const uint8_t* qh) {
+  uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+  const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000LL, 0x0101010101010101LL, 0x0202020202020202LL,
+                                          0x0303030303030303LL);
+  __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h), shuf);
+  v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfeLL));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+/* The 32-weight types: two accumulators (even and odd blocks), so consecutive blocks' multiply-adds do not wait on
+ * each other (measured on Q4_1 3072x576: 186 -> 128 us), and the scalar minimum/offset terms in their own loop. */
+#define EG_DOT2(acc0, acc1, nb, BLOCK_SCALE, BLOCK_SUM)                                                         \
+  do {                                                                                                         \
+    int b = 0;                                                                                                 \
+    for (; b + 1 < nb; b += 2) {                                                                               \
+      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(BLOCK_SCALE(b)), _mm256_cvtepi32_ps(BLOCK_SUM(b)), acc0);          \
+      acc1 = _mm256_fmadd_ps(_mm256_set1_ps(BLOCK_SCALE(b + 1)), _mm256_cvtepi32_ps(BLOCK_SUM(b + 1)), acc1);  \
+    }                                                                                                          \
+    if (b < nb) acc0 = _mm256_fmadd_ps(_mm256_set1_ps(BLOCK_SCALE(b)), _mm256_cvtepi32_ps(BLOCK_SUM(b)), acc0); \
+  } while (0)
+
+#define EG_SCALE(b) (EG_F16(w[b].d) * x[b].d)
+#define EG_XSUM(b) ((float)(x[b].bs[0] + x[b].bs[1]))
+#define EG_SUM_Q8_0(b) eg_mul_sum_us8(_mm256_sign_epi8(eg_load32(w[b].qs), eg_load32(w[b].qs)), \
+                                      _mm256_sign_epi8(eg_load32(x[b].qs), eg_load32(w[b].qs)))
+#define EG_SUM_Q4(b) eg_mul_sum_us8(eg_nibbles32(w[b].qs), eg_load32(x[b].qs))
+#define EG_SUM_Q5(b) eg_mul_sum_us8(_mm256_or_si256(eg_nibbles32(w[b].qs), eg_fifth_bits(w[b].qh)), eg_load32(x[b].qs))
+
+#define EG_HAVE_Q8_0
+EG_INLINE float eg_dot_q8_0(const void* vw, const eg_q8x* x, int nb) {
+  const eg_block_q8_0* w = (const eg_block_q8_0*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q8_0);
+  return eg_hsum8(_mm256_add_ps(a0, a1));
+}
+
+#define EG_HAVE_Q4_0
+EG_INLINE float eg_dot_q4_0(const void* vw, const eg_q8x* x, int nb) {
+  const eg_block_q4_0* w = (const eg_block_q4_0*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q4);
+  float off = 0.0f;
+  for (int b = 0; b < nb; b++) off += EG_SCALE(b) * (8.0f * EG_XSUM(b));
+  return eg_hsum8(_mm256_add_ps(a0, a1)) - off;
+}
+
+#define EG_HAVE_Q4_1
+EG_INLINE float eg_dot_q4_1(const void* vw, const eg_q8x* x, int nb) {
+  const eg_block_q4_1* w = (const eg_block_q4_1*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q4);
+  float mins = 0.0f;
+  for (int b = 0; b < nb; b++) mins += EG_F16(w[b].m) * x[b].d * EG_XSUM(b);
+  return eg_hsum8(_mm256_add_ps(a0, a1)) + mins;
+}
+
+#define EG_HAVE_Q5_0
+EG_INLINE float eg_dot_q5_0(const void* vw, const eg_q8x* x, int nb) {
+  const eg_block_q5_0* w = (const eg_block_q5_0*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q5);
+  float off = 0.0f;
+  for (int b = 0; b < nb; b++) off += EG_SCALE(b) * (16.0f * EG_XSUM(b));
+  return eg_hsum8(_mm256_add_ps(a0, a1)) - off;
+}
+
+#define EG_HAVE_Q5_1
+EG_INLINE float eg_dot_q5_1(const void* vw, const eg_q8x* x, int nb) {
+  const eg_block_q5_1* w = (const eg_block_q5_1*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q5);
+  float mins = 0.0f;
+  for (int b = 0; b < nb; b++) mins += EG_F16(w[b].m) * x[b].d * EG_XSUM(b);
+  return eg_hsum8(_mm256_add_ps(a0, a1)) + mins;
+}
+
+/* Prefill: one weight row against 4 activation rows, so each weight block is decoded once for 4 dot products
+ * (4 independent accumulators as well). y[r * ystride] for r < 4; xs is the activation row stride in blocks. */
+#define EG_DOT4(TYPE, WQ, MINS)                                                                                 \
+  EG_INLINE void eg_dot4_##TYPE(const void* vw, const eg_q8x* x, int xs, int nb, float* y, int ystride) {      \
+    const eg_block_##TYPE* w = (const eg_block_##TYPE*)vw;                                                     \
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps(); \
+    float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;                                                          \
+    for (int b = 0; b < nb; b++) {                                                                             \
+      __m256i q = WQ(b); float d = EG_F16(w[b].d);                                                             \
+      const eg_q8x *x0 = x + b, *x1 = x0 + xs, *x2 = x1 + xs, *x3 = x2 + xs;                                   \
+      a0 = _mm256_fmadd_ps(_mm256_set1_ps(d * x0->d), _mm256_cvtepi32_ps(EG_MUL(q, x0)), a0);                  \
+      a1 = _mm256_fmadd_ps(_mm256_set1_ps(d * x1->d), _mm256_cvtepi32_ps(EG_MUL(q, x1)), a1);                  \
+      a2 = _mm256_fmadd_ps(_mm256_set1_ps(d * x2->d), _mm256_cvtepi32_ps(EG_MUL(q, x2)), a2);                  \
+      a3 = _mm256_fmadd_ps(_mm256_set1_ps(d * x3->d), _mm256_cvtepi32_ps(EG_MUL(q, x3)), a3);                  \
+      MINS(x0, m0); MINS(x1, m1); MINS(x2, m2); MINS(x3, m3);                                                  \
+    }                                                                                                          \
+    y[0] = eg_hsum8(a0) + m0; y[ystride] = eg_hsum8(a1) + m1;                                                  \
+    y[2 * ystride] = eg_hsum8(a2) + m2; y[3 * ystride] = eg_hsum8(a3) + m3;                                    \
+  }
+
+#define EG_MUL(q, xr) eg_mul_sum_us8(q, eg_load32((xr)->qs))
+#define EG_WQ_NIB(b) eg_nibbles32(w[b].qs)
+#define EG_WQ_Q5(b) _mm256_or_si256(eg_nibbles32(w[b].qs), eg_fifth_bits(w[b].qh))
+#define EG_MINS_M(xr, acc) acc += EG_F16(w[b].m) * (xr)->d * (float)((xr)->bs[0] + (xr)->bs[1])
+#define EG_MINS_OFF8(xr, acc) acc -= d * (xr)->d * (float)(8 * ((xr)->bs[0] + (xr)->bs[1]))
+#define EG_MINS_OFF16(xr, acc) acc -= d * (xr)->d * (float)(16 * ((xr)->bs[0] + (xr)->bs[1]))
+#define EG_MINS_NONE(xr, acc) (void)0
+#define EG_HAVE_DOT4_Q4_0
+EG_DOT4(q4_0, EG_WQ_NIB, EG_MINS_OFF8)
+#define EG_HAVE_DOT4_Q4_1
+EG_DOT4(q4_1, EG_WQ_NIB, EG_MINS_M)
+#define EG_HAVE_DOT4_Q5_0
+EG_DOT4(q5_0, EG_WQ_Q5, EG_MINS_OFF16)
+#define EG_HAVE_DOT4_Q5_1
+EG_DOT4(q5_1, EG_WQ_Q5, EG_MINS_M)
+#undef EG_MUL
+/* Q8_0: the sign trick moves the weight's sign onto each activation: |w| once, sign(x, w) per row */
+#define EG_MUL(q, xr) eg_mul_sum_us8(q, _mm256_sign_epi8(eg_load32((xr)->qs), wq))
+#define EG_HAVE_DOT4_Q8_0
+EG_INLINE void eg_dot4_q8_0(const void* vw, const eg_q8x* x, int xs, int nb, float* y, int ystride) {
+  const eg_block_q8_0* w = (const eg_block_q8_0*)vw;
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  for (int b = 0; b < nb; b++) {
+    __m256i wq = eg_load32(w[b].qs), q = _mm256_sign_epi8(wq, wq); float d = EG_F16(w[b].d);
+    const eg_q8x *x0 = x + b, *x1 = x0 + xs, *x2 = x1 + xs, *x3 = x2 + xs;
+    a0 = _mm256_fmadd_ps(_mm256_set1_ps(d * x0->d), _mm256_cvtepi32_ps(EG_MUL(q, x0)), a0);
+    a1 = _mm256_fmadd_ps(_mm256_set1_ps(d * x1->d), _mm256_cvtepi32_ps(EG_MUL(q, x1)), a1);
+    a2 = _mm256_fmadd_ps(_mm256_set1_ps(d * x2->d), _mm256_cvtepi32_ps(EG_MUL(q, x2)), a2);
+    a3 = _mm256_fmadd_ps(_mm256_set1_ps(d * x3->d), _mm256_cvtepi32_ps(EG_MUL(q, x3)), a3);
+  }
+  y[0] = eg_hsum8(a0); y[ystride] = eg_hsum8(a1); y[2 * ystride] = eg_hsum8(a2); y[3 * ystride] = eg_hsum8(a3);
+}
+#undef EG_MUL
+
+/* Q4_K / Q5_K: 4 chunks of 64 weights, each one 32-byte load holding sub-blocks 2c (low nibbles) and 2c+1 (high) */
+EG_INLINE float eg_dot_q45_K(const uint8_t* scales, const uint8_t* qs, const uint8_t* qh, float d, float dmin,
+                             const eg_q8x* xb, __m256* acc) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+  __m256i hb = qh ? eg_load32(qh) : _mm256_setzero_si256();
+  float mins = 0.0f;
+  for (int c = 0; c < 4; c++) {
+    __m256i bytes = eg_load32(qs + 32 * c);
+    __m256i lo = _mm256_and_si256(bytes, m4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
+    if (qh) {
+      lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one), 4));
+      hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one), 4));
+    }
+    int sc0, m0, sc1, m1;
+    eg_scale_min_k4(2 * c, scales, &sc0, &m0); eg_scale_min_k4(2 * c + 1, scales, &sc1, &m1);
+    const eg_q8x* x0 = xb + 2 * c; const eg_q8x* x1 = x0 + 1;
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x0->d * (float)sc0), _mm256_cvtepi32_ps(eg_mul_sum_us8(lo, eg_load32(x0->qs))), *acc);
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x1->d * (float)sc1), _mm256_cvtepi32_ps(eg_mul_sum_us8(hi, eg_load32(x1->qs))), *acc);
+    mins += dmin * x0->d * (float)(m0 * (x0->bs[0] + x0->bs[1])) + dmin * x1->d * (float)(m1 * (x1->bs[0] + x1->bs[1]));
+  }
+  return mins;
+}
+
+#define EG_HAVE_Q4_K
+EG_INLINE float eg_dot_q4_K(const void* vw, const eg_q8x* x, int nb) {
+  const eg_block_q4_K* w = (const eg_block_q4_K*)vw; __m256 acc = _mm256_setzero_ps(); float mins = 0.0f;
+  for (int b = 0; b < nb; b++)
+    mins += eg_dot_q45_K(w[b].scales, w[b].qs, 0, EG_F16(w[b].d), EG_F16(w[b].dmin), x + 8 * b, &acc);
+  return eg_hsum8(acc) - mins;
+}
+
+#define EG_HAVE_Q5_K
+EG_INLINE float eg_dot_q5_K(const void* vw, const eg_q8x* x, int nb) {
+  const eg_block_q5_K* w = (const eg_block_q5_K*)vw; __m256 acc = _mm256_setzero_ps(); float mins = 0.0f;
+  for (int b = 0; b < nb; b++)
+    mins += eg_dot_q45_K(w[b].scales, w[b].qs, w[b].qh, EG_F16(w[b].d), EG_F16(w[b].dmin), x + 8 * b, &acc);
+  return eg_hsum8(acc) - mins;
+}
+
+/* Q6_K: per activation block, maddubs gives 16 pair sums (lanes 0-7: weights 0-15, 8-15: weights 16-31); madd by
+ * the two 16-weight scales sums them into int32; the -32 offset comes from the block's half sums. */
+#define EG_HAVE_Q6_K
+EG_INLINE float eg_dot_q6_K(const void* vw, const eg_q8x* x, int nb) {
+  const eg_block_q6_K* w = (const eg_block_q6_K*)vw; __m256 acc = _mm256_setzero_ps(); float off = 0.0f;
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
+  for (int b = 0; b < nb; b++) {
+    float d = EG_F16(w[b].d);
+    for (int h = 0; h < 2; h++) {
+      __m256i l0 = eg_load32(w[b].ql + 64 * h), l1 = eg_load32(w[b].ql + 64 * h + 32), qh = eg_load32(w[b].qh + 32 * h);
+      const int8_t* sc = w[b].scales + 8 * h;
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+      for (int k = 0; k < 4; k++) {
+        const eg_q8x* xk = x + 8 * b + 4 * h + k;
+        __m256i p16 = _mm256_maddubs_epi16(q[k], eg_load32(xk->qs));
+        __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
+        float s = d * xk->d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, s16)), acc);
+        off += s * (float)(32 * (sc[2 * k] * xk->bs[0] + sc[2 * k + 1] * xk->bs[1]));
+      }
+    }
+  }
+  return eg_hsum8(acc) - off;
+}
+#endif

@@ -1,0 +1,46 @@
+"""Which kernels run a text model on the CPU, and on how many threads (`--kernels`, `--threads`)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from edgegen.runtime.errors import GenerationError
+
+KERNEL_CHOICES = ("auto", "native", "tinygrad")
+MAX_THREADS = 256
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, so `taskset -c 0 edgegen ...` means one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """kernels: "auto" (hand-written on the CPU backend, tinygrad's elsewhere), "native" (the same, required: an
+    error on another backend), "tinygrad" (tinygrad's generated kernels everywhere, for comparison).
+    threads: threads that run a decode or prefill step on the CPU; None: every core the process may use."""
+
+    kernels: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernels not in KERNEL_CHOICES:
+            raise GenerationError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {self.kernels!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or not 1 <= self.threads <= MAX_THREADS):
+            raise GenerationError(f"threads must be an integer from 1 to {MAX_THREADS}, got {self.threads!r}")
+
+    def resolve(self, device: str) -> tuple[bool, int]:
+        """(use the hand-written kernels, thread count) on this tinygrad device."""
+        cpu = device.split(":")[0] == "CPU"
+        if self.kernels == "native" and not cpu:
+            raise GenerationError(f"--kernels native runs on the CPU backend only, not {device}")
+        return cpu and self.kernels != "tinygrad", self.threads or available_cores()
+
+    def describe(self, device: str) -> str:
+        native, threads = self.resolve(device)
+        return f"{'native' if native else 'tinygrad'}x{threads if native else 1}"

@@ -1,0 +1,130 @@
+"""C source of the hand-written kernels: the headers in c/ plus one generated entry point per shape.
+
+tinygrad's CPU device compiles one C string per kernel; its loader takes the start of the image as the entry point and
+relocates only PC-relative references (docs/KERNELS.md), so a kernel's source is every header, whose helpers are all
+static inline, followed by the entry point. Shapes are constants in the source: each (type, rows, columns) gets its own
+kernel, which lets the compiler unroll and keeps the argument list to buffers and `core_id`.
+"""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+
+HEADERS = ("common.h", "x86.h", "arm.h", "dispatch.h", "attention.h")
+ACT_BLOCK = 32  # activations are quantized in blocks of 32 (eg_q8x)
+ACT_BLOCK_BYTES = 40  # sizeof(eg_q8x): float d, int16 bs[2], int8 qs[32]
+
+# The packed types with a hand-written dot (the C name of each); weights stay as the GGUF file stores them.
+KERNEL_TYPES: dict[T, str] = {
+    T.Q8_0: "q8_0", T.Q4_0: "q4_0", T.Q4_1: "q4_1", T.Q5_0: "q5_0", T.Q5_1: "q5_1",
+    T.Q2_K: "q2_K", T.Q3_K: "q3_K", T.Q4_K: "q4_K", T.Q5_K: "q5_K", T.Q6_K: "q6_K",
+}
+
+
+@functools.cache
+def headers() -> str:
+    """The kernel headers, concatenated in dependency order."""
+    folder = resources.files("edgegen.runtime.native") / "c"
+    return "\n".join((folder / h).read_text() for h in HEADERS)
+
+
+def _prelude(defines: tuple[str, ...]) -> str:
+    return "".join(f"#define {d} 1\n" for d in defines) + headers()
+
+
+def quantize_kernel(rows: int, k: int, parts: int, defines: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(name, source) of the kernel that quantizes `rows` activation rows of `k` floats into eg_q8x blocks; rows are
+    split over `parts` core_id partitions."""
+    if k % ACT_BLOCK:
+        raise ValueError(f"activation width {k} is not a multiple of {ACT_BLOCK}")
+    name = f"eg_quant_{rows}_{k}_{parts}" + "".join(f"_{d.lower()}" for d in defines)
+    nb = k // ACT_BLOCK
+    body = f"""
+void {name}(uint8_t* restrict out, const float* restrict x, int core_id) {{
+  int r0 = (int)((long)core_id * {rows} / {parts}), r1 = (int)((long)(core_id + 1) * {rows} / {parts});
+  eg_q8x* y = (eg_q8x*)out;
+  for (int r = r0; r < r1; r++)
+    for (int b = 0; b < {nb}; b++) eg_quantize_block(x + (long)r * {k} + {ACT_BLOCK} * b, y + (long)r * {nb} + b);
+}}
+"""
+    return name, _prelude(defines) + body
+
+
+def matmul_kernel(ggml_type: T, rows: int, n: int, k: int, parts: int,
+                  defines: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(name, source) of y[rows, n] = x[rows, k] . W[n, k]^T with W as GGUF blocks of `ggml_type` and x as quantized
+    activation blocks; output rows of W are split over `parts` core_id partitions. Each weight row is read once and
+    dotted with every activation row while it is in L1 (prefill), so rows > 1 reads the weights once, not per row."""
+    if ggml_type not in KERNEL_TYPES:
+        raise ValueError(f"no hand-written kernel for {ggml_type.name}")
+    block, size = GGML_QUANT_SIZES[ggml_type]
+    if k % block or k % ACT_BLOCK:
+        raise ValueError(f"input width {k} is not a multiple of the {ggml_type.name} block size {block}")
+    c = KERNEL_TYPES[ggml_type]
+    wb, nb = k // block, k // ACT_BLOCK
+    name = f"eg_mm_{c}_{rows}_{n}_{k}_{parts}" + "".join(f"_{d.lower()}" for d in defines)
+    body = f"""
+void {name}(float* restrict y, const uint8_t* restrict xq, const uint8_t* restrict w, int core_id) {{
+  int n0 = (int)((long)core_id * {n} / {parts}), n1 = (int)((long)(core_id + 1) * {n} / {parts});
+  const eg_q8x* x = (const eg_q8x*)xq;
+  for (int r = n0; r < n1; r++) {{
+    const uint8_t* wr = w + (long)r * {wb * size};
+    int m = 0;
+#ifdef EG_HAVE_DOT4_{c.upper()}
+    for (; m + 4 <= {rows}; m += 4) eg_dot4_{c}(wr, x + (long)m * {nb}, {nb}, {wb}, y + (long)m * {n} + r, {n});
+#endif
+    for (; m < {rows}; m++) y[(long)m * {n} + r] = eg_dot_{c}(wr, x + (long)m * {nb}, {wb});
+  }}
+}}
+"""
+    return name, _prelude(defines) + body
+
+
+def attention_kernel(t: int, heads: int, kv_heads: int, head_dim: int, context: int, window: int, scale: float,
+                     start: int | None, parts: int, defines: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(name, source) of causal attention for `t` queries at positions start..start+t-1 over the KV cache
+    (2, kv_heads, context, head_dim): scores, softmax (max-subtracted) and the weighted sum of values, per
+    (query, head) task; tasks are split over `parts` partitions. `start` None: the position is the `start_pos`
+    argument (decode, and prefill after a reused prefix). window > 0: a query at p sees keys p-window+1 .. p
+    (sliding-window layers). Query head h reads KV head h // (heads / kv_heads), as grouped-query attention does."""
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} KV heads")
+    group = heads // kv_heads
+    tag = "v" if start is None else str(start)
+    name = f"eg_attn_{t}_{heads}_{kv_heads}_{head_dim}_{context}_{window}_{tag}_{parts}" + \
+        "".join(f"_{d.lower()}" for d in defines)
+    pos_arg = ", int start_pos" if start is None else ""
+    start_expr = "start_pos" if start is None else str(start)
+    body = f"""
+void {name}(float* restrict out, const float* restrict q, const float* restrict kv{pos_arg}, int core_id) {{
+  const int tasks = {t * heads};
+  int k0 = (int)((long)core_id * tasks / {parts}), k1 = (int)((long)(core_id + 1) * tasks / {parts});
+  float sc[{context}];
+  for (int task = k0; task < k1; task++) {{
+    int tq = task / {heads}, h = task % {heads}, g = h / {group};
+    int pos = {start_expr} + tq, lo = {window} > 0 && pos - {window} + 1 > 0 ? pos - {window} + 1 : 0;
+    const float* qv = q + (long)task * {head_dim};
+    const float* K = kv + (long)g * {context * head_dim};
+    const float* V = kv + (long)({kv_heads} + g) * {context * head_dim};
+    float m = -3.0e38f;
+    for (int j = lo; j <= pos; j++) {{
+      float s = eg_dotf(qv, K + (long)j * {head_dim}, {head_dim}) * {scale!r}f;
+      sc[j] = s; if (s > m) m = s;
+    }}
+    float* o = out + (long)task * {head_dim};
+    float l = 0.0f;
+    for (int j = lo; j <= pos; j++) {{
+      float e = eg_expf(sc[j] - m); l += e;
+      const float* v = V + (long)j * {head_dim};
+      if (j == lo) {{ for (int i = 0; i < {head_dim}; i++) o[i] = e * v[i]; }}
+      else eg_axpyf(o, e, v, {head_dim});
+    }}
+    float inv = 1.0f / l;
+    for (int i = 0; i < {head_dim}; i++) o[i] *= inv;
+  }}
+}}
+"""
+    return name, _prelude(defines) + body

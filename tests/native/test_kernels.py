@@ -1,0 +1,178 @@
+"""Every build of the hand-written kernels (x86 portable and AVX2 natively through tinygrad; aarch64 NEON with and
+without the dot-product extension, and aarch64 portable, under qemu-aarch64), per packed type, against reference.py.
+
+- activation quantization: bit-exact (random rows, zeros, huge and tiny magnitudes, exact and near ties);
+- integer-exact: crafted blocks with f16 scales 1.0 (minimums 0 or 1) and integer activations whose block maximum
+  is 127, so every float in the kernel is an exact integer: the output must equal the exact integer result;
+- random blocks: within 1e-5 of reference.py relative to the sum of the terms' magnitudes (float32 summation in a
+  different order: about 16 additions of 6e-8 each), and within the 8-bit-activation error of
+  x @ gguf.quants.dequantize(W).T: reference.activation_error_bound, the worst case of rounding every activation to
+  half its block's step amax / 127 (llama.cpp quantizes activations the same way), plus the same 1e-5 float slack.
+
+Activation blocks whose maximum is below about 3.7e-37 are not tested: there 1 / (amax / 127) overflows to inf and
+common.h's (int) conversion of inf or nan is undefined behaviour (x86 and aarch64 give different bytes).
+"""
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+import reference
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+from native_helpers import (
+    CRAFTED_N,
+    CRAFTED_ROWS,
+    PARTS,
+    QUANT_ROWS,
+    ROWS,
+    VARIANTS,
+    Job,
+    K,
+    N,
+    Variant,
+    host_has_avx2,
+    isa_name,
+    matmul_case,
+    qemu_missing,
+    quantization_cases,
+    run_qemu,
+    run_tinygrad,
+)
+
+from edgegen.runtime.native.source import ACT_BLOCK_BYTES, KERNEL_TYPES, matmul_kernel, quantize_kernel
+
+TYPES = list(KERNEL_TYPES)
+QUANT_CASES = quantization_cases()
+FLOAT_SLACK = 1e-5
+
+
+def _skip_reason(variant: Variant) -> str | None:
+    if variant.arch == "aarch64":
+        return qemu_missing()
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"x86 variant on a {platform.machine()} host"
+    if variant.isa == "avx2" and not host_has_avx2():
+        return "this CPU has no AVX2 + FMA"
+    return None
+
+
+VARIANT_PARAMS = [pytest.param(v, id=v.name) for v in VARIANTS]
+
+
+class Outputs:
+    """One variant's kernel outputs for every quantization case and every type, computed on first use (one qemu
+    process per aarch64 variant)."""
+
+    def __init__(self, variant: Variant) -> None:
+        self.variant = variant
+        qname, qsrc = quantize_kernel(QUANT_ROWS, K, PARTS, variant.defines)
+        jobs: list[tuple[str, Job]] = [
+            (qname, Job(qsrc, (x,), QUANT_ROWS * K // 32 * ACT_BLOCK_BYTES, PARTS)) for x in QUANT_CASES.values()]
+        for t in TYPES:
+            case = matmul_case(t)
+            mname, msrc = matmul_kernel(t, ROWS, N, K, PARTS, variant.defines)
+            jobs.append((mname, Job(msrc, (reference.quantize(case.x), case.raw), ROWS * N * 4, PARTS)))
+        outs = run_qemu(variant, [j for _, j in jobs]) if variant.arch == "aarch64" else run_tinygrad(jobs)
+        self.quant = dict(zip(QUANT_CASES, outs[:len(QUANT_CASES)], strict=True))
+        self.matmul = {t: np.frombuffer(o, np.float32).reshape(ROWS, N) for t, o in
+                       zip(TYPES, outs[len(QUANT_CASES):], strict=True)}
+
+
+_outputs: dict[str, Outputs] = {}
+
+
+@pytest.fixture
+def outputs(variant: Variant) -> Outputs:
+    """The variant's outputs (built once per session), or a skip saying why this host cannot run it."""
+    reason = _skip_reason(variant)
+    if reason:
+        pytest.skip(reason)
+    if variant.name not in _outputs:
+        _outputs[variant.name] = Outputs(variant)
+    return _outputs[variant.name]
+
+
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_build_selects_its_isa(variant: Variant) -> None:
+    """Each build's flags pick the intended ISA header (a NEON build falling back to portable would test nothing)."""
+    reason = _skip_reason(variant)
+    if reason:
+        pytest.skip(reason)
+    assert isa_name(variant) == variant.isa
+
+
+@pytest.mark.parametrize("case", list(QUANT_CASES))
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_quantize_bit_exact(outputs: Outputs, variant: Variant, case: str) -> None:
+    got = np.frombuffer(outputs.quant[case], reference.Q8X)
+    want = reference.quantize(QUANT_CASES[case]).reshape(-1)
+    bad = np.flatnonzero((got.view(np.uint8).reshape(-1, 40) != want.view(np.uint8).reshape(-1, 40)).any(axis=1))
+    assert bad.size == 0, (f"{bad.size} of {want.size} blocks differ; block {bad[0]}: got {got[bad[0]]}, "
+                           f"want {want[bad[0]]}")
+
+
+def _reference(t: T) -> tuple[reference.DotResult, np.ndarray]:
+    case = matmul_case(t)
+    return reference.dot(reference.quantize(case.x), reference.decode(case.raw, t)), case.x
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=[t.name for t in TYPES])
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_integer_exact(outputs: Outputs, variant: Variant, ggml_type: T) -> None:
+    ref, x = _reference(ggml_type)
+    assert np.array_equal(reference.quantize(x[:CRAFTED_ROWS])["d"], np.ones((CRAFTED_ROWS, K // 32)))
+    exact = ref.y[:CRAFTED_ROWS, :CRAFTED_N]
+    # every partial sum is an integer below 2^24 in magnitude, so float32 holds each one exactly in any order
+    assert ref.magnitude[:CRAFTED_ROWS, :CRAFTED_N].max() < 2**24
+    assert np.array_equal(exact, np.round(exact)) and np.abs(exact).max() > 0
+    got = outputs.matmul[ggml_type][:CRAFTED_ROWS, :CRAFTED_N].astype(np.float64)
+    assert np.array_equal(got, exact), f"got {got.tolist()}\nwant {exact.tolist()}"
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=[t.name for t in TYPES])
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_matches_reference(outputs: Outputs, variant: Variant, ggml_type: T) -> None:
+    ref, _ = _reference(ggml_type)
+    got = outputs.matmul[ggml_type].astype(np.float64)
+    err, tol = np.abs(got - ref.y), FLOAT_SLACK * ref.magnitude
+    worst = np.unravel_index((err - tol).argmax(), err.shape)
+    assert (err <= tol).all(), f"worst error {err[worst]:.3g} at {worst}, allowed {tol[worst]:.3g}"
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=[t.name for t in TYPES])
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_matches_dequantize(outputs: Outputs, variant: Variant, ggml_type: T) -> None:
+    case = matmul_case(ggml_type)
+    w = quants.dequantize(case.raw, ggml_type).reshape(N, K).astype(np.float64)
+    x = case.x.astype(np.float64)
+    want = x @ w.T
+    scale = np.abs(x) @ np.abs(w).T
+    bound = reference.activation_error_bound(case.x, w) + FLOAT_SLACK * scale
+    err = np.abs(outputs.matmul[ggml_type] - want)
+    assert (err <= bound).all(), f"worst error {(err / scale).max():.3g} of sum|x||w|, beyond the 8-bit bound"
+    assert (bound < 0.05 * scale).all()  # the bound constrains: at most 5% of sum |x| |w| (a half step of 1/127)
+
+
+# ---- the model itself ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=[t.name for t in TYPES])
+def test_reference_decodes_like_gguf(ggml_type: T) -> None:
+    """reference.decode's integers and scales give gguf.quants.dequantize's floats (so the model reads the same
+    layout gguf-py does)."""
+    case = matmul_case(ggml_type)
+    want = quants.dequantize(case.raw, ggml_type).reshape(N, K)
+    got = reference.decode(case.raw, ggml_type).dequantize()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+def test_reference_quantize_rounds_half_away_from_zero() -> None:
+    x = np.zeros((1, 32), np.float32)
+    x[0, :8] = [127.0, 2.5, -2.5, 0.5, -0.5, 1.4999999, -126.5, 0.0]
+    q = reference.quantize(x)[0, 0]
+    assert q["d"] == 1.0 and q["qs"][:8].tolist() == [127, 3, -3, 1, -1, 1, -127, 0]
+    assert q["bs"].tolist() == [127 + 3 - 3 + 1 - 1 + 1 - 127, 0]
+    zero = reference.quantize(np.zeros((1, 32), np.float32))[0, 0]
+    assert zero["d"] == 0.0 and not zero["qs"].any()
