@@ -33,17 +33,22 @@ from edgegen.runtime.tinygrad_seam import (
 log = logging.getLogger(__name__)
 # A suffix this short after a reused prefix runs as decode steps when no suffix prefill graph applies
 SUFFIX_DECODE_STEPS = 16
+# How far a loaded prefill graph may differ from a decode of its last position with the hand-written kernels
+# (measured 2% of the logit scale on SmolLM2 Q4_1 after 30 layers; a broken graph is off by the whole scale).
+NATIVE_CHECK_REL = 0.1
 
 # Prompts are padded to one of PREFILL_BUCKETS' lengths so that a handful of prefill graphs serve every prompt (each
 # graph is compiled once, then replayed by TinyJit); padded positions write cache rows that decode overwrites before
 # reading. The lengths live with the artifact's constants because the memory planner sizes memory by them.
 
 
-def same_logits(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal up to float reassociation between kernels (prefill and decode differ in summation order)."""
+def same_logits(a: np.ndarray, b: np.ndarray, rel: float = 1e-3) -> bool:
+    """Equal up to float reassociation between kernels (prefill and decode differ in summation order); `rel` of
+    the logit scale. With the hand-written kernels a prefill and a decode of the same position may round an
+    activation to the other int8 neighbour (their norms sum in another order), which moves logits by about 1%."""
     if a.shape != b.shape or not np.isfinite(a).all():
         return False
-    return int(a.argmax()) == int(b.argmax()) and float(np.abs(a - b).max()) <= 1e-3 * float(np.abs(b).max()) + 1e-3
+    return int(a.argmax()) == int(b.argmax()) and float(np.abs(a - b).max()) <= rel * float(np.abs(b).max()) + 1e-3
 
 
 class ModelGraphs:
@@ -172,7 +177,8 @@ class ModelGraphs:
         model and returns None."""
         try:
             got, want = run()
-            ok, why = same_logits(got, want), "its logits differ from TinyJit's"
+            ok = same_logits(got, want, NATIVE_CHECK_REL if self.native else 1e-3)
+            why = "its logits differ from TinyJit's"
         except Exception as e:  # noqa: BLE001 - a graph that fails to replay is a bad cache entry, not a bad request
             got, ok, why = None, False, f"replaying it failed ({type(e).__name__}: {e})"
         if ok:

@@ -33,9 +33,10 @@ class RunnerUnavailable(Exception):
 
 
 def cache_dir() -> Path:
-    """Where the built runner lives: $EDGEGEN_CACHE_DIR/native, else ~/.cache/edgegen/native."""
-    base = os.environ.get("EDGEGEN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "edgegen")
-    return Path(base) / "native"
+    """Where the built runner lives: `native/` in edgegen's cache folder (runtime.jit_cache.cache_root)."""
+    from edgegen.runtime.jit_cache import cache_root
+
+    return cache_root() / "native"
 
 
 def _source() -> bytes:

@@ -1,0 +1,59 @@
+"""Where one decode step's time goes: each kernel of the captured decode graph timed alone, summed by kernel name.
+
+    .venv/bin/python benchmarks/profile_decode.py [--model default] [--kernels native] [--pos 64] [--steps 20]
+
+Calls the graph's compiled kernels one by one from Python (runtime.cpu_replay's single-thread path), so the total
+includes ~1-3 us of call overhead per kernel that the threaded runner does not pay; the shares are what counts.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default")
+    p.add_argument("--kernels", default="native", choices=("native", "tinygrad"))
+    p.add_argument("--pos", type=int, default=64, help="decode position the attention kernels read up to")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--top", type=int, default=20)
+    a = p.parse_args(argv)
+
+    from edgegen.runtime.engine import TextGenerator
+    from edgegen.runtime.native.options import KernelOptions
+    from edgegen.runtime.sampling import SamplingParams
+
+    gen = TextGenerator.load(a.model, "CPU", jit_cache=False, kernels=KernelOptions(a.kernels, 1))
+    stream = gen.stream_ids(gen.tokenizer.encode("The quick brown fox jumps over the lazy dog"),
+                            SamplingParams(max_tokens=4, temperature=0.0), ignore_eos=True)
+    for _ in stream:
+        pass
+    replay = gen.graphs.replay
+    if replay is None:
+        raise SystemExit("the decode graph has no direct replay on this backend: nothing to profile")
+    total: collections.Counter[str] = collections.Counter()
+    count: collections.Counter[str] = collections.Counter()
+    for _ in range(a.steps):
+        for call, prebuilt in replay.steps:
+            args = prebuilt if call.static else call.arguments({"start_pos": a.pos})
+            t0 = time.perf_counter_ns()
+            for arg in args:
+                call.function(*arg)
+            name = re.sub(r"\x1b\[[0-9;]*m", "", call.info.name)
+            total[name] += time.perf_counter_ns() - t0
+            count[name] += 1
+    step_us = sum(total.values()) / a.steps / 1e3
+    print(f"{a.model} ({a.kernels} kernels), decode at position {a.pos}: {len(replay.steps)} kernels, "
+          f"{step_us / 1e3:.2f} ms per step (one thread, kernels called one by one)")
+    print(f"{'us/step':>9} {'share':>6} {'calls':>5}  kernel")
+    for name, ns in total.most_common(a.top):
+        us = ns / a.steps / 1e3
+        print(f"{us:9.1f} {100 * us / step_us:5.1f}% {count[name] // a.steps:5d}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
