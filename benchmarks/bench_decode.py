@@ -39,16 +39,16 @@ import datetime
 import functools
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from machine_facts import bytes_read_per_token, copy_bandwidth, machine_info, versions  # benchmarks/, beside this file
 
 if TYPE_CHECKING:  # numpy is imported where it is used: a pinned worker sets its affinity before any import
     import numpy as np
@@ -61,7 +61,6 @@ DEFAULT_MODELS = "default,q8_0,gemma3-270m"
 OPTIONAL_MODELS = ("q8_0", "gemma3-270m")  # skipped with a note when absent, unless named with --models
 SYSTEM_TOKENS, USER_TOKENS, FIRST_REPLY_TOKENS = 200, 16, 8
 SYSTEM_OFFSET = 1024  # the system prompt starts here in the text: no prefix shared with the 64-token prompt
-COPY_BYTES = 512 * 2**20
 TARGETS = ("issue 14 targets, edgegen/llama.cpp: decode >= 1.1x, ttft 64 <= 1.0x, peak RSS <= 1.2x; "
            "warm start to first token < 1 s; ttft with the reused system prompt < 0.1 s")
 
@@ -250,70 +249,6 @@ def prompts_for(model: Path, a: argparse.Namespace) -> dict[str, list[int]]:
         user_b_at += 1
     return {"prompt": ids[: a.prompt_tokens], "agreement": ids[: a.agreement_tokens],
             "system": ids[SYSTEM_OFFSET:][:SYSTEM_TOKENS], "user_a": user_a, "user_b": ids[user_b_at:][:USER_TOKENS]}
-
-
-def bytes_read_per_token(model: Path) -> dict:
-    """Weight bytes one decode step reads: every tensor, except that token_embd is read one row at a time when the
-    model has its own output head (tied embeddings are read whole by the head)."""
-    from edgegen.runtime.artifact.reader import open_model
-
-    tensors = open_model(model).tensors
-    total = sum(t.size_bytes for t in tensors.values())
-    read = total
-    embd = tensors.get("token_embd.weight")
-    if "output.weight" in tensors and embd is not None:
-        read -= embd.size_bytes - embd.size_bytes // embd.shape[0]
-    return {"tensor_bytes": total, "bytes_read_per_token": read}
-
-
-def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 3) -> dict:
-    """A STREAM-like copy of this machine, one thread."""
-    import numpy as np
-
-    src = np.ones(nbytes // 8, dtype=np.float64)
-    dst = np.zeros_like(src)  # zeros_like writes every page: no page faults inside the timed copies
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t0)
-    del src, dst
-    return {"bytes_per_s": 2 * nbytes / min(times), "copy_runs_s": times,
-            "method": f"numpy.copyto of a {nbytes // 2**20} MiB float64 array into a pre-touched one, best of "
-                      f"{repeats}, read + written bytes (STREAM copy), one thread in one process"}
-
-
-def machine_info() -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "affinity": sorted(os.sched_getaffinity(0))}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        info["cpu"] = fields.get("model name", "")
-        flags = set(fields.get("flags", fields.get("Features", "")).split())
-        info["simd"] = sorted(flags & {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-                                       "asimd", "asimddp"})
-        mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
-        info["memory_mb"] = int(mem[1]) // 1024
-    except (OSError, IndexError, ValueError):
-        pass
-    return info
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for dist in ("edgegen", "tinygrad", "numpy", "llama_cpp_python"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         check=False)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False)
-    out["git"] = git.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-    return out
 
 
 # ---- parent: running the workers -----------------------------------------------------------------------------------
