@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prompt": ("edgegen.cli.prompt", "send a prompt to a device over MQTT and stream the answer"),
     "keygen": ("edgegen.cli.keygen", "make an Ed25519 key pair that signs model deployments"),
     "install": ("edgegen.cli.install", "install a signed model bundle on this board, with every deployment check"),
+    "deploy": ("edgegen.cli.deploy", "sign a model and roll it out to devices over MQTT, with health-checked commits"),
 }
 
 

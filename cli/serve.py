@@ -7,7 +7,9 @@ import signal
 import sqlite3
 import sys
 import threading
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from edgegen.cli.flags import (
     add_broker_arguments,
@@ -21,7 +23,10 @@ from edgegen.cli.flags import (
 )
 from edgegen.firmware_bridge import topics
 from edgegen.firmware_bridge.answer_store import AnswerStore
-from edgegen.firmware_bridge.engines import ImageEngine, RuntimeImageEngine, RuntimeTextEngine
+from edgegen.firmware_bridge.deploy.agent import DeployAgent, installed_engines, load_engine
+from edgegen.firmware_bridge.deploy.keys import load_public_key
+from edgegen.firmware_bridge.deploy.slots import DeviceStore
+from edgegen.firmware_bridge.engines import ImageEngine, RuntimeImageEngine, RuntimeTextEngine, TextEngine
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 from edgegen.firmware_bridge.state_dir import default_state_dir
@@ -49,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where answers are remembered across restarts, so a request redelivered after a crash is "
                              "not generated twice (default: $XDG_STATE_HOME/edgegen/<device-id>, or "
                              "~/.local/state/edgegen/<device-id>; created with mode 0700)")
+    parser.add_argument("--trust-key", type=Path, metavar="PUB",
+                        help="accept model deployments (`edgegen deploy`) signed by this public key from `edgegen "
+                             "keygen`; models, slots and partial transfers live under --state-dir")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the warm-up generation that compiles kernels before the device goes online")
     add_broker_arguments(parser)
@@ -71,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, sqlite3.Error) as e:
         raise RequestError(ErrorCode.INVALID_REQUEST, f"--state-dir {state_dir}: cannot keep answers there ({e})") \
             from e
+    deploy = _open_deploy(args, state_dir) if args.trust_key is not None else None
     engine = RuntimeTextEngine.load(args.model, device=args.device, kernels=kernel_options(args))
     if not args.no_warmup:
         # tinygrad compiles kernels on first use: pay that before announcing `online`, not on the first request.
@@ -83,7 +92,16 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_warmup:
             image_engine.warm_up()
         images["default"] = image_engine
-    service = DeviceService(config, options, {"default": engine}, images)
+    texts: dict[str, TextEngine] = {"default": engine}
+    if deploy is not None:  # committed deployments; a deployed "default" replaces --model
+        installed = installed_engines(deploy[0], args.device, not args.no_warmup, kernel_options(args))
+        texts.update(installed["text"])
+        images.update(installed["image"])
+    service = DeviceService(config, options, texts, images)
+    if deploy is not None:
+        DeployAgent(service, deploy[0], deploy[1],
+                    partial(load_engine, device=args.device, kernels=kernel_options(args)), backend=args.device,
+                    start_actions=deploy[2]).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -95,3 +113,11 @@ def run(args: argparse.Namespace) -> int:
     stop.wait()
     service.stop()
     return 0
+
+
+def _open_deploy(args: argparse.Namespace, state_dir: Path) -> tuple[DeviceStore, Any, list[dict[str, Any]]]:
+    """The trusted key, the model store, and what its start did: a pending model left by a crash counts one crash
+    (and rolls back at the limit) before any model is loaded."""
+    key = load_public_key(args.trust_key)
+    store = DeviceStore(state_dir)
+    return store, key, store.on_start()

@@ -7,6 +7,9 @@ or joins the running generation instead of being generated twice; with a state f
 (answer_store.py), committed before the ack, so it survives a restart. The queue is bounded and answers `busy` when
 full.
 
+Deployment (firmware_bridge/deploy/agent.py) plugs in through `deploy_hook` (told of every connect, stopped with
+the service), `swap_engine` (between requests) and `leave_pool`/`join_pool`.
+
 Test-only fault injection: with the environment variable EDGEGEN_FAULT=exit-after-answer the process calls
 os._exit(137) right after a final answer was published and stored, before the request is acked (the crash window
 the answer store exists for). Never set it on a device.
@@ -111,6 +114,9 @@ class DeviceService:
         self._stopping = threading.Event()
         self._started_s = time.monotonic()
         self._threads: list[threading.Thread] = []
+        self._run_lock = threading.Lock()  # held by the worker while it runs a request: a swap waits for it
+        self._in_pool = config.pool is not None
+        self.deploy_hook: Any = None  # an object with on_connect(client) and stop(); see deploy/agent.py
         self.client = make_client(config.device_id, broker, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -140,6 +146,8 @@ class DeviceService:
     def stop(self) -> None:
         """Publish `offline`, stop the running generation without acking it (the broker keeps it), disconnect."""
         self._stopping.set()
+        if self.deploy_hook is not None:
+            self.deploy_hook.stop()
         with self._lock:
             for job in self._active.values():
                 job.cancel.set()
@@ -156,9 +164,41 @@ class DeviceService:
     def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
         filters = [topics.device_request(self.device, kind) for kind in ("text", "image", "cancel")]
         if self.config.pool is not None:
-            filters += [topics.pool_shared_filter(self.config.pool, kind) for kind in topics.KINDS]
+            if self._in_pool:
+                filters += self._pool_filters()
             filters.append(topics.pool_cancel(self.config.pool))
         return [(f, SubscribeOptions(qos=1)) for f in filters]
+
+    def _pool_filters(self) -> list[str]:
+        assert self.config.pool is not None
+        return [topics.pool_shared_filter(self.config.pool, kind) for kind in topics.KINDS]
+
+    def leave_pool(self) -> None:
+        """Stop taking pool requests (unsubscribe the shared subscriptions); requests already here are answered."""
+        if self.config.pool is not None and self._in_pool:
+            self._in_pool = False
+            self.client.unsubscribe(self._pool_filters())
+
+    def join_pool(self) -> None:
+        """Take pool requests again after `leave_pool`."""
+        if self.config.pool is not None and not self._in_pool:
+            self._in_pool = True
+            self.client.subscribe([(f, SubscribeOptions(qos=1)) for f in self._pool_filters()])
+
+    def swap_engine(self, kind: str, name: str, engine: TextEngine | ImageEngine) -> None:
+        """Serve `name` (a "text" or "image" model) with `engine` from the next request on: waits for the running
+        request, never interrupts one; then republishes the models list."""
+        assert kind in topics.KINDS, kind
+        with self._run_lock:  # new dicts, not updates: _check reads them on paho's thread
+            if kind == "text":
+                self.text_engines = {**self.text_engines, name: engine}  # type: ignore[dict-item]
+            else:
+                self.image_engines = {**self.image_engines, name: engine}  # type: ignore[dict-item]
+        self._publish_models()
+
+    def _publish_models(self) -> mqtt.MQTTMessageInfo:
+        models = responses.models(self.device, sorted(self.text_engines), sorted(self.image_engines))
+        return self.client.publish(topics.models(self.device), encode(models), qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
@@ -170,8 +210,9 @@ class DeviceService:
         _, mid = client.subscribe(self._subscriptions())
         self._subscribe_mid = -1 if mid is None else mid
         self._publish_status(self._state)
-        models = responses.models(self.device, sorted(self.text_engines), sorted(self.image_engines))
-        client.publish(topics.models(self.device), encode(models), qos=1, retain=True)
+        self._publish_models()
+        if self.deploy_hook is not None:
+            self.deploy_hook.on_connect(client)
         log.info("connected to %s:%d (session present: %s)", self.broker.host, self.broker.port,
                  flags.session_present)
 
@@ -342,7 +383,8 @@ class DeviceService:
                     continue
                 job = self._queue.popleft()
             try:
-                self._run(job)
+                with self._run_lock:
+                    self._run(job)
             except Exception:  # the device keeps serving
                 log.exception("request %s failed", job.request.id)
                 self._finish(job, _json(self._send_error(job.response_topic, job.correlation, job.request.id,
