@@ -14,6 +14,7 @@ from tiny_arch import FAMILIES, VOCAB, is_local_layer, random_weights, reference
 from edgegen.runtime.artifact.config import config_from_model_file
 from edgegen.runtime.artifact.reader import open_gguf
 from edgegen.runtime.engine import TextGenerator
+from edgegen.runtime.native.options import KernelOptions
 
 IDS = [5, 17, 42, 3, 88, 60, 7, 7, 31, 90, 12, 44]
 
@@ -41,7 +42,8 @@ def test_family_logits_match_numpy_reference(tmp_path, family):
     s = shape_for(family)
     path = tmp_path / f"tiny-{family}.gguf"
     stored = write_gguf(path, s, random_weights(s, seed=3), Q.Q8_0)
-    gen = TextGenerator.load(path, max_context=32)
+    # tinygrad's kernels: float activations like the reference (the native kernels: tests/test_runtime_native.py)
+    gen = TextGenerator.load(path, max_context=32, kernels=KernelOptions("tinygrad"))
     ref = reference_logits(s, stored, IDS)
     got = gen.logits(IDS)
     assert got.shape == (len(IDS), VOCAB)
@@ -73,4 +75,5 @@ def test_family_matches_llama_cpp(tmp_path, family):
     llm.eval(IDS)
     theirs = np.asarray(llm.scores[: len(IDS)], dtype=np.float64)
     check(reference_logits(s, stored, IDS), theirs, f"{family}: numpy reference vs llama.cpp")
-    check(TextGenerator.load(path, max_context=32).logits(IDS), theirs, f"{family}: edgegen vs llama.cpp")
+    check(TextGenerator.load(path, max_context=32, kernels=KernelOptions("tinygrad")).logits(IDS), theirs,
+          f"{family}: edgegen vs llama.cpp")

@@ -33,7 +33,9 @@ from pathlib import Path
 from edgegen.device.measure import peak_rss_bytes
 from edgegen.runtime import SamplingParams, jit_cache
 from edgegen.runtime.engine import TextGenerator
-hit = (jit_cache.cache_dir() / f"{jit_cache.cache_key(Path(sys.argv[1]), 'CPU', 1024)}.pkl").is_file()
+from edgegen.runtime.native.options import KernelOptions
+key = jit_cache.cache_key(Path(sys.argv[1]), 'CPU', 1024, KernelOptions().describe('CPU'))
+hit = (jit_cache.cache_dir() / f"{key}.pkl").is_file()
 gen = TextGenerator.load(sys.argv[1])
 result = gen.generate("Name three things a microcontroller is good at.", SamplingParams(max_tokens=8))
 print(json.dumps({"peak_rss_bytes": peak_rss_bytes(),
