@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as T
 
 HEADERS = ("common.h", "x86.h", "arm.h", "dispatch.h", "attention.h")
 ACT_BLOCK = 32  # activations are quantized in blocks of 32 (eg_q8x)
-ACT_BLOCK_BYTES = 40  # sizeof(eg_q8x): float d, int16 bs[2], int8 qs[32]
+ACT_BLOCK_BYTES = 44  # sizeof(eg_q8x): float d, s, int16 bs[2], int8 qs[32]
 
 # The packed types with a hand-written dot (the C name of each); weights stay as the GGUF file stores them.
 KERNEL_TYPES: dict[T, str] = {

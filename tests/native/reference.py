@@ -1,7 +1,8 @@
 """A numpy model of the hand-written kernels' arithmetic (runtime/native/c/common.h), written from the GGUF layouts.
 
 Activation quantization is modelled bit for bit: float32 operations in the order eg_quantize_block_portable does
-them, rounding half away from zero by adding +-0.5 and truncating. Weights are decoded from the raw GGUF block bytes
+them (llama.cpp's Q8_0/Q8_1: q = x * (127 / amax) rounded to nearest, ties to even; d and d * sum(q) rounded to
+f16). Weights are decoded from the raw GGUF block bytes
 into integers (quants with their offset applied, per-16 scales and minimums) and float32 block scales, so the
 integer sums of every (sub-)block are exact in int64; the float result multiplies them by the same float32 scale
 products the kernels form (weight scale * activation scale) and sums in float64.
@@ -15,9 +16,9 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 QK = 32
-# eg_q8x in common.h: float d, int16 bs[2] (the sums of each half's quants), int8 qs[32].
-Q8X = np.dtype([("d", "<f4"), ("bs", "<i2", (2,)), ("qs", "i1", (QK,))])
-assert Q8X.itemsize == 40
+# eg_q8x in common.h: float d, s (f16-rounded scale and scale * sum), int16 bs[2] (each half's sum), int8 qs[32].
+Q8X = np.dtype([("d", "<f4"), ("s", "<f4"), ("bs", "<i2", (2,)), ("qs", "i1", (QK,))])
+assert Q8X.itemsize == 44
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
@@ -28,14 +29,16 @@ def quantize(x: np.ndarray) -> np.ndarray:
     amax = np.abs(blocks).max(axis=2)
     d = amax / np.float32(127.0)
     with np.errstate(divide="ignore", over="ignore"):
-        inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
-    # amax below ~3.7e-37: 1 / d overflows; the C code then uses 0 (the block quantizes to zeros)
+        inv = np.where(amax != 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+    # amax below ~3.7e-37: 127 / amax overflows; the C code then uses 0 (the block quantizes to zeros)
     inv = np.where(np.isfinite(inv), inv, np.float32(0.0)).astype(np.float32)
-    v = blocks * inv[..., None]
-    v = v + np.where(v >= 0, np.float32(0.5), np.float32(-0.5))
-    q = np.trunc(v).astype(np.int64)  # (int) conversion: toward zero
+    q = np.rint(blocks * inv[..., None]).astype(np.int64)  # nearest, ties to even
     out = np.zeros((rows, k // QK), Q8X)
-    out["d"], out["qs"] = d, q
+    with np.errstate(over="ignore"):  # numpy's float16 cast rounds to nearest, ties to even
+        out["d"] = d.astype(np.float16).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond f16's 65504 the scale is inf, in llama.cpp too
+        out["s"] = (d * q.sum(axis=2).astype(np.float32)).astype(np.float16).astype(np.float32)
+    out["qs"] = q
     out["bs"][..., 0], out["bs"][..., 1] = q[..., :16].sum(axis=2), q[..., 16:].sum(axis=2)
     return out
 
@@ -49,6 +52,9 @@ class Decoded:
     m: np.ndarray  # (rows, blocks, 2) int64 minimums (0 for types without one)
     D: np.ndarray  # (rows, blocks) float32: the block's f16 scale
     M: np.ndarray  # (rows, blocks) float32: + the f16 minimum (Q4_1/Q5_1), - dmin (K-quants), 0 otherwise
+    # Q4_1/Q5_1: the minimum multiplies the activation block's f16 s (d * sum(q)), as llama.cpp's Q8_1 does, not
+    # d times the integer sum
+    min_times_s: bool = False
 
     def dequantize(self) -> np.ndarray:
         """The float weights (rows, k) in float64."""
@@ -110,7 +116,7 @@ def decode(raw: np.ndarray, ggml_type: T) -> Decoded:
         if five:
             q = q | (_bits(_u32(b, after_scales), 32) << 4)
         if has_min:
-            return Decoded(q, ones, ones, d, _f16(b, 2))
+            return Decoded(q, ones, ones, d, _f16(b, 2), min_times_s=True)
         return Decoded(q - (16 if ggml_type == T.Q5_0 else 8), ones, 0 * ones, d, zeros_f)
     return _decode_k(b, ggml_type)
 
@@ -159,7 +165,7 @@ class DotResult:
 
     isum: np.ndarray  # (rows, n, blocks) int64: sum over groups of s * sum(q * xq)
     imin: np.ndarray  # (rows, n, blocks) int64: sum over groups of m * sum(xq)
-    y: np.ndarray  # (rows, n) float64: sum of fp32(D * xd) * isum + fp32(M * xd) * imin
+    y: np.ndarray  # (rows, n) float64: sum of fp32(D * xd) * isum + fp32(M * xd) * imin (or fp32(M * xs))
     magnitude: np.ndarray  # (rows, n) float64: the sum of those terms' absolute values (the float error's scale)
 
 
@@ -172,15 +178,19 @@ def dot(xq: np.ndarray, w: Decoded) -> DotResult:
     imin = (q8.sum(-1)[:, None] * w.m[None]).sum(-1)
     xd = xq["d"][:, None, :]
     fd = (w.D[None] * xd).astype(np.float32).astype(np.float64)
-    fm = (w.M[None] * xd).astype(np.float32).astype(np.float64)
-    terms = fd * isum + fm * imin
-    return DotResult(isum, imin, terms.sum(-1), (np.abs(fd * isum) + np.abs(fm * imin)).sum(-1))
+    if w.min_times_s:
+        mins = (w.M[None] * xq["s"][:, None, :]).astype(np.float32).astype(np.float64)
+    else:
+        mins = (w.M[None] * xd).astype(np.float32).astype(np.float64) * imin
+    terms = fd * isum + mins
+    return DotResult(isum, imin, terms.sum(-1), (np.abs(fd * isum) + np.abs(mins)).sum(-1))
 
 
 def activation_error_bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Worst-case |x . w - x^ . w| (rows, n) from rounding each activation to its block's step d = amax / 127: at most
-    half a step each (0.501 covers the float32 rounding of x / d), times |w|, summed."""
+    half a step each (0.501 covers the float32 rounding of x / d), plus the f16 rounding of d (2^-11 of d, times up
+    to 127 steps), times |w|, summed."""
     rows, k = x.shape
     step = np.abs(x.reshape(rows, k // QK, QK)).max(-1).astype(np.float64) / 127.0
     wabs = np.abs(w).reshape(w.shape[0], k // QK, QK).sum(-1)
-    return 0.501 * step @ wabs.T
+    return (0.501 + 127.0 / 2048.0) * step @ wabs.T

@@ -9,7 +9,7 @@ without the dot-product extension, and aarch64 portable, under qemu-aarch64), pe
   x @ gguf.quants.dequantize(W).T: reference.activation_error_bound, the worst case of rounding every activation to
   half its block's step amax / 127 (llama.cpp quantizes activations the same way), plus the same 1e-5 float slack.
 
-Activation blocks whose maximum is below about 3.7e-37 are not tested: there 1 / (amax / 127) overflows to inf and
+Activation blocks whose maximum is below about 3.7e-37 are not tested: there 127 / amax overflows to inf and
 common.h's (int) conversion of inf or nan is undefined behaviour (x86 and aarch64 give different bytes).
 """
 from __future__ import annotations
@@ -108,7 +108,8 @@ def test_build_selects_its_isa(variant: Variant) -> None:
 def test_quantize_bit_exact(outputs: Outputs, variant: Variant, case: str) -> None:
     got = np.frombuffer(outputs.quant[case], reference.Q8X)
     want = reference.quantize(QUANT_CASES[case]).reshape(-1)
-    bad = np.flatnonzero((got.view(np.uint8).reshape(-1, 40) != want.view(np.uint8).reshape(-1, 40)).any(axis=1))
+    size = reference.Q8X.itemsize
+    bad = np.flatnonzero((got.view(np.uint8).reshape(-1, size) != want.view(np.uint8).reshape(-1, size)).any(axis=1))
     assert bad.size == 0, (f"{bad.size} of {want.size} blocks differ; block {bad[0]}: got {got[bad[0]]}, "
                            f"want {want[bad[0]]}")
 
@@ -168,11 +169,17 @@ def test_reference_decodes_like_gguf(ggml_type: T) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
-def test_reference_quantize_rounds_half_away_from_zero() -> None:
+def test_reference_quantize_rounds_ties_to_even_and_scales_in_f16() -> None:
+    """llama.cpp's AVX2/NEON quantize_row_q8_0/q8_1: _mm256_round_ps(_MM_ROUND_NEAREST), d and s stored as f16."""
     x = np.zeros((1, 32), np.float32)
-    x[0, :8] = [127.0, 2.5, -2.5, 0.5, -0.5, 1.4999999, -126.5, 0.0]
+    x[0, :8] = [127.0, 2.5, -2.5, 0.5, -0.5, 1.4999999, -126.5, 3.5]
     q = reference.quantize(x)[0, 0]
-    assert q["d"] == 1.0 and q["qs"][:8].tolist() == [127, 3, -3, 1, -1, 1, -127, 0]
-    assert q["bs"].tolist() == [127 + 3 - 3 + 1 - 1 + 1 - 127, 0]
+    assert q["d"] == 1.0 and q["qs"][:8].tolist() == [127, 2, -2, 0, 0, 1, -126, 4]
+    assert q["bs"].tolist() == [127 + 2 - 2 + 0 + 0 + 1 - 126 + 4, 0] and q["s"] == 6.0
+    odd = np.full((1, 32), 0.1, np.float32)  # d = 0.1 / 127 is not an f16 value: stored rounded, s from the exact d
+    oq = reference.quantize(odd)[0, 0]
+    assert oq["d"] == np.float32(np.float16(np.float32(0.1) / np.float32(127)))
+    assert oq["s"] == np.float32(np.float16(np.float32(0.1) / np.float32(127) * np.float32(32 * 127)))
+    assert oq["d"] != np.float32(0.1) / np.float32(127)
     zero = reference.quantize(np.zeros((1, 32), np.float32))[0, 0]
     assert zero["d"] == 0.0 and not zero["qs"].any()

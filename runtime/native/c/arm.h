@@ -90,7 +90,7 @@ EG_INLINE float eg_dot_q4_1(const void* vw, const eg_q8x* x, int nb) {
     uint8x16_t lo, hi; eg_nibbles(w[b].qs, &lo, &hi);
     int32x4_t p = eg_dot32(EG_S8(lo), EG_S8(hi), x[b].qs);
     acc = vaddq_f32(acc, vmulq_n_f32(vcvtq_f32_s32(p), EG_F16(w[b].d) * x[b].d));
-    mins += EG_F16(w[b].m) * x[b].d * (float)(x[b].bs[0] + x[b].bs[1]);
+    mins += EG_F16(w[b].m) * x[b].s;
   }
   return vaddvq_f32(acc) + mins;
 }
@@ -114,7 +114,7 @@ EG_INLINE float eg_dot_q5_1(const void* vw, const eg_q8x* x, int nb) {
     uint8x16_t lo, hi, h0, h1; eg_nibbles(w[b].qs, &lo, &hi); eg_fifth_bits(w[b].qh, &h0, &h1);
     int32x4_t p = eg_dot32(EG_S8(vorrq_u8(lo, h0)), EG_S8(vorrq_u8(hi, h1)), x[b].qs);
     acc = vaddq_f32(acc, vmulq_n_f32(vcvtq_f32_s32(p), EG_F16(w[b].d) * x[b].d));
-    mins += EG_F16(w[b].m) * x[b].d * (float)(x[b].bs[0] + x[b].bs[1]);
+    mins += EG_F16(w[b].m) * x[b].s;
   }
   return vaddvq_f32(acc) + mins;
 }

@@ -5,12 +5,14 @@
  * that loader (docs/KERNELS.md): the entry point is the start of the image, so every helper here is static inline
  * and fully inlined; no external calls (no libm, no memcpy/memset: never zero-initialize or copy a large local).
  *
- * Arithmetic (tests/native/reference.py is the numpy model of it):
- *   activation quantization, per block of 32 floats: amax = max|x|, d = amax / 127, id = d ? 1 / d : 0,
- *   q = (int)(x*id + (x*id >= 0 ? 0.5 : -0.5)) truncated toward zero (each step a separate float32 operation:
- *   contraction into FMA is off below, so the result is bit-exact across ISAs), bs[h] = sum of q over half h.
+ * Arithmetic (tests/native/reference.py is the numpy model of it), llama.cpp's Q8_0/Q8_1 activations as its AVX2 and
+ * NEON code forms them (quantize_row_q8_0/q8_1), so the two runtimes compute the same sums:
+ *   per block of 32 floats: amax = max|x|, id = amax ? 127 / amax : 0, q = x*id rounded to nearest, ties to even;
+ *   d = amax / 127 rounded to f16 (llama.cpp stores it as ggml_half), s = (amax / 127) * sum(q) rounded to f16
+ *   (Q8_1's s), bs[h] = sum of q over half h. Each step is a separate float32 operation: contraction into FMA is
+ *   off below, so the result is bit-exact across ISAs.
  *   weight block dot: integer sums of quant*q per (sub-)block, exact in int32, then one float multiply-add by the
- *   product of the scales; types with a minimum add dmin * dx * sum(q) from bs.
+ *   product of the scales; Q4_1/Q5_1 add m * s; offsets (Q4_0's 8, ...) and K-quant minimums use the integer bs.
  */
 #pragma STDC FP_CONTRACT OFF
 #include <stdint.h>
@@ -30,8 +32,9 @@ typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } eg_blo
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } eg_block_q5_K; /* 176 B */
 typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } eg_block_q6_K; /* 210 B / 256 */
 
-/* One quantized activation block: 32 int8 with one float scale and the sums of each half (for minimums/offsets). */
-typedef struct { float d; int16_t bs[2]; int8_t qs[32]; } eg_q8x;                               /*  40 B / 32 */
+/* One quantized activation block: 32 int8, the f16-rounded scale d and d * sum (as floats), and the sums of each half
+ * (for offsets and the K-quants' 16-weight minimums). */
+typedef struct { float d, s; int16_t bs[2]; int8_t qs[32]; } eg_q8x;                            /*  44 B / 32 */
 
 EG_INLINE float eg_f16_portable(uint16_t h) {
   /* IEEE half -> float by bits (no F16C/__fp16 needed); handles zero, subnormals, inf and nan. */
@@ -44,20 +47,6 @@ EG_INLINE float eg_f16_portable(uint16_t h) {
   union { uint32_t u; float f; } v; v.u = bits; return v.f;
 }
 
-EG_INLINE void eg_quantize_block_portable(const float* x, eg_q8x* y) {
-  float amax = 0.0f;
-  for (int i = 0; i < EG_QK; i++) { float a = x[i] < 0.0f ? -x[i] : x[i]; if (a > amax) amax = a; }
-  float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-  if (!(id <= 3.4028235e38f)) id = 0.0f; /* amax below ~3.7e-37: 1/d overflows; the block quantizes to zeros */
-  int s0 = 0, s1 = 0;
-  for (int i = 0; i < EG_QK; i++) {
-    float v = x[i] * id;
-    int q = (int)(v + (v >= 0.0f ? 0.5f : -0.5f));
-    y->qs[i] = (int8_t)q;
-    if (i < 16) s0 += q; else s1 += q;
-  }
-  y->d = d; y->bs[0] = (int16_t)s0; y->bs[1] = (int16_t)s1;
-}
 
 #if defined(EG_PORTABLE)
 #define EG_F16(h) eg_f16_portable(h)
@@ -70,6 +59,50 @@ EG_INLINE float eg_f16_hw(uint16_t h) { union { uint16_t u; __fp16 f; } v; v.u =
 #else
 #define EG_F16(h) eg_f16_portable(h)
 #endif
+
+/* float -> nearest f16 value (ties to even) and back, as GGML_FP32_TO_FP16 rounds; by bits where there is no F16C or
+ * __fp16: normal, subnormal and overflowing values (activation scales are far from f16's limits, but stay exact). */
+EG_INLINE float eg_round_f16_portable(float f) {
+  union { float f; uint32_t u; } v; v.f = f;
+  uint32_t sign = v.u & 0x80000000u, a = v.u & 0x7fffffffu;
+  if (a >= 0x7f800000u) return f;                                     /* inf, nan */
+  if (a >= 0x477ff000u) { v.u = sign | 0x7f800000u; return v.f; }     /* rounds past 65504: inf */
+  if (a < 0x38800000u) {                                              /* below 2^-14: a multiple of 2^-24 */
+    float m = (v.f < 0.0f ? -v.f : v.f) * 16777216.0f;                /* exact: a power-of-two scale */
+    m = (m + 12582912.0f) - 12582912.0f;                              /* nearest integer, ties to even */
+    v.f = m / 16777216.0f; v.u |= sign; return v.f;
+  }
+  uint32_t keep = a >> 13, rest = a & 0x1fffu;                        /* 10 mantissa bits kept of 23 */
+  if (rest > 0x1000u || (rest == 0x1000u && (keep & 1u))) keep++;
+  v.u = sign | (keep << 13); return v.f;
+}
+
+#if defined(EG_PORTABLE)
+#define EG_ROUND_F16(f) eg_round_f16_portable(f)
+#elif defined(__F16C__)
+#define EG_ROUND_F16(f) _cvtsh_ss(_cvtss_sh((f), _MM_FROUND_TO_NEAREST_INT))
+#elif defined(__aarch64__)
+EG_INLINE float eg_round_f16_hw(float f) { __fp16 h = (__fp16)f; return (float)h; }
+#define EG_ROUND_F16(f) eg_round_f16_hw(f)
+#else
+#define EG_ROUND_F16(f) eg_round_f16_portable(f)
+#endif
+
+EG_INLINE void eg_quantize_block_portable(const float* x, eg_q8x* y) {
+  float amax = 0.0f;
+  for (int i = 0; i < EG_QK; i++) { float a = x[i] < 0.0f ? -x[i] : x[i]; if (a > amax) amax = a; }
+  float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+  if (!(id <= 3.4028235e38f)) id = 0.0f; /* amax below ~3.7e-37: 127/amax overflows; the block quantizes to zeros */
+  int s0 = 0, s1 = 0;
+  for (int i = 0; i < EG_QK; i++) {
+    float v = x[i] * id;
+    int q = (int)((v + 12582912.0f) - 12582912.0f); /* |v| <= 127: adding 1.5 * 2^23 rounds to nearest, ties to even */
+    y->qs[i] = (int8_t)q;
+    if (i < 16) s0 += q; else s1 += q;
+  }
+  y->d = EG_ROUND_F16(d); y->s = EG_ROUND_F16(d * (float)(s0 + s1));
+  y->bs[0] = (int16_t)s0; y->bs[1] = (int16_t)s1;
+}
 
 /* ---- portable block dots: the reference structure every ISA variant reproduces --------------------------------- */
 
@@ -101,7 +134,7 @@ EG_INLINE float eg_dot_q4_1_portable(const void* vw, const eg_q8x* x, int nb) {
   const eg_block_q4_1* w = (const eg_block_q4_1*)vw; float acc = 0.0f;
   for (int b = 0; b < nb; b++) {
     int s = eg_isum_nibbles(w[b].qs, x[b].qs);
-    acc += EG_F16(w[b].d) * x[b].d * (float)s + EG_F16(w[b].m) * x[b].d * (float)(x[b].bs[0] + x[b].bs[1]);
+    acc += EG_F16(w[b].d) * x[b].d * (float)s + EG_F16(w[b].m) * x[b].s;
   }
   return acc;
 }
@@ -129,7 +162,7 @@ EG_INLINE float eg_dot_q5_1_portable(const void* vw, const eg_q8x* x, int nb) {
   const eg_block_q5_1* w = (const eg_block_q5_1*)vw; float acc = 0.0f;
   for (int b = 0; b < nb; b++) {
     int s = eg_isum_q5(w[b].qh, w[b].qs, x[b].qs);
-    acc += EG_F16(w[b].d) * x[b].d * (float)s + EG_F16(w[b].m) * x[b].d * (float)(x[b].bs[0] + x[b].bs[1]);
+    acc += EG_F16(w[b].d) * x[b].d * (float)s + EG_F16(w[b].m) * x[b].s;
   }
   return acc;
 }

@@ -82,7 +82,7 @@ EG_INLINE float eg_dot_q4_1(const void* vw, const eg_q8x* x, int nb) {
   const eg_block_q4_1* w = (const eg_block_q4_1*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q4);
   float mins = 0.0f;
-  for (int b = 0; b < nb; b++) mins += EG_F16(w[b].m) * x[b].d * EG_XSUM(b);
+  for (int b = 0; b < nb; b++) mins += EG_F16(w[b].m) * x[b].s;
   return eg_hsum8(_mm256_add_ps(a0, a1)) + mins;
 }
 
@@ -100,7 +100,7 @@ EG_INLINE float eg_dot_q5_1(const void* vw, const eg_q8x* x, int nb) {
   const eg_block_q5_1* w = (const eg_block_q5_1*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q5);
   float mins = 0.0f;
-  for (int b = 0; b < nb; b++) mins += EG_F16(w[b].m) * x[b].d * EG_XSUM(b);
+  for (int b = 0; b < nb; b++) mins += EG_F16(w[b].m) * x[b].s;
   return eg_hsum8(_mm256_add_ps(a0, a1)) + mins;
 }
 
@@ -127,7 +127,7 @@ EG_INLINE float eg_dot_q5_1(const void* vw, const eg_q8x* x, int nb) {
 #define EG_MUL(q, xr) eg_mul_sum_us8(q, eg_load32((xr)->qs))
 #define EG_WQ_NIB(b) eg_nibbles32(w[b].qs)
 #define EG_WQ_Q5(b) _mm256_or_si256(eg_nibbles32(w[b].qs), eg_fifth_bits(w[b].qh))
-#define EG_MINS_M(xr, acc) acc += EG_F16(w[b].m) * (xr)->d * (float)((xr)->bs[0] + (xr)->bs[1])
+#define EG_MINS_M(xr, acc) acc += EG_F16(w[b].m) * (xr)->s
 #define EG_MINS_OFF8(xr, acc) acc -= d * (xr)->d * (float)(8 * ((xr)->bs[0] + (xr)->bs[1]))
 #define EG_MINS_OFF16(xr, acc) acc -= d * (xr)->d * (float)(16 * ((xr)->bs[0] + (xr)->bs[1]))
 #define EG_MINS_NONE(xr, acc) (void)0
