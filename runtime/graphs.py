@@ -25,7 +25,6 @@ from edgegen.runtime.quant import embedding_rows
 from edgegen.runtime.tinygrad_seam import (
     capture_on_first_call,
     captured_graph,
-    graph_output,
     install_captured,
     write_buffer,
 )
@@ -273,18 +272,27 @@ class ModelGraphs:
         replay = self._prefill_replays.get(name)
         if replay is not None:
             replay(values)
-            return graph_output(captured_graph(jit)).numpy().reshape(-1)
+            return replay.result()
         out = jit(x, *bound.values()).numpy().reshape(-1)
         if name not in self._prefill_replays and captured_graph(jit) is not None:
-            replay = CPUReplay.build(jit, (x, *bound.values()), self.threads)
-            if replay is not None:
-                replay(values)  # rewrites the same cache rows with the same values
-                if not same_logits(graph_output(captured_graph(jit)).numpy().reshape(-1), out):
-                    log.warning("direct CPU replay of %s disagrees with TinyJit; using TinyJit", name)
-                    replay = None
-                    out = jit(x, *bound.values()).numpy().reshape(-1)
-            self._prefill_replays[name] = replay
+            self._prefill_replays[name], out = self._checked_replay(name, jit, (x, *bound.values()), values, out)
         return out
+
+    def _checked_replay(self, name: str, jit: Any, args: tuple, values: dict,
+                        out: np.ndarray) -> tuple[Any, np.ndarray]:
+        """The direct replay of a graph TinyJit has just captured and run on `args` (giving `out`), or None. It runs
+        the same step once more (rewriting the same cache rows with the same values) and must agree with TinyJit;
+        if not, TinyJit runs the step again, since the replay wrote those rows, and its logits are returned."""
+        replay = CPUReplay.build(jit, args, self.threads)
+        if replay is None:
+            return None, out
+        replay(values)
+        replayed = replay.result()
+        if same_logits(replayed, out):
+            return replay, out
+        log.warning("direct CPU replay disagrees with TinyJit on %s (max |diff| %.3g); using TinyJit", name,
+                    float(np.abs(replayed - out).max()))
+        return None, jit(*args).numpy().reshape(-1)
 
     def _write_decode_input(self, emb: np.ndarray) -> None:
         if self._decode_input is None:
@@ -299,22 +307,12 @@ class ModelGraphs:
         self._write_decode_input(self.embed([token])[None])  # (1, 1, dim)
         if self.replay is not None:
             self.replay({"start_pos": pos})
-            return graph_output(captured_graph(self._decode_jit)).numpy().reshape(-1)
+            return self.replay.result()
         out = self._decode_jit(self._decode_input, self._start.bind(pos)).numpy().reshape(-1)
         if captured_graph(self._decode_jit) is not None and not self.replay_tried:
             self.replay_tried = True
-            assert self._decode_input is not None  # written just above
-            self.replay = CPUReplay.build(self._decode_jit, (self._decode_input, self._start.bind(pos)), self.threads)
-            if self.replay is not None:
-                # The same step again through the direct calls (it rewrites the same cache row): both must agree.
-                self.replay({"start_pos": pos})
-                replayed = graph_output(captured_graph(self._decode_jit)).numpy().reshape(-1)
-                if not same_logits(replayed, out):
-                    log.warning("direct CPU replay disagrees with TinyJit (max |diff| %.3g); using TinyJit",
-                                float(np.abs(replayed - out).max()))
-                    self.replay = None
-                    # the replay rewrote this position's cache row: TinyJit writes it again
-                    out = self._decode_jit(self._decode_input, self._start.bind(pos)).numpy().reshape(-1)
+            self.replay, out = self._checked_replay("decode", self._decode_jit, (self._decode_input,
+                                                    self._start.bind(pos)), {"start_pos": pos}, out)
         return out
 
     def forward(self, ids: list[int]) -> np.ndarray:

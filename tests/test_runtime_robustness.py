@@ -135,6 +135,9 @@ def test_direct_replay_that_disagrees_with_tinyjit_is_dropped(tiny, private_cach
                 out = graph_output(captured_graph(jit))
                 write_buffer(out, np.zeros(out.shape, np.float32))
 
+            def result(self):
+                return replay.result()
+
         return Broken()
 
     monkeypatch.setattr(cpu_replay.CPUReplay, "build", staticmethod(corrupted_build))
