@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -52,37 +54,30 @@ def generate_keypair(directory: str | Path) -> tuple[Path, Path]:
     return priv_path, pub_path
 
 
-def _read(path: str | Path, what: str) -> bytes:
+def _load(path: str | Path, what: str, pem: str, parse: Callable[[bytes], object], kind: type) -> Any:
+    """The `what` (of class `kind`) that `parse` reads from the PEM file at `path`; DeployError for a missing file,
+    bytes that are not `pem`, or another kind of key."""
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise DeployError(DeployCode.BAD_STATE, f"cannot read the {what} {str(path)!r}: {e.strerror}",
                           {"path": str(path)}) from None
+    try:
+        key = parse(data)
+    except (ValueError, TypeError) as e:
+        raise DeployError(DeployCode.BAD_STATE, f"{str(path)!r} is not {pem}: {e}", {"path": str(path)}) from None
+    if not isinstance(key, kind):
+        raise DeployError(DeployCode.BAD_STATE, f"{str(path)!r} holds a {type(key).__name__}: expected Ed25519",
+                          {"path": str(path)})
+    return key
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """The Ed25519 private key in the PEM file at `path`; DeployError for a missing file or another kind of key."""
-    data = _read(path, "private key")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        raise DeployError(DeployCode.BAD_STATE, f"{str(path)!r} is not an unencrypted PEM private key: {e}",
-                          {"path": str(path)}) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise DeployError(DeployCode.BAD_STATE, f"{str(path)!r} holds a {type(key).__name__}: expected Ed25519",
-                          {"path": str(path)})
-    return key
+    return _load(path, "private key", "an unencrypted PEM private key",
+                 lambda d: serialization.load_pem_private_key(d, None), Ed25519PrivateKey)
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
     """The Ed25519 public key in the PEM file at `path`; DeployError for a missing file or another kind of key."""
-    data = _read(path, "public key")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
-        raise DeployError(DeployCode.BAD_STATE, f"{str(path)!r} is not a PEM public key: {e}",
-                          {"path": str(path)}) from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise DeployError(DeployCode.BAD_STATE, f"{str(path)!r} holds a {type(key).__name__}: expected Ed25519",
-                          {"path": str(path)})
-    return key
+    return _load(path, "public key", "a PEM public key", serialization.load_pem_public_key, Ed25519PublicKey)
