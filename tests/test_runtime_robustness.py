@@ -19,7 +19,7 @@ from tinygrad import Device, Tensor
 from edgegen.runtime import SamplingParams
 from edgegen.runtime import jit_cache as store
 from edgegen.runtime.engine import TextGenerator
-from edgegen.runtime.tinygrad_seam import captured_graph, graph_output, write_buffer
+from edgegen.runtime.tinygrad_seam import captured_graph, graph_buffer_devices, graph_output, write_buffer
 
 GREEDY = SamplingParams(max_tokens=6)
 PROMPTS = ([5, 6, 7], list(range(3, 23)), list(range(3, 43)))  # three prefill buckets: 16, 32, 64
@@ -176,6 +176,21 @@ def test_graphs_loaded_from_disk_are_checked_and_a_bad_entry_is_replaced(tiny, p
     assert "loaded from the JIT cache is not usable" in caplog.text
     assert not bad._graphs_from_disk
     assert entry.exists(), "the recaptured graphs were not saved again"
+
+
+@pytest.mark.slow
+def test_graphs_recaptured_after_a_warm_start_copy_no_weights_from_host(tiny, private_cache):
+    """A warm start that needs a graph the cache lacks recaptures from the model: its weights must be built before
+    TinyJit captures, or every replay copies them again from host arrays (and the saved graph carries them)."""
+    tokens(TextGenerator.load(tiny, max_context=64), PROMPTS[0])  # saves decode + the 16-token prefill
+    warm = TextGenerator.load(tiny, max_context=64)
+    assert warm._graphs_from_disk
+    tokens(warm, PROMPTS[1])  # a 32-token prefill: not in the cache
+    assert not warm._graphs_from_disk
+    for jit in (warm.graphs._decode_jit, warm.graphs._prefill_jits[32]):
+        graph = captured_graph(jit)
+        assert graph is not None
+        assert "NPY" not in graph_buffer_devices(graph), "a graph reads host (NPY) buffers: weights built inside it"
 
 
 def test_cache_key_follows_the_tinygrad_version(tiny, monkeypatch):

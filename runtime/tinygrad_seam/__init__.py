@@ -32,6 +32,7 @@ from edgegen.runtime.tinygrad_seam.graphs import (
     capture_on_first_call,
     captured_graph,
     cpu_float_view,
+    graph_buffer_devices,
     graph_output,
     graph_reduction,
     install_captured,
@@ -48,6 +49,6 @@ TINYGRAD_LOCK = threading.RLock()
 __all__ = [
     "TINYGRAD_LOCK", "KernelCall", "UnsupportedGraph", "buffer_allocations", "capture_on_first_call",
     "captured_graph", "captured_stderr", "cpu_float_view", "cpu_kernel_calls", "describe_device", "device_memory_bytes",
-    "graph_output", "graph_reduction", "install", "install_captured", "kernel_settings", "opencl_device_type",
-    "set_default_device", "tinygrad_default_device", "tinygrad_version", "write_buffer",
+    "graph_buffer_devices", "graph_output", "graph_reduction", "install", "install_captured", "kernel_settings",
+    "opencl_device_type", "set_default_device", "tinygrad_default_device", "tinygrad_version", "write_buffer",
 ]

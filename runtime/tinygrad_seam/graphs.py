@@ -45,6 +45,13 @@ def graph_output(graph: Any) -> Any:
     return graph.ret
 
 
+def graph_buffer_devices(graph: Any) -> set[str]:
+    """The devices of the buffers a captured graph's kernels use: the BUFFER UOps of `CapturedJit._linear`."""
+    from tinygrad.uop.ops import Ops
+
+    return {str(u.arg.device) for u in graph._linear.toposort() if u.op is Ops.BUFFER}
+
+
 def write_buffer(tensor: Tensor, array: np.ndarray) -> None:
     """Overwrite a realized tensor's device buffer in place with `array`'s bytes (same size), without a new UOp.
 
