@@ -2,9 +2,9 @@
 
 A `TinyJit` records its kernels on a call and replays them afterwards; edgegen keeps those recordings on disk
 (runtime.jit_cache), reads their output after a direct replay (runtime.cpu_replay) and writes inputs in place.
-Each function names the attribute it relies on: `TinyJit.cnt` / `.captured`, `CapturedJit.ret`, `Tensor.uop.buffer`,
-`Buffer.allocator._copyin`, `Buffer.get_buf().va_addr`, `Buffer.allocate`, and the pickle reductions of `UOp`
-(Ops.BUFFER) and `Buffer`.
+Each function names the attribute it relies on: `TinyJit.cnt` / `.captured`, `CapturedJit.ret` / `._linear`,
+`Tensor.uop.buffer`, `Buffer.allocator._copyin`, `Buffer.get_buf().va_addr`, `Buffer.allocate`, `Buffer(device, size,
+dtype, options=, uop_refcount=)`, and the pickle reductions of `UOp` (Ops.BUFFER) and `Buffer`.
 """
 from __future__ import annotations
 
@@ -104,8 +104,8 @@ def graph_reduction(obj: Any, slot_offset: int) -> tuple | None:
 
     BUFFER UOps (`UOp.op is Ops.BUFFER`, `arg.slot`) are rebuilt with their slot moved by `slot_offset` (negative
     slots away from zero), keeping `obj.realized`. A Buffer that owns allocated memory (`_base is None`, not the
-    NPY device) is rebuilt from `(device, size, dtype, None, options, bytes, uop_refcount)`, its bytes a zero-copy
-    `pickle.PickleBuffer` of `Buffer.as_memoryview(allow_zero_copy=True)` (out of band with protocol 5)."""
+    NPY device) is rebuilt by rebuild_buffer from `(device, size, dtype, options, bytes, uop_refcount)`, its bytes a
+    zero-copy `pickle.PickleBuffer` of `Buffer.as_memoryview(allow_zero_copy=True)` (out of band with protocol 5)."""
     from tinygrad import UOp
     from tinygrad.device import Buffer
     from tinygrad.uop.ops import Ops
@@ -119,5 +119,23 @@ def graph_reduction(obj: Any, slot_offset: int) -> tuple | None:
         return UOp, tuple(args)
     if type(obj) is Buffer and obj._base is None and obj.is_allocated() and obj.device != "NPY":
         view = obj.as_memoryview(allow_zero_copy=True)
-        return Buffer, (obj.device, obj.size, obj.dtype, None, obj.options, pickle.PickleBuffer(view), obj.uop_refcount)
+        return rebuild_buffer, (obj.device, obj.size, obj.dtype, obj.options, pickle.PickleBuffer(view),
+                                obj.uop_refcount)
     return None
+
+
+def rebuild_buffer(device: str, size: int, dtype: Any, options: Any, data: Any, uop_refcount: int) -> Any:
+    """Unpickle a Buffer reduced by graph_reduction: allocate it and copy `data` (a buffer-protocol object, the
+    out-of-band bytes) straight in with `Buffer.allocator._copyin`. `Buffer(..., initial_value=data)` would first
+    copy the bytes into a bytearray (measured: +30 MB peak RSS loading SmolLM2's graphs, its output head)."""
+    from tinygrad.device import Buffer
+
+    buf = Buffer(device, size, dtype, options=options, uop_refcount=uop_refcount).allocate()
+    view = memoryview(data).cast("B")
+    if view.nbytes != buf.nbytes:
+        raise ValueError(f"rebuild_buffer: {view.nbytes} bytes for a {buf.nbytes}-byte buffer")
+    buf.allocator._copyin(buf._buf, view)
+    if isinstance(data, pickle.PickleBuffer):
+        view.release()
+        data.release()
+    return buf
