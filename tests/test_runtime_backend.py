@@ -66,12 +66,14 @@ def test_edgegen_device_shows_the_default_backend_and_the_jit_cache(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_default_path_opens_only_the_backend_it_runs_on(tiny_q4_path, tmp_path):
+@pytest.mark.parametrize("device", [None, "CPU"])
+def test_a_run_opens_only_the_backend_it_runs_on(tiny_q4_path, tmp_path, device):
     """Finding tinygrad's own default opens every backend in turn (PoCL loads LLVM: ~100 MB more peak RSS); with
-    edgegen's choice made in a child process and set as the default, a run opens just the one it uses."""
+    edgegen's choice made in a child process and set as the default, or the device named (--device CPU) set as the
+    default, a run opens just the one it uses."""
     code = ("import json, sys; from edgegen.runtime.engine import TextGenerator; "
             "from edgegen.runtime import SamplingParams; from tinygrad import Device; "
-            "g = TextGenerator.load(sys.argv[1], max_context=64); "
+            f"g = TextGenerator.load(sys.argv[1], device={device!r}, max_context=64); "
             "g.generate('hi', SamplingParams(max_tokens=2), chat=False); "
             "print(json.dumps([g.device, sorted(Device._opened_devices)]))")
     base = {k: v for k, v in os.environ.items() if k != "DEV"}
@@ -79,7 +81,8 @@ def test_the_default_path_opens_only_the_backend_it_runs_on(tiny_q4_path, tmp_pa
                           timeout=300, check=False,
                           env={**base, "PYTHONPATH": str(REPO), "EDGEGEN_CACHE": str(tmp_path)})
     assert done.returncode == 0, done.stderr
-    device, opened = json.loads(done.stdout.strip().splitlines()[-1])
-    accelerators = {"CL", "CUDA", "NV", "METAL", "AMD"} - {device}
-    assert not accelerators & set(opened), f"ran on {device} but opened {opened}"
-    assert json.loads((tmp_path / "backend.json").read_text())["device"] == device  # remembered for the next run
+    ran_on, opened = json.loads(done.stdout.strip().splitlines()[-1])
+    accelerators = {"CL", "CUDA", "NV", "METAL", "AMD"} - {ran_on}
+    assert not accelerators & set(opened), f"ran on {ran_on} but opened {opened}"
+    if device is None:
+        assert json.loads((tmp_path / "backend.json").read_text())["device"] == ran_on  # remembered for the next run
