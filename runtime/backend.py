@@ -21,7 +21,13 @@ import time
 from pathlib import Path
 
 from edgegen.runtime.errors import ArtifactError
-from edgegen.runtime.tinygrad_seam import install, opencl_device_type, set_default_device, tinygrad_default_device
+from edgegen.runtime.tinygrad_seam import (
+    install,
+    named_default_device,
+    opencl_device_type,
+    set_default_device,
+    tinygrad_default_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +48,8 @@ def default_backend() -> BackendChoice:
     runtime.tinygrad_seam.set_default_device: tinygrad consults its default inside ordinary calls)."""
     choice = _default_backend()
     if not os.environ.get("DEV"):
-        _set_default(choice.device)
+        set_default_device(choice.device)
     return choice
-
-
-_default_set = False  # whether this process has set tinygrad's default device (_set_default)
-
-
-def _set_default(name: str) -> None:
-    global _default_set
-    set_default_device(name)
-    _default_set = True
 
 
 def _default_backend() -> BackendChoice:
@@ -154,11 +151,11 @@ def resolve_device(device: str | None) -> str:
         Device[name]  # opens the backend: fails here if its compiler or driver is missing
     except Exception as e:
         raise ArtifactError(f"tinygrad device {name!r} is not usable here: {type(e).__name__}: {e}") from e
-    if not os.environ.get("DEV") and not _default_set:
+    if not named_default_device():
         # Left unset, tinygrad finds its default inside the first constant (Tensor.zeros(device=...) makes its value
         # on the default device) by opening every backend: PoCL's LLVM, +70 MB RSS and about a second for
         # `--device CPU` (measured). The first device a process resolves becomes that default.
-        _set_default(name)
+        set_default_device(name)
     return name
 
 

@@ -100,10 +100,8 @@ class TextGenerator:
         dev = resolve_device(device)
         if "token_embd.weight" not in mf.tensors:
             raise ArtifactError(f"{mf.path.name}: tensor token_embd.weight is missing")
+        # Without cached graphs this repacks the weights (ModelGraphs): a bad tensor fails at load, not mid-request.
         gen = cls(mf, dev, max_context, jit_cache, kernels)
-        if not gen.graphs.from_disk:
-            with gen._lock:
-                gen.model  # noqa: B018 - repack the weights now, so a bad tensor fails at load, not mid-request
         log.info("loaded %s on %s (%d MB packed, graphs %s)", mf.path.name, dev, mf.size_bytes // 2**20,
                  "from the JIT cache" if gen.graphs.from_disk else "captured on first use")
         return gen

@@ -78,6 +78,8 @@ class ModelGraphs:
         self.probe: np.ndarray | None = None  # decode logits for the probe token at position 0
         if self._cache_key is not None and (graphs := jit_cache_store.load(self._cache_key)) is not None:
             self._install_graphs(graphs)
+        if not self.from_disk:
+            self.model  # noqa: B018 - the weights, built now: not inside the first capture (_step_model)
         self._saved_graphs = self._captured_names()
 
     # ---- the model ---------------------------------------------------------------------------------------------
@@ -283,8 +285,6 @@ class ModelGraphs:
         if replay is not None:
             replay(values)
             return replay.result()
-        if not self.from_disk:
-            self.model  # noqa: B018 - built before TinyJit may capture (_step_model)
         out = jit(x, *bound.values()).numpy().reshape(-1)
         if name not in self._prefill_replays and captured_graph(jit) is not None:
             self._prefill_replays[name], out = self._checked_replay(name, jit, (x, *bound.values()), values, out)
@@ -320,8 +320,6 @@ class ModelGraphs:
         if self.replay is not None:
             self.replay({"start_pos": pos})
             return self.replay.result()
-        if not self.from_disk:
-            self.model  # noqa: B018 - built before TinyJit may capture (_step_model)
         out = self._decode_jit(self._decode_input, self._start.bind(pos)).numpy().reshape(-1)
         if captured_graph(self._decode_jit) is not None and not self.replay_tried:
             self.replay_tried = True

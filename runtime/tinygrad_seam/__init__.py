@@ -22,6 +22,7 @@ from edgegen.runtime.tinygrad_seam.devices import (
     describe_device,
     device_memory_bytes,
     kernel_settings,
+    named_default_device,
     opencl_device_type,
     set_default_device,
     tinygrad_default_device,
@@ -50,5 +51,6 @@ __all__ = [
     "TINYGRAD_LOCK", "KernelCall", "UnsupportedGraph", "buffer_allocations", "capture_on_first_call",
     "captured_graph", "captured_stderr", "cpu_float_view", "cpu_kernel_calls", "describe_device", "device_memory_bytes",
     "graph_buffer_devices", "graph_output", "graph_reduction", "install", "install_captured", "kernel_settings",
-    "opencl_device_type", "set_default_device", "tinygrad_default_device", "tinygrad_version", "write_buffer",
+    "named_default_device", "opencl_device_type", "set_default_device", "tinygrad_default_device", "tinygrad_version",
+    "write_buffer",
 ]

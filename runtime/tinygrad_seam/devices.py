@@ -79,6 +79,14 @@ def tinygrad_default_device() -> str:
     return Device.DEFAULT
 
 
+def named_default_device() -> str:
+    """The default device named to tinygrad (the DEV environment variable, or set_default_device), "" if none: read
+    from `tinygrad.helpers.DEV.device`, so asking opens no backend (`Device.DEFAULT` would, to find one)."""
+    from tinygrad.helpers import DEV
+
+    return str(DEV.device or "")
+
+
 def set_default_device(name: str) -> None:
     """Make `name` tinygrad's process-wide default: sets `tinygrad.helpers.DEV.value` (`Device.DEFAULT` is read-only
     in 0.14).
