@@ -120,6 +120,9 @@ _NUMPY = {
 }
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     """Bounds-checked little-endian reads over the file's bytes.
 
@@ -147,6 +150,26 @@ class _Cursor:
         raw = self.take(self.scalar("<Q"))
         return bytes(raw).decode("utf-8", errors="replace")
 
+    def strings(self, count: int) -> list[str]:
+        """`count` strings in a row (a vocabulary, merges): one tight loop, about 10x faster than string() per
+        item, which was 0.2-0.3 s of every start with SmolLM2's 98k strings."""
+        buf, pos, end, out = self.buf, self.pos, len(self.buf), []
+        length = _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > end:
+                break
+            (n,) = length(buf, pos)
+            pos += 8
+            if pos + n > end:
+                break
+            out.append(str(buf[pos : pos + n], "utf-8", "replace"))
+            pos += n
+        self.pos = pos
+        if len(out) < count:
+            raise ArtifactError(f"{self.path} is truncated or corrupt: string {len(out)} of {count} at offset "
+                                f"{pos} runs past the end ({end} bytes)")
+        return out
+
     def value(self, vtype: int) -> Any:
         vtype = GGUFValueType(vtype)
         if vtype == GGUFValueType.STRING:
@@ -156,6 +179,8 @@ class _Cursor:
             if etype in _NUMPY:
                 dt = np.dtype(_NUMPY[etype])
                 return np.frombuffer(self.take(count * dt.itemsize), dtype=dt).tolist()
+            if etype == GGUFValueType.STRING:
+                return self.strings(count)
             return [self.value(etype) for _ in range(count)]
         return self.scalar(_SCALAR[vtype])
 
