@@ -159,8 +159,20 @@ def test_graphs_loaded_from_disk_are_checked_and_a_bad_entry_is_replaced(tiny, p
 
     good = TextGenerator.load(tiny, max_context=64)
     assert good._graphs_from_disk
-    assert [tokens(good, ids) for ids in PROMPTS] == expected
+    tinyjit_calls = []
+    jit_class = type(good.graphs._decode_jit)  # tinygrad's TinyJit class (the public name is a factory function)
+    original_call = jit_class.__call__
+
+    def counted(self, *args, **kwargs):
+        tinyjit_calls.append(self)
+        return original_call(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jit_class, "__call__", counted)
+        assert [tokens(good, ids) for ids in PROMPTS] == expected
     assert good._graphs_from_disk and not good.graphs.unverified, "loaded graphs were not used or not checked"
+    if good._replay is not None:  # the CPU backend: loaded graphs are replayed directly, TinyJit never runs them
+        assert tinyjit_calls == [], f"TinyJit ran {len(tinyjit_calls)} steps of graphs loaded from disk"
 
     # Corrupt the saved bytes (weights and cache live in the data file): the check must catch it on first use.
     data = next(private_cache.glob("*.bin"))

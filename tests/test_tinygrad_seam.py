@@ -58,6 +58,50 @@ def test_each_thread_gets_its_own_kernel_cache_connection():
     assert got == [{"v": 1}]
 
 
+def test_cpu_device_programs_are_compiled_once_then_read_from_the_kernel_cache(tmp_path):
+    """CPUDevice() compiles four queue programs; with the patch a second process reads their ELF from tinygrad's
+    disk cache (four rows, keyed by AST and renderer) and the device still runs kernels."""
+    import sqlite3
+
+    code = ("from edgegen.runtime.tinygrad_seam import install; install()\n"
+            "from tinygrad import Tensor; print((Tensor([1.0, 2.0], device='CPU') + 1).tolist())")
+    env = dict(os.environ, CACHEDB=str(tmp_path / "cache.db"), DEV="CPU")
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "[2.0, 3.0]"
+        with sqlite3.connect(tmp_path / "cache.db") as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            table = next(t for t in tables if t.startswith("edgegen_cpu_device_program"))
+            assert db.execute(f"SELECT COUNT(*) FROM '{table}'").fetchone()[0] == 4
+
+
+def test_device_tensor_copies_read_only_memory_without_a_kernel():
+    raw = np.frombuffer(bytes(range(200)), dtype=np.uint8)  # read-only, as a file's memory map is
+    assert not raw.flags.writeable
+    assert seam.device_tensor(raw, "CPU").numpy().tolist() == list(range(200))
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(seam.device_tensor(x, "CPU").numpy(), x)
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        seam.device_tensor(np.zeros(3, np.int64), "CPU")
+
+
+def test_rebuild_buffer_reports_each_copied_chunk_in_order(monkeypatch):
+    from tinygrad import dtypes
+
+    from edgegen.runtime.tinygrad_seam import graphs
+
+    monkeypatch.setattr(graphs, "COPY_CHUNK", 64)
+    data = np.arange(100, dtype=np.float32)
+    chunks: list[bytes] = []
+    with seam.copied_chunks(lambda view: chunks.append(bytes(view))):
+        buf = graphs.rebuild_buffer("CPU", 100, dtypes.float32, None, memoryview(data), 0)
+    assert all(len(c) <= 64 for c in chunks) and b"".join(chunks) == data.tobytes()
+    np.testing.assert_array_equal(np.frombuffer(buf.as_memoryview(), np.float32), data)
+    graphs.rebuild_buffer("CPU", 100, dtypes.float32, None, memoryview(data), 0)  # no hook outside the block
+    assert len(chunks) == 7
+
+
 def test_clang_warnings_go_to_the_log_not_the_terminal(capfd, caplog):
     from tinygrad.runtime.support.compiler_cpu import ClangCompiler
 

@@ -17,6 +17,7 @@ from tinygrad import Tensor
 from edgegen.runtime.artifact.reader import TensorInfo
 from edgegen.runtime.errors import ArtifactError
 from edgegen.runtime.quant.formats import FLOAT_TYPES, FORMATS, float_weight, repack_float, type_size
+from edgegen.runtime.tinygrad_seam import device_tensor
 
 BLOCK = 32  # weights per block of the 32-weight types (Q8_0, Q4_x, Q5_x); K-quants use super-blocks of 256
 
@@ -144,10 +145,12 @@ def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None,
         from edgegen.runtime.native.linear import supports
 
         if supports(first.ggml_type, first.shape[1], device):
-            raw = np.concatenate([np.asarray(i.data).reshape(-1) for i in infos])
+            pieces = [np.asarray(i.data).reshape(-1).view(np.uint8) for i in infos]
+            # one tensor: straight from the file's memory map into the device buffer, no host copy
+            raw = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
             out = sum(i.shape[0] for i in infos)
             return PackedLinear("+".join(i.name for i in infos), first.ggml_type, out, first.shape[1],
-                                {"raw": Tensor(raw, device=device).realize()}, native_parts)
+                                {"raw": device_tensor(raw, device)}, native_parts)
     parts = [_packed_arrays(i) for i in infos]
     arrays = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
     tensors = {k: Tensor(a, device=device).realize() for k, a in arrays.items()}

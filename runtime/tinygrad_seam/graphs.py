@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pickle
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -59,10 +60,38 @@ def write_buffer(tensor: Tensor, array: np.ndarray) -> None:
     per call. Wraps `tensor.uop.buffer` (the Buffer) and `Buffer.allocator._copyin(Buffer._buf, memoryview)`.
     """
     buf: Any = tensor.uop.buffer  # a Buffer (a MultiBuffer only for sharded tensors, which edgegen never makes)
+    buf.ensure_allocated()
     data = np.ascontiguousarray(array, dtype=np.float32).data.cast("B")
     if data.nbytes != buf.nbytes:
         raise ValueError(f"write_buffer: {data.nbytes} bytes for a {buf.nbytes}-byte buffer")
     buf.allocator._copyin(buf._buf, data)
+
+
+def device_tensor(array: np.ndarray, device: str | None) -> Tensor:
+    """A tensor on `device` holding `array` (float32, or uint8 such as packed weight blocks), allocated and filled
+    without scheduling a copy kernel or making a host copy: `Tensor(array, device=...).realize()` first compiles
+    the scheduler's patterns (about 0.1 s of a warm start) and stages the bytes through a host buffer (+29 MB peak
+    RSS loading SmolLM2's Q8_0 output head from the file's memory map). Wraps `Tensor.empty`,
+    `Buffer.ensure_allocated` and `Buffer.allocator._copyin`, as write_buffer does."""
+    from tinygrad import Tensor, dtypes
+
+    dtype = {np.dtype(np.float32): dtypes.float32, np.dtype(np.uint8): dtypes.uint8}.get(array.dtype)
+    if dtype is None:
+        raise ValueError(f"device_tensor: unsupported dtype {array.dtype}")
+    import ctypes
+
+    out = Tensor.empty(*array.shape, dtype=dtype, device=device)
+    buf: Any = out.uop.buffer
+    buf.ensure_allocated()
+    src = np.ascontiguousarray(array)
+    if src.nbytes != buf.nbytes:
+        raise ValueError(f"device_tensor: {src.nbytes} bytes for a {buf.nbytes}-byte buffer")
+    if str(buf.device).split(":")[0] == "CPU":
+        # the CPU allocator's _copyin wants a writable view; a file's read-only map is copied from by address
+        ctypes.memmove(int(buf.get_buf(buf.device).va_addr), src.ctypes.data, src.nbytes)
+    else:
+        buf.allocator._copyin(buf._buf, (src if src.flags.writeable else src.copy()).data.cast("B"))
+    return out
 
 
 def cpu_float_view(tensor: Tensor) -> np.ndarray:
@@ -124,17 +153,51 @@ def graph_reduction(obj: Any, slot_offset: int) -> tuple | None:
     return None
 
 
+# Bytes copied per step when rebuilding a CPU buffer, so that the source pages already copied can be dropped while a
+# large buffer (SmolLM2's 29 MB output head) is still being copied (copied_chunks).
+COPY_CHUNK = 4 << 20
+_chunk_hooks = threading.local()
+
+
+@contextlib.contextmanager
+def copied_chunks(done: Callable[[memoryview], None]) -> Iterator[None]:
+    """While active, rebuild_buffer calls `done(view)` on each part of its source bytes once they are in device
+    memory (parts of COPY_CHUNK bytes on the CPU device, the whole buffer elsewhere), in order, on this thread."""
+    previous = getattr(_chunk_hooks, "done", None)
+    _chunk_hooks.done = done
+    try:
+        yield
+    finally:
+        _chunk_hooks.done = previous
+
+
 def rebuild_buffer(device: str, size: int, dtype: Any, options: Any, data: Any, uop_refcount: int) -> Any:
     """Unpickle a Buffer reduced by graph_reduction: allocate it and copy `data` (a buffer-protocol object, the
-    out-of-band bytes) straight in with `Buffer.allocator._copyin`. `Buffer(..., initial_value=data)` would first
-    copy the bytes into a bytearray (measured: +30 MB peak RSS loading SmolLM2's graphs, its output head)."""
+    out-of-band bytes) straight in, by address on the CPU device, else with `Buffer.allocator._copyin`.
+    `Buffer(..., initial_value=data)` would first copy the bytes into a bytearray (measured: +30 MB peak RSS loading
+    SmolLM2's graphs, its output head)."""
+    import ctypes
+
     from tinygrad.device import Buffer
 
     buf = Buffer(device, size, dtype, options=options, uop_refcount=uop_refcount).allocate()
     view = memoryview(data).cast("B")
     if view.nbytes != buf.nbytes:
         raise ValueError(f"rebuild_buffer: {view.nbytes} bytes for a {buf.nbytes}-byte buffer")
-    buf.allocator._copyin(buf._buf, view)
+    done = getattr(_chunk_hooks, "done", None)
+    if str(device).split(":")[0] == "CPU" and view.nbytes:
+        dest = int(buf.get_buf(buf.device).va_addr)
+        src = np.frombuffer(view, dtype=np.uint8)
+        for start in range(0, view.nbytes, COPY_CHUNK):
+            end = min(start + COPY_CHUNK, view.nbytes)
+            ctypes.memmove(dest + start, src[start:].ctypes.data, end - start)
+            if done is not None:
+                done(view[start:end])
+        del src
+    else:
+        buf.allocator._copyin(buf._buf, view)
+        if done is not None:
+            done(view)
     if isinstance(data, pickle.PickleBuffer):
         view.release()
         data.release()

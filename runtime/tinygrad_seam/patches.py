@@ -5,6 +5,9 @@
   objects created in a thread can only be used in that same thread`). An MQTT worker thread compiling a kernel for a
   new prompt length failed every request that way. The cause is the connection's thread affinity, so each thread
   gets its own connection to the same file (sqlite handles concurrent connections; tinygrad already enables WAL).
+- CPU device start-up: `CPUDevice()` compiles its four queue programs (signal, wait, timestamp, worker) through
+  tinygrad's whole codegen in every process, about 0.4 s of a 2 s warm start on this machine; their ELF depends only
+  on each program's AST and the renderer, so it is kept in tinygrad's own disk cache under both.
 - Compiler diagnostics: PoCL's in-process clang prints "1 warning generated." on file descriptor 2 while building
   OpenCL kernels, and clang (CPU backend) may print warnings too. Those go to the log at DEBUG instead of the
   user's terminal; a failing build still raises with the text.
@@ -36,6 +39,7 @@ def install() -> None:
             return
         _install_thread_local_diskcache()
         _install_quiet_compilers()
+        _install_cached_cpu_device_programs()
         _installed = True
 
 
@@ -60,6 +64,35 @@ def _install_thread_local_diskcache() -> None:
         return conn
 
     helpers.db_connection = db_connection  # diskcache_get/put look the name up in tinygrad.helpers at call time
+
+
+# ---- CPU device programs -------------------------------------------------------------------------------------------
+class _CompiledProgram:
+    """What `CPUDevice.__init__` uses of `do_to_program`'s result: `to_elf()`."""
+
+    def __init__(self, elf: Any) -> None:
+        self._elf = elf
+
+    def to_elf(self) -> Any:
+        return self._elf
+
+
+def _install_cached_cpu_device_programs() -> None:
+    """Wraps the `do_to_program` name `tinygrad.runtime.ops_cpu` imported (it calls it only in `CPUDevice.__init__`,
+    then `.to_elf()`): the TinyELF comes from `tinygrad.helpers.diskcache_get/put` keyed by `UOp.key` of the AST
+    and the renderer's `target`; a miss compiles as before (and CACHELEVEL=0 caches nothing)."""
+    from tinygrad.helpers import diskcache_get, diskcache_put
+    from tinygrad.runtime import ops_cpu
+
+    original = ops_cpu.do_to_program
+
+    def do_to_program(ast: Any, renderer: Any) -> Any:
+        key = f"{ast.key.hex()}|{renderer.target}"
+        if (elf := diskcache_get("edgegen_cpu_device_program", key)) is None:
+            elf = diskcache_put("edgegen_cpu_device_program", key, original(ast, renderer).to_elf())
+        return _CompiledProgram(elf)
+
+    ops_cpu.do_to_program = do_to_program
 
 
 # ---- compiler output ------------------------------------------------------------------------------------------------
