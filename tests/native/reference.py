@@ -194,3 +194,25 @@ def activation_error_bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     step = np.abs(x.reshape(rows, k // QK, QK)).max(-1).astype(np.float64) / 127.0
     wabs = np.abs(w).reshape(w.shape[0], k // QK, QK).sum(-1)
     return (0.501 + 127.0 / 2048.0) * step @ wabs.T
+
+
+def attention(q: np.ndarray, kv: np.ndarray, start: int, window: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The attention kernel's arithmetic (runtime/native/source.py attention_kernel) in float64: q (T, H, hd) float32,
+    kv (2, KvH, C, hd) float16 (the cache), query t at position start + t over keys lo..pos (lo = pos - window + 1
+    on a sliding-window layer), head h reading KV head h // (H / KvH); keys and values widened from float16 exactly,
+    softmax with its maximum subtracted. Returns (out (T, H, hd), sum of |p| |v| per output: the float32 error
+    scale)."""
+    t, heads, hd = q.shape
+    kv_heads = kv.shape[1]
+    k, v = kv[0].astype(np.float64), kv[1].astype(np.float64)
+    out, mag = np.zeros((t, heads, hd)), np.zeros((t, heads, hd))
+    for tq in range(t):
+        pos = start + tq
+        lo = max(0, pos - window + 1) if window > 0 else 0
+        for h in range(heads):
+            g = h // (heads // kv_heads)
+            s = k[g, lo:pos + 1] @ q[tq, h].astype(np.float64) * scale
+            p = np.exp(s - s.max())
+            out[tq, h] = p @ v[g, lo:pos + 1] / p.sum()
+            mag[tq, h] = p @ np.abs(v[g, lo:pos + 1]) / p.sum() + np.abs(out[tq, h])
+    return out, mag

@@ -15,6 +15,7 @@ common.h's (int) conversion of inf or nan is undefined behaviour (x86 and aarch6
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -41,9 +42,49 @@ from native_helpers import (
     run_tinygrad,
 )
 
-from edgegen.runtime.native.source import ACT_BLOCK_BYTES, KERNEL_TYPES, matmul_kernel, quantize_kernel
+from edgegen.runtime.native.source import (
+    ACT_BLOCK_BYTES,
+    KERNEL_TYPES,
+    attention_kernel,
+    matmul_kernel,
+    quantize_kernel,
+)
 
 TYPES = list(KERNEL_TYPES)
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """Queries (T, H, hd) at positions start.. over a float16 KV cache (2, KvH, C, hd); hd 72 leaves a tail after
+    the 16- and 8-wide vector loops."""
+
+    q: np.ndarray
+    kv: np.ndarray
+    start: int
+    window: int
+
+    @property
+    def scale(self) -> float:
+        return float(self.q.shape[2]) ** -0.5
+
+
+def _attention_case(seed: int, t: int, start: int, window: int, heads: int = 4, kv_heads: int = 2, hd: int = 72,
+                    context: int = 16) -> AttentionCase:
+    rng = np.random.default_rng(seed)
+    q = (rng.standard_normal((t, heads, hd)) * 2).astype(np.float32)
+    kv = (rng.standard_normal((2, kv_heads, context, hd)) * 3).astype(np.float16)
+    return AttentionCase(q, kv, start, window)
+
+
+# prefill from 0; a later chunk; one decode query near the end of the cache; a sliding window of 4 (gemma3)
+ATTENTION_CASES = {"prefill": _attention_case(1, 5, 0, 0), "suffix": _attention_case(2, 3, 6, 0),
+                   "decode": _attention_case(3, 1, 14, 0), "window": _attention_case(4, 4, 7, 4)}
+
+
+def attention_case_kernel(case: AttentionCase, defines: tuple[str, ...]) -> tuple[str, str]:
+    t, heads, hd = case.q.shape
+    _, kv_heads, context, _ = case.kv.shape
+    return attention_kernel(t, heads, kv_heads, hd, context, case.window, case.scale, case.start, PARTS, defines)
 QUANT_CASES = quantization_cases()
 FLOAT_SLACK = 1e-5
 
@@ -74,10 +115,16 @@ class Outputs:
             case = matmul_case(t)
             mname, msrc = matmul_kernel(t, ROWS, N, K, PARTS, variant.defines)
             jobs.append((mname, Job(msrc, (reference.quantize(case.x), case.raw), ROWS * N * 4, PARTS)))
+        for case in ATTENTION_CASES.values():
+            aname, asrc = attention_case_kernel(case, variant.defines)
+            jobs.append((aname, Job(asrc, (case.q, case.kv.view(np.uint16)), case.q.nbytes, PARTS)))
         outs = run_qemu(variant, [j for _, j in jobs]) if variant.arch == "aarch64" else run_tinygrad(jobs)
         self.quant = dict(zip(QUANT_CASES, outs[:len(QUANT_CASES)], strict=True))
+        n_mm = len(QUANT_CASES) + len(TYPES)
         self.matmul = {t: np.frombuffer(o, np.float32).reshape(ROWS, N) for t, o in
-                       zip(TYPES, outs[len(QUANT_CASES):], strict=True)}
+                       zip(TYPES, outs[len(QUANT_CASES):n_mm], strict=True)}
+        self.attention = {name: np.frombuffer(o, np.float32).reshape(case.q.shape) for (name, case), o in
+                          zip(ATTENTION_CASES.items(), outs[n_mm:], strict=True)}
 
 
 _outputs: dict[str, Outputs] = {}
@@ -154,6 +201,27 @@ def test_matches_dequantize(outputs: Outputs, variant: Variant, ggml_type: T) ->
     err = np.abs(outputs.matmul[ggml_type] - want)
     assert (err <= bound).all(), f"worst error {(err / scale).max():.3g} of sum|x||w|, beyond the 8-bit bound"
     assert (bound < 0.05 * scale).all()  # the bound constrains: at most 5% of sum |x| |w| (a half step of 1/127)
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_attention_matches_reference(outputs: Outputs, variant: Variant, case: str) -> None:
+    """The attention kernel over a float16 KV cache: within float32 rounding (and the polynomial exp's 2e-7) of
+    reference.attention, which widens the same float16 keys and values exactly."""
+    c = ATTENTION_CASES[case]
+    want, magnitude = reference.attention(c.q, c.kv, c.start, c.window, c.scale)
+    err = np.abs(outputs.attention[case] - want)
+    assert (err <= FLOAT_SLACK * magnitude).all(), f"worst error {(err / magnitude).max():.3g} of the term scale"
+
+
+def test_attention_reference_is_softmax_attention() -> None:
+    """reference.attention is causal softmax attention: a query attending to one key returns that key's value, and
+    a window of 1 reduces every query to its own position."""
+    c = ATTENTION_CASES["window"]
+    out, _ = reference.attention(c.q, c.kv, 0, 0, c.scale)
+    np.testing.assert_allclose(out[0], c.kv[1, np.arange(4) // 2, 0].astype(np.float64))
+    one, _ = reference.attention(c.q, c.kv, 3, 1, c.scale)
+    np.testing.assert_allclose(one[1], c.kv[1, np.arange(4) // 2, 4].astype(np.float64))
 
 
 # ---- the model itself ------------------------------------------------------------------------------------------
