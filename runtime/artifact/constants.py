@@ -117,7 +117,8 @@ class Key:
 # Runtime limits the memory planner (device/planner.py) models; the runtime allocates by them.
 PREFILL_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # prompt lengths a prefill graph is padded to
 MAX_PREFILL_TOKENS = max(PREFILL_BUCKETS)  # the largest prefill graph
-KV_CACHE_BYTES = 4  # bytes per cached K or V element: float32 (models/llama.py Block.allocate_cache)
+KV_CACHE_BYTES = 4  # bytes per cached K or V element: float32 (models/llama.py Block.allocate_cache); the native CPU
+# attention keeps float16 (2 bytes), so for it the planner's bound is an upper one
 ACTIVATION_BYTES = 4  # float32 activations
 DEFAULT_CONTEXT_LENGTH = 2048  # {arch}.context_length when a file lacks it
 DEFAULT_MAX_CONTEXT = 1024  # the KV cache the runtime allocates unless asked for another

@@ -88,7 +88,9 @@ def attention_kernel(t: int, heads: int, kv_heads: int, head_dim: int, context: 
     """(name, source) of causal attention for `t` queries at positions start..start+t-1 over the KV cache
     (2, kv_heads, context, head_dim): scores, softmax (max-subtracted) and the weighted sum of values, per
     (query, head) task; tasks are split over `parts` partitions. Keys and values are float16 (llama.cpp's default KV
-    type), widened to float32 as they are read; every sum is float32. `start` None: the position is the `start_pos`
+    type) and the rounding is llama.cpp's CPU path without flash attention (llama-cpp-python's default): the query
+    rounded to f16 before its dot with the keys, the softmax normalized (sum in double, times its reciprocal) and
+    each probability rounded to f16 before it weights a value; products and sums are float32. `start` None: the position is the `start_pos`
     argument (decode, and prefill after a reused prefix). window > 0: a query at p sees keys p-window+1 .. p
     (sliding-window layers). Query head h reads KV head h // (heads / kv_heads), as grouped-query attention does."""
     if heads % kv_heads:
@@ -103,28 +105,29 @@ def attention_kernel(t: int, heads: int, kv_heads: int, head_dim: int, context: 
 void {name}(float* restrict out, const float* restrict q, const uint16_t* restrict kv{pos_arg}, int core_id) {{
   const int tasks = {t * heads};
   int k0 = (int)((long)core_id * tasks / {parts}), k1 = (int)((long)(core_id + 1) * tasks / {parts});
-  float sc[{context}];
+  float sc[{context}], qh[{head_dim}];
   for (int task = k0; task < k1; task++) {{
     int tq = task / {heads}, h = task % {heads}, g = h / {group};
     int pos = {start_expr} + tq, lo = {window} > 0 && pos - {window} + 1 > 0 ? pos - {window} + 1 : 0;
     const float* qv = q + (long)task * {head_dim};
+    for (int i = 0; i < {head_dim}; i++) qh[i] = EG_ROUND_F16(qv[i]);  /* ggml converts q to K's f16 */
     const uint16_t* K = kv + (long)g * {context * head_dim};
     const uint16_t* V = kv + (long)({kv_heads} + g) * {context * head_dim};
     float m = -3.0e38f;
     for (int j = lo; j <= pos; j++) {{
-      float s = eg_dotf_h(qv, K + (long)j * {head_dim}, {head_dim}) * {scale!r}f;
+      float s = eg_dotf_h(qh, K + (long)j * {head_dim}, {head_dim}) * {scale!r}f;
       sc[j] = s; if (s > m) m = s;
     }}
+    double l = 0.0;  /* ggml_vec_soft_max_f32 sums in ggml_float (double) */
+    for (int j = lo; j <= pos; j++) {{ float e = eg_expf(sc[j] - m); sc[j] = e; l += (double)e; }}
+    float inv = (float)(1.0 / l);
     float* o = out + (long)task * {head_dim};
-    float l = 0.0f;
     for (int j = lo; j <= pos; j++) {{
-      float e = eg_expf(sc[j] - m); l += e;
+      float p = EG_ROUND_F16(sc[j] * inv);  /* normalized, then f16 as ggml's V . softmax converts it */
       const uint16_t* v = V + (long)j * {head_dim};
-      if (j == lo) eg_scalef_h(o, e, v, {head_dim});  /* not zero-and-add: clang emits memset for a zeroing loop */
-      else eg_axpyf_h(o, e, v, {head_dim});
+      if (j == lo) eg_scalef_h(o, p, v, {head_dim});  /* not zero-and-add: clang emits memset for a zeroing loop */
+      else eg_axpyf_h(o, p, v, {head_dim});
     }}
-    float inv = 1.0f / l;
-    for (int i = 0; i < {head_dim}; i++) o[i] *= inv;
   }}
 }}
 """

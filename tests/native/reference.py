@@ -200,19 +200,23 @@ def attention(q: np.ndarray, kv: np.ndarray, start: int, window: int, scale: flo
     """The attention kernel's arithmetic (runtime/native/source.py attention_kernel) in float64: q (T, H, hd) float32,
     kv (2, KvH, C, hd) float16 (the cache), query t at position start + t over keys lo..pos (lo = pos - window + 1
     on a sliding-window layer), head h reading KV head h // (H / KvH); keys and values widened from float16 exactly,
-    softmax with its maximum subtracted. Returns (out (T, H, hd), sum of |p| |v| per output: the float32 error
+    the query rounded to f16, softmax with its maximum subtracted, each probability rounded to f16 (llama.cpp's CPU
+    attention without flash attention). Returns (out (T, H, hd), sum of |p| |v| per output: the float32 error
     scale)."""
     t, heads, hd = q.shape
     kv_heads = kv.shape[1]
     k, v = kv[0].astype(np.float64), kv[1].astype(np.float64)
+    qh = q.astype(np.float16).astype(np.float64)  # the query rounded to f16 (ggml converts it to K's type)
     out, mag = np.zeros((t, heads, hd)), np.zeros((t, heads, hd))
     for tq in range(t):
         pos = start + tq
         lo = max(0, pos - window + 1) if window > 0 else 0
         for h in range(heads):
             g = h // (heads // kv_heads)
-            s = k[g, lo:pos + 1] @ q[tq, h].astype(np.float64) * scale
-            p = np.exp(s - s.max())
-            out[tq, h] = p @ v[g, lo:pos + 1] / p.sum()
-            mag[tq, h] = p @ np.abs(v[g, lo:pos + 1]) / p.sum() + np.abs(out[tq, h])
+            s = (k[g, lo:pos + 1] @ qh[tq, h]).astype(np.float32) * np.float32(scale)
+            e = np.exp(s.astype(np.float64) - s.max()).astype(np.float32)
+            # normalized by the reciprocal of the (double) sum, then each probability rounded to f16, as ggml does
+            p = (e * np.float32(1.0 / e.astype(np.float64).sum())).astype(np.float16).astype(np.float64)
+            out[tq, h] = p @ v[g, lo:pos + 1]
+            mag[tq, h] = p @ np.abs(v[g, lo:pos + 1]) + np.abs(out[tq, h])
     return out, mag
