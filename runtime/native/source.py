@@ -91,8 +91,9 @@ def attention_kernel(t: int, heads: int, kv_heads: int, head_dim: int, context: 
     type) and the rounding is llama.cpp's CPU path without flash attention (llama-cpp-python's default): the query
     rounded to f16 before its dot with the keys, the softmax normalized (sum in double, times its reciprocal) and
     each probability rounded to f16 before it weights a value; products and sums are float32. `start` None: the
-    position is the `start_pos` argument (decode, and prefill after a reused prefix). window > 0: a query at p sees keys p-window+1 .. p
-    (sliding-window layers). Query head h reads KV head h // (heads / kv_heads), as grouped-query attention does."""
+    position is the `start_pos` argument (decode, and prefill after a reused prefix). window > 0: a query at p sees
+    keys p-window+1 .. p (sliding-window layers). Query head h reads KV head h // (heads / kv_heads), as
+    grouped-query attention does."""
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} KV heads")
     group = heads // kv_heads
