@@ -10,6 +10,7 @@ from tiny_llama import VOCAB, random_weights, reference_logits, write_gguf
 from tinygrad import Tensor
 
 from edgegen.runtime.engine import TextGenerator
+from edgegen.runtime.native.layout import x8_supported
 from edgegen.runtime.native.options import KernelOptions
 from edgegen.runtime.quant import PackedLinear, pack_linear
 
@@ -93,7 +94,8 @@ def test_quantized_layers_stay_packed(tmp_path, weights, qtype, record_allocatio
     block, block_bytes = GGML_QUANT_SIZES[qtype]  # Q4_1: 20 bytes per 32 weights, like the file
     if layer.native_parts:  # the hand-written CPU kernels read the file's blocks as they are
         assert layer.size_bytes == n // block * block_bytes
-        assert set(layer.arrays) == {"raw"} and layer.arrays["raw"].dtype.itemsize == 1
+        layout = "x8" if x8_supported(qtype, layer.out_features) else "raw"  # 8 rows interleaved on x86
+        assert set(layer.arrays) == {layout} and layer.arrays[layout].dtype.itemsize == 1
     else:
         assert layer.size_bytes == n // block * block_bytes + n // 256 * UNPACKED_SCALE_BYTES.get(qtype, 0)
         if qtype == Q.BF16:

@@ -86,6 +86,15 @@ def test_device_tensor_copies_read_only_memory_without_a_kernel():
         seam.device_tensor(np.zeros(3, np.int64), "CPU")
 
 
+def test_device_bytes_fills_one_buffer_from_pieces_and_checks_the_size():
+    pieces = (np.full(n, n, np.uint8) for n in (3, 5, 2))  # a generator: each piece made as it is copied
+    assert seam.device_bytes(10, pieces, "CPU").numpy().tolist() == [3] * 3 + [5] * 5 + [2] * 2
+    with pytest.raises(ValueError, match="more than 4 bytes for a 4-byte buffer"):
+        seam.device_bytes(4, [np.zeros(3, np.uint8), np.zeros(3, np.uint8)], "CPU")
+    with pytest.raises(ValueError, match="3 bytes for a 4-byte buffer"):
+        seam.device_bytes(4, [np.zeros(3, np.uint8)], "CPU")
+
+
 def test_rebuild_buffer_reports_each_copied_chunk_in_order(monkeypatch):
     from tinygrad import dtypes
 

@@ -33,8 +33,9 @@ def supports(ggml_type: T, in_features: int, device: str | None) -> bool:
     return ggml_type in KERNEL_TYPES and in_features % ACT_BLOCK == 0 and on_cpu(device)
 
 
-def matmul(x: Tensor, weights: Tensor, ggml_type: T, out_features: int, parts: int) -> Tensor:
-    """x (..., in) @ W.T with W the raw GGUF blocks of `ggml_type` in `weights` (uint8, out rows back to back)."""
+def matmul(x: Tensor, weights: Tensor, ggml_type: T, out_features: int, parts: int, layout: str = "rows") -> Tensor:
+    """x (..., in) @ W.T with W the GGUF blocks of `ggml_type` in `weights` (uint8): out rows back to back as the
+    file stores them (layout "rows"), or 8 rows interleaved (layout "x8", runtime.native.layout)."""
     k = int(x.shape[-1])
     lead = tuple(int(s) for s in x.shape[:-1])
     rows = int(np.prod(lead)) if lead else 1
@@ -43,7 +44,7 @@ def matmul(x: Tensor, weights: Tensor, ggml_type: T, out_features: int, parts: i
     name, src = quantize_kernel(rows, k, qparts)
     packed = Tensor.empty(rows * (k // ACT_BLOCK) * ACT_BLOCK_BYTES, dtype=dtypes.uint8, device=x.device)
     xq = c_kernel(name, src, packed, (flat,), qparts)
-    name, src = matmul_kernel(ggml_type, rows, out_features, k, parts)
+    name, src = matmul_kernel(ggml_type, rows, out_features, k, parts, layout=layout)
     y = c_kernel(name, src, Tensor.empty(rows, out_features, device=x.device), (xq, weights), parts)
     return y.reshape(*lead, out_features)
 

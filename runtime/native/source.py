@@ -13,7 +13,9 @@ from importlib import resources
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-HEADERS = ("common.h", "x86.h", "arm.h", "dispatch.h", "attention.h")
+from edgegen.runtime.native.layout import GROUP, X8_HEADERS
+
+HEADERS = ("common.h", "x86.h", "arm.h", "dispatch.h", "attention.h", "x8.h")
 ACT_BLOCK = 32  # activations are quantized in blocks of 32 (eg_q8x)
 ACT_BLOCK_BYTES = 44  # sizeof(eg_q8x): float d, s, int16 bs[2], int8 qs[32]
 
@@ -54,17 +56,24 @@ void {name}(uint8_t* restrict out, const float* restrict x, int core_id) {{
 
 
 def matmul_kernel(ggml_type: T, rows: int, n: int, k: int, parts: int,
-                  defines: tuple[str, ...] = ()) -> tuple[str, str]:
+                  defines: tuple[str, ...] = (), layout: str = "rows") -> tuple[str, str]:
     """(name, source) of y[rows, n] = x[rows, k] . W[n, k]^T with W as GGUF blocks of `ggml_type` and x as quantized
-    activation blocks; output rows of W are split over `parts` core_id partitions. Each weight row is read once and
-    dotted with every activation row while it is in L1 (prefill), so rows > 1 reads the weights once, not per row."""
+    activation blocks; output rows of W are split over `parts` core_id partitions. Each weight row (or group of 8
+    interleaved rows, layout "x8": runtime.native.layout) is read once and dotted with every activation row while it
+    is in L1 (prefill), so rows > 1 reads the weights once, not per row."""
     if ggml_type not in KERNEL_TYPES:
         raise ValueError(f"no hand-written kernel for {ggml_type.name}")
+    if layout not in ("rows", "x8"):
+        raise ValueError(f"unknown weight layout {layout!r} (rows or x8)")
     block, size = GGML_QUANT_SIZES[ggml_type]
     if k % block or k % ACT_BLOCK:
         raise ValueError(f"input width {k} is not a multiple of the {ggml_type.name} block size {block}")
     c = KERNEL_TYPES[ggml_type]
     wb, nb = k // block, k // ACT_BLOCK
+    if layout == "x8":
+        if ggml_type not in X8_HEADERS or n % GROUP:
+            raise ValueError(f"no x8 layout for {n} rows of {ggml_type.name}")
+        return _matmul_x8(c, rows, n, nb, wb * size * GROUP, parts, defines)
     name = f"eg_mm_{c}_{rows}_{n}_{k}_{parts}" + "".join(f"_{d.lower()}" for d in defines)
     body = f"""
 void {name}(float* restrict y, const uint8_t* restrict xq, const uint8_t* restrict w, int core_id) {{
@@ -77,6 +86,25 @@ void {name}(float* restrict y, const uint8_t* restrict xq, const uint8_t* restri
     for (; m + 4 <= {rows}; m += 4) eg_dot4_{c}(wr, x + (long)m * {nb}, {nb}, {wb}, y + (long)m * {n} + r, {n});
 #endif
     for (; m < {rows}; m++) y[(long)m * {n} + r] = eg_dot_{c}(wr, x + (long)m * {nb}, {wb});
+  }}
+}}
+"""
+    return name, _prelude(defines) + body
+
+
+def _matmul_x8(c: str, rows: int, n: int, nb: int, group_bytes: int, parts: int,
+               defines: tuple[str, ...]) -> tuple[str, str]:
+    """The x8 matmul: groups of 8 output rows split over the partitions; each group's blocks (a few KB) stay in L1
+    while every activation row is dotted with them."""
+    groups = n // GROUP
+    name = f"eg_mm_{c}x8_{rows}_{n}_{nb * ACT_BLOCK}_{parts}" + "".join(f"_{d.lower()}" for d in defines)
+    body = f"""
+void {name}(float* restrict y, const uint8_t* restrict xq, const uint8_t* restrict w, int core_id) {{
+  int g0 = (int)((long)core_id * {groups} / {parts}), g1 = (int)((long)(core_id + 1) * {groups} / {parts});
+  const eg_q8x* x = (const eg_q8x*)xq;
+  for (int g = g0; g < g1; g++) {{
+    const uint8_t* wg = w + (long)g * {group_bytes};
+    for (int m = 0; m < {rows}; m++) eg_dot8_{c}(wg, x + (long)m * {nb}, {nb}, y + (long)m * {n} + {GROUP} * g);
   }}
 }}
 """

@@ -17,7 +17,7 @@ from tinygrad import Tensor
 from edgegen.runtime.artifact.reader import TensorInfo
 from edgegen.runtime.errors import ArtifactError
 from edgegen.runtime.quant.formats import FLOAT_TYPES, FORMATS, float_weight, repack_float, type_size
-from edgegen.runtime.tinygrad_seam import device_tensor
+from edgegen.runtime.tinygrad_seam import device_bytes, device_tensor
 
 BLOCK = 32  # weights per block of the 32-weight types (Q8_0, Q4_x, Q5_x); K-quants use super-blocks of 256
 
@@ -31,7 +31,8 @@ class PackedLinear:
     out_features: int
     in_features: int
     # per block format (formats.FORMATS): quants "qs" and scales, each (out, nb, ...); float types: "qs" (out, in);
-    # for the hand-written kernels (native_parts > 0): "raw", the GGUF blocks as stored, rows back to back (uint8)
+    # for the hand-written kernels (native_parts > 0): "raw", the GGUF blocks as stored, rows back to back (uint8),
+    # or "x8", the same blocks with 8 rows interleaved (runtime.native.layout)
     arrays: dict[str, Tensor] = field(repr=False)
     native_parts: int = 0  # > 0: run through runtime.native's kernels, output rows split in this many partitions
 
@@ -79,7 +80,9 @@ class PackedLinear:
         if self.native_parts:
             from edgegen.runtime.native.linear import matmul
 
-            return matmul(x, self.arrays["raw"], self.ggml_type, self.out_features, self.native_parts)
+            ((key, packed),) = self.arrays.items()  # one array: "raw" or "x8"
+            return matmul(x, packed, self.ggml_type, self.out_features, self.native_parts,
+                          "x8" if key == "x8" else "rows")
         lead = x.shape[:-1]
         rows = int(np.prod(lead)) if lead else 1  # type: ignore[arg-type]  # an input's shape: ints, not symbolic
         if rows != 1:
@@ -145,12 +148,18 @@ def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None,
         from edgegen.runtime.native.linear import supports
 
         if supports(first.ggml_type, first.shape[1], device):
+            from edgegen.runtime.native.layout import interleave_pieces, x8_supported
+
             pieces = [np.asarray(i.data).reshape(-1).view(np.uint8) for i in infos]
             # one tensor: straight from the file's memory map into the device buffer, no host copy
             raw = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
             out = sum(i.shape[0] for i in infos)
-            return PackedLinear("+".join(i.name for i in infos), first.ggml_type, out, first.shape[1],
-                                {"raw": device_tensor(raw, device)}, native_parts)
+            name = "+".join(i.name for i in infos)
+            if x8_supported(first.ggml_type, out):  # rewritten piece by piece into the device buffer
+                packed = device_bytes(raw.nbytes, interleave_pieces(raw, first.ggml_type, out), device)
+                return PackedLinear(name, first.ggml_type, out, first.shape[1], {"x8": packed}, native_parts)
+            return PackedLinear(name, first.ggml_type, out, first.shape[1], {"raw": device_tensor(raw, device)},
+                                native_parts)
     parts = [_packed_arrays(i) for i in infos]
     arrays = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
     tensors = {k: Tensor(a, device=device).realize() for k, a in arrays.items()}

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import pickle
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,24 +73,46 @@ def device_tensor(array: np.ndarray, device: str | None) -> Tensor:
     the scheduler's patterns (about 0.1 s of a warm start) and stages the bytes through a host buffer (+29 MB peak
     RSS loading SmolLM2's Q8_0 output head from the file's memory map). Wraps `Tensor.empty`,
     `Buffer.ensure_allocated` and `Buffer.allocator._copyin`, as write_buffer does."""
-    from tinygrad import Tensor, dtypes
+    from tinygrad import dtypes
 
     dtype = {np.dtype(np.float32): dtypes.float32, np.dtype(np.uint8): dtypes.uint8}.get(array.dtype)
     if dtype is None:
         raise ValueError(f"device_tensor: unsupported dtype {array.dtype}")
+    return _filled(array.shape, dtype, [array], device)
+
+
+def device_bytes(nbytes: int, chunks: Iterable[np.ndarray], device: str | None) -> Tensor:
+    """A flat uint8 tensor of `nbytes` on `device`, filled from `chunks` in order, each copied in and dropped before
+    the next is made: a layout rewritten in pieces (runtime.native.layout) never exists whole on the host."""
+    from tinygrad import dtypes
+
+    return _filled((nbytes,), dtypes.uint8, chunks, device)
+
+
+def _filled(shape: tuple[int, ...], dtype: Any, chunks: Iterable[np.ndarray], device: str | None) -> Tensor:
     import ctypes
 
-    out = Tensor.empty(*array.shape, dtype=dtype, device=device)
+    from tinygrad import Tensor
+
+    out = Tensor.empty(*shape, dtype=dtype, device=device)
     buf: Any = out.uop.buffer
     buf.ensure_allocated()
-    src = np.ascontiguousarray(array)
-    if src.nbytes != buf.nbytes:
-        raise ValueError(f"device_tensor: {src.nbytes} bytes for a {buf.nbytes}-byte buffer")
-    if str(buf.device).split(":")[0] == "CPU":
-        # the CPU allocator's _copyin wants a writable view; a file's read-only map is copied from by address
-        ctypes.memmove(int(buf.get_buf(buf.device).va_addr), src.ctypes.data, src.nbytes)
-    else:
-        buf.allocator._copyin(buf._buf, (src if src.flags.writeable else src.copy()).data.cast("B"))
+    cpu = str(buf.device).split(":")[0] == "CPU"
+    offset = 0
+    for chunk in chunks:
+        src = np.ascontiguousarray(chunk)
+        if offset + src.nbytes > buf.nbytes:
+            raise ValueError(f"device_tensor: more than {buf.nbytes} bytes for a {buf.nbytes}-byte buffer")
+        if cpu:
+            # the CPU allocator's _copyin wants a writable view; a file's read-only map is copied from by address
+            ctypes.memmove(int(buf.get_buf(buf.device).va_addr) + offset, src.ctypes.data, src.nbytes)
+        elif offset == 0 and src.nbytes == buf.nbytes:
+            buf.allocator._copyin(buf._buf, (src if src.flags.writeable else src.copy()).data.cast("B"))
+        else:
+            raise ValueError("device_tensor: chunked fills are for the CPU device")
+        offset += src.nbytes
+    if offset != buf.nbytes:
+        raise ValueError(f"device_tensor: {offset} bytes for a {buf.nbytes}-byte buffer")
     return out
 
 

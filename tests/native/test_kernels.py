@@ -42,6 +42,7 @@ from native_helpers import (
     run_tinygrad,
 )
 
+from edgegen.runtime.native.layout import X8_HEADERS, interleave_rows
 from edgegen.runtime.native.source import (
     ACT_BLOCK_BYTES,
     KERNEL_TYPES,
@@ -51,6 +52,10 @@ from edgegen.runtime.native.source import (
 )
 
 TYPES = list(KERNEL_TYPES)
+# every matmul kernel: each type with the file's row layout, and the types with an 8-row interleaved one
+# (runtime.native.layout), which must give the same sums from the same blocks
+KERNELS = [(t, "rows") for t in TYPES] + [(t, "x8") for t in X8_HEADERS]
+KERNEL_PARAMS = [pytest.param(t, layout, id=t.name + ("x8" if layout == "x8" else "")) for t, layout in KERNELS]
 
 
 @dataclass(frozen=True)
@@ -111,18 +116,19 @@ class Outputs:
         qname, qsrc = quantize_kernel(QUANT_ROWS, K, PARTS, variant.defines)
         jobs: list[tuple[str, Job]] = [
             (qname, Job(qsrc, (x,), QUANT_ROWS * K // 32 * ACT_BLOCK_BYTES, PARTS)) for x in QUANT_CASES.values()]
-        for t in TYPES:
+        for t, layout in KERNELS:
             case = matmul_case(t)
-            mname, msrc = matmul_kernel(t, ROWS, N, K, PARTS, variant.defines)
-            jobs.append((mname, Job(msrc, (reference.quantize(case.x), case.raw), ROWS * N * 4, PARTS)))
+            raw = interleave_rows(case.raw, t, N) if layout == "x8" else case.raw
+            mname, msrc = matmul_kernel(t, ROWS, N, K, PARTS, variant.defines, layout)
+            jobs.append((mname, Job(msrc, (reference.quantize(case.x), raw), ROWS * N * 4, PARTS)))
         for case in ATTENTION_CASES.values():
             aname, asrc = attention_case_kernel(case, variant.defines)
             jobs.append((aname, Job(asrc, (case.q, case.kv.view(np.uint16)), case.q.nbytes, PARTS)))
         outs = run_qemu(variant, [j for _, j in jobs]) if variant.arch == "aarch64" else run_tinygrad(jobs)
         self.quant = dict(zip(QUANT_CASES, outs[:len(QUANT_CASES)], strict=True))
-        n_mm = len(QUANT_CASES) + len(TYPES)
-        self.matmul = {t: np.frombuffer(o, np.float32).reshape(ROWS, N) for t, o in
-                       zip(TYPES, outs[len(QUANT_CASES):n_mm], strict=True)}
+        n_mm = len(QUANT_CASES) + len(KERNELS)
+        self.matmul = {key: np.frombuffer(o, np.float32).reshape(ROWS, N) for key, o in
+                       zip(KERNELS, outs[len(QUANT_CASES):n_mm], strict=True)}
         self.attention = {name: np.frombuffer(o, np.float32).reshape(case.q.shape) for (name, case), o in
                           zip(ATTENTION_CASES.items(), outs[n_mm:], strict=True)}
 
@@ -166,39 +172,39 @@ def _reference(t: T) -> tuple[reference.DotResult, np.ndarray]:
     return reference.dot(reference.quantize(case.x), reference.decode(case.raw, t)), case.x
 
 
-@pytest.mark.parametrize("ggml_type", TYPES, ids=[t.name for t in TYPES])
+@pytest.mark.parametrize(("ggml_type", "layout"), KERNEL_PARAMS)
 @pytest.mark.parametrize("variant", VARIANT_PARAMS)
-def test_integer_exact(outputs: Outputs, variant: Variant, ggml_type: T) -> None:
+def test_integer_exact(outputs: Outputs, variant: Variant, ggml_type: T, layout: str) -> None:
     ref, x = _reference(ggml_type)
     assert np.array_equal(reference.quantize(x[:CRAFTED_ROWS])["d"], np.ones((CRAFTED_ROWS, K // 32)))
     exact = ref.y[:CRAFTED_ROWS, :CRAFTED_N]
     # every partial sum is an integer below 2^24 in magnitude, so float32 holds each one exactly in any order
     assert ref.magnitude[:CRAFTED_ROWS, :CRAFTED_N].max() < 2**24
     assert np.array_equal(exact, np.round(exact)) and np.abs(exact).max() > 0
-    got = outputs.matmul[ggml_type][:CRAFTED_ROWS, :CRAFTED_N].astype(np.float64)
+    got = outputs.matmul[ggml_type, layout][:CRAFTED_ROWS, :CRAFTED_N].astype(np.float64)
     assert np.array_equal(got, exact), f"got {got.tolist()}\nwant {exact.tolist()}"
 
 
-@pytest.mark.parametrize("ggml_type", TYPES, ids=[t.name for t in TYPES])
+@pytest.mark.parametrize(("ggml_type", "layout"), KERNEL_PARAMS)
 @pytest.mark.parametrize("variant", VARIANT_PARAMS)
-def test_matches_reference(outputs: Outputs, variant: Variant, ggml_type: T) -> None:
+def test_matches_reference(outputs: Outputs, variant: Variant, ggml_type: T, layout: str) -> None:
     ref, _ = _reference(ggml_type)
-    got = outputs.matmul[ggml_type].astype(np.float64)
+    got = outputs.matmul[ggml_type, layout].astype(np.float64)
     err, tol = np.abs(got - ref.y), FLOAT_SLACK * ref.magnitude
     worst = np.unravel_index((err - tol).argmax(), err.shape)
     assert (err <= tol).all(), f"worst error {err[worst]:.3g} at {worst}, allowed {tol[worst]:.3g}"
 
 
-@pytest.mark.parametrize("ggml_type", TYPES, ids=[t.name for t in TYPES])
+@pytest.mark.parametrize(("ggml_type", "layout"), KERNEL_PARAMS)
 @pytest.mark.parametrize("variant", VARIANT_PARAMS)
-def test_matches_dequantize(outputs: Outputs, variant: Variant, ggml_type: T) -> None:
+def test_matches_dequantize(outputs: Outputs, variant: Variant, ggml_type: T, layout: str) -> None:
     case = matmul_case(ggml_type)
     w = quants.dequantize(case.raw, ggml_type).reshape(N, K).astype(np.float64)
     x = case.x.astype(np.float64)
     want = x @ w.T
     scale = np.abs(x) @ np.abs(w).T
     bound = reference.activation_error_bound(case.x, w) + FLOAT_SLACK * scale
-    err = np.abs(outputs.matmul[ggml_type] - want)
+    err = np.abs(outputs.matmul[ggml_type, layout] - want)
     assert (err <= bound).all(), f"worst error {(err / scale).max():.3g} of sum|x||w|, beyond the 8-bit bound"
     assert (bound < 0.05 * scale).all()  # the bound constrains: at most 5% of sum |x| |w| (a half step of 1/127)
 
