@@ -7,6 +7,8 @@ constant; output rows are split over `parts` core_id partitions, which runtime.n
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from gguf import GGMLQuantizationType as T
 from tinygrad import Device, Tensor, UOp, dtypes
@@ -33,20 +35,56 @@ def supports(ggml_type: T, in_features: int, device: str | None) -> bool:
     return ggml_type in KERNEL_TYPES and in_features % ACT_BLOCK == 0 and on_cpu(device)
 
 
-def matmul(x: Tensor, weights: Tensor, ggml_type: T, out_features: int, parts: int, layout: str = "rows") -> Tensor:
-    """x (..., in) @ W.T with W the GGUF blocks of `ggml_type` in `weights` (uint8): out rows back to back as the
-    file stores them (layout "rows"), or 8 rows interleaved (layout "x8", runtime.native.layout)."""
-    k = int(x.shape[-1])
+@dataclass(frozen=True)
+class QuantizedRows:
+    """Activation rows quantized for the matmul kernels (eg_q8x blocks): `rows` rows of `k` values that stand for a
+    float tensor of shape (*lead, k)."""
+
+    packed: Tensor
+    lead: tuple[int, ...]
+    k: int
+
+
+def _quantized(x: Tensor, k: int, inputs: tuple[Tensor, ...], parts: int, pre: str = "",
+               eps: float = 0.0) -> QuantizedRows:
+    """Quantize the rows of x (..., width) after the row operation `pre` (source.PRE_OPS), k values per result row."""
     lead = tuple(int(s) for s in x.shape[:-1])
     rows = int(np.prod(lead)) if lead else 1
     qparts = max(1, min(parts, rows // 8))  # a row is a few hundred ns to quantize: split only real batches
-    flat = x.reshape(rows, k).cast(dtypes.float32).contiguous()
-    name, src = quantize_kernel(rows, k, qparts)
+    flat = x.reshape(rows, int(x.shape[-1])).cast(dtypes.float32).contiguous()
+    name, src = quantize_kernel(rows, k, qparts, pre=pre, eps=eps)
     packed = Tensor.empty(rows * (k // ACT_BLOCK) * ACT_BLOCK_BYTES, dtype=dtypes.uint8, device=x.device)
-    xq = c_kernel(name, src, packed, (flat,), qparts)
-    name, src = matmul_kernel(ggml_type, rows, out_features, k, parts, layout=layout)
-    y = c_kernel(name, src, Tensor.empty(rows, out_features, device=x.device), (xq, weights), parts)
-    return y.reshape(*lead, out_features)
+    return QuantizedRows(c_kernel(name, src, packed, (flat, *inputs), qparts), lead, k)
+
+
+def quantize(x: Tensor, parts: int) -> QuantizedRows:
+    """x (..., k) quantized as llama.cpp's CPU path quantizes a matmul's input."""
+    return _quantized(x, int(x.shape[-1]), (), parts)
+
+
+def quantize_rms_normed(x: Tensor, weight: Tensor, eps: float, parts: int) -> QuantizedRows:
+    """RMSNorm(x) * weight, quantized, in one kernel (llama.cpp's arithmetic: rms_norm, then mul)."""
+    return _quantized(x, int(x.shape[-1]), (weight.cast(dtypes.float32).contiguous(),), parts, "rms", eps)
+
+
+def quantize_gated(gate_up: Tensor, activation: str, parts: int) -> QuantizedRows:
+    """activation(gate) * up of gate+up rows (..., 2 * hidden), quantized, in one kernel; activation "silu" or
+    "gelu_tanh"."""
+    if activation not in ("silu", "gelu_tanh"):
+        raise ValueError(f"no fused kernel for the activation {activation!r}")
+    return _quantized(gate_up, int(gate_up.shape[-1]) // 2, (), parts, activation)
+
+
+def matmul(x: Tensor | QuantizedRows, weights: Tensor, ggml_type: T, out_features: int, parts: int,
+           layout: str = "rows") -> Tensor:
+    """x (..., in) @ W.T with W the GGUF blocks of `ggml_type` in `weights` (uint8): out rows back to back as the
+    file stores them (layout "rows"), or 8 rows interleaved (layout "x8", runtime.native.layout). x is a float
+    tensor, quantized here, or rows quantized already (quantize, quantize_rms_normed, quantize_gated)."""
+    xq = x if isinstance(x, QuantizedRows) else quantize(x, parts)
+    rows = int(np.prod(xq.lead)) if xq.lead else 1
+    name, src = matmul_kernel(ggml_type, rows, out_features, xq.k, parts, layout=layout)
+    y = c_kernel(name, src, Tensor.empty(rows, out_features, device=xq.packed.device), (xq.packed, weights), parts)
+    return y.reshape(*xq.lead, out_features)
 
 
 def attention(q: Tensor, cache: Tensor, start_pos: int | UOp, window: int, parts: int) -> Tensor:

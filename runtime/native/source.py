@@ -37,19 +37,60 @@ def _prelude(defines: tuple[str, ...]) -> str:
     return "".join(f"#define {d} 1\n" for d in defines) + headers()
 
 
-def quantize_kernel(rows: int, k: int, parts: int, defines: tuple[str, ...] = ()) -> tuple[str, str]:
-    """(name, source) of the kernel that quantizes `rows` activation rows of `k` floats into eg_q8x blocks; rows are
-    split over `parts` core_id partitions."""
+# What a quantize kernel computes from its input before quantizing each row (`pre`):
+#   ""          the row as it is: x (rows, k)
+#   "rms"       RMSNorm then the norm's weight: x * (1 / sqrt(mean(x^2) + eps)) * w, as ggml's rms_norm (the sum of
+#               squares in double) followed by ggml_mul; inputs x (rows, k), w (k)
+#   "silu"      SwiGLU of a gate+up row (rows, 2k): silu(gate) * up, silu(g) = g / (1 + exp(-g)) (ggml_vec_swiglu_f32)
+#   "gelu_tanh" GeGLU with tanh GELU: 0.5 g (1 + tanh(sqrt(2/pi) g (1 + 0.044715 g^2))) * up (ggml_gelu)
+# Folding the norm or the gate into the quantization saves the kernels that wrote the float row and read it back.
+PRE_OPS = ("", "rms", "silu", "gelu_tanh")
+_PRE_ROW = {
+    "": ("", "x + (long)r * {k}"),
+    "rms": ("""    const float* xr = x + (long)r * {k};
+    double ss = 0.0;  /* ggml_compute_forward_rms_norm_f32 sums the squares in ggml_float */
+    for (int i = 0; i < {k}; i++) ss += (double)(xr[i] * xr[i]);
+    float mean = (float)(ss / {k}), scale = 1.0f / __builtin_sqrtf(mean + {eps!r}f);
+""", "t"),
+    "silu": ("    const float* g = x + (long)r * {k2}; const float* u = g + {k};\n", "t"),
+    "gelu_tanh": ("    const float* g = x + (long)r * {k2}; const float* u = g + {k};\n", "t"),
+}
+_PRE_BLOCK = {
+    "": "",
+    "rms": "      float t[{b}];\n"
+           "      for (int i = 0; i < {b}; i++) t[i] = (xr[{b} * b + i] * scale) * w[{b} * b + i];\n",
+    "silu": "      float t[{b}];\n      for (int i = 0; i < {b}; i++) {{ float v = g[{b} * b + i]; "
+            "t[i] = v / (1.0f + eg_expf(-v)) * u[{b} * b + i]; }}\n",
+    "gelu_tanh": "      float t[{b}];\n      for (int i = 0; i < {b}; i++) {{ float v = g[{b} * b + i], "
+                 "z = 0.7978845608f * v * (1.0f + 0.044715f * v * v); "
+                 "t[i] = 0.5f * v * (1.0f + (1.0f - 2.0f / (eg_expf(2.0f * z) + 1.0f))) * u[{b} * b + i]; }}\n",
+}
+
+
+def quantize_kernel(rows: int, k: int, parts: int, defines: tuple[str, ...] = (), pre: str = "",
+                    eps: float = 0.0) -> tuple[str, str]:
+    """(name, source) of the kernel that quantizes `rows` activation rows of `k` floats into eg_q8x blocks, after the
+    row operation `pre` (PRE_OPS; eps: the RMSNorm epsilon); rows are split over `parts` core_id partitions."""
     if k % ACT_BLOCK:
         raise ValueError(f"activation width {k} is not a multiple of {ACT_BLOCK}")
-    name = f"eg_quant_{rows}_{k}_{parts}" + "".join(f"_{d.lower()}" for d in defines)
+    if pre not in PRE_OPS:
+        raise ValueError(f"unknown row operation {pre!r} (one of {', '.join(repr(p) for p in PRE_OPS)})")
+    tag = f"{pre}_" if pre != "rms" else f"rms{eps:.0e}_".replace("-", "m").replace("+", "")
+    name = f"eg_quant_{tag if pre else ''}{rows}_{k}_{parts}" + "".join(f"_{d.lower()}" for d in defines)
     nb = k // ACT_BLOCK
+    row, src = (part.format(k=k, k2=2 * k, eps=float(eps)) for part in _PRE_ROW[pre])
+    block = _PRE_BLOCK[pre].format(b=ACT_BLOCK)
+    args = "const float* restrict x, const float* restrict w" if pre == "rms" else "const float* restrict x"
+    src_block = f"{src} + {ACT_BLOCK} * b" if not pre else "t"
     body = f"""
-void {name}(uint8_t* restrict out, const float* restrict x, int core_id) {{
+void {name}(uint8_t* restrict out, {args}, int core_id) {{
   int r0 = (int)((long)core_id * {rows} / {parts}), r1 = (int)((long)(core_id + 1) * {rows} / {parts});
   eg_q8x* y = (eg_q8x*)out;
-  for (int r = r0; r < r1; r++)
-    for (int b = 0; b < {nb}; b++) eg_quantize_block(x + (long)r * {k} + {ACT_BLOCK} * b, y + (long)r * {nb} + b);
+  for (int r = r0; r < r1; r++) {{
+{row}    for (int b = 0; b < {nb}; b++) {{
+{block}      eg_quantize_block({src_block}, y + (long)r * {nb} + b);
+    }}
+  }}
 }}
 """
     return name, _prelude(defines) + body

@@ -8,7 +8,9 @@ in docs/QUANT_TYPES.md.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -76,13 +78,35 @@ class PackedLinear:
         w = w.permute(0, 1, *(2 + order.index(a) for a in range(len(fmt.view))))
         return w.reshape(out, self.in_features)
 
+    def _native(self, x: Any) -> Tensor:
+        from edgegen.runtime.native.linear import matmul
+
+        ((key, packed),) = self.arrays.items()  # one array: "raw" or "x8"
+        return matmul(x, packed, self.ggml_type, self.out_features, self.native_parts, "x8" if key == "x8" else "rows")
+
+    @property
+    def normed(self) -> Callable[[Tensor, Tensor, float], Tensor] | None:
+        """self(rms_norm(x, weight, eps)) with the norm folded into the activation quantization (the hand-written
+        kernels); None for tinygrad's kernels (models.llama then norms first)."""
+        if not self.native_parts:
+            return None
+        from edgegen.runtime.native.linear import quantize_rms_normed
+
+        return lambda x, weight, eps: self._native(quantize_rms_normed(x, weight, eps, self.native_parts))
+
+    @property
+    def gated(self) -> Callable[[Tensor, str], Tensor] | None:
+        """self(activation(gate) * up) of gate+up rows (..., 2 * in_features), the gate folded into the activation
+        quantization (the hand-written kernels); None for tinygrad's kernels."""
+        if not self.native_parts:
+            return None
+        from edgegen.runtime.native.linear import quantize_gated
+
+        return lambda gate_up, activation: self._native(quantize_gated(gate_up, activation, self.native_parts))
+
     def __call__(self, x: Tensor) -> Tensor:
         if self.native_parts:
-            from edgegen.runtime.native.linear import matmul
-
-            ((key, packed),) = self.arrays.items()  # one array: "raw" or "x8"
-            return matmul(x, packed, self.ggml_type, self.out_features, self.native_parts,
-                          "x8" if key == "x8" else "rows")
+            return self._native(x)
         lead = x.shape[:-1]
         rows = int(np.prod(lead)) if lead else 1  # type: ignore[arg-type]  # an input's shape: ints, not symbolic
         if rows != 1:

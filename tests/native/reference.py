@@ -43,6 +43,24 @@ def quantize(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def rms_normed(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """The float32 rows the "rms" quantize kernel quantizes, in its order of operations: the squares summed one by
+    one in float64 (ggml's rms_norm: np.cumsum adds sequentially), mean and scale in float32, (x * scale) * w."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    ss = np.cumsum((x * x).astype(np.float64), axis=1)[:, -1]
+    mean = (ss / x.shape[1]).astype(np.float32)
+    scale = np.float32(1.0) / np.sqrt(mean + np.float32(eps))
+    return (x * scale[:, None]) * np.asarray(w, np.float32)[None, :]
+
+
+def gated(gate_up: np.ndarray, activation: str) -> np.ndarray:
+    """activation(gate) * up of rows (rows, 2k) in float64: SwiGLU ("silu") or GeGLU with tanh GELU."""
+    g, u = np.split(np.asarray(gate_up, np.float64), 2, axis=1)
+    if activation == "silu":
+        return g / (1.0 + np.exp(-g)) * u
+    return 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * g * (1.0 + 0.044715 * g * g))) * u
+
+
 @dataclass
 class Decoded:
     """Weights of `rows` rows as 32-blocks: w = D * s * q + M * m per 16-group (s, m are per group of 16)."""

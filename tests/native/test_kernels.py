@@ -92,6 +92,20 @@ def attention_case_kernel(case: AttentionCase, defines: tuple[str, ...]) -> tupl
     return attention_kernel(t, heads, kv_heads, hd, context, case.window, case.scale, case.start, PARTS, defines)
 QUANT_CASES = quantization_cases()
 FLOAT_SLACK = 1e-5
+EPS = 1e-6
+
+
+def _pre_cases() -> dict[str, tuple[np.ndarray, tuple[np.ndarray, ...]]]:
+    """Inputs of the fused quantize kernels: a row operation's input and its extra buffers (the norm's weight)."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((QUANT_ROWS, K)) * rng.uniform(0.1, 30, (QUANT_ROWS, 1))).astype(np.float32)
+    w = rng.uniform(-2, 2, K).astype(np.float32)
+    gate_up = (rng.standard_normal((QUANT_ROWS, 2 * K)) * 3).astype(np.float32)
+    gate_up[0, :8] = [-100.0, -20.0, -1e-4, 0.0, 1e-4, 20.0, 100.0, -88.0]  # exp's clamps and tanh's tails
+    return {"rms": (x, (w,)), "silu": (gate_up, ()), "gelu_tanh": (gate_up, ())}
+
+
+PRE_CASES = _pre_cases()
 
 
 def _skip_reason(variant: Variant) -> str | None:
@@ -124,13 +138,18 @@ class Outputs:
         for case in ATTENTION_CASES.values():
             aname, asrc = attention_case_kernel(case, variant.defines)
             jobs.append((aname, Job(asrc, (case.q, case.kv.view(np.uint16)), case.q.nbytes, PARTS)))
+        for pre, (x, extra) in PRE_CASES.items():
+            pname, psrc = quantize_kernel(QUANT_ROWS, K, PARTS, variant.defines, pre, EPS)
+            jobs.append((pname, Job(psrc, (x, *extra), QUANT_ROWS * K // 32 * ACT_BLOCK_BYTES, PARTS)))
         outs = run_qemu(variant, [j for _, j in jobs]) if variant.arch == "aarch64" else run_tinygrad(jobs)
+        self.pre = {pre: np.frombuffer(o, reference.Q8X).reshape(QUANT_ROWS, K // 32)
+                    for pre, o in zip(PRE_CASES, outs[len(outs) - len(PRE_CASES):], strict=True)}
         self.quant = dict(zip(QUANT_CASES, outs[:len(QUANT_CASES)], strict=True))
         n_mm = len(QUANT_CASES) + len(KERNELS)
         self.matmul = {key: np.frombuffer(o, np.float32).reshape(ROWS, N) for key, o in
                        zip(KERNELS, outs[len(QUANT_CASES):n_mm], strict=True)}
         self.attention = {name: np.frombuffer(o, np.float32).reshape(case.q.shape) for (name, case), o in
-                          zip(ATTENTION_CASES.items(), outs[n_mm:], strict=True)}
+                          zip(ATTENTION_CASES.items(), outs[n_mm:n_mm + len(ATTENTION_CASES)], strict=True)}
 
 
 _outputs: dict[str, Outputs] = {}
@@ -165,6 +184,31 @@ def test_quantize_bit_exact(outputs: Outputs, variant: Variant, case: str) -> No
     bad = np.flatnonzero((got.view(np.uint8).reshape(-1, size) != want.view(np.uint8).reshape(-1, size)).any(axis=1))
     assert bad.size == 0, (f"{bad.size} of {want.size} blocks differ; block {bad[0]}: got {got[bad[0]]}, "
                            f"want {want[bad[0]]}")
+
+
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_rms_norm_then_quantize_bit_exact(outputs: Outputs, variant: Variant) -> None:
+    """RMSNorm folded into the quantization: the same bytes as quantizing reference.rms_normed's float rows."""
+    x, (w,) = PRE_CASES["rms"]
+    want = reference.quantize(reference.rms_normed(x, w, EPS))
+    assert outputs.pre["rms"].tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_gate_then_quantize(outputs: Outputs, variant: Variant, activation: str) -> None:
+    """The gate folded into the quantization: each dequantized value q * d within half a quantization step of the
+    exact activation(gate) * up, plus the f16 rounding of d (|q| <= 127 times 2^-11 of d) and the polynomial exp's
+    float slack; the block scale that of the exact row."""
+    gate_up, _ = PRE_CASES[activation]
+    exact = reference.gated(gate_up, activation).reshape(QUANT_ROWS, K // 32, 32)
+    got = outputs.pre[activation]
+    values = got["qs"].astype(np.float64) * got["d"][..., None]
+    step = got["d"][..., None].astype(np.float64)
+    bound = step * (0.5 + 127 * 2.0**-11) * (1 + 1e-3) + FLOAT_SLACK * np.abs(exact).max(axis=2, keepdims=True)
+    err = np.abs(values - exact)
+    assert (err <= bound).all(), f"worst error {(err - bound).max():.3g} beyond half a step"
+    np.testing.assert_allclose(got["d"], np.abs(exact).max(axis=2) / 127, rtol=2e-3)  # f16-rounded scale
 
 
 def _reference(t: T) -> tuple[reference.DotResult, np.ndarray]:
