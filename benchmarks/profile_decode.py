@@ -1,6 +1,7 @@
 """Where one decode step's time goes: each kernel of the captured decode graph timed alone, summed by kernel name.
 
     .venv/bin/python benchmarks/profile_decode.py [--model default] [--kernels native] [--pos 64] [--steps 20]
+    .venv/bin/python benchmarks/profile_decode.py --prefill 64     # the 64-token prefill graph instead
 
 Calls the graph's compiled kernels one by one from Python (runtime.cpu_replay's single-thread path), so the total
 includes ~1-3 us of call overhead per kernel that the threaded runner does not pay; the shares are what counts.
@@ -20,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pos", type=int, default=64, help="decode position the attention kernels read up to")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--prefill", type=int, default=0, metavar="TOKENS",
+                   help="profile the prefill graph of a prompt of this many tokens (its bucket) instead of decode")
     a = p.parse_args(argv)
 
+    from edgegen.runtime.artifact.constants import PREFILL_BUCKETS
     from edgegen.runtime.engine import TextGenerator
     from edgegen.runtime.native.options import KernelOptions
     from edgegen.runtime.sampling import SamplingParams
@@ -31,14 +35,19 @@ def main(argv: list[str] | None = None) -> int:
                             SamplingParams(max_tokens=4, temperature=0.0), ignore_eos=True)
     for _ in stream:
         pass
-    replay = gen.graphs.replay
+    replay, step, values = gen.graphs.replay, "decode", {"start_pos": a.pos}
+    if a.prefill:
+        gen.graphs.prefill(list(range(1000, 1000 + a.prefill)))
+        bucket = next(b for b in PREFILL_BUCKETS if b >= a.prefill)
+        replay, step, values = gen.graphs._prefill_replays.get(f"prefill{bucket}"), f"prefill {bucket}", \
+            {"last": a.prefill - 1}
     if replay is None:
         raise SystemExit("the decode graph has no direct replay on this backend: nothing to profile")
     total: collections.Counter[str] = collections.Counter()
     count: collections.Counter[str] = collections.Counter()
     for _ in range(a.steps):
         for call, prebuilt in replay.steps:
-            args = prebuilt if call.static else call.arguments({"start_pos": a.pos})
+            args = prebuilt if call.static else call.arguments(values)
             t0 = time.perf_counter_ns()
             for arg in args:
                 call.function(*arg)
@@ -46,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             total[name] += time.perf_counter_ns() - t0
             count[name] += 1
     step_us = sum(total.values()) / a.steps / 1e3
-    print(f"{a.model} ({a.kernels} kernels), decode at position {a.pos}: {len(replay.steps)} kernels, "
+    where = f"decode at position {a.pos}" if step == "decode" else step
+    print(f"{a.model} ({a.kernels} kernels), {where}: {len(replay.steps)} kernels, "
           f"{step_us / 1e3:.2f} ms per step (one thread, kernels called one by one)")
     print(f"{'us/step':>9} {'share':>6} {'calls':>5}  kernel")
     for name, ns in total.most_common(a.top):

@@ -16,8 +16,10 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 GROUP = 8  # weight rows interleaved
-# per type: bytes of f16 scales at the start of each block (d, or d and m); the rest of the block is quants
-X8_HEADERS: dict[T, int] = {T.Q4_0: 2, T.Q4_1: 4, T.Q8_0: 2}
+# per type: bytes of f16 scales at the start of each block (d, or d and m); the rest of the block is quants, after
+# the fifth bits (4 bytes, X8_HIGH_BITS) of the Q5 types
+X8_HEADERS: dict[T, int] = {T.Q4_0: 2, T.Q4_1: 4, T.Q5_0: 2, T.Q5_1: 4, T.Q8_0: 2}
+X8_HIGH_BITS: dict[T, int] = {T.Q5_0: 4, T.Q5_1: 4}
 # a group's slot 4h + j holds row ROW_ORDER[4h + j], so that _mm256_hadd_epi32 of the two halves gives rows 0..7
 ROW_ORDER = np.array([0, 1, 4, 5, 2, 3, 6, 7])
 CHUNK = 8  # bytes of one row's quants side by side with the other rows'
@@ -42,18 +44,21 @@ def interleave_pieces(raw: np.ndarray, ggml_type: T, out_features: int) -> Itera
     if out_features % GROUP:
         raise ValueError(f"{out_features} rows are not a multiple of {GROUP}")
     _, size = GGML_QUANT_SIZES[ggml_type]
-    head = X8_HEADERS[ggml_type]
+    head, high = X8_HEADERS[ggml_type], X8_HIGH_BITS.get(ggml_type, 0)
     rows = np.asarray(raw).reshape(out_features, -1)
     nb = rows.shape[1] // size
     if rows.shape[1] != nb * size:
         raise ValueError(f"a row of {rows.shape[1]} bytes is not whole {ggml_type.name} blocks of {size}")
-    chunks = (size - head) // CHUNK
+    chunks = (size - head - high) // CHUNK
     groups = out_features // GROUP
     for g0 in range(0, groups, GROUPS_PER_PIECE):
         g1 = min(groups, g0 + GROUPS_PER_PIECE)
         r = rows[GROUP * g0 : GROUP * g1].reshape(g1 - g0, GROUP, nb, size)
         # scales: each 2-byte field of the 8 rows side by side, in row order: (G, nb, fields, 8, 2)
         scales = r[..., :head].reshape(g1 - g0, GROUP, nb, head // 2, 2).transpose(0, 2, 3, 1, 4)
+        # fifth bits: each row's 4 bytes whole, in slot order: (G, nb, slot, 4)
+        bits = r[:, ROW_ORDER, :, head : head + high].transpose(0, 2, 1, 3)
         # quants: (G, slot, nb, chunk, 8) -> (G, nb, half, chunk, j, 8) with slot = 4 * half + j
-        q = r[:, ROW_ORDER, :, head:].reshape(g1 - g0, 2, 4, nb, chunks, CHUNK).transpose(0, 3, 1, 4, 2, 5)
-        yield np.concatenate([scales.reshape(g1 - g0, nb, -1), q.reshape(g1 - g0, nb, -1)], axis=2).reshape(-1)
+        q = r[:, ROW_ORDER, :, head + high :].reshape(g1 - g0, 2, 4, nb, chunks, CHUNK).transpose(0, 3, 1, 4, 2, 5)
+        parts = [scales.reshape(g1 - g0, nb, -1), bits.reshape(g1 - g0, nb, -1), q.reshape(g1 - g0, nb, -1)]
+        yield np.concatenate(parts, axis=2).reshape(-1)

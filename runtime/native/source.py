@@ -136,7 +136,7 @@ void {name}(float* restrict y, const uint8_t* restrict xq, const uint8_t* restri
 def _matmul_x8(c: str, rows: int, n: int, nb: int, group_bytes: int, parts: int,
                defines: tuple[str, ...]) -> tuple[str, str]:
     """The x8 matmul: groups of 8 output rows split over the partitions; each group's blocks (a few KB) stay in L1
-    while every activation row is dotted with them."""
+    while every activation row is dotted with them, 4 rows per unpacked block where the type has eg_dot8x4."""
     groups = n // GROUP
     name = f"eg_mm_{c}x8_{rows}_{n}_{nb * ACT_BLOCK}_{parts}" + "".join(f"_{d.lower()}" for d in defines)
     body = f"""
@@ -145,7 +145,12 @@ void {name}(float* restrict y, const uint8_t* restrict xq, const uint8_t* restri
   const eg_q8x* x = (const eg_q8x*)xq;
   for (int g = g0; g < g1; g++) {{
     const uint8_t* wg = w + (long)g * {group_bytes};
-    for (int m = 0; m < {rows}; m++) eg_dot8_{c}(wg, x + (long)m * {nb}, {nb}, y + (long)m * {n} + {GROUP} * g);
+    int m = 0;
+#ifdef EG_HAVE_DOT8X4_{c.upper()}
+    for (; m + 4 <= {rows}; m += 4)
+      eg_dot8x4_{c}(wg, x + (long)m * {nb}, {nb}, {nb}, y + (long)m * {n} + {GROUP} * g, {n});
+#endif
+    for (; m < {rows}; m++) eg_dot8_{c}(wg, x + (long)m * {nb}, {nb}, y + (long)m * {n} + {GROUP} * g);
   }}
 }}
 """

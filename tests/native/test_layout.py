@@ -9,7 +9,13 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from edgegen.runtime.native import layout
-from edgegen.runtime.native.layout import X8_HEADERS, interleave_pieces, interleave_rows, x8_supported
+from edgegen.runtime.native.layout import (
+    X8_HEADERS,
+    X8_HIGH_BITS,
+    interleave_pieces,
+    interleave_rows,
+    x8_supported,
+)
 from edgegen.runtime.native.source import matmul_kernel
 
 SLOT_OF_ROW = {0: (0, 0), 1: (0, 1), 4: (0, 2), 5: (0, 3), 2: (1, 0), 3: (1, 1), 6: (1, 2), 7: (1, 3)}  # (half, j)
@@ -24,8 +30,8 @@ def _random_rows(t: T, rows: int, blocks: int, seed: int = 0) -> np.ndarray:
 def test_every_byte_is_where_the_header_says(t: T) -> None:
     rows, blocks = 24, 3
     _, size = GGML_QUANT_SIZES[t]
-    head = X8_HEADERS[t]
-    chunks = (size - head) // 8
+    head, high = X8_HEADERS[t], X8_HIGH_BITS.get(t, 0)
+    chunks = (size - head - high) // 8
     raw = _random_rows(t, rows, blocks)
     out = interleave_rows(raw, t, rows).reshape(rows // 8, blocks, 8 * size)
     assert out.nbytes == raw.nbytes
@@ -38,9 +44,13 @@ def test_every_byte_is_where_the_header_says(t: T) -> None:
                     at = 16 * field + 2 * r
                     assert blk[at : at + 2].tolist() == src[2 * field : 2 * field + 2].tolist()
                 h, j = SLOT_OF_ROW[r]
+                if high:  # Q5's fifth bits: the row's 4 bytes whole, at its slot
+                    at = 8 * head + high * (4 * h + j)
+                    assert blk[at : at + high].tolist() == src[head : head + high].tolist()
                 for c in range(chunks):
-                    at = 8 * head + (h * chunks + c) * 32 + 8 * j
-                    assert blk[at : at + 8].tolist() == src[head + 8 * c : head + 8 * c + 8].tolist()
+                    at = 8 * (head + high) + (h * chunks + c) * 32 + 8 * j
+                    got, want = blk[at : at + 8], src[head + high + 8 * c : head + high + 8 * c + 8]
+                    assert got.tolist() == want.tolist()
 
 
 def test_pieces_join_to_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -158,19 +158,26 @@ EG_INLINE void eg_dot4_q8_0(const void* vw, const eg_q8x* x, int xs, int nb, flo
 }
 #undef EG_MUL
 
+/* Chunk c of a Q4_K/Q5_K block's quants: lo = sub-block 2c (low nibbles), hi = 2c+1 (high), with Q5_K's fifth bits
+ * (qh non-null; hb its 32 bytes: bit 2c and 2c+1 of each byte). */
+EG_INLINE void eg_unpack_q45_K(const uint8_t* qs, const uint8_t* qh, __m256i hb, int c, __m256i* lo, __m256i* hi) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+  __m256i bytes = eg_load32(qs + 32 * c);
+  *lo = _mm256_and_si256(bytes, m4); *hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
+  if (qh) {
+    *lo = _mm256_or_si256(*lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one), 4));
+    *hi = _mm256_or_si256(*hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one), 4));
+  }
+}
+
 /* Q4_K / Q5_K: 4 chunks of 64 weights, each one 32-byte load holding sub-blocks 2c (low nibbles) and 2c+1 (high) */
 EG_INLINE float eg_dot_q45_K(const uint8_t* scales, const uint8_t* qs, const uint8_t* qh, float d, float dmin,
                              const eg_q8x* xb, __m256* acc) {
-  const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
   __m256i hb = qh ? eg_load32(qh) : _mm256_setzero_si256();
   float mins = 0.0f;
   for (int c = 0; c < 4; c++) {
-    __m256i bytes = eg_load32(qs + 32 * c);
-    __m256i lo = _mm256_and_si256(bytes, m4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
-    if (qh) {
-      lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one), 4));
-      hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one), 4));
-    }
+    __m256i lo, hi;
+    eg_unpack_q45_K(qs, qh, hb, c, &lo, &hi);
     int sc0, m0, sc1, m1;
     eg_scale_min_k4(2 * c, scales, &sc0, &m0); eg_scale_min_k4(2 * c + 1, scales, &sc1, &m1);
     const eg_q8x* x0 = xb + 2 * c; const eg_q8x* x1 = x0 + 1;
@@ -197,34 +204,94 @@ EG_INLINE float eg_dot_q5_K(const void* vw, const eg_q8x* x, int nb) {
   return eg_hsum8(acc) - mins;
 }
 
+/* Prefill: one Q4_K/Q5_K super-block decoded once (nibbles, fifth bits, 6-bit scales) for 4 activation rows r, whose
+ * blocks are xs apart; the same sums per row as eg_dot_q45_K. */
+EG_INLINE void eg_dot4_q45_K(const uint8_t* scales, const uint8_t* qs, const uint8_t* qh, float d, float dmin,
+                             const eg_q8x* xb, int xs, __m256* acc, float* mins) {
+  __m256i hb = qh ? eg_load32(qh) : _mm256_setzero_si256();
+  for (int c = 0; c < 4; c++) {
+    __m256i lo, hi;
+    eg_unpack_q45_K(qs, qh, hb, c, &lo, &hi);
+    int sc0, m0, sc1, m1;
+    eg_scale_min_k4(2 * c, scales, &sc0, &m0); eg_scale_min_k4(2 * c + 1, scales, &sc1, &m1);
+    for (int r = 0; r < 4; r++) {
+      const eg_q8x* x0 = xb + (long)r * xs + 2 * c; const eg_q8x* x1 = x0 + 1;
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x0->d * (float)sc0), _mm256_cvtepi32_ps(eg_mul_sum_us8(lo, eg_load32(x0->qs))), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x1->d * (float)sc1), _mm256_cvtepi32_ps(eg_mul_sum_us8(hi, eg_load32(x1->qs))), acc[r]);
+      mins[r] += dmin * x0->d * (float)(m0 * (x0->bs[0] + x0->bs[1])) + dmin * x1->d * (float)(m1 * (x1->bs[0] + x1->bs[1]));
+    }
+  }
+}
+
+#define EG_DOT4_K(TYPE, QH)                                                                                    \
+  EG_INLINE void eg_dot4_##TYPE(const void* vw, const eg_q8x* x, int xs, int nb, float* y, int ystride) {      \
+    const eg_block_##TYPE* w = (const eg_block_##TYPE*)vw;                                                     \
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};      \
+    float mins[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                                                  \
+    for (int b = 0; b < nb; b++)                                                                               \
+      eg_dot4_q45_K(w[b].scales, w[b].qs, QH, EG_F16(w[b].d), EG_F16(w[b].dmin), x + 8 * b, xs, acc, mins);    \
+    for (int r = 0; r < 4; r++) y[r * ystride] = eg_hsum8(acc[r]) - mins[r];                                   \
+  }
+#define EG_HAVE_DOT4_Q4_K
+EG_DOT4_K(q4_K, 0)
+#define EG_HAVE_DOT4_Q5_K
+EG_DOT4_K(q5_K, w[b].qh)
+
 /* Q6_K: per activation block, maddubs gives 16 pair sums (lanes 0-7: weights 0-15, 8-15: weights 16-31); madd by
  * the two 16-weight scales sums them into int32; the -32 offset comes from the block's half sums. */
+/* Half h (128 weights) of a Q6_K block: q[k] the 6-bit quants (0..63) of its activation block k. */
+EG_INLINE void eg_unpack_q6_K(const eg_block_q6_K* w, int h, __m256i* q) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
+  __m256i l0 = eg_load32(w->ql + 64 * h), l1 = eg_load32(w->ql + 64 * h + 32), qh = eg_load32(w->qh + 32 * h);
+  q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+  q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+  q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+  q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+}
+
+/* One activation block xk against its 32 Q6_K quants q (two 16-weight scales sc): maddubs gives 16 pair sums, madd
+ * by the scales sums them into int32; the -32 offset comes from the block's half sums. */
+EG_INLINE void eg_q6_K_term(__m256i q, const int8_t* sc, float d, const eg_q8x* xk, __m256* acc, float* off) {
+  __m256i p16 = _mm256_maddubs_epi16(q, eg_load32(xk->qs));
+  __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+  float s = d * xk->d;
+  *acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, s16)), *acc);
+  *off += s * (float)(32 * (sc[0] * xk->bs[0] + sc[1] * xk->bs[1]));
+}
+
 #define EG_HAVE_Q6_K
 EG_INLINE float eg_dot_q6_K(const void* vw, const eg_q8x* x, int nb) {
   const eg_block_q6_K* w = (const eg_block_q6_K*)vw; __m256 acc = _mm256_setzero_ps(); float off = 0.0f;
-  const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
   for (int b = 0; b < nb; b++) {
     float d = EG_F16(w[b].d);
     for (int h = 0; h < 2; h++) {
-      __m256i l0 = eg_load32(w[b].ql + 64 * h), l1 = eg_load32(w[b].ql + 64 * h + 32), qh = eg_load32(w[b].qh + 32 * h);
       const int8_t* sc = w[b].scales + 8 * h;
       __m256i q[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
-      for (int k = 0; k < 4; k++) {
-        const eg_q8x* xk = x + 8 * b + 4 * h + k;
-        __m256i p16 = _mm256_maddubs_epi16(q[k], eg_load32(xk->qs));
-        __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
-        float s = d * xk->d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, s16)), acc);
-        off += s * (float)(32 * (sc[2 * k] * xk->bs[0] + sc[2 * k + 1] * xk->bs[1]));
-      }
+      eg_unpack_q6_K(w + b, h, q);
+      for (int k = 0; k < 4; k++) eg_q6_K_term(q[k], sc + 2 * k, d, x + 8 * b + 4 * h + k, &acc, &off);
     }
   }
   return eg_hsum8(acc) - off;
+}
+
+/* Prefill: one Q6_K super-block decoded once for 4 activation rows; the same sums per row as eg_dot_q6_K. */
+#define EG_HAVE_DOT4_Q6_K
+EG_INLINE void eg_dot4_q6_K(const void* vw, const eg_q8x* x, int xs, int nb, float* y, int ystride) {
+  const eg_block_q6_K* w = (const eg_block_q6_K*)vw;
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  float off[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int b = 0; b < nb; b++) {
+    float d = EG_F16(w[b].d);
+    for (int h = 0; h < 2; h++) {
+      const int8_t* sc = w[b].scales + 8 * h;
+      __m256i q[4];
+      eg_unpack_q6_K(w + b, h, q);
+      for (int k = 0; k < 4; k++)
+        for (int r = 0; r < 4; r++) eg_q6_K_term(q[k], sc + 2 * k, d, x + (long)r * xs + 8 * b + 4 * h + k, acc + r, off + r);
+    }
+  }
+  for (int r = 0; r < 4; r++) y[r * ystride] = eg_hsum8(acc[r]) - off[r];
 }
 #endif
