@@ -46,10 +46,11 @@ class GGUFWeights:
                 raise ArtifactError(
                     f"{self.mf.path.name}: tensor {info.name} has shape {info.shape}, expected {(out, in_features)}"
                 )
+        release = self.mf.release_span
         if len({i.ggml_type for i in infos}) == 1:
-            layers = [pack_linear(infos, self.device, self.native_parts)]
+            layers = [pack_linear(infos, self.device, self.native_parts, release)]
         else:
-            layers = [pack_linear(i, self.device, self.native_parts) for i in infos]
+            layers = [pack_linear(i, self.device, self.native_parts, release) for i in infos]
         for layer in layers:
             self.layers[layer.name] = layer
         self.mf.release_pages()  # the packed copy is on the device now; keep RSS to one copy while loading

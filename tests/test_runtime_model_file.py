@@ -34,3 +34,23 @@ def test_parser_matches_gguf_reader(which, tiny_q4_path):
         assert mine.ggml_type == t.tensor_type and mine.shape == tuple(reversed(t.shape.tolist()))
         assert np.array_equal(np.asarray(mine.data).view(np.uint8).reshape(-1),
                               np.asarray(t.data).view(np.uint8).reshape(-1))
+
+
+def _rss_file_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_release_span_drops_the_pages_of_a_tensor_and_keeps_its_bytes():
+    """A tensor's file pages, all touched (as packing it does), leave the resident set when its rows are released;
+    reading it again faults the same bytes back. A span outside the mapping, or inside one page, is left alone."""
+    mf = open_model(default_model_path())
+    data = np.asarray(mf.tensors["token_embd.weight"].data).view(np.uint8).reshape(-1)  # 28 MB, Q8_0
+    checksum = int(data.sum(dtype=np.uint64))  # touches every page
+    before = _rss_file_kb()
+    mf.release_span(data[:100])  # less than a page: nothing whole to drop
+    mf.release_span(np.zeros(1 << 20, np.uint8))  # not in the mapping
+    assert _rss_file_kb() > before - 1024
+    mf.release_span(data)
+    assert _rss_file_kb() < before - data.nbytes // 1024 * 3 // 4, "the tensor's pages stayed resident"
+    assert int(data.sum(dtype=np.uint64)) == checksum

@@ -93,6 +93,21 @@ class ModelFile:
         if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             mm.madvise(mmap.MADV_DONTNEED)
 
+    def release_span(self, view: np.ndarray) -> None:
+        """Drop the resident pages under `view`, a part of the mapping (a tensor's rows) already copied elsewhere,
+        so a tensor rewritten piece by piece never has all its file pages resident (Gemma 3's 170 MB embedding);
+        pages partly outside it stay. Anything not in the mapping is left alone."""
+        mm = getattr(self.mapping, "_mmap", None)
+        if mm is None or self.mapping is None or not hasattr(mmap, "MADV_DONTNEED") or view.size == 0:
+            return
+        offset = view.ctypes.data - self.mapping.ctypes.data
+        if offset < 0 or offset + view.nbytes > self.mapping.nbytes:
+            return
+        first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the span only
+        last = (offset + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
 

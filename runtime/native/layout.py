@@ -9,7 +9,7 @@ portable C one would run, slower than the NEON row kernels, so ARM keeps the row
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES
@@ -37,8 +37,10 @@ def interleave_rows(raw: np.ndarray, ggml_type: T, out_features: int) -> np.ndar
     return np.concatenate(list(interleave_pieces(raw, ggml_type, out_features)))
 
 
-def interleave_pieces(raw: np.ndarray, ggml_type: T, out_features: int) -> Iterator[np.ndarray]:
-    """The x8 layout of `raw` in consecutive flat uint8 pieces of at most GROUPS_PER_PIECE groups each."""
+def interleave_pieces(raw: np.ndarray, ggml_type: T, out_features: int,
+                      done: Callable[[np.ndarray], None] | None = None) -> Iterator[np.ndarray]:
+    """The x8 layout of `raw` in consecutive flat uint8 pieces of at most GROUPS_PER_PIECE groups each; `done` gets
+    each piece's source rows once the consumer has taken the piece (to drop their file pages)."""
     if ggml_type not in X8_HEADERS:
         raise ValueError(f"no x8 layout for {ggml_type.name}")
     if out_features % GROUP:
@@ -62,3 +64,5 @@ def interleave_pieces(raw: np.ndarray, ggml_type: T, out_features: int) -> Itera
         q = r[:, ROW_ORDER, :, head + high :].reshape(g1 - g0, 2, 4, nb, chunks, CHUNK).transpose(0, 3, 1, 4, 2, 5)
         parts = [scales.reshape(g1 - g0, nb, -1), bits.reshape(g1 - g0, nb, -1), q.reshape(g1 - g0, nb, -1)]
         yield np.concatenate(parts, axis=2).reshape(-1)
+        if done is not None:
+            done(rows[GROUP * g0 : GROUP * g1])

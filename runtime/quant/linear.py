@@ -153,7 +153,8 @@ def _packed_arrays(info: TensorInfo) -> dict[str, np.ndarray]:
     return FORMATS[t].repack(raw)
 
 
-def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None, native_parts: int = 0) -> PackedLinear:
+def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None, native_parts: int = 0,
+                release: Callable[[np.ndarray], None] | None = None) -> PackedLinear:
     """Repack GGUF weight matrices for the device. Rows stay packed; only the block layout changes.
 
     native_parts > 0 asks for the hand-written CPU kernels (runtime.native) with that many row partitions: where
@@ -163,6 +164,8 @@ def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None,
     Several tensors of one type and input size (Q, K and V; gate and up) become one layer with their rows
     concatenated, so one kernel computes all of them: fewer kernels per decode step, each costing a fixed
     dispatch overhead (~90 us measured on this CPU backend).
+
+    release(rows): called with parts of the tensors' data once they are on the device (ModelFile.release_span).
     """
     infos = [infos] if isinstance(infos, TensorInfo) else list(infos)
     first = infos[0]
@@ -180,7 +183,7 @@ def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None,
             out = sum(i.shape[0] for i in infos)
             name = "+".join(i.name for i in infos)
             if x8_supported(first.ggml_type, out):  # rewritten piece by piece into the device buffer
-                packed = device_bytes(raw.nbytes, interleave_pieces(raw, first.ggml_type, out), device)
+                packed = device_bytes(raw.nbytes, interleave_pieces(raw, first.ggml_type, out, release), device)
                 return PackedLinear(name, first.ggml_type, out, first.shape[1], {"x8": packed}, native_parts)
             return PackedLinear(name, first.ggml_type, out, first.shape[1], {"raw": device_tensor(raw, device)},
                                 native_parts)

@@ -57,9 +57,14 @@ def test_pieces_join_to_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = _random_rows(T.Q4_1, 8 * 7, 2, seed=1)
     whole = interleave_rows(raw, T.Q4_1, 8 * 7)
     monkeypatch.setattr(layout, "GROUPS_PER_PIECE", 3)
-    pieces = list(interleave_pieces(raw, T.Q4_1, 8 * 7))
+    sources: list[np.ndarray] = []
+    pieces = []
+    for piece in interleave_pieces(raw, T.Q4_1, 8 * 7, sources.append):
+        assert len(sources) == len(pieces)  # a piece's source rows are handed on only once it has been taken
+        pieces.append(piece)
     assert [p.nbytes for p in pieces] == [3 * 8 * 40, 3 * 8 * 40, 8 * 40]
     assert np.array_equal(np.concatenate(pieces), whole)
+    assert np.array_equal(np.concatenate(sources), raw)  # every row released once, in order
 
 
 def test_used_only_where_the_kernels_have_it() -> None:
