@@ -153,3 +153,21 @@ def test_bad_special_metadata(extra, needle):
         del meta["tokenizer.ggml.bos_token_id"]
     with pytest.raises(ArtifactError, match="m.gguf: " + needle.replace(".", r"\.")):
         tokenizer_from_metadata(meta, "m.gguf")
+
+
+@pytest.mark.parametrize("longest", [5, 118, 119, 300], ids=["short", "118-bytes", "119-bytes", "300-bytes"])
+def test_spm_pieces_are_the_bytes_protobuf_writes(longest):
+    """The numpy serialization of SentencePiece pieces is byte for byte protobuf's (pieces up to 118 bytes), and
+    pieces past that go through protobuf itself; unknown GGUF token types become NORMAL, as before."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from edgegen.runtime.artifact.tokenizer import spm_pieces
+
+    tokens = ["<unk>", "<s>", "▁the", "é", "日本", "", "x" * longest, "<0x0A>"]
+    scores = [0.0, -0.0, -1.5, 3.25e-7, -1e30, 2.0, -7.0, 0.0]
+    types = [2, 3, 1, 1, 4, 5, 0, 6]  # 0: not a token type SentencePiece has
+    proto = pb.ModelProto()
+    for piece, score, kind in zip(tokens, scores, types):
+        p = proto.pieces.add()
+        p.piece, p.score, p.type = piece, score, kind if 1 <= kind <= 6 else 1
+    assert spm_pieces(tokens, scores, types) == proto.SerializeToString()
