@@ -24,9 +24,10 @@ class KernelOptions:
     an error on a backend other than the CPU), "auto" (native on the CPU backend, tinygrad's elsewhere).
     threads: threads that run a decode or prefill step on the CPU; None: every core the process may use.
 
-    The default stays on tinygrad's kernels until the hand-written ones agree with llama.cpp as the issue asks
-    (measured 94.8% teacher-forced top-1 on SmolLM2 Q4_1, not 99%; one greedy chat answer of SmolLM2 changes,
-    docs/KERNELS.md): they are the faster path, chosen with --kernels native."""
+    The default stays on tinygrad's kernels, which reproduce the float reference: the hand-written ones do
+    llama.cpp's arithmetic (8-bit activations) and answer as llama.cpp does, which on SmolLM2 Q4_1 flips a near tie
+    in a greedy chat answer (docs/KERNELS.md). They are the fast path (1.5-1.7x llama.cpp's decode), chosen with
+    --kernels native or auto."""
 
     kernels: str = "tinygrad"
     threads: int | None = None
