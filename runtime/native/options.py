@@ -26,7 +26,7 @@ class KernelOptions:
 
     The default stays on tinygrad's kernels, which reproduce the float reference: the hand-written ones do
     llama.cpp's arithmetic (8-bit activations) and answer as llama.cpp does, which on SmolLM2 Q4_1 flips a near tie
-    in a greedy chat answer (docs/KERNELS.md). They are the fast path (1.5-1.7x llama.cpp's decode), chosen with
+    in a greedy chat answer (docs/KERNELS.md). They are the fast path (1.3-1.65x llama.cpp's decode), chosen with
     --kernels native or auto."""
 
     kernels: str = "tinygrad"

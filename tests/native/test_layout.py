@@ -16,7 +16,7 @@ from edgegen.runtime.native.layout import (
     interleave_rows,
     x8_supported,
 )
-from edgegen.runtime.native.source import matmul_kernel
+from edgegen.runtime.native.source import matmul_kernel, quantize_kernel
 
 SLOT_OF_ROW = {0: (0, 0), 1: (0, 1), 4: (0, 2), 5: (0, 3), 2: (1, 0), 3: (1, 1), 6: (1, 2), 7: (1, 3)}  # (half, j)
 
@@ -85,3 +85,5 @@ def test_bad_layouts_are_refused_with_the_reason() -> None:
         matmul_kernel(T.Q8_0, 1, 12, 64, 1, layout="x8")
     with pytest.raises(ValueError, match="unknown weight layout 'x9'"):
         matmul_kernel(T.Q8_0, 1, 16, 64, 1, layout="x9")
+    with pytest.raises(ValueError, match="unknown row operation 'tanh'"):
+        quantize_kernel(1, 64, 1, pre="tanh")
