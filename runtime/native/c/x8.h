@@ -79,7 +79,6 @@ EG_INLINE void eg_dot8_q8_0_portable(const uint8_t* w, const eg_q8x* x, int nb, 
 
 /* ---- AVX2 ----------------------------------------------------------------------------------------------------- */
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(EG_PORTABLE)
-#define EG_HAVE_DOT8
 
 EG_INLINE __m256i eg_bcast8(const int8_t* p) { return _mm256_set1_epi64x(*(const long long*)p); }
 
