@@ -45,15 +45,18 @@ def _prelude(defines: tuple[str, ...]) -> str:
 #   "gelu_tanh" GeGLU with tanh GELU: 0.5 g (1 + tanh(sqrt(2/pi) g (1 + 0.044715 g^2))) * up (ggml_gelu)
 # Folding the norm or the gate into the quantization saves the kernels that wrote the float row and read it back.
 PRE_OPS = ("", "rms", "silu", "gelu_tanh")
+# per row: the C that prepares the row operation (pointers, the norm's scale); per block: the loop that writes the 32
+# values to quantize into t
+_GATE_ROW = "    const float* g = x + (long)r * {k2}; const float* u = g + {k};\n"
 _PRE_ROW = {
-    "": ("", "x + (long)r * {k}"),
-    "rms": ("""    const float* xr = x + (long)r * {k};
+    "": "",
+    "rms": """    const float* xr = x + (long)r * {k};
     double ss = 0.0;  /* ggml_compute_forward_rms_norm_f32 sums the squares in ggml_float */
     for (int i = 0; i < {k}; i++) ss += (double)(xr[i] * xr[i]);
     float mean = (float)(ss / {k}), scale = 1.0f / __builtin_sqrtf(mean + {eps!r}f);
-""", "t"),
-    "silu": ("    const float* g = x + (long)r * {k2}; const float* u = g + {k};\n", "t"),
-    "gelu_tanh": ("    const float* g = x + (long)r * {k2}; const float* u = g + {k};\n", "t"),
+""",
+    "silu": _GATE_ROW,
+    "gelu_tanh": _GATE_ROW,
 }
 _PRE_BLOCK = {
     "": "",
@@ -78,10 +81,10 @@ def quantize_kernel(rows: int, k: int, parts: int, defines: tuple[str, ...] = ()
     tag = f"{pre}_" if pre != "rms" else f"rms{eps:.0e}_".replace("-", "m").replace("+", "")
     name = f"eg_quant_{tag if pre else ''}{rows}_{k}_{parts}" + "".join(f"_{d.lower()}" for d in defines)
     nb = k // ACT_BLOCK
-    row, src = (part.format(k=k, k2=2 * k, eps=float(eps)) for part in _PRE_ROW[pre])
+    row = _PRE_ROW[pre].format(k=k, k2=2 * k, eps=float(eps))
     block = _PRE_BLOCK[pre].format(b=ACT_BLOCK)
     args = "const float* restrict x, const float* restrict w" if pre == "rms" else "const float* restrict x"
-    src_block = f"{src} + {ACT_BLOCK} * b" if not pre else "t"
+    src_block = "t" if pre else f"x + (long)r * {k} + {ACT_BLOCK} * b"
     body = f"""
 void {name}(uint8_t* restrict out, {args}, int core_id) {{
   int r0 = (int)((long)core_id * {rows} / {parts}), r1 = (int)((long)(core_id + 1) * {rows} / {parts});
