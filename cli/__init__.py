@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(type(e), "exit_code", None)
         if code is None:
             raise
-        print(f"edgegen {head.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split("\n"))  # one line, whatever a message quotes
+        print(f"edgegen {head.command}: error: {message}", file=sys.stderr)
         return int(code)
 
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from edgegen.cli.flags import add_json_flag, add_model_argument
+from edgegen.runtime.errors import ArtifactError
 from edgegen.runtime.model_info import ARRAY_SUMMARY_RE, describe
 
 MAX_VALUE_CHARS = 80  # a metadata value longer than this is cut in the text listing (chat templates, long names)
@@ -50,10 +53,15 @@ def format_info(info: dict, tensors: bool = False, metadata: bool = False) -> st
 
 
 def run(args: argparse.Namespace) -> int:
+    """Describe the file; a malformed one (not merely unsupported here) is still described, then refused as an error
+    (exit 2) naming its first problem, as `generate` would refuse it."""
     info = describe(args.model)
     if args.json:
         drop = {k for k, wanted in (("tensors", args.tensors), ("metadata", args.metadata)) if not wanted}
         print(json.dumps({k: v for k, v in info.items() if k not in drop}, indent=2))
-        return 0
-    print(format_info(info, tensors=args.tensors, metadata=args.metadata))
+    else:
+        print(format_info(info, tensors=args.tensors, metadata=args.metadata))
+    if info["problems"]:
+        sys.stdout.flush()
+        raise ArtifactError(f"{Path(info['path']).name}: {info['problems'][0]}")
     return 0

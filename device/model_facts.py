@@ -101,7 +101,7 @@ def facts_from_header(path: str, metadata: Mapping[str, Any], tensors: tuple[Ten
     try:
         cfg = config_from_metadata(metadata, repr(path), embed.n_rows if embed is not None else None)
     except ArtifactError as e:
-        raise DeviceError(f"{e}: the planner needs a decoder's attention shape") from None
+        raise DeviceError(str(e)) from None  # names the file, the key and what was expected
     return ModelFacts(
         path=path, architecture=cfg.architecture, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
         n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, dim=cfg.dim, hidden_dim=cfg.hidden_dim,

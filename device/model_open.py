@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from edgegen.device.model_facts import ModelFacts, facts_from_model_file
 from edgegen.runtime.artifact.constants import TEXT_ARCHITECTURES
 from edgegen.runtime.artifact.reader import open_gguf, runnable_reason
+from edgegen.runtime.artifact.validate import malformed_problems
 
 
 @dataclass(frozen=True)
@@ -27,4 +28,6 @@ def open_model_facts(model: str) -> OpenedModel:
     mf = open_gguf(model)
     facts = facts_from_model_file(mf)
     reason = runnable_reason(mf, TEXT_ARCHITECTURES)  # plan and bench are about text generation
-    return OpenedModel(facts, reason, reason is not None and mf.architecture in TEXT_ARCHITECTURES and bool(mf.tensors))
+    fixable = (reason is not None and mf.architecture in TEXT_ARCHITECTURES and bool(mf.tensors)
+               and not malformed_problems(mf))  # re-quantizing fixes tensor types, not a broken file
+    return OpenedModel(facts, reason, fixable)

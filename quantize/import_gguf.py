@@ -10,6 +10,7 @@ from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
 from edgegen.runtime.artifact.constants import IMAGE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, GGUFValueType, Key
 from edgegen.runtime.artifact.reader import ModelFile, dequantize_tensor, open_gguf
+from edgegen.runtime.artifact.validate import check_file
 from edgegen.runtime.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,10 @@ def load_gguf(path: Path) -> ModelSource:
     """
     try:
         mf = open_gguf(path)
+        check_architecture(path, mf.architecture)  # before dequantizing: that is the work
+        check_file(mf)  # hyperparameters, tensor shapes, tokenizer: a broken file's facts are not carried forward
     except ArtifactError as e:
         raise QuantizeError(str(e)) from None
-    check_architecture(path, mf.architecture)  # before dequantizing: that is the work
     metadata = read_metadata(mf)
     if mf.architecture not in IMAGE_ARCHITECTURES:  # image models have no tokenizer
         check_tokenizer(path, metadata)

@@ -87,8 +87,11 @@ def check_source(path: Path) -> None:
     elif path.is_file():
         from edgegen.quantize.import_gguf import check_architecture
         from edgegen.runtime.artifact.reader import open_gguf
+        from edgegen.runtime.artifact.validate import check_file
 
-        check_architecture(path, open_gguf(path).architecture)
+        mf = open_gguf(path)
+        check_architecture(path, mf.architecture)
+        check_file(mf)
 
 
 def check_onnx_output(output: str, source: str) -> Path:

@@ -17,3 +17,16 @@ class GenerationError(EdgegenRuntimeError):
 
 class OnnxModelError(EdgegenRuntimeError):
     """An ONNX file or input that edgegen cannot run: not ONNX, opset too old, an unsupported op, a bad input."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value from a file as an error message quotes it: repr (so control characters and newlines are escaped and
+    the message stays one line), cut to `limit` characters: a corrupt file's 'name' may be megabytes of bytes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_name(name: str) -> str:
+    """A tensor or key name as a message prints it: as it is when printable (the usual case, `blk.0.ffn_up.weight`),
+    else shown()."""
+    return name if name.isprintable() and len(name) <= 64 else shown(name)

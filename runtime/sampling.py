@@ -65,6 +65,8 @@ class Sampler:
     def __call__(self, logits: np.ndarray, context: list[int]) -> int:
         p = self.params
         logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+        if not math.isfinite(float(logits.sum())):  # one pass; NaN or inf anywhere makes the sum non-finite
+            raise GenerationError("the model computed non-finite logits (NaN or infinity): its weights are corrupt")
         if p.repetition_penalty != 1.0 and context:
             seen = np.unique(np.asarray(context, dtype=np.int64))
             vals = logits[seen]

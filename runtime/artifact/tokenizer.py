@@ -18,7 +18,7 @@ from gguf.constants import TokenType
 
 from edgegen.runtime.artifact.constants import Key
 from edgegen.runtime.artifact.pretokenizer import PreTokenizerRule, hf_pre_tokenizer, pre_tokenizer_rule
-from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.errors import ArtifactError, shown
 
 if TYPE_CHECKING:
     from edgegen.runtime.artifact.reader import ModelFile
@@ -210,6 +210,12 @@ class SentencePieceTokenizer:
         tokens: list[str] = _require(metadata, Key.TOKENS, source)
         scores = list(metadata.get(Key.SCORES) or [0.0] * len(tokens))
         types = list(metadata.get(Key.TOKEN_TYPE) or [TOKEN_NORMAL] * len(tokens))
+        if TOKEN_UNKNOWN not in types and tokens:
+            # SentencePiece refuses a vocabulary without an unknown piece ("unk is not defined"); llama.cpp needs no
+            # type for it and takes tokenizer.ggml.unknown_token_id, 0 by default
+            unk = metadata.get(Key.UNK_ID)
+            types[unk if isinstance(unk, int) and not isinstance(unk, bool) and 0 <= unk < len(tokens) else 0] = \
+                TOKEN_UNKNOWN
         proto = pb.ModelProto()
         proto.trainer_spec.model_type = pb.TrainerSpec.BPE
         proto.trainer_spec.vocab_size = len(tokens)
@@ -334,17 +340,17 @@ def _merge_pair(merge: str) -> tuple[str, str] | None:
 
 
 def _token_id(metadata: Mapping[str, Any], key: str, n_tokens: int, default: int | None, source: str) -> int | None:
-    """A special token id from the file; like llama.cpp, an id outside the vocabulary is ignored with a warning."""
+    """A special token id from the file; like llama.cpp, an id outside the vocabulary is ignored."""
     if default is not None and default >= n_tokens:
         default = None
     if key not in metadata:
         return default
     value = metadata[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ArtifactError(f"{source}: {key} is {value!r}, expected a token id (an integer)")
-    if not 0 <= value < n_tokens:
-        log.warning("%s: %s = %d is outside the vocabulary (%d tokens), using %s", source, key, value, n_tokens,
-                    default)
+        raise ArtifactError(f"{source}: {key} is {shown(value)}, expected a token id (an integer)")
+    if not 0 <= value < n_tokens:  # artifact.validate.check_model gave the one notice for it
+        log.debug("%s: %s = %d is outside the vocabulary (%d tokens), using %s", source, key, value, n_tokens,
+                  default)
         return default
     return value
 
@@ -352,7 +358,7 @@ def _token_id(metadata: Mapping[str, Any], key: str, n_tokens: int, default: int
 def _flag(metadata: Mapping[str, Any], key: str, default: bool, source: str) -> bool:
     value = metadata.get(key, default)
     if not isinstance(value, bool):
-        raise ArtifactError(f"{source}: {key} is {value!r}, expected true or false")
+        raise ArtifactError(f"{source}: {key} is {shown(value)}, expected true or false")
     return value
 
 
@@ -366,13 +372,21 @@ def tokenizer_from_metadata(metadata: Mapping[str, Any], source: str = "model"
                             ) -> BPETokenizer | SentencePieceTokenizer:
     """The tokenizer a GGUF file's `tokenizer.*` keys describe; `source` names the file in errors."""
     kind = metadata.get(Key.TOKENIZER_MODEL)
-    if kind == "gpt2":
-        return BPETokenizer(metadata, source)
-    if kind == "llama":
-        return SentencePieceTokenizer(metadata, source)
+    builders: dict[str, type[BPETokenizer] | type[SentencePieceTokenizer]] = {
+        "gpt2": BPETokenizer, "llama": SentencePieceTokenizer}
+    if kind in builders:
+        try:
+            return builders[kind](metadata, source)
+        except ArtifactError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the libraries raise bare Exception/RuntimeError on a bad vocabulary
+            detail = " ".join(str(e).split()) or type(e).__name__
+            raise ArtifactError(f"{source}: the tokenizer in {Key.TOKENS!r} and the keys beside it cannot be built "
+                                f"({'tokenizers' if kind == 'gpt2' else 'sentencepiece'}: {detail})") from None
     if kind is None:
         raise ArtifactError(f"{source}: the file carries no tokenizer ({Key.TOKENIZER_MODEL} is missing)")
-    raise ArtifactError(f"{source}: unsupported tokenizer model {kind!r} (supported: {', '.join(TOKENIZER_MODELS)})")
+    raise ArtifactError(f"{source}: unsupported tokenizer model {shown(kind)} "
+                        f"(supported: {', '.join(TOKENIZER_MODELS)})")
 
 
 def load_tokenizer(mf: ModelFile) -> BPETokenizer | SentencePieceTokenizer:

@@ -8,6 +8,8 @@ kernel, which lets the compiler unroll and keeps the argument list to buffers an
 from __future__ import annotations
 
 import functools
+import math
+import struct
 from importlib import resources
 
 from gguf import GGML_QUANT_SIZES
@@ -33,6 +35,25 @@ def headers() -> str:
     return "\n".join((folder / h).read_text() for h in HEADERS)
 
 
+def c_float(value: float, what: str) -> str:
+    """`value` as a C float literal that any finite float32 compiles to exactly: the float32 it rounds to, written in
+    hexadecimal (C99 "0x1.4f8b58p-17f"), as a decimal to-float conversion would also round it. NaN, infinities and
+    values beyond float32 are refused here, before any source is built, naming `what`: a file's epsilon of NaN once
+    became the token `nanf` and a clang error."""
+    try:
+        f32 = struct.unpack("<f", struct.pack("<f", float(value)))[0]
+    except OverflowError:  # finite as a double, beyond float32
+        f32 = math.inf
+    if not math.isfinite(f32):
+        raise ValueError(f"{what} is {value!r}, expected a finite float32")
+    return f32.hex() + "f"
+
+
+def c_float_tag(value: float) -> str:
+    """A kernel-name fragment for a float constant: its float32 bits, so two epsilons never share a name."""
+    return struct.pack(">f", float(value)).hex()
+
+
 def _prelude(defines: tuple[str, ...]) -> str:
     return "".join(f"#define {d} 1\n" for d in defines) + headers()
 
@@ -53,7 +74,7 @@ _PRE_ROW = {
     "rms": """    const float* xr = x + (long)r * {k};
     double ss = 0.0;  /* ggml_compute_forward_rms_norm_f32 sums the squares in ggml_float */
     for (int i = 0; i < {k}; i++) ss += (double)(xr[i] * xr[i]);
-    float mean = (float)(ss / {k}), scale = 1.0f / __builtin_sqrtf(mean + {eps!r}f);
+    float mean = (float)(ss / {k}), scale = 1.0f / __builtin_sqrtf(mean + {eps});
 """,
     "silu": _GATE_ROW,
     "gelu_tanh": _GATE_ROW,
@@ -78,10 +99,11 @@ def quantize_kernel(rows: int, k: int, parts: int, defines: tuple[str, ...] = ()
         raise ValueError(f"activation width {k} is not a multiple of {ACT_BLOCK}")
     if pre not in PRE_OPS:
         raise ValueError(f"unknown row operation {pre!r} (one of {', '.join(repr(p) for p in PRE_OPS)})")
-    tag = f"{pre}_" if pre != "rms" else f"rms{eps:.0e}_".replace("-", "m").replace("+", "")
+    eps_c = c_float(eps, "the RMSNorm epsilon") if pre == "rms" else ""
+    tag = f"{pre}_" if pre != "rms" else f"rms{c_float_tag(eps)}_"
     name = f"eg_quant_{tag if pre else ''}{rows}_{k}_{parts}" + "".join(f"_{d.lower()}" for d in defines)
     nb = k // ACT_BLOCK
-    row = _PRE_ROW[pre].format(k=k, k2=2 * k, eps=float(eps))
+    row = _PRE_ROW[pre].format(k=k, k2=2 * k, eps=eps_c)
     block = _PRE_BLOCK[pre].format(b=ACT_BLOCK)
     args = "const float* restrict x, const float* restrict w" if pre == "rms" else "const float* restrict x"
     src_block = "t" if pre else f"x + (long)r * {k} + {ACT_BLOCK} * b"
@@ -193,7 +215,7 @@ void {name}(float* restrict out, const float* restrict q, const uint16_t* restri
     const uint16_t* V = kv + (long)({kv_heads} + g) * {context * head_dim};
     float m = -3.0e38f;
     for (int j = lo; j <= pos; j++) {{
-      float s = eg_dotf_h(qh, K + (long)j * {head_dim}, {head_dim}) * {scale!r}f;
+      float s = eg_dotf_h(qh, K + (long)j * {head_dim}, {head_dim}) * {c_float(scale, 'the attention scale')};
       sc[j] = s; if (s > m) m = s;
     }}
     double l = 0.0;  /* ggml_vec_soft_max_f32 sums in ggml_float (double) */

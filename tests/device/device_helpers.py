@@ -33,6 +33,10 @@ def write_sparse_llama(path: Path, qtype: Q = Q.Q4_0, dim: int = 4096, n_layers:
     w.add_head_count(n_heads)
     w.add_head_count_kv(n_kv_heads)
     w.add_vocab_size(vocab)
+    w.add_tokenizer_model("llama")  # a SentencePiece vocabulary of one piece per embedding row, as a real file has
+    w.add_token_list([f"<t{i}>" for i in range(vocab)])
+    w.add_token_scores([0.0] * vocab)
+    w.add_token_types([1] * vocab)
     block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
     total = 0
 
@@ -40,12 +44,12 @@ def write_sparse_llama(path: Path, qtype: Q = Q.Q4_0, dim: int = 4096, n_layers:
         nonlocal total
         nbytes = rows * cols // block * block_bytes
         w.add_tensor_info(name, (rows, cols // block * block_bytes), np.dtype(np.uint8), nbytes, raw_dtype=qtype)
-        total += nbytes + 32  # 32: gguf's default alignment padding, at most
+        total += -(-nbytes // 32) * 32  # padded to gguf's default alignment, as the writer pads it
 
     def vector(name: str, n: int) -> None:
         nonlocal total
         w.add_tensor_info(name, (n,), np.dtype(np.float32), n * 4)
-        total += n * 4 + 32
+        total += -(-n * 4 // 32) * 32
 
     head_dim = dim // n_heads
     matrix("token_embd.weight", vocab, dim)
@@ -66,7 +70,8 @@ def write_sparse_llama(path: Path, qtype: Q = Q.Q4_0, dim: int = 4096, n_layers:
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     w.close()
-    os.truncate(path, os.path.getsize(path) + total)  # a hole: no disk blocks are written
+    data_start = -(-os.path.getsize(path) // 32) * 32  # the data section starts aligned after the header
+    os.truncate(path, data_start + total)  # a hole: no disk blocks are written
     return path
 
 

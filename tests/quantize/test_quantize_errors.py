@@ -13,6 +13,7 @@ from conftest import tiny_tensors, write_tiny_gguf
 from gguf import GGMLQuantizationType, GGUFWriter
 
 import edgegen.cli as edgegen_cli
+from edgegen.runtime.errors import ArtifactError
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -60,7 +61,12 @@ def test_gguf_tensor_type_gguf_py_cannot_dequantize(capsys, tmp_path, out_dir):
     w.write_tensors_to_file()
     w.close()
     code, err = run_cli(capsys, "quantize", str(src), "--recipe", "w8", "-o", str(out_dir / "m.gguf"))
-    assert_failed(code, err, out_dir, "tensor token_embd.weight has type Q8_1, which gguf-py cannot dequantize")
+    # the file states no decoder shape: the validation pass refuses it before any tensor is dequantized
+    assert_failed(code, err, out_dir, "metadata key 'llama.attention.head_count' is missing")
+    from edgegen.runtime.artifact.reader import dequantize_tensor, open_gguf
+
+    with pytest.raises(ArtifactError, match="tensor token_embd.weight has type Q8_1, which gguf-py cannot dequantize"):
+        dequantize_tensor(open_gguf(src).tensors["token_embd.weight"])
 
 
 def test_hf_folder_with_unsupported_tensor(capsys, tmp_path, out_dir):
@@ -82,7 +88,7 @@ def test_gguf_without_tokenizer(capsys, tmp_path, out_dir):
     src = write_tiny_gguf(tmp_path / "notok.gguf", tiny_tensors(), with_tokenizer=False)
     code, err = run_cli(capsys, "quantize", str(src), "--recipe", "w8", "-o", str(out_dir / "m.gguf"))
     assert_failed(code, err, out_dir,
-                  "no tokenizer in the source (missing tokenizer.ggml.model, tokenizer.ggml.tokens)")
+                  "the file carries no tokenizer ('tokenizer.ggml.model' is missing)")
 
 
 def test_hf_folder_without_tokenizer(capsys, tmp_path, out_dir):
