@@ -141,7 +141,27 @@ class Outputs:
         for pre, (x, extra) in PRE_CASES.items():
             pname, psrc = quantize_kernel(QUANT_ROWS, K, PARTS, variant.defines, pre, EPS)
             jobs.append((pname, Job(psrc, (x, *extra), QUANT_ROWS * K // 32 * ACT_BLOCK_BYTES, PARTS)))
+        # Each activation row alone (decode) and each query alone at its position: the batched kernels must give
+        # these bits exactly (a request's tokens may not depend on what it was batched with, or prefill vs decode).
+        n_batched = len(jobs)
+        for t, layout in KERNELS:
+            case = matmul_case(t)
+            raw = interleave_rows(case.raw, t, N) if layout == "x8" else case.raw
+            mname, msrc = matmul_kernel(t, 1, N, K, PARTS, variant.defines, layout)
+            jobs += [(mname, Job(msrc, (reference.quantize(case.x[m:m + 1]), raw), N * 4, PARTS)) for m in range(ROWS)]
+        for case in ATTENTION_CASES.values():
+            for i in range(case.q.shape[0]):
+                one = AttentionCase(case.q[i:i + 1], case.kv, case.start + i, case.window)
+                aname, asrc = attention_case_kernel(one, variant.defines)
+                jobs.append((aname, Job(asrc, (one.q, one.kv.view(np.uint16)), one.q.nbytes, PARTS)))
         outs = run_qemu(variant, [j for _, j in jobs]) if variant.arch == "aarch64" else run_tinygrad(jobs)
+        singles, outs = outs[n_batched:], outs[:n_batched]
+        self.matmul_rows = {key: np.stack([np.frombuffer(singles.pop(0), np.float32) for _ in range(ROWS)])
+                            for key in KERNELS}
+        self.attention_rows = {
+            name: np.concatenate([np.frombuffer(singles.pop(0), np.float32).reshape(1, *case.q.shape[1:])
+                                  for _ in range(case.q.shape[0])])
+            for name, case in ATTENTION_CASES.items()}
         self.pre = {pre: np.frombuffer(o, reference.Q8X).reshape(QUANT_ROWS, K // 32)
                     for pre, o in zip(PRE_CASES, outs[len(outs) - len(PRE_CASES):], strict=True)}
         self.quant = dict(zip(QUANT_CASES, outs[:len(QUANT_CASES)], strict=True))
@@ -262,6 +282,23 @@ def test_attention_matches_reference(outputs: Outputs, variant: Variant, case: s
     want, magnitude = reference.attention(c.q, c.kv, c.start, c.window, c.scale)
     err = np.abs(outputs.attention[case] - want)
     assert (err <= FLOAT_SLACK * magnitude).all(), f"worst error {(err / magnitude).max():.3g} of the term scale"
+
+
+@pytest.mark.parametrize(("ggml_type", "layout"), KERNEL_PARAMS)
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_batched_rows_equal_each_row_alone(outputs: Outputs, variant: Variant, ggml_type: T, layout: str) -> None:
+    """Prefill (4 activation rows per weight block) and decode (one row) give every row the same bits: the float
+    sums per row run in the same order whatever the batch, so a prefill and a decode of one position agree."""
+    batched, alone = outputs.matmul[ggml_type, layout], outputs.matmul_rows[ggml_type, layout]
+    assert np.array_equal(batched.view(np.uint32), alone.view(np.uint32)), \
+        f"rows differ at {np.argwhere(batched != alone)[:4].tolist()}: max |diff| {np.abs(batched - alone).max():.3g}"
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
+def test_attention_queries_equal_each_query_alone(outputs: Outputs, variant: Variant, case: str) -> None:
+    batched, alone = outputs.attention[case], outputs.attention_rows[case]
+    assert np.array_equal(batched.view(np.uint32), alone.view(np.uint32)), f"max |diff| {np.abs(batched - alone).max()}"
 
 
 def test_attention_reference_is_softmax_attention() -> None:

@@ -135,29 +135,28 @@ EG_INLINE __m256 eg_x8_scales(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loa
     *acc = _mm256_fmadd_ps(_mm256_mul_ps(eg_x8_scales(blk), _mm256_set1_ps(xb->d)), _mm256_cvtepi32_ps(s), *acc); \
     if ((M) >= 0) *accm = _mm256_fmadd_ps(eg_x8_scales(blk + ((M) >= 0 ? (M) : 0)), _mm256_set1_ps(xb->s), *accm); \
   }                                                                                                             \
-  EG_INLINE void eg_dot8_##TYPE(const uint8_t* w, const eg_q8x* x, int nb, float* y) {                          \
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), am = _mm256_setzero_ps();                       \
+  /* R = 1 (decode) or 4 (prefill) activation rows xs blocks apart, each unpacked block shared by the R rows; per     \
+   * row two accumulators (even and odd blocks) and one for the minimum terms, in the same order whatever R, so a   \
+   * row's sums do not depend on its batch (a prefill and a decode of one position agree bit for bit). */          \
+  EG_INLINE void eg_dot8r_##TYPE(const uint8_t* w, const eg_q8x* x, int xs, int nb, float* y, int ystride,      \
+                                 const int R) {                                                                \
+    __m256 a0[4], a1[4], am[4];                                                                                 \
+    for (int r = 0; r < R; r++) { a0[r] = _mm256_setzero_ps(); a1[r] = _mm256_setzero_ps(); am[r] = _mm256_setzero_ps(); } \
     for (int b = 0; b < nb; b++) {                                                                              \
       const uint8_t* blk = w + (long)b * (BYTES);                                                               \
       __m256i v[8];                                                                                             \
       eg_x8_unpack((QH) >= 0 ? blk + ((QH) >= 0 ? (QH) : 0) : 0, blk + (QS), v);                                \
-      eg_x8_term_##TYPE(blk, v, x + b, (b & 1) ? &a1 : &a0, &am);                                               \
+      if (b & 1) { for (int r = 0; r < R; r++) eg_x8_term_##TYPE(blk, v, x + (long)r * xs + b, &a1[r], &am[r]); } \
+      else { for (int r = 0; r < R; r++) eg_x8_term_##TYPE(blk, v, x + (long)r * xs + b, &a0[r], &am[r]); }     \
     }                                                                                                           \
-    _mm256_storeu_ps(y, _mm256_add_ps(_mm256_add_ps(a0, a1), am));                                              \
+    for (int r = 0; r < R; r++)                                                                                 \
+      _mm256_storeu_ps(y + (long)r * ystride, _mm256_add_ps(_mm256_add_ps(a0[r], a1[r]), am[r]));               \
+  }                                                                                                             \
+  EG_INLINE void eg_dot8_##TYPE(const uint8_t* w, const eg_q8x* x, int nb, float* y) {                          \
+    eg_dot8r_##TYPE(w, x, 0, nb, y, 0, 1);                                                                      \
   }                                                                                                             \
   EG_INLINE void eg_dot8x4_##TYPE(const uint8_t* w, const eg_q8x* x, int xs, int nb, float* y, int ystride) {  \
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps(); \
-    for (int b = 0; b < nb; b++) {                                                                              \
-      const uint8_t* blk = w + (long)b * (BYTES);                                                               \
-      __m256i v[8];                                                                                             \
-      eg_x8_unpack((QH) >= 0 ? blk + ((QH) >= 0 ? (QH) : 0) : 0, blk + (QS), v);                                \
-      eg_x8_term_##TYPE(blk, v, x + b, &a0, &a0);                                                               \
-      eg_x8_term_##TYPE(blk, v, x + xs + b, &a1, &a1);                                                          \
-      eg_x8_term_##TYPE(blk, v, x + 2 * (long)xs + b, &a2, &a2);                                                \
-      eg_x8_term_##TYPE(blk, v, x + 3 * (long)xs + b, &a3, &a3);                                                \
-    }                                                                                                           \
-    _mm256_storeu_ps(y, a0); _mm256_storeu_ps(y + ystride, a1);                                                 \
-    _mm256_storeu_ps(y + 2 * (long)ystride, a2); _mm256_storeu_ps(y + 3 * (long)ystride, a3);                   \
+    eg_dot8r_##TYPE(w, x, xs, nb, y, ystride, 4);                                                               \
   }
 
 #define EG_HAVE_DOT8X4_Q4_0

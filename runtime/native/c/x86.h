@@ -42,121 +42,60 @@ EG_INLINE __m256i eg_fifth_bits(const uint8_t* qh) {
   return _mm256_and_si256(_mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
 }
 
-/* The 32-weight types: two accumulators (even and odd blocks), so consecutive blocks' multiply-adds do not wait on
- * each other (measured on Q4_1 3072x576: 186 -> 128 us), and the scalar minimum/offset terms in their own loop. */
-#define EG_DOT2(acc0, acc1, nb, BLOCK_SCALE, BLOCK_SUM)                                                         \
-  do {                                                                                                         \
-    int b = 0;                                                                                                 \
-    for (; b + 1 < nb; b += 2) {                                                                               \
-      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(BLOCK_SCALE(b)), _mm256_cvtepi32_ps(BLOCK_SUM(b)), acc0);          \
-      acc1 = _mm256_fmadd_ps(_mm256_set1_ps(BLOCK_SCALE(b + 1)), _mm256_cvtepi32_ps(BLOCK_SUM(b + 1)), acc1);  \
-    }                                                                                                          \
-    if (b < nb) acc0 = _mm256_fmadd_ps(_mm256_set1_ps(BLOCK_SCALE(b)), _mm256_cvtepi32_ps(BLOCK_SUM(b)), acc0); \
-  } while (0)
-
-#define EG_SCALE(b) (EG_F16(w[b].d) * x[b].d)
-#define EG_XSUM(b) ((float)(x[b].bs[0] + x[b].bs[1]))
-#define EG_SUM_Q8_0(b) eg_mul_sum_us8(_mm256_sign_epi8(eg_load32(w[b].qs), eg_load32(w[b].qs)), \
-                                      _mm256_sign_epi8(eg_load32(x[b].qs), eg_load32(w[b].qs)))
-#define EG_SUM_Q4(b) eg_mul_sum_us8(eg_nibbles32(w[b].qs), eg_load32(x[b].qs))
-#define EG_SUM_Q5(b) eg_mul_sum_us8(_mm256_or_si256(eg_nibbles32(w[b].qs), eg_fifth_bits(w[b].qh)), eg_load32(x[b].qs))
-
-#define EG_HAVE_Q8_0
-EG_INLINE float eg_dot_q8_0(const void* vw, const eg_q8x* x, int nb) {
-  const eg_block_q8_0* w = (const eg_block_q8_0*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q8_0);
-  return eg_hsum8(_mm256_add_ps(a0, a1));
-}
-
-#define EG_HAVE_Q4_0
-EG_INLINE float eg_dot_q4_0(const void* vw, const eg_q8x* x, int nb) {
-  const eg_block_q4_0* w = (const eg_block_q4_0*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q4);
-  float off = 0.0f;
-  for (int b = 0; b < nb; b++) off += EG_SCALE(b) * (8.0f * EG_XSUM(b));
-  return eg_hsum8(_mm256_add_ps(a0, a1)) - off;
-}
-
-#define EG_HAVE_Q4_1
-EG_INLINE float eg_dot_q4_1(const void* vw, const eg_q8x* x, int nb) {
-  const eg_block_q4_1* w = (const eg_block_q4_1*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q4);
-  float mins = 0.0f;
-  for (int b = 0; b < nb; b++) mins += EG_F16(w[b].m) * x[b].s;
-  return eg_hsum8(_mm256_add_ps(a0, a1)) + mins;
-}
-
-#define EG_HAVE_Q5_0
-EG_INLINE float eg_dot_q5_0(const void* vw, const eg_q8x* x, int nb) {
-  const eg_block_q5_0* w = (const eg_block_q5_0*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q5);
-  float off = 0.0f;
-  for (int b = 0; b < nb; b++) off += EG_SCALE(b) * (16.0f * EG_XSUM(b));
-  return eg_hsum8(_mm256_add_ps(a0, a1)) - off;
-}
-
-#define EG_HAVE_Q5_1
-EG_INLINE float eg_dot_q5_1(const void* vw, const eg_q8x* x, int nb) {
-  const eg_block_q5_1* w = (const eg_block_q5_1*)vw; __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  EG_DOT2(a0, a1, nb, EG_SCALE, EG_SUM_Q5);
-  float mins = 0.0f;
-  for (int b = 0; b < nb; b++) mins += EG_F16(w[b].m) * x[b].s;
-  return eg_hsum8(_mm256_add_ps(a0, a1)) + mins;
-}
-
-/* Prefill: one weight row against 4 activation rows, so each weight block is decoded once for 4 dot products
- * (4 independent accumulators as well). y[r * ystride] for r < 4; xs is the activation row stride in blocks. */
-#define EG_DOT4(TYPE, WQ, MINS)                                                                                 \
-  EG_INLINE void eg_dot4_##TYPE(const void* vw, const eg_q8x* x, int xs, int nb, float* y, int ystride) {      \
+/* The 32-weight types, for R = 1 (decode) or 4 (prefill) activation rows xs blocks apart: each weight block is decoded
+ * once for the R rows, and each row keeps two accumulators (even and odd blocks, so consecutive blocks'
+ * multiply-adds do not wait on each other: Q4_1 3072x576 186 -> 128 us) and a scalar for the minimum/offset terms.
+ * The arithmetic of one row is the same whatever R: a prefill and a decode of one position give the same bits, so a
+ * request's tokens do not depend on how its positions were batched (tests/native: batched rows equal rows alone). */
+#define EG_ROWS(TYPE, PREP, MUL, MINS)                                                                         \
+  EG_INLINE void eg_rows_##TYPE(const void* vw, const eg_q8x* x, int xs, int nb, float* y, int ystride,       \
+                                const int R) {                                                                 \
     const eg_block_##TYPE* w = (const eg_block_##TYPE*)vw;                                                     \
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps(); \
-    float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;                                                          \
+    __m256 a0[4], a1[4]; float m[4];                                                                           \
+    for (int r = 0; r < R; r++) { a0[r] = _mm256_setzero_ps(); a1[r] = _mm256_setzero_ps(); m[r] = 0.0f; }     \
     for (int b = 0; b < nb; b++) {                                                                             \
-      __m256i q = WQ(b); float d = EG_F16(w[b].d);                                                             \
-      const eg_q8x *x0 = x + b, *x1 = x0 + xs, *x2 = x1 + xs, *x3 = x2 + xs;                                   \
-      a0 = _mm256_fmadd_ps(_mm256_set1_ps(d * x0->d), _mm256_cvtepi32_ps(EG_MUL(q, x0)), a0);                  \
-      a1 = _mm256_fmadd_ps(_mm256_set1_ps(d * x1->d), _mm256_cvtepi32_ps(EG_MUL(q, x1)), a1);                  \
-      a2 = _mm256_fmadd_ps(_mm256_set1_ps(d * x2->d), _mm256_cvtepi32_ps(EG_MUL(q, x2)), a2);                  \
-      a3 = _mm256_fmadd_ps(_mm256_set1_ps(d * x3->d), _mm256_cvtepi32_ps(EG_MUL(q, x3)), a3);                  \
-      MINS(x0, m0); MINS(x1, m1); MINS(x2, m2); MINS(x3, m3);                                                  \
+      PREP(b);                                                                                                 \
+      for (int r = 0; r < R; r++) {                                                                            \
+        const eg_q8x* xr = x + (long)r * xs + b;                                                               \
+        __m256 sc = _mm256_set1_ps(d * xr->d), v = _mm256_cvtepi32_ps(MUL(q, xr));                             \
+        if (b & 1) a1[r] = _mm256_fmadd_ps(sc, v, a1[r]); else a0[r] = _mm256_fmadd_ps(sc, v, a0[r]);          \
+        MINS(xr, m[r]);                                                                                        \
+      }                                                                                                        \
     }                                                                                                          \
-    y[0] = eg_hsum8(a0) + m0; y[ystride] = eg_hsum8(a1) + m1;                                                  \
-    y[2 * ystride] = eg_hsum8(a2) + m2; y[3 * ystride] = eg_hsum8(a3) + m3;                                    \
+    for (int r = 0; r < R; r++) y[(long)r * ystride] = eg_hsum8(_mm256_add_ps(a0[r], a1[r])) + m[r];          \
+  }                                                                                                            \
+  EG_INLINE float eg_dot_##TYPE(const void* vw, const eg_q8x* x, int nb) {                                     \
+    float y; eg_rows_##TYPE(vw, x, 0, nb, &y, 0, 1); return y;                                                 \
+  }                                                                                                            \
+  EG_INLINE void eg_dot4_##TYPE(const void* vw, const eg_q8x* x, int xs, int nb, float* y, int ystride) {      \
+    eg_rows_##TYPE(vw, x, xs, nb, y, ystride, 4);                                                              \
   }
 
+#define EG_PREP_NIB(b) __m256i q = eg_nibbles32(w[b].qs); float d = EG_F16(w[b].d)
+#define EG_PREP_Q5(b) __m256i q = _mm256_or_si256(eg_nibbles32(w[b].qs), eg_fifth_bits(w[b].qh)); float d = EG_F16(w[b].d)
+/* Q8_0: the sign trick moves the weight's sign onto each activation: |w| once, sign(x, w) per row */
+#define EG_PREP_Q8(b) __m256i wq = eg_load32(w[b].qs), q = _mm256_sign_epi8(wq, wq); float d = EG_F16(w[b].d)
 #define EG_MUL(q, xr) eg_mul_sum_us8(q, eg_load32((xr)->qs))
-#define EG_WQ_NIB(b) eg_nibbles32(w[b].qs)
-#define EG_WQ_Q5(b) _mm256_or_si256(eg_nibbles32(w[b].qs), eg_fifth_bits(w[b].qh))
+#define EG_MUL_Q8(q, xr) eg_mul_sum_us8(q, _mm256_sign_epi8(eg_load32((xr)->qs), wq))
 #define EG_MINS_M(xr, acc) acc += EG_F16(w[b].m) * (xr)->s
 #define EG_MINS_OFF8(xr, acc) acc -= d * (xr)->d * (float)(8 * ((xr)->bs[0] + (xr)->bs[1]))
 #define EG_MINS_OFF16(xr, acc) acc -= d * (xr)->d * (float)(16 * ((xr)->bs[0] + (xr)->bs[1]))
 #define EG_MINS_NONE(xr, acc) (void)0
-#define EG_HAVE_DOT4_Q4_0
-EG_DOT4(q4_0, EG_WQ_NIB, EG_MINS_OFF8)
-#define EG_HAVE_DOT4_Q4_1
-EG_DOT4(q4_1, EG_WQ_NIB, EG_MINS_M)
-#define EG_HAVE_DOT4_Q5_0
-EG_DOT4(q5_0, EG_WQ_Q5, EG_MINS_OFF16)
-#define EG_HAVE_DOT4_Q5_1
-EG_DOT4(q5_1, EG_WQ_Q5, EG_MINS_M)
-#undef EG_MUL
-/* Q8_0: the sign trick moves the weight's sign onto each activation: |w| once, sign(x, w) per row */
-#define EG_MUL(q, xr) eg_mul_sum_us8(q, _mm256_sign_epi8(eg_load32((xr)->qs), wq))
+#define EG_HAVE_Q8_0
 #define EG_HAVE_DOT4_Q8_0
-EG_INLINE void eg_dot4_q8_0(const void* vw, const eg_q8x* x, int xs, int nb, float* y, int ystride) {
-  const eg_block_q8_0* w = (const eg_block_q8_0*)vw;
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-  for (int b = 0; b < nb; b++) {
-    __m256i wq = eg_load32(w[b].qs), q = _mm256_sign_epi8(wq, wq); float d = EG_F16(w[b].d);
-    const eg_q8x *x0 = x + b, *x1 = x0 + xs, *x2 = x1 + xs, *x3 = x2 + xs;
-    a0 = _mm256_fmadd_ps(_mm256_set1_ps(d * x0->d), _mm256_cvtepi32_ps(EG_MUL(q, x0)), a0);
-    a1 = _mm256_fmadd_ps(_mm256_set1_ps(d * x1->d), _mm256_cvtepi32_ps(EG_MUL(q, x1)), a1);
-    a2 = _mm256_fmadd_ps(_mm256_set1_ps(d * x2->d), _mm256_cvtepi32_ps(EG_MUL(q, x2)), a2);
-    a3 = _mm256_fmadd_ps(_mm256_set1_ps(d * x3->d), _mm256_cvtepi32_ps(EG_MUL(q, x3)), a3);
-  }
-  y[0] = eg_hsum8(a0); y[ystride] = eg_hsum8(a1); y[2 * ystride] = eg_hsum8(a2); y[3 * ystride] = eg_hsum8(a3);
-}
-#undef EG_MUL
+EG_ROWS(q8_0, EG_PREP_Q8, EG_MUL_Q8, EG_MINS_NONE)
+#define EG_HAVE_Q4_0
+#define EG_HAVE_DOT4_Q4_0
+EG_ROWS(q4_0, EG_PREP_NIB, EG_MUL, EG_MINS_OFF8)
+#define EG_HAVE_Q4_1
+#define EG_HAVE_DOT4_Q4_1
+EG_ROWS(q4_1, EG_PREP_NIB, EG_MUL, EG_MINS_M)
+#define EG_HAVE_Q5_0
+#define EG_HAVE_DOT4_Q5_0
+EG_ROWS(q5_0, EG_PREP_Q5, EG_MUL, EG_MINS_OFF16)
+#define EG_HAVE_Q5_1
+#define EG_HAVE_DOT4_Q5_1
+EG_ROWS(q5_1, EG_PREP_Q5, EG_MUL, EG_MINS_M)
 
 /* Chunk c of a Q4_K/Q5_K block's quants: lo = sub-block 2c (low nibbles), hi = 2c+1 (high), with Q5_K's fifth bits
  * (qh non-null; hb its 32 bytes: bit 2c and 2c+1 of each byte). */
@@ -209,6 +148,7 @@ EG_INLINE float eg_dot_q5_K(const void* vw, const eg_q8x* x, int nb) {
 EG_INLINE void eg_dot4_q45_K(const uint8_t* scales, const uint8_t* qs, const uint8_t* qh, float d, float dmin,
                              const eg_q8x* xb, int xs, __m256* acc, float* mins) {
   __m256i hb = qh ? eg_load32(qh) : _mm256_setzero_si256();
+  float bm[4] = {0.0f, 0.0f, 0.0f, 0.0f};  /* the block's minimum terms first, then the total: as eg_dot_q45_K */
   for (int c = 0; c < 4; c++) {
     __m256i lo, hi;
     eg_unpack_q45_K(qs, qh, hb, c, &lo, &hi);
@@ -218,9 +158,10 @@ EG_INLINE void eg_dot4_q45_K(const uint8_t* scales, const uint8_t* qs, const uin
       const eg_q8x* x0 = xb + (long)r * xs + 2 * c; const eg_q8x* x1 = x0 + 1;
       acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x0->d * (float)sc0), _mm256_cvtepi32_ps(eg_mul_sum_us8(lo, eg_load32(x0->qs))), acc[r]);
       acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x1->d * (float)sc1), _mm256_cvtepi32_ps(eg_mul_sum_us8(hi, eg_load32(x1->qs))), acc[r]);
-      mins[r] += dmin * x0->d * (float)(m0 * (x0->bs[0] + x0->bs[1])) + dmin * x1->d * (float)(m1 * (x1->bs[0] + x1->bs[1]));
+      bm[r] += dmin * x0->d * (float)(m0 * (x0->bs[0] + x0->bs[1])) + dmin * x1->d * (float)(m1 * (x1->bs[0] + x1->bs[1]));
     }
   }
+  for (int r = 0; r < 4; r++) mins[r] += bm[r];
 }
 
 #define EG_DOT4_K(TYPE, QH)                                                                                    \
