@@ -40,7 +40,6 @@ import datetime
 import functools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -67,16 +66,10 @@ TARGETS = ("issue 14 targets, edgegen/llama.cpp: decode >= 1.1x, ttft 64 <= 1.0x
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set of this process. VmHWM belongs to the address space, which exec replaces; getrusage's
-    ru_maxrss can carry the spawning parent's peak into the child on Linux."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak resident set of this process (device.measure.peak_rss_bytes: VmHWM, which exec resets), in MiB."""
+    from edgegen.device.measure import peak_rss_bytes
+
+    return peak_rss_bytes() / 2**20
 
 
 def median(xs: list[float]) -> float | None:

@@ -95,9 +95,10 @@ def add_kernel_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     """`--kernels` and `--threads`: which CPU kernels run a text model, on how many threads (runtime.native)."""
     from edgegen.runtime.native.options import KERNEL_CHOICES
 
-    parser.add_argument("--kernels", choices=KERNEL_CHOICES, default="tinygrad",
-                        help="CPU kernels: 'native' (hand-written int8-dot kernels on threads, the fast path), "
-                             "'tinygrad' (tinygrad's generated kernels; default), 'auto' (native on the CPU backend)")
+    parser.add_argument("--kernels", choices=KERNEL_CHOICES, default="auto",
+                        help="'auto' (default): the hand-written int8-dot kernels on threads on the CPU backend (the "
+                             "fast path), tinygrad's on other backends; 'native': the hand-written ones (CPU only); "
+                             "'tinygrad': tinygrad's generated kernels everywhere, for comparison")
     parser.add_argument("--threads", type=_thread_count, default=None, metavar="N",
                         help="threads for the native CPU kernels (default: every core this process may use)")
 
@@ -106,7 +107,7 @@ def kernel_options(args: argparse.Namespace) -> Any:
     """The runtime's KernelOptions from `--kernels` / `--threads`."""
     from edgegen.runtime.native.options import KernelOptions
 
-    return KernelOptions(getattr(args, "kernels", "tinygrad"), getattr(args, "threads", None))
+    return KernelOptions(getattr(args, "kernels", "auto"), getattr(args, "threads", None))
 
 
 def _thread_count(text: str) -> int:

@@ -11,7 +11,8 @@ Either way one copy of the weights stays resident. Terms, each mirroring what th
   docs/QUANT_TYPES.md), and vectors, widened to float32.
 - load transient (first start only): the tensor being repacked, resident twice for a moment (its mapped pages
   and its repacked arrays): the largest tensor's bytes.
-- KV cache: 2 (K and V) x layers x kv heads x context x head_dim x 4 bytes (float32, models/llama.py), allocated
+- KV cache: 2 (K and V) x layers x kv heads x context x head_dim x 2 or 4 bytes (float16 beside the CPU kernels,
+  float32 beside tinygrad's attention: artifact.constants.kv_element_bytes, models/llama.py), allocated
   for the whole context at load, every layer, sliding-window ones included. head_dim is the file's
   attention.key_length where it states one (Qwen 3, Gemma 3: not dim / heads).
 - activations: the largest prefill graph's buffers (the prompt up to MAX_PREFILL_TOKENS, the largest bucket): per
@@ -32,15 +33,14 @@ from edgegen.device.profiles import BoardProfile
 from edgegen.runtime.artifact.constants import (
     ACTIVATION_BYTES,
     BLOCK_SIZES,
-    KV_CACHE_BYTES,
     MAX_PREFILL_TOKENS,
     GGMLQuantizationType,
+    kv_element_bytes,
 )
 
 T = GGMLQuantizationType
 
 MIB = 1024 * 1024
-KV_BYTES = KV_CACHE_BYTES  # float32 cache
 ACT_BYTES = ACTIVATION_BYTES  # float32 activations
 
 # Runtime overhead beyond the terms above, per backend, for (first start, cached start). CPU: measured on this
@@ -112,8 +112,9 @@ class MemoryPlan:
         return asdict(self)
 
 
-def kv_cache_bytes(m: ModelFacts, context: int) -> int:
-    return 2 * m.n_layers * m.n_kv_heads * context * m.head_dim * KV_BYTES
+def kv_cache_bytes(m: ModelFacts, context: int, backend: str = "CPU", kernels: str = "auto") -> int:
+    """Keys and values of every layer for `context` positions, in the element size the runtime allocates there."""
+    return 2 * m.n_layers * m.n_kv_heads * context * m.head_dim * kv_element_bytes(backend, kernels)
 
 
 def activation_bytes(m: ModelFacts, context: int) -> int:
@@ -131,11 +132,11 @@ def recipe_weights_bytes(m: ModelFacts, recipe: str) -> tuple[int, int]:
     return int(sum(sizes)), int(max(sizes))
 
 
-def decode_bytes_per_token(m: ModelFacts, weights_bytes: int, context: int) -> int:
+def decode_bytes_per_token(m: ModelFacts, weights_bytes: int, context: int, backend: str = "CPU") -> int:
     """Bytes one decode step reads at position `context`: the weights (minus an untied embedding) and the KV."""
     embed = next((t for t in m.tensors if t.name == "token_embd.weight"), None)
     untied_embed = embed.device_bytes if embed is not None and not m.tied_embeddings else 0
-    return weights_bytes - untied_embed + kv_cache_bytes(m, context)
+    return weights_bytes - untied_embed + kv_cache_bytes(m, context, backend)
 
 
 def check_context(m: ModelFacts, context: int) -> None:
@@ -148,7 +149,7 @@ def check_context(m: ModelFacts, context: int) -> None:
 def predict_memory(m: ModelFacts, weights: int, largest_tensor: int, context: int, backend: str) -> dict[str, int]:
     """Every term of the prediction and both start paths (see the module docstring)."""
     first_overhead, cached_overhead = RUNTIME_OVERHEAD_BYTES.get(backend, RUNTIME_OVERHEAD_BYTES["CPU"])
-    kv, act = kv_cache_bytes(m, context), activation_bytes(m, context)
+    kv, act = kv_cache_bytes(m, context, backend), activation_bytes(m, context)
     resident = weights + kv + act
     first = first_overhead + resident + largest_tensor
     cached = cached_overhead + resident
@@ -167,7 +168,7 @@ def plan_memory(m: ModelFacts, board: BoardProfile, context: int, cannot_run: st
     weights = m.device_weights_bytes
     p = predict_memory(m, weights, max(t.device_bytes for t in m.tensors), context, board.backend)
     usable = board.usable_bytes
-    per_token = decode_bytes_per_token(m, weights, context)
+    per_token = decode_bytes_per_token(m, weights, context, board.backend)
     memory_fits = p["total"] <= usable
     fits = memory_fits and cannot_run is None
     verdict = "cannot_run" if cannot_run is not None else "fits" if fits else "does_not_fit"

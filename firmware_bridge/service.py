@@ -21,9 +21,7 @@ import dataclasses
 import hashlib
 import logging
 import os
-import resource
 import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edgegen.device.measure import peak_rss_bytes
 from edgegen.firmware_bridge import responses, topics
 from edgegen.firmware_bridge.answer_store import DEFAULT_MAX_BYTES, Answer, AnswerStore
 from edgegen.firmware_bridge.connection import BrokerOptions, make_client
@@ -80,12 +79,6 @@ def _json(payload: bytes) -> Answer:
 def stable_seed(request_id: str) -> int:
     """A seed derived from the request id, so a redelivered request samples the same text as its first run."""
     return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") >> 1
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident set size in bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # getrusage(2): bytes on macOS, KiB on Linux and BSD
 
 
 class DeviceService:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_CONTEXT", "END_OF_TURN", "PREFILL_BUCKETS", "GenerationResult", "TextGenerator", "TextStream"]
 
 DEFAULT_CONTEXT = 1024
+_PENDING_SAVES: list[threading.Thread] = []  # background writes of the JIT cache (TextGenerator._save_in_background)
 # Token strings that end a turn in the chat formats we know (llama.cpp calls these end-of-generation tokens).
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>", "<end_of_turn>")
 
@@ -81,6 +82,7 @@ class TextGenerator:
         self._raw_notice_given = False
         self._lock = TINYGRAD_LOCK
         self._end_ids = self._end_of_turn_ids()
+        self._saver: threading.Thread | None = None
         with self._lock:
             self.graphs = ModelGraphs(model_file, device, self.config, int(self.tokenizer.bos_id or 0), jit_cache,
                                       kernels)
@@ -96,6 +98,9 @@ class TextGenerator:
         entry the weights are repacked from the GGUF and the graphs captured on first use. kernels: which CPU kernels
         and how many threads (runtime.native.options; default: hand-written kernels on every core the process may
         use)."""
+        for saver in list(_PENDING_SAVES):  # a cache entry this process is still writing is read whole
+            saver.join()
+        _PENDING_SAVES[:] = [t for t in _PENDING_SAVES if t.is_alive()]
         mf = open_model(model)
         dev = resolve_device(device)
         if "token_embd.weight" not in mf.tensors:
@@ -291,8 +296,6 @@ class TextGenerator:
         if len(text) > emitted:
             yield text[emitted:]
         t_end = time.perf_counter()
-        with self._lock:
-            self.graphs.save()
         first = t_first or t_end
         n = len(generated)
         stream.result = GenerationResult(
@@ -300,3 +303,24 @@ class TextGenerator:
             ttft_s=first - t0, decode_tokens_per_s=(n - 1) / (t_end - first) if n > 1 and t_end > first else 0.0,
             total_s=t_end - t0, token_ids=tuple(generated),
         )
+        self._save_in_background()
+
+    def _save_in_background(self) -> None:
+        """Write newly captured graphs to the JIT cache (a pickle of ~100 MB) on a thread of its own, so that the
+        request that captured them is answered first. Not a daemon: a CLI process finishes the write before it
+        exits. The thread takes the compute lock, like every step."""
+        if self.graphs.saved_all():
+            return
+
+        def save() -> None:
+            with self._lock:
+                self.graphs.save()
+
+        self._saver = threading.Thread(target=save, name="edgegen-jit-save")
+        _PENDING_SAVES.append(self._saver)
+        self._saver.start()
+
+    def wait_saved(self, timeout: float | None = None) -> None:
+        """Block until a background write of the JIT cache (after a generation) has finished."""
+        if self._saver is not None:
+            self._saver.join(timeout)

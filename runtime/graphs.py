@@ -153,6 +153,11 @@ class ModelGraphs:
         names |= {f"suffix{b}" for b, j in self._suffix_jits.items() if captured_graph(j) is not None}
         return names | {f"prefill{b}" for b, j in self._prefill_jits.items() if captured_graph(j) is not None}
 
+    def saved_all(self) -> bool:
+        """Whether save() has nothing new to write (cheap: no pickling)."""
+        names = self._captured_names()
+        return self._cache_key is None or "decode" not in names or names <= self._saved_graphs
+
     def save(self) -> None:
         """Write the captured graphs to the JIT cache when there is something new to save (after a generation)."""
         names = self._captured_names()

@@ -53,12 +53,12 @@ def test_block_sizes_are_gguf_pys_table():
 
 
 def test_planner_recipe_sizes_come_from_the_block_table():
-    from edgegen.device.planner import ACT_BYTES, KV_BYTES, RECIPE_BYTES_PER_WEIGHT
+    from edgegen.device.planner import ACT_BYTES, RECIPE_BYTES_PER_WEIGHT
 
     assert RECIPE_BYTES_PER_WEIGHT["w8"] == (34 / 32, 34 / 32)
     assert RECIPE_BYTES_PER_WEIGHT["w4-mix8"] == (18 / 32, 34 / 32)
     assert RECIPE_BYTES_PER_WEIGHT["w4a"] == (20 / 32, 20 / 32)
-    assert KV_BYTES == ACT_BYTES == np.dtype(np.float32).itemsize
+    assert np.dtype(np.float32).itemsize == ACT_BYTES
 
 
 def test_runtime_limits_are_the_ones_the_engine_and_model_use():
@@ -68,4 +68,5 @@ def test_runtime_limits_are_the_ones_the_engine_and_model_use():
     from edgegen.runtime import engine
 
     assert tuple(engine.PREFILL_BUCKETS) == constants.PREFILL_BUCKETS
-    assert dtypes.float32.itemsize == constants.KV_CACHE_BYTES  # models/llama.py Block.allocate_cache's dtype
+    assert dtypes.float32.itemsize == constants.KV_BYTES_TINYGRAD  # models/llama.py Block.allocate_cache's dtypes
+    assert dtypes.float16.itemsize == constants.KV_BYTES_NATIVE

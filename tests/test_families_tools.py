@@ -14,6 +14,10 @@ from edgegen.cli import main as edgegen_main
 from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.source import load_source
 from edgegen.runtime.artifact.constants import TEXT_ARCHITECTURES, GGUFValueType, Key
+from edgegen.runtime.native.options import KernelOptions
+
+# compared with the float numpy reference: tinygrad's kernels (the default ones quantize activations to 8 bits)
+FLOAT_PATH = KernelOptions("tinygrad")
 
 IDS = [5, 17, 42, 3, 88, 60, 7, 7, 31, 90, 12, 44]
 # Printable tokens of the tiny vocabulary (one character each): the tokenizer maps this text to one id a character.
@@ -102,7 +106,7 @@ def test_quantized_family_runs_in_the_runtime(family_files, family, recipe, tmp_
     matrices = {t.ggml_type.name for t in dst.tensors.values() if len(t.shape) == 2}
     assert matrices == {"Q8_0" if recipe == "w8" else "Q4_0"}
     assert all(t.ggml_type == Q.F32 for t in dst.tensors.values() if len(t.shape) == 1)  # norms, biases, rope_freqs
-    got = TextGenerator.load(out, max_context=32, jit_cache=False).logits(IDS)
+    got = TextGenerator.load(out, max_context=32, jit_cache=False, kernels=FLOAT_PATH).logits(IDS)
     close(got, reference_logits(s, load_source(out).tensors, IDS), 2e-3)
     ref = reference_logits(s, weights, IDS)
     close(got, ref, 0.03 if recipe == "w8" else 0.3)
@@ -129,7 +133,7 @@ def test_calibrated_quantize_of_a_gemma3_runs(family_files, tmp_path, capsys):
                              str(text), "--no-progress")
     assert code == 0, err
     assert "calibration: 320 tokens" in printed
-    got = TextGenerator.load(out, max_context=32, jit_cache=False).logits(IDS)
+    got = TextGenerator.load(out, max_context=32, jit_cache=False, kernels=FLOAT_PATH).logits(IDS)
     close(got, reference_logits(s, load_source(out).tensors, IDS), 2e-3)
 
 
@@ -209,8 +213,8 @@ def test_info_and_plan_of_every_family(family_files, family, capsys):
     code, out, _ = run(capsys, "plan", str(path), "--board", "rpi5-4gb", "--context", "64", "--json")
     plan = json.loads(out)
     assert code == 0 and plan["verdict"] == "fits"
-    # K and V of every layer (sliding-window ones too) at the file's head size, float32
-    assert plan["kv_cache_bytes"] == 2 * s.n_layers * s.n_kv_heads * 64 * s.head_dim * 4
+    # K and V of every layer (sliding-window ones too) at the file's head size, float16 (the CPU kernels' cache)
+    assert plan["kv_cache_bytes"] == 2 * s.n_layers * s.n_kv_heads * 64 * s.head_dim * 2
     assert plan["weights_bytes"] == sum(w.nbytes for w in weights.values())  # all F32: as in the file
 
 
@@ -289,7 +293,7 @@ def test_info_and_plan_of_the_gemma3_file(capsys):
     code, out, _ = run(capsys, "plan", str(path), "--board", "rpi5-4gb", "--json")
     plan = json.loads(out)
     assert code == 0 and plan["verdict"] == "fits"
-    assert plan["kv_cache_bytes"] == 2 * 18 * 1 * 1024 * 256 * 4  # 36 MiB at head_dim 256 (dim / heads is 160)
+    assert plan["kv_cache_bytes"] == 2 * 18 * 1 * 1024 * 256 * 2  # 18 MiB of float16 at head_dim 256 (dim/heads: 160)
     m = read_model_facts(path)
     q4k = sum(t.n_elements for t in m.tensors if t.type_name == "Q4_K")
     vectors_f32 = all(t.type_name == "F32" for t in m.tensors if t.n_dims == 1)

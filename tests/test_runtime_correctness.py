@@ -125,6 +125,7 @@ def test_graphs_reloaded_from_disk_give_the_same_tokens(tmp_path, weights, monke
     assert not first._graphs_from_disk
     a = first.stream_ids(IDS[:5], params, ignore_eos=True)
     list(a)
+    first.wait_saved()  # written after the answer, on a thread of its own
     assert list((tmp_path / "cache" / "jit").glob("*.pkl")), "no graph file was written"
     second = TextGenerator.load(path, max_context=32)
     assert second._graphs_from_disk and second._model is None  # nothing repacked from the GGUF

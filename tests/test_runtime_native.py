@@ -116,3 +116,15 @@ def test_kernel_options_refuse_bad_values():
         KernelOptions("native").resolve("CL")
     assert KernelOptions("auto").resolve("CL") == (False, KernelOptions("auto").resolve("CPU")[1])
     assert KernelOptions("tinygrad", 3).resolve("CPU") == (False, 3)
+
+
+@pytest.mark.parametrize("kernels", ["native", "tinygrad"])
+def test_the_planner_counts_the_kv_cache_the_runtime_allocates(q8_files, kernels):
+    """One owner for the KV element size (artifact.constants): float16 beside the hand-written attention, float32
+    beside tinygrad's; the planner's term is the bytes the blocks hold."""
+    from edgegen.device.model_facts import read_model_facts
+    from edgegen.device.planner import kv_cache_bytes
+
+    gen = load(q8_files["gemma3"], kernels)
+    held = sum(block.cache_kv.nbytes() for block in gen.model.blocks if block.cache_kv is not None)
+    assert held == kv_cache_bytes(read_model_facts(q8_files["gemma3"]), 64, "CPU", kernels)

@@ -155,6 +155,7 @@ def test_direct_replay_that_disagrees_with_tinyjit_is_dropped(tiny, private_cach
 def test_graphs_loaded_from_disk_are_checked_and_a_bad_entry_is_replaced(tiny, private_cache, caplog):
     gen = TextGenerator.load(tiny, max_context=64)
     expected = [tokens(gen, ids) for ids in PROMPTS]  # captures decode + three prefill buckets and saves them
+    gen.wait_saved()
     entry = next(private_cache.glob("*.pkl"))
 
     good = TextGenerator.load(tiny, max_context=64)
@@ -287,3 +288,28 @@ def test_tail_decoder_work_per_token_stays_constant():
     text = "".join(decoder.step(i) for i in ids) + decoder.flush()
     assert text == tok.decode(ids)
     assert max(lengths) <= 3, f"decoded slices of up to {max(lengths)} tokens for {len(ids)} tokens"
+
+
+def test_graphs_are_saved_after_the_answer_not_before(tiny, private_cache, monkeypatch):
+    """Writing the JIT cache (a pickle of the graphs) happens on its own thread once the answer is complete: a
+    request that captured new graphs does not wait for it."""
+    from edgegen.runtime.graphs import ModelGraphs
+
+    release, saving = threading.Event(), threading.Event()
+    original = ModelGraphs.save
+
+    def slow_save(self):
+        saving.set()
+        release.wait(60)
+        original(self)
+
+    monkeypatch.setattr(ModelGraphs, "save", slow_save)
+    gen = TextGenerator.load(tiny, max_context=64)
+    stream = gen.stream_ids(PROMPTS[0], GREEDY, ignore_eos=True)
+    for _ in stream:  # the whole answer arrives while the save is held back
+        pass
+    assert stream.result is not None and len(stream.result.token_ids) == GREEDY.max_tokens
+    assert saving.wait(60) and not list(private_cache.glob("*.pkl"))
+    release.set()
+    gen.wait_saved(60)
+    assert list(private_cache.glob("*.pkl"))

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgegen.device.measure import peak_rss_bytes
 from edgegen.firmware_bridge.deploy.errors import DeployCode, DeployError
 from edgegen.firmware_bridge.deploy.preflight import need_from_plan
 
@@ -66,15 +65,6 @@ def reset_peak_rss() -> int | None:
     except OSError:
         return None
     return _status_bytes("VmRSS")
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak RSS since start or since the last reset_peak_rss (VmHWM; ru_maxrss elsewhere)."""
-    hwm = _status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm
-    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 # ---- loading -----------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def plan_numbers(path: str | Path, kind: str = "text", context: int | None = Non
         weights = facts.device_weights_bytes
         largest = max(t.device_bytes for t in facts.tensors)
         p = predict_memory(facts, weights, largest, ctx, backend)
-        kv, act, total = kv_cache_bytes(facts, ctx), activation_bytes(facts, ctx), p["total"]
+        kv, act, total = kv_cache_bytes(facts, ctx, backend), activation_bytes(facts, ctx), p["total"]
     else:
         # The planner models decoders only; a U-Net's weights are counted the same way (vectors as float32) and its
         # activations, a few MNIST-sized feature maps, are within the runtime constant.

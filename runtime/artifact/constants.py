@@ -117,8 +117,18 @@ class Key:
 # Runtime limits the memory planner (device/planner.py) models; the runtime allocates by them.
 PREFILL_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # prompt lengths a prefill graph is padded to
 MAX_PREFILL_TOKENS = max(PREFILL_BUCKETS)  # the largest prefill graph
-KV_CACHE_BYTES = 4  # bytes per cached K or V element: float32 (models/llama.py Block.allocate_cache); the native CPU
-# attention keeps float16 (2 bytes), so for it the planner's bound is an upper one
+# Bytes per cached K or V element (models/llama.py Block.allocate_cache): float16 with the hand-written CPU attention
+# (llama.cpp's default cache type), float32 with tinygrad's scaled_dot_product_attention.
+KV_BYTES_NATIVE, KV_BYTES_TINYGRAD = 2, 4
+
+
+def kv_element_bytes(backend: str, kernels: str = "auto") -> int:
+    """The KV cache's element size on tinygrad backend `backend` with `--kernels` choice `kernels`: the hand-written
+    kernels (auto, the default, and native) run on the CPU backend only (runtime.native.options)."""
+    native = backend.split(":")[0] == "CPU" and kernels in ("auto", "native")
+    return KV_BYTES_NATIVE if native else KV_BYTES_TINYGRAD
+
+
 ACTIVATION_BYTES = 4  # float32 activations
 DEFAULT_CONTEXT_LENGTH = 2048  # {arch}.context_length when a file lacks it
 DEFAULT_MAX_CONTEXT = 1024  # the KV cache the runtime allocates unless asked for another

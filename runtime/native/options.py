@@ -20,16 +20,13 @@ def available_cores() -> int:
 
 @dataclass(frozen=True)
 class KernelOptions:
-    """kernels: "tinygrad" (tinygrad's generated kernels, the default), "native" (the hand-written int8-dot kernels:
-    an error on a backend other than the CPU), "auto" (native on the CPU backend, tinygrad's elsewhere).
-    threads: threads that run a decode or prefill step on the CPU; None: every core the process may use.
+    """kernels: "auto" (the default: the hand-written int8-dot kernels on the CPU backend, tinygrad's generated
+    kernels on every other backend), "native" (the hand-written ones: an error on a backend other than the CPU),
+    "tinygrad" (tinygrad's generated kernels everywhere, for comparison: they reproduce the float reference, where
+    the hand-written ones do llama.cpp's arithmetic with 8-bit activations; docs/KERNELS.md).
+    threads: threads that run a decode or prefill step on the CPU; None: every core the process may use."""
 
-    The default stays on tinygrad's kernels, which reproduce the float reference: the hand-written ones do
-    llama.cpp's arithmetic (8-bit activations) and answer as llama.cpp does, which on SmolLM2 Q4_1 flips a near tie
-    in a greedy chat answer (docs/KERNELS.md). They are the fast path (1.3-1.65x llama.cpp's decode), chosen with
-    --kernels native or auto."""
-
-    kernels: str = "tinygrad"
+    kernels: str = "auto"
     threads: int | None = None
 
     def __post_init__(self) -> None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
 from bridge_fakes import FakeTextEngine, RecordingMqtt, request_message
 
 from edgegen.firmware_bridge import service as service_module
@@ -18,7 +15,7 @@ from edgegen.firmware_bridge import topics
 from edgegen.firmware_bridge.connection import BrokerOptions
 from edgegen.firmware_bridge.counters import Counters
 from edgegen.firmware_bridge.errors import ErrorCode
-from edgegen.firmware_bridge.service import DeviceService, ServiceConfig, peak_rss_bytes
+from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 
 DEVICE = "dev1"
 RESPONSES = topics.client_responses("tester")
@@ -125,12 +122,12 @@ def test_counters_read_zero_for_an_unknown_name() -> None:
     assert (c["served"], c["busy"], c.snapshot()) == (2, 0, {"served": 2})
 
 
-@pytest.mark.parametrize(("platform", "expected"), [("darwin", 1000), ("linux", 1000 * 1024), ("freebsd14", 1024000)])
-def test_peak_rss_is_bytes_on_every_platform(monkeypatch: pytest.MonkeyPatch, platform: str, expected: int) -> None:
-    # getrusage(2): ru_maxrss is in bytes on macOS, in KiB on Linux and the BSDs.
-    monkeypatch.setattr(service_module.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=1000))
-    monkeypatch.setattr(sys, "platform", platform)
-    assert peak_rss_bytes() == expected
+def test_peak_rss_has_one_owner() -> None:
+    """The service reports the peak RSS device.measure measures (VmHWM: getrusage's ru_maxrss survives execve)."""
+    from edgegen.device import measure
+    from edgegen.firmware_bridge.deploy import health
+
+    assert service_module.peak_rss_bytes is measure.peak_rss_bytes is health.peak_rss_bytes
 
 
 def test_the_service_keeps_its_answers_where_the_config_says(tmp_path: Path) -> None:

@@ -27,11 +27,13 @@ def test_smollm2_facts_match_its_published_shape():
 
 
 @pytest.mark.slow
-def test_kv_cache_is_two_float32_tensors_per_layer():
+def test_kv_cache_is_two_tensors_per_layer_in_the_runtimes_element_size():
     m = read_model_facts(SMOLLM2_Q4_1)
-    # K and V, 30 layers, 3 KV heads of 64, float32: 46,080 bytes per token.
-    assert kv_cache_bytes(m, 1) == 2 * 30 * 3 * 64 * 4
-    assert kv_cache_bytes(m, 8192) == 8192 * 46080
+    # K and V, 30 layers, 3 KV heads of 64: float16 beside the CPU kernels (23,040 bytes per token), float32 beside
+    # tinygrad's attention (--kernels tinygrad, or another backend)
+    assert kv_cache_bytes(m, 1) == 2 * 30 * 3 * 64 * 2
+    assert kv_cache_bytes(m, 8192) == 8192 * 23040
+    assert kv_cache_bytes(m, 8192, "CPU", "tinygrad") == kv_cache_bytes(m, 8192, "CUDA") == 8192 * 46080
 
 
 @pytest.mark.slow
@@ -96,16 +98,20 @@ def test_7b_model_does_not_fit_a_4gb_board_and_says_why(llama7b_q4_path):
     assert (m.dim, m.n_layers, m.max_context) == (LLAMA7B["dim"], LLAMA7B["n_layers"], LLAMA7B["context"])
     plan = plan_memory(m, get_profile("rpi5-4gb"), 4096)
     assert not plan.fits
-    assert plan.weights_bytes > 3.5 * GIB and plan.kv_cache_bytes == 4 * GIB  # 2 x 32 x 32 x 4096 x 128 x 4
+    assert plan.weights_bytes > 3.5 * GIB and plan.kv_cache_bytes == 2 * GIB  # 2 x 32 x 32 x 4096 x 128 x 2
     assert "but only 3,686 MiB usable on rpi5-4gb" in plan.reason
     assert "does not fit: even recipe w4" in plan.suggestion
-    # With twice the memory, only a shorter context would fit: the planner says how short.
-    plan8 = plan_memory(m, get_profile("rpi5-8gb"), 4096)
-    assert not plan8.fits
+    # With twice the memory it fits on the CPU, whose kernels keep a float16 KV cache (2 GiB at 4096 tokens)...
+    assert plan_memory(m, get_profile("rpi5-8gb"), 4096).fits
+    # ... and on an 8 GB Jetson (CUDA: tinygrad's attention, a float32 cache of 4 GiB) only a shorter context fits:
+    # the planner says how short.
+    board = get_profile("jetson-orin-nano-8gb")
+    plan8 = plan_memory(m, board, 4096)
+    assert not plan8.fits and plan8.kv_cache_bytes == 4 * GIB
     assert "recipe w4 fits with a context of at most" in plan8.suggestion
     ctx = int(plan8.suggestion.rsplit("at most ", 1)[1].split()[0])
-    assert 0 < ctx < 4096 and plan_memory(m, get_profile("rpi5-8gb"), ctx).fits
-    assert not plan_memory(m, get_profile("rpi5-8gb"), ctx + 1).fits
+    assert 0 < ctx < 4096 and plan_memory(m, board, ctx).fits
+    assert not plan_memory(m, board, ctx + 1).fits
 
 
 def test_plan_cli_reports_not_fitting(edgegen, llama7b_q4_path):
