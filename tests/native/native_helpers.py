@@ -149,7 +149,8 @@ class Variant:
 
 VARIANTS = (
     Variant("x86-portable", "x86_64", "portable", ("EG_PORTABLE",)),
-    Variant("x86-avx2", "x86_64", "avx2"),
+    Variant("x86-avx2", "x86_64", "avx2"),  # with vpdpbusd where the CPU has AVX-512 VNNI or AVX-VNNI
+    Variant("x86-avx2-no-vnni", "x86_64", "avx2", ("EG_NO_VNNI",)),  # maddubs + madd: CPUs without VNNI
     # The Raspberry Pi 5 (Cortex-A76) and Jetson Orin (A78AE) have the dot-product extension.
     Variant("arm-neon-dotprod", "aarch64", "neon-dotprod", march="armv8.2-a+dotprod", qemu_cpu="cortex-a76"),
     # Without it (Cortex-A72, the Raspberry Pi 4): an sdot would be an illegal instruction on this qemu CPU.

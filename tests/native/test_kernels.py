@@ -186,6 +186,22 @@ def outputs(variant: Variant) -> Outputs:
     return _outputs[variant.name]
 
 
+def test_the_vnni_build_uses_vpdpbusd_where_the_cpu_has_it() -> None:
+    """On a CPU with AVX-512 VNNI or AVX-VNNI the x8 and row kernels are built with vpdpbusd (the variants above
+    check its sums), and without it when EG_NO_VNNI is defined."""
+    import subprocess
+
+    flags = subprocess.run(["clang", "-march=native", "-dM", "-E", "-x", "c", "/dev/null"], capture_output=True,
+                           text=True, check=True).stdout
+    if "__AVX512VNNI__" not in flags and "__AVXVNNI__" not in flags:
+        pytest.skip("this CPU has no VNNI")
+    for defines, want in (((), True), (("EG_NO_VNNI",), False)):
+        _, src = matmul_kernel(T.Q4_1, 4, 8, 256, 1, defines, "x8")
+        asm = subprocess.run(["clang", "-S", "-O2", "-ffreestanding", "-march=native", "-x", "c", "-", "-o", "-"],
+                             input=src, capture_output=True, text=True, check=True).stdout
+        assert ("vpdpbusd" in asm) == want, defines
+
+
 @pytest.mark.parametrize("variant", VARIANT_PARAMS)
 def test_build_selects_its_isa(variant: Variant) -> None:
     """Each build's flags pick the intended ISA header (a NEON build falling back to portable would test nothing)."""

@@ -6,12 +6,24 @@
 #include <immintrin.h>
 #define EG_ISA_NAME "avx2"
 
+/* The widest integer dot the CPU has: AVX-512 VNNI (on 256-bit registers, AVX-512VL) or AVX-VNNI's vpdpbusd, which
+ * adds 4 unsigned x signed byte products into each int32 lane; EG_NO_VNNI builds the maddubs + madd path instead
+ * (tests/native checks both against reference.py). */
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)) && !defined(EG_NO_VNNI)
+#define EG_X86_VNNI 1
+EG_INLINE __m256i eg_dpbusd(__m256i acc, __m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, a, b);
+#else
+  return _mm256_dpbusd_avx_epi32(acc, a, b);
+#endif
+}
+#endif
+
 /* sum over groups of 4 of unsigned a * signed b, in int32 lanes. */
 EG_INLINE __m256i eg_mul_sum_us8(__m256i a, __m256i b) {
-#if defined(__AVXVNNI__) && !defined(EG_NO_VNNI)
-  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b);
-#elif defined(__AVX512VNNI__) && defined(__AVX512VL__) && !defined(EG_NO_VNNI)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#if defined(EG_X86_VNNI)
+  return eg_dpbusd(_mm256_setzero_si256(), a, b);
 #else
   return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
 #endif
