@@ -22,6 +22,7 @@ from edgegen.cli.flags import (
 )
 from edgegen.cli.progress import tracker
 from edgegen.device import bench as measurement
+from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT
 
 
 class RuntimeRunner:
@@ -63,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--board", metavar="NAME",
                         help="profile whose bandwidth the achieved bandwidth is compared with (default: the detected "
                              "board, else 'host', this machine's measured copy bandwidth)")
-    parser.add_argument("--context", type=int, default=1024, metavar="N", help="KV cache size (default 1024)")
+    parser.add_argument("--context", type=int, default=DEFAULT_MAX_CONTEXT, metavar="N",
+                        help=f"KV cache size (default {DEFAULT_MAX_CONTEXT})")
     parser.add_argument("--label", help="name of this model/recipe in the history and bar chart (default: file name)")
     parser.add_argument("--results", default="bench-results", metavar="DIR",
                         help="folder for bench.json, history.csv and PNG plots (default ./bench-results)")

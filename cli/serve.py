@@ -28,7 +28,7 @@ from edgegen.firmware_bridge.deploy.keys import load_public_key
 from edgegen.firmware_bridge.deploy.slots import DeviceStore
 from edgegen.firmware_bridge.engines import ImageEngine, RuntimeImageEngine, RuntimeTextEngine, TextEngine
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
-from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
+from edgegen.firmware_bridge.service import DeviceService, ServiceConfig, serve
 from edgegen.firmware_bridge.state_dir import default_state_dir
 
 log = logging.getLogger(__name__)
@@ -97,21 +97,22 @@ def run(args: argparse.Namespace) -> int:
         installed = installed_engines(deploy[0], args.device, not args.no_warmup, kernel_options(args))
         texts.update(installed["text"])
         images.update(installed["image"])
-    service = DeviceService(config, options, texts, images)
-    if deploy is not None:
-        DeployAgent(service, deploy[0], deploy[1],
-                    partial(load_engine, device=args.device, kernels=kernel_options(args)), backend=args.device,
-                    start_actions=deploy[2]).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    service.start()
-    if not service.wait_connected(CONNECT_WARN_S):
-        log.warning("not connected to %s yet; still trying", args.broker)
-    print(f"edgegen serve: device {args.device_id} serving {args.model} via {args.broker}"
-          + (f" (pool {args.pool})" if args.pool else ""), flush=True)
-    stop.wait()
-    service.stop()
+
+    def attach_deploy(service: DeviceService) -> None:
+        if deploy is not None:
+            DeployAgent(service, deploy[0], deploy[1],
+                        partial(load_engine, device=args.device, kernels=kernel_options(args)), backend=args.device,
+                        start_actions=deploy[2]).start()
+
+    def announce(service: DeviceService) -> None:
+        print(f"edgegen serve: device {args.device_id} serving {args.model} via {args.broker}"
+              + (f" (pool {args.pool})" if args.pool else ""), flush=True)
+
+    serve(config, options, texts, images, stop=stop, setup=attach_deploy, ready=announce,
+          connect_wait_s=CONNECT_WARN_S)
     return 0
 
 

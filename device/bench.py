@@ -34,6 +34,7 @@ from edgegen.device.model_facts import ModelFacts
 from edgegen.device.model_open import open_model_facts
 from edgegen.device.planner import decode_bytes_per_token
 from edgegen.device.profiles import BoardProfile, get_profile, match_profile
+from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,7 +61,7 @@ class BenchSettings:
     runs: int = 3  # measured runs, after two warm-up generations
     device: str = "CPU"
     board: str | None = None  # profile to compare the achieved bandwidth with (None: the detected board, or host)
-    context: int = 1024
+    context: int = DEFAULT_MAX_CONTEXT
     label: str | None = None  # name in the history and charts (None: the file's stem)
     compile_times: bool = True  # the cold/warm kernel-cache start-up measurement (two extra model loads)
 

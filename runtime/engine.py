@@ -12,13 +12,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgegen.models.llama import Llama, LlamaConfig
+from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT
 from edgegen.runtime.artifact.reader import ModelFile, open_model
 from edgegen.runtime.backend import resolve_device
 from edgegen.runtime.chat import render_chat, validate_messages
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_CONTEXT", "END_OF_TURN", "PREFILL_BUCKETS", "GenerationResult", "TextGenerator", "TextStream"]
 
-DEFAULT_CONTEXT = 1024
+DEFAULT_CONTEXT = DEFAULT_MAX_CONTEXT  # artifact.constants: the one owner (the planner reads it too)
 _PENDING_SAVES: list[threading.Thread] = []  # background writes of the JIT cache (TextGenerator._save_in_background)
 # Token strings that end a turn in the chat formats we know (llama.cpp calls these end-of-generation tokens).
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>", "<end_of_turn>")
@@ -59,14 +60,14 @@ class GenerationResult:
 
 
 class TextStream:
-    """Iterate for text deltas; `result` is set once the iteration has finished."""
+    """Iterate for text deltas; `result` is set once the iteration has finished (the generation's return value)."""
 
-    def __init__(self, pieces: Iterator[str]) -> None:
-        self._pieces = pieces
+    def __init__(self, run: Generator[str, None, GenerationResult]) -> None:
+        self._run = run
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[str]:
-        return self._pieces
+        self.result = yield from self._run
 
 
 class TextGenerator:
@@ -224,9 +225,7 @@ class TextGenerator:
         self._check_prompt_length(len(ids))
         if min(ids) < 0 or max(ids) >= self.config.vocab_size:
             raise GenerationError(f"token ids must be in [0, {self.config.vocab_size}), got {min(ids)}..{max(ids)}")
-        stream = TextStream(iter(()))
-        stream._pieces = self._run(ids, params, cancel, stream, () if ignore_eos else self._end_ids)
-        return stream
+        return TextStream(self._run(ids, params, cancel, () if ignore_eos else self._end_ids))
 
     def generate(self, prompt: str | list[dict], params: SamplingParams | None = None, chat: bool = True,
                  cancel: threading.Event | None = None) -> GenerationResult:
@@ -249,7 +248,7 @@ class TextGenerator:
             return logits
 
     def _run(self, ids: list[int], params: SamplingParams, cancel: threading.Event | None,
-             stream: TextStream, end_ids: set[int] | tuple = ()) -> Iterator[str]:
+             end_ids: set[int] | tuple = ()) -> Generator[str, None, GenerationResult]:
         t0 = time.perf_counter()
         owner = object()
         sampler = Sampler(params)
@@ -298,12 +297,12 @@ class TextGenerator:
         t_end = time.perf_counter()
         first = t_first or t_end
         n = len(generated)
-        stream.result = GenerationResult(
+        self._save_in_background()
+        return GenerationResult(
             text=text, finish_reason=finish, prompt_tokens=len(ids), completion_tokens=n,
             ttft_s=first - t0, decode_tokens_per_s=(n - 1) / (t_end - first) if n > 1 and t_end > first else 0.0,
             total_s=t_end - t0, token_ids=tuple(generated),
         )
-        self._save_in_background()
 
     def _save_in_background(self) -> None:
         """Write newly captured graphs to the JIT cache (a pickle of ~100 MB) on a thread of its own, so that the

@@ -70,3 +70,16 @@ def test_runtime_limits_are_the_ones_the_engine_and_model_use():
     assert tuple(engine.PREFILL_BUCKETS) == constants.PREFILL_BUCKETS
     assert dtypes.float32.itemsize == constants.KV_BYTES_TINYGRAD  # models/llama.py Block.allocate_cache's dtypes
     assert dtypes.float16.itemsize == constants.KV_BYTES_NATIVE
+
+
+def test_the_default_context_has_one_owner():
+    """The KV cache the runtime allocates unless asked, read by the engine, the planner's callers and the deploy
+    preflight from artifact.constants (it was written in five places)."""
+    from edgegen.cli import bench as cli_bench
+    from edgegen.device.bench import BenchSettings
+    from edgegen.firmware_bridge.deploy import preflight
+    from edgegen.runtime import engine
+
+    assert engine.DEFAULT_CONTEXT == preflight.DEFAULT_CONTEXT == constants.DEFAULT_MAX_CONTEXT
+    assert BenchSettings.__dataclass_fields__["context"].default == constants.DEFAULT_MAX_CONTEXT
+    assert cli_bench.DEFAULT_MAX_CONTEXT is constants.DEFAULT_MAX_CONTEXT

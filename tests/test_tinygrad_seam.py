@@ -317,3 +317,58 @@ def test_the_internal_import_check_catches_each_form():
     for line in ("from tinygrad import Tensor, TinyJit", "from tinygrad.nn.optim import Adam",
                  "# tinygrad.helpers.CACHEDB is an environment variable"):
         assert not _INTERNAL_IMPORT.search(line), line
+
+
+# ---- c_kernel: the contract the hand-written kernels rely on --------------------------------------------------------
+
+SEAM_PROBE = """
+void eg_seam_probe(float* restrict out, const float* restrict a, const int* restrict b, int n, int core_id) {
+  for (int i = core_id * 4; i < core_id * 4 + 4; i++) out[i] = a[i] * 10.0f + (float)b[i] + (float)(n * 1000)
+                                                                + (float)(core_id * 100000);
+}
+"""
+
+
+def test_c_kernel_passes_buffers_in_slot_order_then_variables_then_core_id():
+    """out, then the inputs in order, then each named variable, then core_id; every partition 0..parts-1 runs; a
+    variable bound under TinyJit is read at each replay (the decode position depends on it)."""
+    import numpy as np
+    from tinygrad import Tensor, TinyJit, UOp, dtypes
+
+    from edgegen.runtime.tinygrad_seam.kernels import c_kernel
+
+    a = Tensor(np.arange(8, dtype=np.float32), device="CPU").realize()
+    b = Tensor(np.arange(8, dtype=np.int32) * 2, device="CPU").realize()
+    n_var = UOp.variable("n", 0, 99)
+
+    @TinyJit
+    def step(n):
+        out = Tensor.empty(8, dtype=dtypes.float32, device="CPU")
+        shifted = (a + Tensor(n, device="CPU").cast(dtypes.float32)).contiguous()  # the graph binds n, as decode's
+        return c_kernel("eg_seam_probe", SEAM_PROBE, out, (shifted, b), 2, (("n", 0, 99),)).realize()
+
+    for n in (1, 2, 3, 7):  # capture, then replays
+        got = step(n_var.bind(n)).numpy()
+        want = (np.arange(8) + n) * 10.0 + np.arange(8) * 2 + n * 1000 + (np.arange(8) // 4) * 100000
+        assert np.array_equal(got, want.astype(np.float32)), (n, got)
+
+
+def test_c_block_sizes_agree_with_gguf_and_the_python_constants():
+    """common.h states each packed block's size with _Static_assert (a wrong struct does not compile); they are the
+    GGUF table's, and the activation block is source.ACT_BLOCK_BYTES."""
+    import re
+    from importlib import resources
+
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from edgegen.runtime.native.source import ACT_BLOCK_BYTES
+
+    text = (resources.files("edgegen.runtime.native") / "c" / "common.h").read_text()
+    sizes = dict(re.findall(r"_Static_assert\(sizeof\(eg_(block_\w+|q8x)\) == (\d+)", text))
+    assert len(sizes) == 11
+    for name, size in sizes.items():
+        if name == "q8x":
+            assert int(size) == ACT_BLOCK_BYTES
+        else:
+            qtype = GGMLQuantizationType[name.removeprefix("block_").upper().replace("_K", "_K")]
+            assert GGML_QUANT_SIZES[qtype][1] == int(size), name

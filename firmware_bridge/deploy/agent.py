@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -55,6 +55,25 @@ PROGRESS_EVERY_S = 0.5
 ROLLED_BACK_FILE = "rolled-back.json"  # in the state folder: versions never to retry, with why
 
 
+class DeployHost(Protocol):
+    """What the agent needs of the service it deploys to (firmware_bridge.service.DeviceService)."""
+
+    device: str
+    pool: str | None
+    client: mqtt.Client
+
+    def is_connected(self) -> bool: ...
+
+    def add_hook(self, hook: Any) -> None:
+        """Call hook.on_connect(client) at every connect and hook.stop() when the service stops."""
+
+    def leave_pool(self) -> None: ...
+
+    def join_pool(self) -> None: ...
+
+    def swap_engine(self, kind: str, name: str, engine: Any) -> None: ...
+
+
 class DeployAgent:
     """Accept deployments signed by `trust_key` for the device `service` runs; models live in `store`.
 
@@ -62,7 +81,7 @@ class DeployAgent:
     store.on_start() returned at this start (its rollbacks are remembered, so their offers are not retried).
     """
 
-    def __init__(self, service: Any, store: DeviceStore, trust_key: Any, load_engine: Callable[[str, Path], Any],
+    def __init__(self, service: DeployHost, store: DeviceStore, trust_key: Any, load_engine: Callable[[str, Path], Any],
                  *, backend: str | None = None, start_actions: list[dict[str, Any]] | None = None):
         self.service, self.store, self.key, self.load_engine = service, store, trust_key, load_engine
         self._rolled_back_path = store.root / ROLLED_BACK_FILE
@@ -73,7 +92,7 @@ class DeployAgent:
                                         {"crashes": action["crashes"]})
         self.backend = backend
         self.device: str = service.device
-        self.pool: str | None = service.config.pool
+        self.pool: str | None = service.pool
         self.client: mqtt.Client = service.client
         self._offers: queue.Queue[Offer] = queue.Queue()
         self._data: queue.Queue[tuple[str, int, bytes, str | None]] = queue.Queue()
@@ -88,7 +107,7 @@ class DeployAgent:
         self.client.message_callback_add(protocol.offer_topic(self.device), self._on_offer)
         self.client.message_callback_add(protocol.data_filter(self.device), self._on_data)
         self._thread = threading.Thread(target=self._loop, name=f"edgegen-deploy-{self.device}", daemon=True)
-        service.deploy_hook = self
+        service.add_hook(self)
 
     def start(self) -> None:
         self._thread.start()
@@ -330,7 +349,7 @@ class _Puller:
                 if now - sent > REQUEST_TIMEOUT_S:
                     del in_flight[i]
                     todo.append(i)
-            if agent.service._connected.is_set():
+            if agent.service.is_connected():
                 while todo and len(in_flight) < WINDOW_BLOCKS:
                     batch: list[int] = []
                     while todo and len(batch) < min(BATCH_BLOCKS, WINDOW_BLOCKS - len(in_flight)):

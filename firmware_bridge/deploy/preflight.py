@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from edgegen.device.planner import MIB, RUNTIME_OVERHEAD_BYTES, activation_bytes, kv_cache_bytes
 from edgegen.firmware_bridge.deploy.errors import DeployCode, DeployError
+from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT
 
 if TYPE_CHECKING:
     from edgegen.firmware_bridge.deploy.manifest import Manifest
 
-DEFAULT_CONTEXT = 1024  # the runtime's default KV cache (runtime.engine.DEFAULT_CONTEXT; engine imports tinygrad)
+DEFAULT_CONTEXT = DEFAULT_MAX_CONTEXT  # the runtime's default KV cache (artifact.constants)
 # Left free beyond the plan: the planner's constants are calibrated peaks (device/planner.py), and a board at 0 bytes
 # free OOM-kills whatever allocates next, which may be the service itself.
 HEADROOM_BYTES = 32 * MIB

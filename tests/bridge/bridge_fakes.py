@@ -19,6 +19,7 @@ from edgegen.firmware_bridge import topics
 from edgegen.firmware_bridge.engines import ImageOutcome, TextOutcome
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 from edgegen.firmware_bridge.schema import ImageRequest, TextRequest
+from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT as DEFAULT_CONTEXT  # tinygrad-free
 
 
 def expected_text(prompt: str, max_tokens: int) -> str:
@@ -84,8 +85,6 @@ class FakeImageEngine:
         return ImageOutcome(png=tiny_png(25 * int(request.prompt)) + bytes(self.pad_bytes))
 
 
-# runtime.engine.DEFAULT_CONTEXT, copied: importing runtime.engine would import tinygrad.
-DEFAULT_CONTEXT = 1024
 
 
 @functools.cache

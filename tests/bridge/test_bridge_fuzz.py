@@ -1,6 +1,6 @@
 """Generated requests through the real request path: every message gets exactly one outcome, never `internal`.
 
-Each message goes through DeviceService._on_message (parse_request, the service's checks, the real
+Each message goes through the service's MqttTransport.receive (parse_request, the service's checks, the real
 RuntimeTextEngine.check with SmolLM2's tokenizer and SamplingParams.validate) with a recording stand-in for paho. The
 outcome is either "queued" (the test then runs the job as the worker would: chunks, then one final or one error),
 "cancel applied" (a valid cancel: nothing to answer), or exactly one error answer whose code is an ErrorCode other
@@ -79,11 +79,10 @@ def service() -> DeviceService:
 def fresh_service() -> tuple[DeviceService, RecordingMqtt]:
     """The one DeviceService, emptied (paho clients hold sockets: one per example would pile up)."""
     s = service()
-    s.client = fake = RecordingMqtt()
-    s._queue.clear()
-    s._active.clear()
-    s._answers = AnswerStore(None)  # the old in-memory database goes with the garbage
-    s._state = "online"
+    s.transport.client = fake = RecordingMqtt()
+    s.admission.clear()
+    s.admission.answers = AnswerStore(None)  # the old in-memory database goes with the garbage
+    s.transport.state = "online"
     return s, fake
 
 
@@ -112,12 +111,14 @@ def deliver(kind: str, payload: bytes, response_topic: str | None = RESPONSES) -
     """Feed one message through the service as paho would; check its one outcome and return its name."""
     s, fake = fresh_service()
     # paho's network thread calls this; an exception escaping it would end that thread (and the device)
-    s._on_message(fake, None, request_message(DEVICE, kind, payload, response_topic, CORRELATION, MID))
+    s.transport.receive(request_message(DEVICE, kind, payload, response_topic, CORRELATION, MID))
     answers = fake.answers()
-    if s._queue:
-        assert len(s._queue) == 1 and answers == [] and fake.acked == [], "queued means: not answered, not acked"
-        job = s._queue.popleft()
-        s._run(job)  # the worker's step for this job
+    if s.admission.waiting():
+        assert len(s.admission.waiting()) == 1 and answers == [] and fake.acked == [], \
+            "queued means: not answered, not acked"
+        job = s.admission.take(timeout_s=0)
+        assert job is not None
+        s.run_job(job)  # the worker's step for this job
         answers = fake.answers()
         *chunks, last = answers
         assert all(json.loads(c.payload)["type"] == "chunk" for c in chunks if c.properties.ContentType ==
@@ -129,7 +130,7 @@ def deliver(kind: str, payload: bytes, response_topic: str | None = RESPONSES) -
         else:
             assert body["type"] == "final" and body["id"] == job.request.id, body
             outcome = "served"
-        assert s._answers.get(job.response_topic, job.request.id) is not None  # remembered before the ack
+        assert s.admission.answers.get(job.response_topic, job.request.id) is not None  # remembered before the ack
     elif not answers:
         assert kind == "cancel", "a request that was neither queued nor answered"
         parse_request("cancel", payload)  # only a valid cancel goes unanswered: it has nothing to say

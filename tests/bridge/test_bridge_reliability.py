@@ -8,12 +8,12 @@ import queue
 import threading
 import time
 
+from bridge_fake_device import FAULT_ENV
 from bridge_fakes import FakeTextEngine, expected_text
 from bridge_helpers import ChildProcess, connected_client, running_device
 
 from edgegen.firmware_bridge import topics
 from edgegen.firmware_bridge.connection import BrokerOptions
-from edgegen.firmware_bridge.service import FAULT_ENV
 
 N_REQUESTS = 36
 TOKENS = 8

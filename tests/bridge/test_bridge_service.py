@@ -25,7 +25,7 @@ HELLO = b'{"v": 1, "id": "r-1", "prompt": "hello there", "max_tokens": 2}'
 
 def offline(engine: FakeTextEngine | None = None, **config) -> tuple[DeviceService, RecordingMqtt]:
     service = DeviceService(ServiceConfig(DEVICE, **config), BrokerOptions(), {"default": engine or FakeTextEngine()})
-    service.client = fake = RecordingMqtt()
+    service.transport.client = fake = RecordingMqtt()
     return service, fake
 
 
@@ -36,15 +36,15 @@ class ExplodingEngine(FakeTextEngine):
 
 def test_a_failure_inside_accept_still_gets_one_internal_answer_and_the_device_goes_on() -> None:
     service, fake = offline(ExplodingEngine())
-    service._on_message(fake, None, request_message(DEVICE, "text", HELLO, RESPONSES, b"c-1", mid=11))
+    service.transport.receive(request_message(DEVICE, "text", HELLO, RESPONSES, b"c-1", mid=11))
     [answer] = fake.answers()
     body = json.loads(answer.payload)
     assert (answer.topic, answer.properties.CorrelationData) == (RESPONSES, b"c-1")
     assert body["type"] == "error" and body["code"] == ErrorCode.INTERNAL and "device log" in body["message"]
     assert fake.acked == [11] and service.counters["internal_errors"] == 1
     service.text_engines["default"] = FakeTextEngine()  # the same service takes the next request
-    service._on_message(fake, None, request_message(DEVICE, "text", HELLO, RESPONSES, b"c-2", mid=12))
-    assert len(service._queue) == 1
+    service.transport.receive(request_message(DEVICE, "text", HELLO, RESPONSES, b"c-2", mid=12))
+    assert len(service.admission.waiting()) == 1
 
 
 def test_a_failing_answer_store_is_answered_internal_on_the_errors_topic_without_a_response_topic() -> None:
@@ -53,9 +53,9 @@ def test_a_failing_answer_store_is_answered_internal_on_the_errors_topic_without
     def broken_get(topic: str, request_id: str) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    service._answers.get = broken_get  # type: ignore[method-assign]
+    service.admission.answers.get = broken_get  # type: ignore[method-assign]
     payload = b'{"v": 1, "id": "r-1", "prompt": "hi", "reply_to": "edgegen/v1/clients/board/responses"}'
-    service._on_message(fake, None, request_message(DEVICE, "text", payload, None, None, mid=5))
+    service.transport.receive(request_message(DEVICE, "text", payload, None, None, mid=5))
     [answer] = fake.answers()
     assert answer.topic == topics.errors(DEVICE) and json.loads(answer.payload)["code"] == ErrorCode.INTERNAL
     assert fake.acked == [5]
@@ -64,7 +64,7 @@ def test_a_failing_answer_store_is_answered_internal_on_the_errors_topic_without
 def test_a_lone_surrogate_is_answered_invalid_request_naming_the_field() -> None:
     service, fake = offline()
     payload = b'{"v": 1, "id": "x", "prompt": "\\ud800"}'  # valid JSON; the tokenizer raised TypeError on it
-    service._on_message(fake, None, request_message(DEVICE, "text", payload, RESPONSES, b"c", mid=3))
+    service.transport.receive(request_message(DEVICE, "text", payload, RESPONSES, b"c", mid=3))
     [answer] = fake.answers()
     body = json.loads(answer.payload)
     assert body["code"] == ErrorCode.INVALID_REQUEST and body["id"] == "x"
@@ -76,7 +76,7 @@ def test_counters_hammered_from_threads_while_telemetry_snapshots_them() -> None
     """The telemetry thread spreads the counters into its report while workers add new keys: with a bare Counter
     that dies with "dictionary changed size during iteration", and telemetry stops for good."""
     service, fake = offline(telemetry_interval_s=1e-6)
-    service._connected.set()
+    service.transport.connected.set()
     died: list[BaseException | None] = []
     hook, threading.excepthook = threading.excepthook, lambda args: died.append(args.exc_value)
     stop = threading.Event()
@@ -89,7 +89,7 @@ def test_counters_hammered_from_threads_while_telemetry_snapshots_them() -> None
                 service.counters.add(f"k{t}-{i // 10}")  # a new key: the dict grows under the reporter
             i += 1
 
-    reporter = threading.Thread(target=service._report, daemon=True)
+    reporter = threading.Thread(target=service.run_telemetry, daemon=True)
     workers = [threading.Thread(target=bump, args=(t,)) for t in range(4)]
     try:
         reporter.start()
@@ -106,7 +106,7 @@ def test_counters_hammered_from_threads_while_telemetry_snapshots_them() -> None
         assert reporter.is_alive() and not died, died
     finally:
         stop.set()
-        service._stopping.set()
+        service.transport.stopping.set()
         reporter.join(5)
         threading.excepthook = hook
     counts = service.counters.snapshot()
@@ -132,8 +132,8 @@ def test_peak_rss_has_one_owner() -> None:
 
 def test_the_service_keeps_its_answers_where_the_config_says(tmp_path: Path) -> None:
     service, _ = offline(state_dir=tmp_path / "state", remembered_answers=3, remembered_answer_bytes=500)
-    store = service._answers
+    store = service.admission.answers
     assert store.path == tmp_path / "state" / "answers.sqlite3" and (store.max_answers, store.max_bytes) == (3, 500)
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
     in_memory, _ = offline()
-    assert in_memory._answers.path is None and in_memory._answers.max_bytes == 64 * 1024 * 1024
+    assert in_memory.admission.answers.path is None and in_memory.admission.answers.max_bytes == 64 * 1024 * 1024

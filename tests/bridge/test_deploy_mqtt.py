@@ -128,7 +128,9 @@ def test_bad_offers_are_refused_with_their_reason(broker, models: dict, tmp_path
                 assert list((state / "transfers").glob("*.part"))
                 shutil.rmtree(state / "transfers")
             with connected_client(options) as client:  # still serving, the committed v5 included
-                assert client.generate("!!", device="dev1", model=NAME, max_tokens=2, chat=False).text() is not None
+                stream = client.generate("!!", device="dev1", model=NAME, max_tokens=2, chat=False)
+                stream.text()
+                assert stream.result is not None and stream.result["finish_reason"] in ("stop", "length"), stream.result
         assert device.stop() == 0
     finally:
         device.stop()

@@ -35,6 +35,19 @@ typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d;
 /* One quantized activation block: 32 int8, the f16-rounded scale d and d * sum (as floats), and the sums of each half
  * (for offsets and the K-quants' 16-weight minimums). */
 typedef struct { float d, s; int16_t bs[2]; int8_t qs[32]; } eg_q8x;                            /*  44 B / 32 */
+/* The block sizes live here, checked by the compiler: gguf-py's GGML_QUANT_SIZES and source.ACT_BLOCK_BYTES must agree
+ * (tests/native checks the Python side against these). */
+_Static_assert(sizeof(eg_block_q8_0) == 34, "Q8_0 block");
+_Static_assert(sizeof(eg_block_q4_0) == 18, "Q4_0 block");
+_Static_assert(sizeof(eg_block_q4_1) == 20, "Q4_1 block");
+_Static_assert(sizeof(eg_block_q5_0) == 22, "Q5_0 block");
+_Static_assert(sizeof(eg_block_q5_1) == 24, "Q5_1 block");
+_Static_assert(sizeof(eg_block_q2_K) == 84, "Q2_K block");
+_Static_assert(sizeof(eg_block_q3_K) == 110, "Q3_K block");
+_Static_assert(sizeof(eg_block_q4_K) == 144, "Q4_K block");
+_Static_assert(sizeof(eg_block_q5_K) == 176, "Q5_K block");
+_Static_assert(sizeof(eg_block_q6_K) == 210, "Q6_K block");
+_Static_assert(sizeof(eg_q8x) == 44, "activation block");
 
 EG_INLINE float eg_f16_portable(uint16_t h) {
   /* IEEE half -> float by bits (no F16C/__fp16 needed); handles zero, subnormals, inf and nan. */
