@@ -239,12 +239,13 @@ class TextGenerator:
         """Logits after `context`: a decode step at `pos` when the KV cache still holds this stream's tokens, else
         (the first step, or another stream ran in between) a prefill of what the cache does not already hold (a
         prompt that starts like the previous one reuses that prefix: runtime.graphs.prefill_reusing)."""
+        session = self.graphs.session
         with self._lock:
-            if pos is None or self.graphs.cache_owner is not owner:
+            if pos is None or not session.holds(owner):
                 logits = self.graphs.prefill_reusing(context)
             else:
                 logits = self.graphs.decode(context[-1], pos)
-            self.graphs.cache_owner = owner
+            session.claim(owner)
             return logits
 
     def _run(self, ids: list[int], params: SamplingParams, cancel: threading.Event | None,

@@ -23,6 +23,7 @@ from edgegen.runtime.errors import GenerationError
 from edgegen.runtime.loader import GGUFWeights, build_llama
 from edgegen.runtime.native.options import KernelOptions
 from edgegen.runtime.quant import embedding_rows
+from edgegen.runtime.session import GenerationSession
 from edgegen.runtime.tinygrad_seam import (
     capture_on_first_call,
     captured_graph,
@@ -65,11 +66,9 @@ class ModelGraphs:
         self._weights: GGUFWeights | None = None
         self._start = UOp.variable("start_pos", 0, config.max_context - 1)
         self._last = UOp.variable("last", 0, max(PREFILL_BUCKETS) - 1)
-        # The stream whose tokens the KV cache holds now; another stream that resumes re-runs its context first.
-        self.cache_owner: object | None = None
-        # The token ids whose keys and values the KV cache holds at positions 0.. (prompt reuse: a request that starts
-        # with them prefills only the rest); [] when unknown.
-        self.cached_ids: list[int] = []
+        # Which stream's tokens the KV cache holds, and which tokens (prompt reuse: a request that starts with them
+        # prefills only the rest): the session owns these facts; the steps below record what they wrote.
+        self.session = GenerationSession()
         self.probe_token = probe_token
         self._cache_key = jit_cache_store.cache_key(model_file.path, device, config.max_context,
                                                     self.options.describe(device)) \
@@ -120,7 +119,7 @@ class ModelGraphs:
         self._suffix_jits = {b: capture_on_first_call(TinyJit(self._suffix_step)) for b in PREFILL_BUCKETS}
         self._prefill_inputs: dict[int, Tensor] = {}  # one persistent input buffer per bucket (replays read it)
         self._prefill_replays: dict[str, CPUReplay | None] = {}  # per graph name; None: tried, TinyJit it is
-        self.cached_ids = []
+        self.session.forget()  # new graphs own new buffers: the cache holds nothing known
 
     def _install_graphs(self, graphs: dict) -> None:
         if "decode" not in graphs or not isinstance(graphs.get("probe"), np.ndarray):
@@ -145,7 +144,6 @@ class ModelGraphs:
             self.model  # noqa: B018 - the weights, built now: not inside the capture that follows (_step_model)
             self.from_disk = False
             self._saved_graphs = set()
-            self.cache_owner = None
             self.probe = None  # the next save computes its probe from the recaptured graph, not the loaded file
 
     def _captured_names(self) -> set[str]:
@@ -176,8 +174,7 @@ class ModelGraphs:
         """Decode logits for the probe token alone at position 0: they depend only on the weights (row 0 of the KV
         cache is written before it is read, and every request rewrites the rows it reads)."""
         self._write_decode_input(self.embed([self.probe_token])[None])  # (1, 1, dim)
-        self.cache_owner = None  # the probe rewrote cache row 0
-        self.cached_ids = []
+        self.session.forget()  # the probe rewrote cache row 0
         return self._decode_logits(0)
 
     def _verify_loaded(self, name: str, run: Callable[[], tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
@@ -235,11 +232,7 @@ class ModelGraphs:
         """The logits after `ids`, computing only what the KV cache does not hold yet: the tokens after the longest
         prefix shared with the cache's tokens (a fixed system prompt over MQTT is prefilled once). Falls back to a
         whole prefill when nothing is shared."""
-        shared = 0
-        for a, b in zip(self.cached_ids, ids[:-1]):  # at least the last token is computed: its logits are the answer
-            if a != b:
-                break
-            shared += 1
+        shared = self.session.shared_prefix(ids)
         rest = ids[shared:]
         bucket = next((b for b in PREFILL_BUCKETS if b >= len(rest)), None)
         if shared == 0:
@@ -253,7 +246,7 @@ class ModelGraphs:
                 logits = self.decode(token, shared + i)
         else:
             return self.prefill(ids)
-        self.cached_ids = list(ids)
+        self.session.wrote(ids)
         return logits
 
     def prefill(self, ids: list[int]) -> np.ndarray:
@@ -267,13 +260,13 @@ class ModelGraphs:
         if bucket is None or bucket > self.config.max_context:
             # Longer than every bucket: one exact-size graph (compiled for this length only).
             h = Tensor(self.embed(ids)[None], device=self.device).realize()
-            self.cached_ids = list(ids)
+            self.session.wrote(ids)
             return self.model(h, 0, logits_at=n - 1).realize().numpy().reshape(-1)
         return self._run_prefill_graph(ids, bucket)
 
     def _run_prefill_graph(self, ids: list[int], bucket: int) -> np.ndarray:
         logits = self._run_graph(f"prefill{bucket}", self._prefill_jits[bucket], ids, bucket, {})
-        self.cached_ids = list(ids)
+        self.session.wrote(ids)
         return logits
 
     def _run_graph(self, name: str, jit: Any, ids: list[int], bucket: int, variables: dict) -> np.ndarray:
@@ -323,7 +316,7 @@ class ModelGraphs:
 
     def decode(self, token: int, pos: int) -> np.ndarray:
         """One token at position `pos` (the KV cache holds the positions before it); the logits after it."""
-        self.cached_ids = self.cached_ids[:pos] + [token] if len(self.cached_ids) >= pos else []
+        self.session.wrote_token(token, pos)
         self._write_decode_input(self.embed([token])[None])  # (1, 1, dim)
         return self._decode_logits(pos)
 
@@ -354,7 +347,6 @@ class ModelGraphs:
     def forward(self, ids: list[int]) -> np.ndarray:
         """Next-token logits at every position of one causal pass from position 0, outside the graphs (T, vocab)."""
         self.own_graphs()
-        self.cache_owner = None
-        self.cached_ids = []
+        self.session.forget()
         h = Tensor(self.embed(ids)[None], device=self.device).realize()
         return self.model(h, 0, last_only=False).realize().numpy().reshape(len(ids), -1)

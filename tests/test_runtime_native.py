@@ -71,7 +71,7 @@ def test_a_shared_prefix_is_not_prefilled_again(q8_files, kernels):
     gen.graphs.prefill_reusing(IDS)
     second = IDS[:9] + [77, 1, 50, 23]
     got = gen.graphs.prefill_reusing(second)
-    assert gen.graphs.cached_ids == second
+    assert gen.graphs.session.cached_ids == second
     want = fresh.graphs.prefill(second)
     if kernels == "native":  # every row's arithmetic is the same whatever it is batched with: the same bits
         assert np.array_equal(got, want)
@@ -82,7 +82,7 @@ def test_a_shared_prefix_is_not_prefilled_again(q8_files, kernels):
     assert suffix_graphs == ([bucket] if kernels == "native" else [])
     # and generation through the engine reuses it too: the same tokens as a generator that starts cold
     params = SamplingParams(max_tokens=6, temperature=0.0)
-    fresh.graphs.cached_ids = []
+    fresh.graphs.session.forget()
     ours, theirs = gen.stream_ids(second + [4], params), fresh.stream_ids(second + [4], params)
     for stream in (ours, theirs):
         for _ in stream:
@@ -128,3 +128,24 @@ def test_the_planner_counts_the_kv_cache_the_runtime_allocates(q8_files, kernels
     gen = load(q8_files["gemma3"], kernels)
     held = sum(block.cache_kv.nbytes() for block in gen.model.blocks if block.cache_kv is not None)
     assert held == kv_cache_bytes(read_model_facts(q8_files["gemma3"]), 64, "CPU", kernels)
+
+
+def test_the_session_knows_what_the_cache_holds():
+    """runtime.session: the one owner of which stream's tokens the KV cache holds; a stream that lost the cache to
+    another is prefilled again, a prompt sharing a prefix reuses it."""
+    from edgegen.runtime.session import GenerationSession
+
+    s = GenerationSession()
+    a, b = object(), object()
+    s.claim(a)
+    s.wrote([1, 2, 3])
+    assert s.holds(a) and not s.holds(b) and s.shared_prefix([1, 2, 9, 4]) == 2
+    assert s.shared_prefix([1, 2, 3]) == 2  # the last token is always computed: its logits are the answer
+    s.wrote_token(4, 3)
+    assert s.cached_ids == [1, 2, 3, 4]
+    s.wrote_token(7, 1)  # a decode at an earlier position: the rows after it are stale
+    assert s.cached_ids == [1, 7]
+    s.wrote_token(5, 9)  # past what is known: nothing is known
+    assert s.cached_ids == []
+    s.forget()
+    assert not s.holds(a)
