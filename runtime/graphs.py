@@ -200,15 +200,18 @@ class ModelGraphs:
         """A loaded prefill graph's first use: the decode graph (checked against the saved probe first) then
         recomputes the last prompt position from the cache rows the prefill wrote; both must agree. Costs one
         decode step, not a second prefill. None when a check failed and the caller must use the model."""
+        return self._checked_disk_batch(f"prefill{bucket}", ids, lambda: self._run_prefill_graph(ids, bucket))
+
+    def _checked_disk_batch(self, name: str, ids: list[int], run: Callable[[], np.ndarray]) -> np.ndarray | None:
+        """`run()`, a loaded batched graph (a prefill, or a suffix after a reused prefix) that ends at the last of
+        `ids`, checked on its first use as _checked_disk_prefill says."""
         assert self.probe is not None
         probe = self.probe
         if "decode" in self.unverified and self._verify_loaded("decode", lambda: (self._decode_probe(), probe)) is None:
             return None
-        name = f"prefill{bucket}"
         if name not in self.unverified:
-            return self._run_prefill_graph(ids, bucket)
-        return self._verify_loaded(name, lambda: (self._run_prefill_graph(ids, bucket),
-                                                  self.decode(ids[-1], len(ids) - 1)))
+            return run()
+        return self._verify_loaded(name, lambda: (run(), self.decode(ids[-1], len(ids) - 1)))
 
     # ---- model steps -------------------------------------------------------------------------------------------
     def _step_model(self) -> Llama:
@@ -237,10 +240,21 @@ class ModelGraphs:
         bucket = next((b for b in PREFILL_BUCKETS if b >= len(rest)), None)
         if shared == 0:
             return self.prefill(ids)
-        if (self.native and not self.from_disk and bucket is not None and shared + bucket <= self.config.max_context
-                and len(rest) > 1):
-            logits = self._run_graph(f"suffix{bucket}", self._suffix_jits[bucket], rest, bucket,
-                                     {"start_pos": self._start.bind(shared)})
+        suffix = (self.native and bucket is not None and shared + bucket <= self.config.max_context and len(rest) > 1
+                  and (not self.from_disk or captured_graph(self._suffix_jits[bucket]) is not None))
+        if suffix:
+            assert bucket is not None
+
+            def run() -> np.ndarray:
+                return self._run_graph(f"suffix{bucket}", self._suffix_jits[bucket], rest, bucket,
+                                       {"start_pos": self._start.bind(shared)})
+
+            if not self.from_disk:
+                logits = run()
+            elif (checked := self._checked_disk_batch(f"suffix{bucket}", ids, run)) is not None:
+                logits = checked
+            else:  # the check dropped the loaded graphs: the model prefills it
+                return self.prefill(ids)
         elif len(rest) <= SUFFIX_DECODE_STEPS:
             for i, token in enumerate(rest):
                 logits = self.decode(token, shared + i)

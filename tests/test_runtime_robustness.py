@@ -19,6 +19,7 @@ from tinygrad import Device, Tensor
 from edgegen.runtime import SamplingParams
 from edgegen.runtime import jit_cache as store
 from edgegen.runtime.engine import TextGenerator
+from edgegen.runtime.native.options import KernelOptions
 from edgegen.runtime.tinygrad_seam import captured_graph, graph_buffer_devices, graph_output, write_buffer
 
 GREEDY = SamplingParams(max_tokens=6)
@@ -110,7 +111,8 @@ def test_two_backends_in_one_process_keep_their_own_devices(tiny, private_cache)
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"no OpenCL platform here: {e}")
     before = Device.DEFAULT
-    cpu = TextGenerator.load(tiny, device="CPU", max_context=64, jit_cache=False)
+    cpu = TextGenerator.load(tiny, device="CPU", max_context=64, jit_cache=False,
+                             kernels=KernelOptions("tinygrad"))  # the same kernels as CL's: logits to 1e-3
     cl = TextGenerator.load(tiny, device="CL", max_context=64, jit_cache=False)
     assert before == Device.DEFAULT, "loading on a device changed tinygrad's process-wide default"
     assert cl.model.cos.device == "CL" and cpu.model.cos.device == "CPU"
