@@ -92,7 +92,7 @@ def test_plan_default(capsys):
     code, out, _ = run(capsys, "plan", "default", "--board", "rpi5-4gb")
     assert code == 0
     assert out.splitlines()[0] == f"model:    {DEFAULT}"
-    assert "verdict:  FITS: needs 307 MiB" in out and "advice:   fits as is" in out
+    assert "verdict:  FITS: needs 251 MiB" in out and "advice:   fits as is" in out
     code, out, _ = run(capsys, "plan", "default", "--board", "rpi5-4gb", "--json")
     plan = json.loads(out)
     assert (plan["verdict"], plan["fits"], plan["memory_fits"], plan["cannot_run_reason"]) == ("fits", True, True, None)
