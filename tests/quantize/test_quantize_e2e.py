@@ -41,13 +41,16 @@ def test_w8_runs_in_edgegen_runtime(w8_file):
     from edgegen.quantize.llama_numpy import config_from_source, forward
     from edgegen.runtime import SamplingParams
     from edgegen.runtime.engine import TextGenerator
+    from edgegen.runtime.native.options import KernelOptions
 
     gen = TextGenerator.load(w8_file, max_context=64)
     result = gen.generate("What is the capital of France?", SamplingParams(max_tokens=6))
     assert result.completion_tokens >= 1 and result.text.strip()
-    # The runtime on the quantized file agrees with the quantizer's float numpy forward on the float source.
+    # The runtime on the quantized file agrees with the quantizer's float numpy forward on the float source: the float
+    # path (--kernels tinygrad); the default one quantizes activations to 8 bits as llama.cpp does.
     ids = gen.tokenizer.encode("The GNU General Public License is a free, copyleft license for software")
-    runtime_logits = gen.logits(ids)
+    float_path = TextGenerator.load(w8_file, max_context=64, kernels=KernelOptions("tinygrad"), jit_cache=False)
+    runtime_logits = float_path.logits(ids)
     src = load_gguf(SMOLLM2)
     float_logits = forward(src.tensors, config_from_source(src), ids)
     agree = np.mean(runtime_logits.argmax(-1) == float_logits.argmax(-1))
