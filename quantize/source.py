@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 
 from edgegen.quantize.errors import QuantizeError
+from edgegen.runtime.artifact.constants import Key
 from edgegen.runtime.artifact.writer import MetaValue
 
 __all__ = ["MetaValue", "ModelSource", "check_tokenizer", "load_source", "sha256_files"]
 
 # The tokenizer fields a runtime (ours or llama.cpp's) needs to turn text into ids; a source without them is refused.
-REQUIRED_TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
+REQUIRED_TOKENIZER_KEYS = (Key.TOKENIZER_MODEL, Key.TOKENS)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.models.llama import Llama, LlamaConfig
-from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT
+from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT, Key
 from edgegen.runtime.artifact.reader import ModelFile, open_model
 from edgegen.runtime.backend import resolve_device
 from edgegen.runtime.chat import render_chat, validate_messages
@@ -79,7 +79,7 @@ class TextGenerator:
         self.model_file, self.device = model_file, device
         self.config: LlamaConfig = config_from_gguf(model_file, max_context)
         self.tokenizer = load_tokenizer(model_file)
-        self.chat_template: str | None = model_file.get("tokenizer.chat_template")
+        self.chat_template: str | None = model_file.get(Key.CHAT_TEMPLATE)
         self._raw_notice_given = False
         self._lock = TINYGRAD_LOCK
         self._end_ids = self._end_of_turn_ids()
@@ -173,12 +173,12 @@ class TextGenerator:
         return render_chat(self.chat_template, messages, bos_token=bos, eos_token=eos)
 
     def _token_text(self, token_id: int | None) -> str:
-        if token_id is None or not 0 <= token_id < len(self.model_file.get("tokenizer.ggml.tokens") or []):
+        if token_id is None or not 0 <= token_id < len(self.model_file.get(Key.TOKENS) or []):
             return ""
-        return self.model_file.get("tokenizer.ggml.tokens")[token_id]
+        return self.model_file.get(Key.TOKENS)[token_id]
 
     def _end_of_turn_ids(self) -> set[int]:
-        tokens = self.model_file.get("tokenizer.ggml.tokens") or []
+        tokens = self.model_file.get(Key.TOKENS) or []
         ids = {i for i, t in enumerate(tokens) if t in END_OF_TURN}
         # EOS and the end-of-turn / end-of-message ids the file names (Llama 3.x: <|eot_id|>, <|eom_id|>), as the
         # tokenizer read and checked them from the metadata

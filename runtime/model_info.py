@@ -5,6 +5,8 @@ import re
 from collections import Counter
 from typing import Any
 
+from edgegen.runtime.artifact.constants import Key
+
 ARRAY_SUMMARY = "[{} items]"
 ARRAY_SUMMARY_RE = re.compile(r"\[\d+ items\]")
 MAX_LISTED_ITEMS = 16  # arrays up to this length are shown whole (channel lists); longer ones (vocabularies) by length
@@ -102,7 +104,7 @@ def describe(model: str) -> dict:
     return {
         "path": str(mf.path),
         "architecture": mf.architecture or None,
-        "name": mf.get("general.name"),
+        "name": mf.get(Key.NAME),
         "runnable": reason is None,
         "runnable_reason": reason,
         "problems": malformed,  # what is wrong with the file itself (not only unsupported here): info exits 2
@@ -114,9 +116,9 @@ def describe(model: str) -> dict:
         "bits_per_weight": round(8 * mf.size_bytes / max(n_params, 1), 3),
         "tensor_types": dict(types),
         "bytes_by_type": dict(bytes_by_type),
-        "tokenizer": mf.get("tokenizer.ggml.model"),
-        "vocab_size": len(mf.get("tokenizer.ggml.tokens") or []),
-        "has_chat_template": bool(mf.get("tokenizer.chat_template")),
+        "tokenizer": mf.get(Key.TOKENIZER_MODEL),
+        "vocab_size": len(mf.get(Key.TOKENS) or []),
+        "has_chat_template": bool(mf.get(Key.CHAT_TEMPLATE)),
         "metadata": {k: summarize_value(v) for k, v in mf.metadata.items()},
         "tensors": [{"name": t.name, "type": t.ggml_type.name, "shape": list(t.shape), "bytes": t.size_bytes}
                     for t in mf.tensors.values()],

@@ -325,7 +325,7 @@ class _SpecialPartition:
 def _rstrip_ids(metadata: Mapping[str, Any], tokens: Sequence[str], special_ids: Sequence[int]) -> set[int]:
     """Special tokens that swallow the whitespace after them: llama.cpp sets this for models named Phi-3 (all
     specials and </s>, not <unk>, <s>, <|endoftext|>), whose chat template puts a newline after each tag."""
-    name = str(metadata.get("general.name") or "").lower()
+    name = str(metadata.get(Key.NAME) or "").lower()
     if "phi-3" not in name and "phi3" not in name:
         return set()
     index = {t: i for i, t in enumerate(tokens)}
