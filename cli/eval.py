@@ -97,8 +97,8 @@ def evaluate_diffusion(generator, classifier, per_digit: int = 100, steps: int =
                        on_step: Callable[[int, int], None] | None = None) -> tuple[DiffusionQuality, np.ndarray]:
     """Sample `per_digit` images of every digit with the runtime's ImageGenerator and score them on held-out MNIST
     test digits; returns the scores and the images (N, 28, 28) in [-1, 1]."""
-    from edgegen.models.mnist import load_mnist
     from edgegen.quantize.evaluate_diffusion import digit_labels, score_digits
+    from edgegen.quantize.mnist import load_mnist
     from edgegen.runtime.diffusion import DEFAULT_GUIDANCE, DiffusionParams
 
     guidance = DEFAULT_GUIDANCE if guidance is None else guidance
@@ -112,7 +112,7 @@ def evaluate_diffusion(generator, classifier, per_digit: int = 100, steps: int =
 
 
 def run_diffusion(args: argparse.Namespace) -> int:
-    from edgegen.models.mnist import mnist_path
+    from edgegen.quantize.mnist import mnist_path
     from edgegen.runtime.diffusion import (
         DEFAULT_CLASSIFIER,
         DEFAULT_GUIDANCE,

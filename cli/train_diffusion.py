@@ -38,8 +38,8 @@ def _show_training_log(logger: logging.Logger) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgegen.models.classifier import ClassifierConfig
-    from edgegen.models.mnist import TrainingError
     from edgegen.models.unet import UNetConfig
+    from edgegen.quantize.mnist import TrainingError
 
     if args.steps < 1 or args.batch < 1:
         raise TrainingError(f"--steps and --batch must be positive (got {args.steps}, {args.batch})")

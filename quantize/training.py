@@ -27,8 +27,8 @@ from tinygrad.nn.optim import Adam
 
 from edgegen.models.classifier import CLASSIFIER_ARCH, ClassifierConfig, MnistClassifier
 from edgegen.models.classifier import parameter_shapes as classifier_shapes
-from edgegen.models.mnist import TrainingError, load_mnist
 from edgegen.models.unet import UNET_ARCH, FloatWeights, UNet, UNetConfig, cosine_alpha_bars, parameter_shapes
+from edgegen.quantize.mnist import TrainingError, load_mnist
 
 log = logging.getLogger(__name__)
 

