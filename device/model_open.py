@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from edgegen.device.model_facts import ModelFacts, facts_from_model_file
 from edgegen.runtime.artifact.constants import TEXT_ARCHITECTURES
 from edgegen.runtime.artifact.reader import open_gguf, runnable_reason
-from edgegen.runtime.artifact.validate import malformed_problems
+from edgegen.runtime.artifact.validate import check_file
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,12 @@ class OpenedModel:
 
 
 def open_model_facts(model: str) -> OpenedModel:
-    """Facts of `model` (a GGUF path or 'default'); the artifact package's ArtifactError for a file it cannot parse."""
+    """Facts of `model` (a GGUF path or 'default'); the artifact package's ArtifactError for a file it cannot parse
+    or that is malformed (artifact.validate: as `generate` and `info` refuse it). A well-formed file the runtime does
+    not run (another architecture, tensor types without kernels) gets its reason in `cannot_run` instead."""
     mf = open_gguf(model)
+    check_file(mf)
     facts = facts_from_model_file(mf)
     reason = runnable_reason(mf, TEXT_ARCHITECTURES)  # plan and bench are about text generation
-    fixable = (reason is not None and mf.architecture in TEXT_ARCHITECTURES and bool(mf.tensors)
-               and not malformed_problems(mf))  # re-quantizing fixes tensor types, not a broken file
+    fixable = reason is not None and mf.architecture in TEXT_ARCHITECTURES and bool(mf.tensors)
     return OpenedModel(facts, reason, fixable)

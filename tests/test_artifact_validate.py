@@ -1,5 +1,5 @@
 """Malformed model files, broken the ways real downloads and bad converters break them, are refused with one line
-naming the problem by every consumer (the library's open_model, `edgegen info`, `edgegen generate`), never a
+naming the problem by every consumer (the library's open_model, `edgegen info`, `generate`, `plan`), never a
 traceback, a numpy warning or a run that prints garbage; files that stay valid still run.
 
 The tiny decoder written by tests/tiny_arch.py (Q4_1 matrices, F32 norms, a BPE vocabulary with one merge) is the
@@ -147,7 +147,8 @@ def test_each_malformation_is_one_error_line_everywhere(tiny, tmp_path, change, 
             open_model(bad)
         assert needle in str(refused.value) and str(refused.value).startswith("bad.gguf: ")
         assert "\n" not in str(refused.value)
-        for command in (("generate", "--model", str(bad), "--max-tokens", "2", "Hi"), ("info", str(bad))):
+        for command in (("generate", "--model", str(bad), "--max-tokens", "2", "Hi"), ("info", str(bad)),
+                        ("plan", str(bad), "--board", "rpi5-4gb")):
             code, out, err = run_cli(*command)
             assert code == 2, (command, out, err)
             assert len(error_lines(err)) == 1 and needle in err, err  # no warning line before the error
