@@ -63,3 +63,18 @@ def make_client(client_id: str, options: BrokerOptions, manual_ack: bool = False
             raise RequestError(ErrorCode.INVALID_REQUEST, f"cannot load TLS files ({e})") from e
     client.reconnect_delay_set(options.reconnect_min_delay_s, options.reconnect_max_delay_s)
     return client
+
+
+PUBLISH_WAIT_S = 10.0
+
+
+def wait_published(info: mqtt.MQTTMessageInfo, timeout_s: float = PUBLISH_WAIT_S) -> bool:
+    """Wait for the broker's PUBACK of a QoS 1 publish; False when not connected (paho keeps the message and resends
+    it after a reconnect) or not acknowledged in time."""
+    if info.rc == mqtt.MQTT_ERR_NO_CONN:
+        return False
+    try:
+        info.wait_for_publish(timeout_s)
+    except (RuntimeError, ValueError):
+        return False
+    return info.is_published()

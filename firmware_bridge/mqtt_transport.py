@@ -22,13 +22,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgegen.firmware_bridge import responses, topics
 from edgegen.firmware_bridge.admission import Job
-from edgegen.firmware_bridge.connection import BrokerOptions, make_client
+from edgegen.firmware_bridge.connection import PUBLISH_WAIT_S, BrokerOptions, make_client, wait_published
 from edgegen.firmware_bridge.counters import Counters
 from edgegen.firmware_bridge.errors import ErrorCode
 from edgegen.firmware_bridge.schema import encode
 
 log = logging.getLogger(__name__)
-PUBLISH_WAIT_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,14 +217,8 @@ class MqttTransport:
 
     @staticmethod
     def wait(info: mqtt.MQTTMessageInfo, timeout_s: float = PUBLISH_WAIT_S) -> bool:
-        """Wait for the broker's PUBACK; False when not connected (paho keeps the message and resends it)."""
-        if info.rc == mqtt.MQTT_ERR_NO_CONN:
-            return False
-        try:
-            info.wait_for_publish(timeout_s)
-        except (RuntimeError, ValueError):
-            return False
-        return info.is_published()
+        """Wait for the broker's PUBACK (connection.wait_published)."""
+        return wait_published(info, timeout_s)
 
     def ack(self, deliveries: list[tuple[int, int]]) -> None:
         with self._lock:

@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgegen.firmware_bridge import topics
-from edgegen.firmware_bridge.connection import BrokerOptions, make_client
+from edgegen.firmware_bridge.connection import PUBLISH_WAIT_S, BrokerOptions, make_client, wait_published
 from edgegen.firmware_bridge.deploy import protocol
 from edgegen.firmware_bridge.deploy.errors import DeployCode, DeployError
 from edgegen.firmware_bridge.deploy.manifest import SignedManifest
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "EDGEGEN_DEPLOY_SERVER_FAULT"  # test-only, see the module docstring
 _FAULT = re.compile(r"(corrupt-every|slow-blocks)-(\d+)")
 CONNECT_TIMEOUT_S = 10.0
-PUBLISH_WAIT_S = 10.0
 # Exit codes of a rollout (and of `edgegen deploy`); 2 stays bad input, as for every edgegen command.
 EXIT_COMMITTED = 0
 EXIT_FAILED = 3  # the rollout ran to its end, but some targets failed, rolled back or were rejected
@@ -143,7 +142,7 @@ class DeployServer:
         infos = [self.client.publish(protocol.offer_topic(t.device), b"", qos=1, retain=True)
                  for t in self.targets.values() if t.offered_s is not None]
         for info in infos:
-            _wait(info)
+            wait_published(info, PUBLISH_WAIT_S)
         self.client.disconnect()
         self.client.loop_stop()
         os.close(self._fd)
@@ -238,7 +237,7 @@ class DeployServer:
         with self._cv:
             target.state, target.offered_s = "offered", time.monotonic()
         info = self.client.publish(protocol.offer_topic(target.device), self._offer_payload, qos=1, retain=True)
-        if not _wait(info):
+        if not wait_published(info, PUBLISH_WAIT_S):
             log.warning("the offer to %s is not acknowledged yet; paho resends it after a reconnect", target.device)
         if self.track is not None:
             self.track(target)
@@ -303,11 +302,3 @@ class DeployServer:
                 "targets": {d: t.to_dict() for d, t in self.targets.items()}}
 
 
-def _wait(info: mqtt.MQTTMessageInfo) -> bool:
-    if info.rc == mqtt.MQTT_ERR_NO_CONN:
-        return False
-    try:
-        info.wait_for_publish(PUBLISH_WAIT_S)
-    except (RuntimeError, ValueError):
-        return False
-    return info.is_published()
