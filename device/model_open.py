@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from edgegen.device.model_facts import ModelFacts, facts_from_model_file
 from edgegen.runtime.artifact.constants import TEXT_ARCHITECTURES
-from edgegen.runtime.artifact.reader import open_gguf, runnable_reason
-from edgegen.runtime.artifact.validate import check_file
+from edgegen.runtime.artifact.reader import open_gguf
+from edgegen.runtime.artifact.validate import check_file, runnable_problems
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,6 @@ def open_model_facts(model: str) -> OpenedModel:
     mf = open_gguf(model)
     check_file(mf)
     facts = facts_from_model_file(mf)
-    reason = runnable_reason(mf, TEXT_ARCHITECTURES)  # plan and bench are about text generation
+    reason = "; ".join(runnable_problems(mf, TEXT_ARCHITECTURES)) or None  # plan and bench: text generation
     fixable = reason is not None and mf.architecture in TEXT_ARCHITECTURES and bool(mf.tensors)
     return OpenedModel(facts, reason, fixable)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.quantize.errors import QuantizeError
-from edgegen.quantize.source import MetaValue, ModelSource, check_tokenizer, sha256_files
-from edgegen.runtime.artifact.constants import IMAGE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, GGUFValueType, Key
+from edgegen.quantize.source import MetaValue, ModelSource, sha256_files
+from edgegen.runtime.artifact.constants import SUPPORTED_ARCHITECTURES, GGUFValueType, Key
 from edgegen.runtime.artifact.reader import ModelFile, dequantize_tensor, open_gguf
 from edgegen.runtime.artifact.validate import check_file
 from edgegen.runtime.errors import ArtifactError
@@ -55,9 +55,7 @@ def load_gguf(path: Path) -> ModelSource:
         check_file(mf)  # hyperparameters, tensor shapes, tokenizer: a broken file's facts are not carried forward
     except ArtifactError as e:
         raise QuantizeError(str(e)) from None
-    metadata = read_metadata(mf)
-    if mf.architecture not in IMAGE_ARCHITECTURES:  # image models have no tokenizer
-        check_tokenizer(path, metadata)
+    metadata = read_metadata(mf)  # a text model's tokenizer was checked by check_file (image models have none)
     tensors: dict[str, np.ndarray] = {}
     types: dict[str, str] = {}
     for t in mf.tensors.values():

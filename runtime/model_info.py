@@ -69,33 +69,17 @@ def family_options(config: dict, tensor_names: set[str]) -> list[str]:
     return out
 
 
-def _tokenizer_problem(mf) -> str | None:
-    """Why the tokenizer libraries refuse a text model's vocabulary that passed artifact.validate, if they do."""
-    from edgegen.runtime.artifact.reader import TEXT_ARCHITECTURES
-    from edgegen.runtime.artifact.tokenizer import load_tokenizer
-    from edgegen.runtime.errors import ArtifactError
-
-    if mf.architecture not in TEXT_ARCHITECTURES:
-        return None
-    try:
-        load_tokenizer(mf)
-    except ArtifactError as e:
-        prefix = f"{mf.path.name}: "
-        return str(e)[len(prefix):] if str(e).startswith(prefix) else str(e)
-    return None
-
-
 def describe(model: str) -> dict:
     """Everything `edgegen info` prints about the GGUF file `model` (a path or 'default')."""
-    from edgegen.runtime.artifact.reader import open_gguf, runnable_reason
-    from edgegen.runtime.artifact.validate import malformed_problems
+    from edgegen.runtime.artifact.reader import open_gguf
+    from edgegen.runtime.artifact.validate import malformed_problems, runnable_problems, tokenizer_build_problem
 
     mf = open_gguf(model, strict=False)
     config, _ = model_config(mf)  # its problem is among malformed_problems
-    malformed, reason = malformed_problems(mf), runnable_reason(mf)  # the reason lists the malformations too
-    if not malformed and (problem := _tokenizer_problem(mf)):  # what the tokenizer library alone refuses
+    malformed = malformed_problems(mf)
+    if not malformed and (problem := tokenizer_build_problem(mf)):  # what the tokenizer library alone refuses
         malformed.append(problem)
-        reason = "; ".join(filter(None, (reason, problem)))
+    reason = "; ".join(runnable_problems(mf) + malformed) or None  # runnable_reason's, each check run once
     types = Counter(t.ggml_type.name for t in mf.tensors.values())
     bytes_by_type: Counter[str] = Counter()
     for t in mf.tensors.values():

@@ -166,8 +166,15 @@ class BPETokenizer:
         self.pre_tokenizer: PreTokenizerRule = pre_tokenizer_rule(metadata.get(Key.TOKENIZER_PRE), source)
         vocab = {tok: i for i, tok in enumerate(tokens)}
         merge_pairs = [pair for pair in map(_merge_pair, merges) if pair is not None]
-        tok = HFTokenizer(models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False,
-                                     ignore_merges=self.pre_tokenizer.ignore_merges))
+        if len(merge_pairs) != len(merges):  # llama.cpp asserts every merge has its space
+            raise ArtifactError(f"{source}: {merge_problem(merges, tokens)}")
+        try:
+            tok = HFTokenizer(models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False,
+                                         ignore_merges=self.pre_tokenizer.ignore_merges))
+        except Exception:
+            if (problem := merge_problem(merges, tokens)) is None:
+                raise
+            raise ArtifactError(f"{source}: {problem}") from None
         tok.pre_tokenizer = hf_pre_tokenizer(self.pre_tokenizer)
         tok.decoder = decoders.ByteLevel()
         self._control = {i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED)}
@@ -337,6 +344,28 @@ def _merge_pair(merge: str) -> tuple[str, str] | None:
     """A GGUF merge "a b" as a pair; llama.cpp splits at the first space after the first character."""
     cut = merge.find(" ", 1)
     return (merge[:cut], merge[cut + 1:]) if cut > 0 else None
+
+
+def merge_problem(merges: Any, tokens: Sequence[str]) -> str | None:
+    """The first merge byte-level BPE (Hugging Face `tokenizers`) would refuse, named by its entry: one that is not
+    two tokens separated by a space, or whose halves or their join are not in the vocabulary (the library says only
+    "Token ... out of vocabulary", naming no file and no key). None if every merge is sound."""
+    if merges is None:
+        return None
+    if not isinstance(merges, list) or (merges and not isinstance(merges[0], str)):  # a GGUF array has one type
+        return f"metadata key {Key.MERGES!r} is not a list of strings"
+    vocab = set(tokens)
+    for i, merge in enumerate(merges):  # runs at every load of a BPE model: the plain loop is the fast one
+        cut = merge.find(" ", 1)  # _merge_pair's split
+        left, right = merge[:cut], merge[cut + 1:]
+        if cut > 0 and left in vocab and right in vocab and left + right in vocab:
+            continue
+        if cut <= 0:
+            return f"metadata key {Key.MERGES!r} entry {i} ({shown(merge)}) is not two tokens separated by a space"
+        part = next(p for p in (left, right, left + right) if p not in vocab)
+        return (f"metadata key {Key.MERGES!r} entry {i} ({shown(merge)}) names {shown(part)}, which is not in "
+                f"{Key.TOKENS!r}")
+    return None
 
 
 def _token_id(metadata: Mapping[str, Any], key: str, n_tokens: int, default: int | None, source: str) -> int | None:

@@ -12,7 +12,7 @@ shapes those hyperparameters imply, and that the tokenizer's vocabulary, merges 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from edgegen.runtime.artifact.constants import (
     Key,
 )
 from edgegen.runtime.artifact.pretokenizer import pre_tokenizer_rule
-from edgegen.runtime.artifact.tokenizer import TOKENIZER_MODELS
+from edgegen.runtime.artifact.tokenizer import TOKENIZER_MODELS, merge_problem, tokenizer_from_metadata
 from edgegen.runtime.errors import ArtifactError, shown, shown_name
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def malformed_problems(mf: ModelFile) -> list[str]:
         try:
             cfg = config_from_model_file(mf)
         except ArtifactError as e:
-            problems.append(_unprefixed(str(e), mf))
+            problems.append(unprefixed(str(e), mf))
         else:
             problems += decoder_problems(mf, cfg)
         problems += tokenizer_problems(mf.metadata)
@@ -110,9 +110,12 @@ def check_model(mf: ModelFile, architectures: tuple[str, ...] = SUPPORTED_ARCHIT
 
 
 def check_file(mf: ModelFile) -> None:
-    """Raise the first of malformed_problems as an ArtifactError naming the file: for tools that read any
-    architecture and tensor type (the quantizer's importer) but must not carry a broken file's facts forward."""
+    """Raise the first of malformed_problems (or of the tokenizer's build) as an ArtifactError naming the file: for
+    tools that read any architecture and tensor type (the quantizer's importer, the planner) but must not carry a
+    broken file's facts forward."""
     problems = malformed_problems(mf)
+    if not problems and (problem := tokenizer_build_problem(mf)):
+        problems.append(problem)
     if problems:
         raise ArtifactError(f"{mf.path.name}: {problems[0]}")
 
@@ -155,7 +158,9 @@ def decoder_problems(mf: ModelFile, cfg: LlamaConfig) -> list[str]:
 
 
 def tokenizer_problems(metadata: Mapping[str, Any]) -> list[str]:
-    """Vocabulary, scores, token types and merges that the tokenizer libraries would refuse or misread."""
+    """Vocabulary, scores, token types, pre-tokenizer and special ids that the tokenizer libraries would refuse or
+    misread. Cheap enough for every load (a GGUF array holds one value type, so its first element tells; the
+    numbers are checked with numpy; the merges by artifact.tokenizer.merge_problem, one plain pass)."""
     kind = metadata.get(Key.TOKENIZER_MODEL)
     if kind is None:
         return [f"the file carries no tokenizer ({Key.TOKENIZER_MODEL!r} is missing)"]
@@ -164,7 +169,7 @@ def tokenizer_problems(metadata: Mapping[str, Any]) -> list[str]:
     tokens = metadata.get(Key.TOKENS)
     if tokens is None:
         return [f"metadata key {Key.TOKENS!r} is missing"]
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+    if not isinstance(tokens, list) or not tokens or not isinstance(tokens[0], str):
         return [f"metadata key {Key.TOKENS!r} is not a non-empty list of strings"]
     problems = []
     for key in (Key.SCORES, Key.TOKEN_TYPE):
@@ -173,25 +178,42 @@ def tokenizer_problems(metadata: Mapping[str, Any]) -> list[str]:
             count = len(values) if isinstance(values, list) else type(values).__name__
             problems.append(f"metadata key {key!r} has {count} entries, expected one per token ({len(tokens)})")
     types = metadata.get(Key.TOKEN_TYPE)
-    if isinstance(types, list):
-        bad = next((i for i, t in enumerate(types) if isinstance(t, bool) or t not in TOKEN_TYPES), None)
-        if bad is not None:
-            problems.append(f"metadata key {Key.TOKEN_TYPE!r} has {shown(types[bad])} at token {bad}, expected 1-6 "
-                            f"(gguf TokenType)")
+    if isinstance(types, list) and types:
+        kinds = np.asarray(types) if not isinstance(types[0], (bool, str)) else None
+        bad_at = np.flatnonzero((kinds < TOKEN_TYPES.start) | (kinds >= TOKEN_TYPES.stop)) \
+            if kinds is not None and kinds.dtype.kind in "iu" else np.array([0])
+        if bad_at.size:
+            problems.append(f"metadata key {Key.TOKEN_TYPE!r} has {shown(types[int(bad_at[0])])} at token "
+                            f"{int(bad_at[0])}, expected 1-6 (gguf TokenType)")
     scores = metadata.get(Key.SCORES)
-    if isinstance(scores, list) and not all(isinstance(s, (int, float)) and s == s for s in scores):
-        problems.append(f"metadata key {Key.SCORES!r} has a value that is not a number")
+    if isinstance(scores, list) and scores and (isinstance(scores[0], (bool, str))
+                                                or not np.isfinite(np.asarray(scores, dtype=np.float64)).all()):
+        problems.append(f"metadata key {Key.SCORES!r} has a value that is not a finite number")
     if kind == "gpt2":
         try:
             pre_tokenizer_rule(metadata.get(Key.TOKENIZER_PRE), "")
         except ArtifactError as e:
             problems.append(str(e).removeprefix(": "))
-        problems += _merge_problems(metadata.get(Key.MERGES), tokens)
+        if (problem := merge_problem(metadata.get(Key.MERGES), tokens)) is not None:
+            problems.append(problem)
     for key in SPECIAL_ID_KEYS:
         value = metadata.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             problems.append(f"metadata key {key!r} is {shown(value)}, expected a token id (an integer)")
     return problems
+
+
+def tokenizer_build_problem(mf: ModelFile) -> str | None:
+    """Why the tokenizer libraries refuse a text model's vocabulary (its merges, say), by building it; None if they
+    do not. For the tools that do not build one anyway (`edgegen info`, `plan`, the quantizer): the runtime builds
+    it right after check_model."""
+    if mf.architecture not in TEXT_ARCHITECTURES:
+        return None
+    try:
+        tokenizer_from_metadata(mf.metadata, mf.path.name)
+    except ArtifactError as e:
+        return unprefixed(str(e), mf)
+    return None
 
 
 def tokenizer_notices(metadata: Mapping[str, Any]) -> list[str]:
@@ -204,27 +226,7 @@ def tokenizer_notices(metadata: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _merge_problems(merges: Any, tokens: Sequence[str]) -> list[str]:
-    """Byte-level BPE (Hugging Face `tokenizers`) needs both halves of each merge and their join in the
-    vocabulary; it would refuse the file with "Token ... out of vocabulary" naming no file and no key."""
-    if merges is None:
-        return []
-    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
-        return [f"metadata key {Key.MERGES!r} is not a list of strings"]
-    vocab = set(tokens)
-    for i, merge in enumerate(merges):
-        cut = merge.find(" ", 1)  # llama.cpp splits at the first space after the first character
-        if cut <= 0:
-            return [f"metadata key {Key.MERGES!r} entry {i} ({shown(merge)}) is not two tokens separated by a space"]
-        left, right = merge[:cut], merge[cut + 1:]
-        for part in (left, right, left + right):
-            if part not in vocab:
-                return [f"metadata key {Key.MERGES!r} entry {i} ({shown(merge)}) names {shown(part)}, which is not in "
-                        f"{Key.TOKENS!r}"]
-    return []
-
-
-def _unprefixed(message: str, mf: ModelFile) -> str:
+def unprefixed(message: str, mf: ModelFile) -> str:
     """An ArtifactError's message without the leading file name (the caller adds it once)."""
     prefix = f"{mf.path.name}: "
     return message[len(prefix):] if message.startswith(prefix) else message
