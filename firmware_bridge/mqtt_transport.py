@@ -22,7 +22,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgegen.firmware_bridge import responses, topics
 from edgegen.firmware_bridge.admission import Job
-from edgegen.firmware_bridge.connection import PUBLISH_WAIT_S, BrokerOptions, make_client, wait_published
+from edgegen.firmware_bridge.answer_store import Answer
+from edgegen.firmware_bridge.connection import BrokerOptions, make_client, wait_published
 from edgegen.firmware_bridge.counters import Counters
 from edgegen.firmware_bridge.errors import ErrorCode
 from edgegen.firmware_bridge.schema import encode
@@ -90,7 +91,7 @@ class MqttTransport:
         """Publish `offline` (when connected) and disconnect; unacked requests stay with the broker."""
         self.stopping.set()
         if self.connected.is_set():
-            self.wait(self.publish_status("offline"))
+            wait_published(self.publish_status("offline"))
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -197,7 +198,12 @@ class MqttTransport:
              wait: bool = False) -> None:
         info = self.publish(job.response_topic, job.correlation, payload, content_type)
         if wait:
-            self.wait(info)
+            wait_published(info)
+
+    def send_answer(self, topic: str, correlation: bytes | None, answer: Answer) -> None:
+        """Every payload of a stored answer, in order (a repeat of an answered request, a twin that joined it)."""
+        for payload, content_type in answer:
+            self.publish(topic, correlation, payload, content_type)
 
     def error(self, job: Job, code: ErrorCode | str, message: str) -> bytes:
         return self.send_error(job.response_topic, job.correlation, job.request.id, code, message)
@@ -214,11 +220,6 @@ class MqttTransport:
 
     def publish_telemetry(self, report: dict[str, Any]) -> None:
         self.client.publish(topics.telemetry(self.device), encode(report), qos=0)
-
-    @staticmethod
-    def wait(info: mqtt.MQTTMessageInfo, timeout_s: float = PUBLISH_WAIT_S) -> bool:
-        """Wait for the broker's PUBACK (connection.wait_published)."""
-        return wait_published(info, timeout_s)
 
     def ack(self, deliveries: list[tuple[int, int]]) -> None:
         with self._lock:

@@ -26,11 +26,11 @@ from edgegen.device.measure import peak_rss_bytes
 from edgegen.firmware_bridge import topics
 from edgegen.firmware_bridge.admission import Admission, Job
 from edgegen.firmware_bridge.answer_store import DEFAULT_MAX_BYTES, AnswerStore
-from edgegen.firmware_bridge.connection import BrokerOptions
+from edgegen.firmware_bridge.connection import PUBLISH_WAIT_S, BrokerOptions
 from edgegen.firmware_bridge.counters import Counters
 from edgegen.firmware_bridge.engines import ImageEngine, TextEngine
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
-from edgegen.firmware_bridge.mqtt_transport import PUBLISH_WAIT_S, ConnectHook, Incoming, MqttTransport
+from edgegen.firmware_bridge.mqtt_transport import ConnectHook, Incoming, MqttTransport
 from edgegen.firmware_bridge.schema import CancelRequest, ImageRequest, TextRequest, parse_request
 from edgegen.firmware_bridge.workers import Workers, json_answer, stable_seed
 
@@ -151,8 +151,7 @@ class DeviceService:
             log.info("request %s is already queued or running; answering it once", request.id)
         elif admitted.outcome == "answered":
             log.info("request %s was answered before; sending the answer again", request.id)
-            for payload, content_type in admitted.answer or ():
-                t.publish(response_topic, m.correlation, payload, content_type)
+            t.send_answer(response_topic, m.correlation, admitted.answer or ())
         elif admitted.error is not None:
             t.send_error(response_topic, m.correlation, request.id, admitted.error.code, admitted.error.message)
         return admitted.pending
@@ -189,8 +188,7 @@ class DeviceService:
             if self.after_answer is not None:
                 self.after_answer(job)
             for correlation in twins:
-                for payload, content_type in answer:
-                    t.publish(job.response_topic, correlation, payload, content_type)
+                t.send_answer(job.response_topic, correlation, answer)
             t.ack(deliveries)
         if self.admission.depth == 0 and not t.stopping.is_set():
             t.publish_status("online")

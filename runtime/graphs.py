@@ -158,9 +158,10 @@ class ModelGraphs:
 
     def save(self) -> None:
         """Write the captured graphs to the JIT cache when there is something new to save (after a generation)."""
-        names = self._captured_names()
-        if self._cache_key is None or "decode" not in names or names <= self._saved_graphs:
+        if self.saved_all():
             return
+        assert self._cache_key is not None
+        names = self._captured_names()
         if self.probe is None:
             self.probe = self._decode_probe()
         graphs = {"decode": captured_graph(self._decode_jit), "probe": self.probe,

@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgegen.firmware_bridge import topics
-from edgegen.firmware_bridge.connection import PUBLISH_WAIT_S, BrokerOptions, make_client, wait_published
+from edgegen.firmware_bridge.connection import BrokerOptions, make_client, wait_published
 from edgegen.firmware_bridge.deploy import protocol
 from edgegen.firmware_bridge.deploy.errors import DeployCode, DeployError
 from edgegen.firmware_bridge.deploy.manifest import SignedManifest
@@ -142,7 +142,7 @@ class DeployServer:
         infos = [self.client.publish(protocol.offer_topic(t.device), b"", qos=1, retain=True)
                  for t in self.targets.values() if t.offered_s is not None]
         for info in infos:
-            wait_published(info, PUBLISH_WAIT_S)
+            wait_published(info)
         self.client.disconnect()
         self.client.loop_stop()
         os.close(self._fd)
@@ -237,7 +237,7 @@ class DeployServer:
         with self._cv:
             target.state, target.offered_s = "offered", time.monotonic()
         info = self.client.publish(protocol.offer_topic(target.device), self._offer_payload, qos=1, retain=True)
-        if not wait_published(info, PUBLISH_WAIT_S):
+        if not wait_published(info):
             log.warning("the offer to %s is not acknowledged yet; paho resends it after a reconnect", target.device)
         if self.track is not None:
             self.track(target)

@@ -205,8 +205,9 @@ class _Cursor:
 
 
 def _parse(path: Path, buf: memoryview) -> tuple[dict[str, Any], dict[str, ValueType],
-                                                 list[tuple[str, tuple[int, ...], int, int]], int]:
-    """GGUF v2/v3 header: metadata, its value types, (name, dims fastest-first, type, offset) per tensor, data start."""
+                                                 list[tuple[str, tuple[int, ...], int, int]], int, int]:
+    """GGUF v2/v3 header: metadata, its value types, (name, dims fastest-first, type, offset) per tensor, data start,
+    alignment."""
     c = _Cursor(buf, path)
     if bytes(c.take(4)) != GGUF_MAGIC:
         raise ArtifactError(f"{path} is not a GGUF file")
@@ -246,7 +247,7 @@ def _parse(path: Path, buf: memoryview) -> tuple[dict[str, Any], dict[str, Value
         raise ArtifactError(f"{path} is truncated or corrupt: {e}") from e
     align = alignment(metadata, path)
     data_start = (c.pos + align - 1) // align * align
-    return metadata, types, infos, data_start
+    return metadata, types, infos, data_start, align
 
 
 def alignment(metadata: dict[str, Any], path: Path) -> int:
@@ -295,8 +296,7 @@ def open_gguf(model: str | os.PathLike, strict: bool = True) -> ModelFile:
     if magic != GGUF_MAGIC:
         raise ArtifactError(f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
     data = np.memmap(path, dtype=np.uint8, mode="r")
-    metadata, types, infos, data_start = _parse(path, memoryview(data))  # type: ignore[arg-type]  # numpy stubs
-    align = alignment(metadata, path)
+    metadata, types, infos, data_start, align = _parse(path, memoryview(data))  # type: ignore[arg-type]  # numpy
     tensors: dict[str, TensorInfo] = {}
     problems: list[str] = []
 
