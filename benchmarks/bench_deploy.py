@@ -26,8 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from local_broker import LocalBroker, die_with_parent
+
 from edgegen.firmware_bridge.deploy.keys import generate_keypair
-from edgegen.firmware_bridge.local_broker import LocalBroker, die_with_parent
 
 RESULTS = REPO / "benchmarks" / "results" / "deploy.json"
 NAME = "bench"

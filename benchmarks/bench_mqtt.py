@@ -25,10 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from local_broker import MOSQUITTO, LocalBroker, die_with_parent
+
 from edgegen.firmware_bridge.client import Client
 from edgegen.firmware_bridge.connection import BrokerOptions
 from edgegen.firmware_bridge.engines import TextOutcome
-from edgegen.firmware_bridge.local_broker import MOSQUITTO, LocalBroker, die_with_parent
 from edgegen.firmware_bridge.schema import TextRequest
 from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 

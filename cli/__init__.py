@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Any
 
 # name -> (module, one-line help). Modules are imported lazily so `edgegen device` never loads tinygrad's compiler.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -32,8 +33,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command name, import just its module, run it; returns the exit code."""
+def main(argv: list[str] | None = None, **hooks: Any) -> int:
+    """Parse the command name, import just its module, run it; returns the exit code. `hooks` go to the module's
+    run() as keyword arguments (test-only fault injection: tests/bridge/faulty_edgegen.py)."""
     argv = sys.argv[1:] if argv is None else argv
     commands = SUBCOMMANDS
     parser = argparse.ArgumentParser(prog="edgegen", description="Generation runtime for small devices.")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sub_parser.parse_args(rest)
     logging.basicConfig(level=logging.INFO if head.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
-        return int(module.run(args) or 0)
+        return int(module.run(args, **hooks) or 0)
     except KeyboardInterrupt:
         print("edgegen: interrupted", file=sys.stderr)
         return 130

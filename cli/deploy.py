@@ -111,7 +111,8 @@ def _progress_printer() -> Any:
     return track
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, faults: dict[str, int] | None = None) -> int:
+    """`faults`: DeployServer's test-only fault injection (tests/bridge/faulty_edgegen.py passes it)."""
     _check_args(args)
     started = time.perf_counter()
     signed = _sign(args)
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from edgegen.firmware_bridge.deploy.server import DeployServer
 
     server = DeployServer(broker_options(args), signed, args.file, rollout_id=args.rollout_id,
-                          min_speed_share=args.min_speed_share, track=_progress_printer()).connect()
+                          min_speed_share=args.min_speed_share, track=_progress_printer(),
+                          faults=faults).connect()
     try:
         devices = args.device_ids or server.discover(args.pool, args.discover_s)
         if not devices:

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     status = _Status(sys.stderr.isatty())
     status.show("loading model ...")
     gen = TextGenerator.load(args.model, device=args.device, max_context=args.context, kernels=kernel_options(args))
-    if not gen._graphs_from_disk:
+    if not gen.graphs.from_disk:
         status.show("compiling kernels for this model and device (once; about a minute on a small CPU) ...")
     stream = gen.stream(args.prompt, params, chat=args.chat)
     for piece in stream:

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import sys
 import threading
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_broker_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None = None) -> int:
+    """`on_deploy_step`: the deploy agent's test-only fault hook (tests/bridge/faulty_edgegen.py passes it)."""
     options = broker_options(args)
     if args.queue_size < 1 or not args.telemetry_interval_s > 0:
         raise RequestError(ErrorCode.INVALID_REQUEST, f"--queue-size must be >= 1 and --telemetry-interval-s > 0, "
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if deploy is not None:
             DeployAgent(service, deploy[0], deploy[1],
                         partial(load_engine, device=args.device, kernels=kernel_options(args)), backend=args.device,
-                        start_actions=deploy[2]).start()
+                        start_actions=deploy[2], on_step=on_deploy_step).start()
 
     def announce(service: DeviceService) -> None:
         print(f"edgegen serve: device {args.device_id} serving {args.model} via {args.broker}"

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -24,7 +24,14 @@ from paho.mqtt.properties import Properties
 from edgegen.firmware_bridge import responses, topics
 from edgegen.firmware_bridge.connection import BrokerOptions, make_client
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
-from edgegen.firmware_bridge.schema import SCHEMA_VERSION, encode, parse_request
+from edgegen.firmware_bridge.schema import (
+    CancelRequest,
+    ImageRequest,
+    TextRequest,
+    encode,
+    parse_request,
+    parse_sampling,
+)
 
 CONNECT_TIMEOUT_S = 10.0
 SESSION_EXPIRY_S = 300
@@ -158,8 +165,21 @@ class Client:
             self._puback[mid] = reason_code
             self._puback_cv.notify_all()
 
-    def _publish_acked(self, topic: str, payload: bytes, properties: Properties | None = None) -> Any:
-        """Publish at QoS 1 and wait for the broker's PUBACK; its reason code, or None without one in time.
+    def watch(self, topic: str, callback: Callable[[mqtt.MQTTMessage], None], qos: int = 1) -> None:
+        """Also receive `topic` (a topic filter: a device's status, models, telemetry or errors): callback(message)
+        on paho's network thread for each message. Watching this client's response topic takes its messages away
+        from the streams (raw access, for tests of the protocol)."""
+        self._mqtt.message_callback_add(topic, lambda c, u, msg: callback(msg))
+        self._mqtt.subscribe(topic, qos=qos)
+
+    def pending_acks(self) -> int:
+        """PUBACKs kept or awaited (none once every publish has returned: nothing accumulates)."""
+        with self._lock:
+            return len(self._puback) + len(self._abandoned)
+
+    def publish_acked(self, topic: str, payload: bytes, properties: Properties | None = None) -> Any:
+        """Publish `payload` as is at QoS 1 and wait for the broker's PUBACK; its reason code (paho's ReasonCode), or
+        None without one in time.
 
         Every PUBACK lands in `_puback` (paho may report it before `publish` returns the mid); the entry is taken
         here, or, after a timeout, dropped when it arrives, so nothing accumulates.
@@ -199,12 +219,13 @@ class Client:
             while len(self._closed) > 4096:
                 self._closed.popitem(last=False)
 
-    def publish_request(self, topic: str, request: dict[str, Any], expiry_s: int | None = None,
+    def publish_request(self, topic: str, request: TextRequest | ImageRequest, expiry_s: int | None = None,
                         timeout_s: float | None = None) -> TextStream:
-        """Validate `request` as the device will, publish it at QoS 1, wait for the PUBACK; stream its answer."""
-        payload = encode(request)
-        parse_request(topic.rsplit("/", 1)[-1], payload)  # the same checks the device runs, before publishing
-        return self.send_payload(topic, payload, request["id"], expiry_s, timeout_s)
+        """Check `request` as the device will (schema.parse_request of its to_json()), publish it at QoS 1, wait for
+        the PUBACK; stream its answer."""
+        payload = encode(request.to_json())
+        parse_request(request.kind, payload)  # the same checks the device runs, before publishing
+        return self.send_payload(topic, payload, request.id, expiry_s, timeout_s)
 
     def send_payload(self, topic: str, payload: bytes, request_id: str | None = None, expiry_s: int | None = None,
                      timeout_s: float | None = None) -> TextStream:
@@ -222,7 +243,7 @@ class Client:
             props.MessageExpiryInterval = expiry_s
         with self._lock:
             self._inboxes[correlation] = queue.Queue()  # before publishing: an answer may come back at once
-        reason = self._publish_acked(topic, payload, props)
+        reason = self.publish_acked(topic, payload, props)
         if reason is None or reason.is_failure:
             self._close_inbox(correlation)
             code = ErrorCode.TIMEOUT if reason is None else ErrorCode.NOT_AUTHORIZED
@@ -240,17 +261,17 @@ class Client:
                  expiry_s: int | None = None, timeout_s: float | None = None) -> TextStream:
         """Send a text request; iterate the returned stream for tokens. RequestError carries the device's code."""
         request_id = request_id or uuid.uuid4().hex
-        request: dict[str, Any] = {"v": SCHEMA_VERSION, "id": request_id, "model": model, "max_tokens": max_tokens,
-                                   "chat": chat, "sampling": sampling or {}}
-        request["messages" if isinstance(prompt, list) else "prompt"] = prompt
+        messages = tuple(prompt) if isinstance(prompt, list) else None
+        request = TextRequest(request_id, prompt=None if messages is not None else prompt,  # type: ignore[arg-type]
+                              messages=messages, model=model, max_tokens=max_tokens, chat=chat,
+                              sampling=parse_sampling(sampling or {}, request_id))
         return self.publish_request(self._target("text", device, pool), request, expiry_s, timeout_s)
 
     def image(self, prompt: str, device: str | None = None, pool: str | None = None, model: str = "default",
               steps: int | None = None, seed: int | None = None, timeout_s: float | None = None) -> bytes:
         """Ask for an image; returns PNG bytes."""
         request_id = uuid.uuid4().hex
-        request = {"v": SCHEMA_VERSION, "id": request_id, "model": model, "prompt": prompt, "steps": steps,
-                   "seed": seed}
+        request = ImageRequest(request_id, prompt, model=model, steps=steps, seed=seed)
         stream = self.publish_request(self._target("image", device, pool), request, timeout_s=timeout_s)
         stream.text()
         if stream.image is None:
@@ -266,9 +287,9 @@ class Client:
         if (device is None) == (pool is None):
             raise RequestError(ErrorCode.INVALID_REQUEST, "give exactly one of device or pool")
         topic = topics.device_request(device, "cancel") if device else topics.pool_cancel(pool)  # type: ignore
-        payload = encode({"v": SCHEMA_VERSION, "id": request_id})
+        payload = encode(CancelRequest(request_id).to_json())
         parse_request("cancel", payload)  # the device's checks, before publishing
-        reason = self._publish_acked(topic, payload)
+        reason = self.publish_acked(topic, payload)
         if reason is None or reason.is_failure:
             code = ErrorCode.TIMEOUT if reason is None else ErrorCode.NOT_AUTHORIZED
             raise RequestError(code, f"broker did not accept the cancel on {topic}: {reason or 'no PUBACK'}")

@@ -67,7 +67,7 @@ class TextRequest:
         if self.prompt is not None:
             out["prompt"] = self.prompt
         if self.messages is not None:
-            out["messages"] = [dict(m) for m in self.messages]
+            out["messages"] = list(self.messages)  # as given: parse_request says what is wrong with an odd one
         if self.reply_to is not None:
             out["reply_to"] = self.reply_to
         return out
@@ -196,7 +196,8 @@ def _number(obj: dict, key: str, lo: float, hi: float, default: float, rid: str 
     return value
 
 
-def _parse_sampling(obj: Any, rid: str) -> Sampling:
+def parse_sampling(obj: Any, rid: str) -> Sampling:
+    """`obj` (a request's "sampling" object) checked; RequestError(invalid_sampling) names what is wrong."""
     if not isinstance(obj, dict):
         raise _fail(ErrorCode.INVALID_REQUEST, f"sampling must be an object, got {type(obj).__name__}", rid)
     unknown = set(obj) - {f.name for f in dataclasses.fields(Sampling)}
@@ -293,7 +294,7 @@ def parse_text_request(obj: dict[str, Any]) -> TextRequest:
                     f"{_show(stream)}", rid)
     max_tokens = _number(obj, "max_tokens", 1, MAX_TOKENS_LIMIT, 128, rid, integer=True)
     return TextRequest(id=rid, prompt=prompt, messages=parsed_messages, model=_model(obj, rid), max_tokens=max_tokens,
-                       chat=chat, stream=stream, sampling=_parse_sampling(obj.get("sampling", {}), rid),
+                       chat=chat, stream=stream, sampling=parse_sampling(obj.get("sampling", {}), rid),
                        reply_to=_reply_to(obj, rid))
 
 

@@ -23,7 +23,6 @@ from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT, Key
 from edgegen.runtime.artifact.reader import ModelFile, open_model
 from edgegen.runtime.backend import resolve_device
 from edgegen.runtime.chat import render_chat, validate_messages
-from edgegen.runtime.cpu_replay import CPUReplay
 from edgegen.runtime.errors import ArtifactError, GenerationError
 from edgegen.runtime.graphs import PREFILL_BUCKETS, ModelGraphs
 from edgegen.runtime.loader import GGUFWeights, config_from_gguf
@@ -125,29 +124,6 @@ class TextGenerator:
     @property
     def path(self) -> Path:
         return self.model_file.path
-
-    # Shorthands kept for tests, benchmarks and the CLI, which reach into one step (callers hold self._lock).
-    @property
-    def _graphs_from_disk(self) -> bool:
-        return self.graphs.from_disk
-
-    @property
-    def _replay(self) -> CPUReplay | None:
-        return self.graphs.replay
-
-    @property
-    def _model(self) -> Llama | None:
-        """The model if its weights were repacked already (None while graphs loaded from disk serve alone)."""
-        return self.graphs.built_model
-
-    def _embed(self, ids: list[int]) -> np.ndarray:
-        return self.graphs.embed(ids)  # (T, dim)
-
-    def _prefill(self, ids: list[int]) -> np.ndarray:
-        return self.graphs.prefill(ids)
-
-    def _decode(self, token: int, pos: int) -> np.ndarray:
-        return self.graphs.decode(token, pos)
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """Next-token logits at every position of one causal forward pass (T, vocab), for evaluation."""

@@ -1,15 +1,16 @@
 """The Llama on one device and its captured decode/prefill graphs: capture, disk cache, and checks before trusting.
 
 Decode runs under TinyJit with a symbolic position, prefill under one TinyJit per padded prompt length. Graphs can
-come from the JIT cache on disk (runtime.jit_cache) and decode can skip TinyJit through direct CPU calls
-(runtime.cpu_replay); both skip tinygrad's own path, so each is checked against TinyJit on first use and dropped,
-with a log line, when they disagree. Callers hold runtime.tinygrad_seam.TINYGRAD_LOCK around every method here.
+come from the JIT cache on disk (runtime.jit_cache) and every graph can skip TinyJit through direct CPU calls
+(runtime.cpu_replay); both skip tinygrad's own path, so each is checked on first use and dropped, with a log line,
+when it disagrees. Each graph is one `Graph` with one `GraphState`. Callers hold runtime.tinygrad_seam.TINYGRAD_LOCK
+around every method here.
 """
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from tinygrad import Tensor, TinyJit, UOp
@@ -53,6 +54,38 @@ def same_logits(a: np.ndarray, b: np.ndarray, rel: float = 1e-3) -> bool:
     return int(a.argmax()) == int(b.argmax()) and float(np.abs(a - b).max()) <= rel * float(np.abs(b).max()) + 1e-3
 
 
+class GraphState(enum.Enum):
+    """Where one captured graph stands. Captured here: EMPTY -> CAPTURED -> CHECKED. From the JIT cache: LOADED ->
+    VERIFIED, or dropped: a loaded graph that fails its check deletes the cache entry and every graph starts again
+    EMPTY, captured from the model (loaded graphs own their KV cache and weights, so they go together)."""
+
+    EMPTY = "empty"  # not captured: TinyJit captures it on its first call
+    CAPTURED = "captured"  # captured here by TinyJit; its direct CPU replay not yet compared with TinyJit
+    CHECKED = "checked"  # captured here; its replay agreed with TinyJit, or there is none and TinyJit runs it
+    LOADED = "loaded"  # installed from the JIT cache; its first run builds its replay and checks its results
+    VERIFIED = "verified"  # loaded, and its first results matched (the saved probe, then a decode step)
+
+
+class Graph:
+    """One captured step (decode, the prefill of one bucket, a suffix prefill of one bucket) and its state."""
+
+    def __init__(self, name: str, step: Callable[..., Tensor]) -> None:
+        self.name = name
+        self.jit = capture_on_first_call(TinyJit(step))
+        self.state = GraphState.EMPTY
+        self.replay: CPUReplay | None = None  # its direct CPU calls, once built and trusted
+        self.saved = False  # the JIT cache holds this capture
+
+    @property
+    def captured(self) -> object | None:
+        """tinygrad's captured graph, or None before the capture."""
+        return captured_graph(self.jit)
+
+    def install(self, captured: object) -> None:
+        install_captured(self.jit, captured)
+        self.state, self.saved = GraphState.LOADED, True
+
+
 class ModelGraphs:
     """The model (weights repacked on first use), its KV cache, and the decode/prefill graphs that run it."""
 
@@ -73,14 +106,12 @@ class ModelGraphs:
         self._cache_key = jit_cache_store.cache_key(model_file.path, device, config.max_context,
                                                     self.options.describe(device)) \
             if jit_cache else None
-        self._new_graphs()
-        self.from_disk = False
         self.probe: np.ndarray | None = None  # decode logits for the probe token at position 0
-        if self._cache_key is not None and (graphs := jit_cache_store.load(self._cache_key)) is not None:
-            self._install_graphs(graphs)
+        self._new_graphs()
+        if self._cache_key is not None and (saved := jit_cache_store.load(self._cache_key)) is not None:
+            self._install_graphs(saved)
         if not self.from_disk:
             self.model  # noqa: B018 - the weights, built now: not inside the first capture (_step_model)
-        self._saved_graphs = self._captured_names()
 
     # ---- the model ---------------------------------------------------------------------------------------------
     @property
@@ -95,7 +126,7 @@ class ModelGraphs:
 
     @property
     def built_model(self) -> Llama | None:
-        """The model if it was built already, without building it."""
+        """The model if it was built already, without building it (None while graphs loaded from disk serve)."""
         return self._model
 
     @property
@@ -110,29 +141,44 @@ class ModelGraphs:
     # ---- graph lifecycle ---------------------------------------------------------------------------------------
     def _new_graphs(self) -> None:
         self._decode_input: Tensor | None = None
-        self.replay: CPUReplay | None = None  # direct kernel calls for the decode graph, once it is captured
-        self.replay_tried = False
-        self.unverified: set[str] = set()  # graphs loaded from disk that have not yet matched the saved probe
-        self._decode_jit = capture_on_first_call(TinyJit(self._decode_step))
-        self._prefill_jits = {b: capture_on_first_call(TinyJit(self._prefill_step)) for b in PREFILL_BUCKETS}
+        self._decode = Graph("decode", self._decode_step)
+        self._prefills = {b: Graph(f"prefill{b}", self._prefill_step) for b in PREFILL_BUCKETS}
         # prefill after a reused prefix: the same step from a symbolic position (the native attention kernel only)
-        self._suffix_jits = {b: capture_on_first_call(TinyJit(self._suffix_step)) for b in PREFILL_BUCKETS}
+        self._suffixes = {b: Graph(f"suffix{b}", self._suffix_step) for b in PREFILL_BUCKETS}
         self._prefill_inputs: dict[int, Tensor] = {}  # one persistent input buffer per bucket (replays read it)
-        self._prefill_replays: dict[str, CPUReplay | None] = {}  # per graph name; None: tried, TinyJit it is
         self.session.forget()  # new graphs own new buffers: the cache holds nothing known
 
-    def _install_graphs(self, graphs: dict) -> None:
-        if "decode" not in graphs or not isinstance(graphs.get("probe"), np.ndarray):
+    @property
+    def graphs(self) -> list[Graph]:
+        return [self._decode, *self._prefills.values(), *self._suffixes.values()]
+
+    def states(self) -> dict[str, GraphState]:
+        """Each graph's state by name ("decode", "prefill32", "suffix16", ...)."""
+        return {g.name: g.state for g in self.graphs}
+
+    def captured(self, name: str) -> object | None:
+        """The captured tinygrad graph called `name`, or None."""
+        return next(g.captured for g in self.graphs if g.name == name)
+
+    @property
+    def from_disk(self) -> bool:
+        """The graphs in use came from the JIT cache (the model's weights need not be built)."""
+        return self._decode.state in (GraphState.LOADED, GraphState.VERIFIED)
+
+    @property
+    def decode_replay(self) -> CPUReplay | None:
+        """The decode graph's direct CPU calls, once built and trusted."""
+        return self._decode.replay
+
+    def _install_graphs(self, saved: dict) -> None:
+        if "decode" not in saved or not isinstance(saved.get("probe"), np.ndarray):
             return
-        self._decode_input = None
-        install_captured(self._decode_jit, graphs["decode"])
-        for kind, jits in (("prefill", self._prefill_jits), ("suffix", self._suffix_jits)):
-            for bucket, captured in graphs.get(kind, {}).items():
-                if bucket in jits:
-                    install_captured(jits[bucket], captured)
-        self.probe = graphs["probe"]
-        self.from_disk = True
-        self.unverified = self._captured_names()
+        self._decode.install(saved["decode"])
+        for kind, graphs in (("prefill", self._prefills), ("suffix", self._suffixes)):
+            for bucket, captured in saved.get(kind, {}).items():
+                if bucket in graphs:
+                    graphs[bucket].install(captured)
+        self.probe = saved["probe"]
 
     def own_graphs(self, reason: str = "the JIT cache lacks a graph needed now") -> None:
         """Graphs loaded from disk own their KV cache and weights; anything that must run the Python model (a
@@ -142,77 +188,101 @@ class ModelGraphs:
             log.info("%s: recapturing the graphs from the model", reason)
             self._new_graphs()
             self.model  # noqa: B018 - the weights, built now: not inside the capture that follows (_step_model)
-            self.from_disk = False
-            self._saved_graphs = set()
             self.probe = None  # the next save computes its probe from the recaptured graph, not the loaded file
-
-    def _captured_names(self) -> set[str]:
-        names = {"decode"} if captured_graph(self._decode_jit) is not None else set()
-        names |= {f"suffix{b}" for b, j in self._suffix_jits.items() if captured_graph(j) is not None}
-        return names | {f"prefill{b}" for b, j in self._prefill_jits.items() if captured_graph(j) is not None}
 
     def saved_all(self) -> bool:
         """Whether save() has nothing new to write (cheap: no pickling)."""
-        names = self._captured_names()
-        return self._cache_key is None or "decode" not in names or names <= self._saved_graphs
+        return (self._cache_key is None or self._decode.captured is None
+                or all(g.saved for g in self.graphs if g.captured is not None))
 
     def save(self) -> None:
         """Write the captured graphs to the JIT cache when there is something new to save (after a generation)."""
         if self.saved_all():
             return
         assert self._cache_key is not None
-        names = self._captured_names()
         if self.probe is None:
             self.probe = self._decode_probe()
-        graphs = {"decode": captured_graph(self._decode_jit), "probe": self.probe,
-                  "prefill": {b: g for b, j in self._prefill_jits.items() if (g := captured_graph(j)) is not None},
-                  "suffix": {b: g for b, j in self._suffix_jits.items() if (g := captured_graph(j)) is not None}}
-        if jit_cache_store.save(self._cache_key, graphs) is not None:
-            self._saved_graphs = names
+        kept = [g for g in self.graphs if g.captured is not None]
+        saved = {"decode": self._decode.captured, "probe": self.probe,
+                 "prefill": {b: c for b, g in self._prefills.items() if (c := g.captured) is not None},
+                 "suffix": {b: c for b, g in self._suffixes.items() if (c := g.captured) is not None}}
+        if jit_cache_store.save(self._cache_key, saved) is not None:
+            for g in kept:
+                g.saved = True
 
-    # ---- checking graphs that skip TinyJit's own path ----------------------------------------------------------
-    def _decode_probe(self) -> np.ndarray:
-        """Decode logits for the probe token alone at position 0: they depend only on the weights (row 0 of the KV
-        cache is written before it is read, and every request rewrites the rows it reads)."""
-        self._write_decode_input(self.embed([self.probe_token])[None])  # (1, 1, dim)
-        self.session.forget()  # the probe rewrote cache row 0
-        return self._decode_logits(0)
+    # ---- running a graph, and checking graphs that skip TinyJit's own path -------------------------------------
+    def _run(self, g: Graph, args: tuple, values: dict, want: Callable[[], np.ndarray] | None = None
+             ) -> np.ndarray | None:
+        """Run `g` on `args` (its symbolic variables also as `values`). EMPTY: TinyJit captures it, then its direct
+        replay is built and compared with TinyJit (CHECKED). LOADED: its replay is built without a TinyJit run and
+        its result compared with `want()` (VERIFIED), or the graphs are dropped and None returned."""
+        if g.state is GraphState.LOADED:
+            return self._first_loaded_run(g, args, values, want)
+        if g.replay is not None:
+            g.replay(values)
+            return g.replay.result()
+        out = g.jit(*args).numpy().reshape(-1)
+        if g.state is GraphState.EMPTY and g.captured is not None:
+            g.state = GraphState.CAPTURED
+            out = self._check_replay(g, args, values, out)
+        return out
 
-    def _verify_loaded(self, name: str, run: Callable[[], tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
-        """First use of a graph loaded from disk: `run()` returns (its result, what TinyJit computed for the same
-        input). Agreement returns the result; a mismatch or a crash deletes the cache entry, recaptures from the
-        model and returns None."""
+    def _check_replay(self, g: Graph, args: tuple, values: dict, out: np.ndarray) -> np.ndarray:
+        """A graph TinyJit has just captured and run on `args` (giving `out`): its direct replay runs the same step
+        once more (rewriting the same cache rows with the same values) and is kept if it agrees; if not, TinyJit runs
+        the step again, since the replay wrote those rows, and its logits are returned."""
+        g.state = GraphState.CHECKED
+        if (replay := CPUReplay.build(g.jit, args, self.threads)) is None:
+            return out
+        replay(values)
+        replayed = replay.result()
+        if same_logits(replayed, out):
+            g.replay = replay
+            return out
+        log.warning("direct CPU replay disagrees with TinyJit on %s (max |diff| %.3g); using TinyJit", g.name,
+                    float(np.abs(replayed - out).max()))
+        return g.jit(*args).numpy().reshape(-1)
+
+    def _first_loaded_run(self, g: Graph, args: tuple, values: dict, want: Callable[[], np.ndarray] | None
+                          ) -> np.ndarray | None:
+        """A loaded graph's first run, through its direct replay built without a TinyJit run (that skips about 1 s
+        of TinyJit's Python dispatch at a warm start; the graph that saved it had its replay checked when it was
+        captured), checked against `want()`: TinyJit's result for the same input. Agreement: VERIFIED. A mismatch
+        or a crash deletes the cache entry, recaptures from the model and returns None."""
+        assert want is not None, f"the first run of the loaded graph {g.name} needs something to check it against"
         try:
-            got, want = run()
-            ok = same_logits(got, want, NATIVE_CHECK_REL if self.native else 1e-3)
+            g.replay = CPUReplay.build(g.jit, args, self.threads)
+            if g.replay is not None:
+                g.replay(values)
+                got = g.replay.result()
+            else:
+                got = g.jit(*args).numpy().reshape(-1)
+            ok = same_logits(got, want(), NATIVE_CHECK_REL if self.native else 1e-3)
             why = "its logits differ from TinyJit's"
         except Exception as e:  # noqa: BLE001 - a graph that fails to replay is a bad cache entry, not a bad request
             got, ok, why = None, False, f"replaying it failed ({type(e).__name__}: {e})"
         if ok:
-            self.unverified.discard(name)
+            g.state = GraphState.VERIFIED
             return got
-        log.warning("the %s graph loaded from the JIT cache is not usable: %s; dropping the cache entry", name, why)
+        log.warning("the %s graph loaded from the JIT cache is not usable: %s; dropping the cache entry", g.name, why)
         if self._cache_key is not None:
             jit_cache_store.remove(self._cache_key)
         self.own_graphs("a graph from the JIT cache failed its check")
         return None
 
-    def _checked_disk_prefill(self, ids: list[int], bucket: int) -> np.ndarray | None:
-        """A loaded prefill graph's first use: the decode graph (checked against the saved probe first) then
-        recomputes the last prompt position from the cache rows the prefill wrote; both must agree. Costs one
-        decode step, not a second prefill. None when a check failed and the caller must use the model."""
-        return self._checked_disk_batch(f"prefill{bucket}", ids, lambda: self._run_prefill_graph(ids, bucket))
+    def _decode_probe(self) -> np.ndarray | None:
+        """Decode logits for the probe token alone at position 0: they depend only on the weights (row 0 of the KV
+        cache is written before it is read, and every request rewrites the rows it reads). A loaded decode graph is
+        checked against the saved probe here: None if it failed."""
+        self._write_decode_input(self.embed([self.probe_token])[None])  # (1, 1, dim)
+        self.session.forget()  # the probe rewrote cache row 0
+        saved = self.probe
+        return self._run(self._decode, (self._decode_input, self._start.bind(0)), {"start_pos": 0},
+                         want=None if saved is None else (lambda: saved))
 
-    def _checked_disk_batch(self, name: str, ids: list[int], run: Callable[[], np.ndarray]) -> np.ndarray | None:
-        """`run()`, a loaded batched graph (a prefill, or a suffix after a reused prefix) that ends at the last of
-        `ids`, checked on its first use as _checked_disk_prefill says."""
-        assert self.probe is not None
-        probe = self.probe
-        if "decode" in self.unverified and self._verify_loaded("decode", lambda: (self._decode_probe(), probe)) is None:
-            return None
-        if name not in self.unverified:
-            return run()
-        return self._verify_loaded(name, lambda: (run(), self.decode(ids[-1], len(ids) - 1)))
+    def _verified_decode(self) -> bool:
+        """The decode graph can be trusted: checked against the saved probe first if it was loaded."""
+        return self._decode.state is not GraphState.LOADED or self._decode_probe() is not None
 
     # ---- model steps -------------------------------------------------------------------------------------------
     def _step_model(self) -> Llama:
@@ -241,26 +311,18 @@ class ModelGraphs:
         bucket = next((b for b in PREFILL_BUCKETS if b >= len(rest)), None)
         if shared == 0:
             return self.prefill(ids)
-        suffix = (self.native and bucket is not None and shared + bucket <= self.config.max_context and len(rest) > 1
-                  and (not self.from_disk or captured_graph(self._suffix_jits[bucket]) is not None))
-        if suffix:
-            assert bucket is not None
-
-            def run() -> np.ndarray:
-                return self._run_graph(f"suffix{bucket}", self._suffix_jits[bucket], rest, bucket,
-                                       {"start_pos": self._start.bind(shared)})
-
-            if not self.from_disk:
-                logits = run()
-            elif (checked := self._checked_disk_batch(f"suffix{bucket}", ids, run)) is not None:
-                logits = checked
-            else:  # the check dropped the loaded graphs: the model prefills it
+        logits: np.ndarray | None = None
+        if (self.native and bucket is not None and shared + bucket <= self.config.max_context and len(rest) > 1
+                and (not self.from_disk or self._suffixes[bucket].captured is not None)):
+            logits = self._run_batch(self._suffixes[bucket], ids, rest, bucket, {"start_pos": self._start.bind(shared)})
+            if logits is None:  # a loaded graph failed its check and was dropped: the model prefills it
                 return self.prefill(ids)
         elif len(rest) <= SUFFIX_DECODE_STEPS:
             for i, token in enumerate(rest):
                 logits = self.decode(token, shared + i)
         else:
             return self.prefill(ids)
+        assert logits is not None
         self.session.wrote(ids)
         return logits
 
@@ -268,59 +330,38 @@ class ModelGraphs:
         """Run the prompt from position 0 in one batch; return the logits after its last token."""
         n = len(ids)
         bucket = next((b for b in PREFILL_BUCKETS if b >= n), None)
-        if bucket is None or bucket > self.config.max_context or captured_graph(self._prefill_jits[bucket]) is None:
+        if bucket is None or bucket > self.config.max_context or self._prefills[bucket].captured is None:
             self.own_graphs()  # this prefill will be captured from the Python model (a no-op unless from disk)
-        elif self.from_disk and (checked := self._checked_disk_prefill(ids, bucket)) is not None:
-            return checked
+        elif (logits := self._run_batch(self._prefills[bucket], ids, ids, bucket, {})) is not None:
+            self.session.wrote(ids)
+            return logits
         if bucket is None or bucket > self.config.max_context:
             # Longer than every bucket: one exact-size graph (compiled for this length only).
             h = Tensor(self.embed(ids)[None], device=self.device).realize()
             self.session.wrote(ids)
             return self.model(h, 0, logits_at=n - 1).realize().numpy().reshape(-1)
-        return self._run_prefill_graph(ids, bucket)
-
-    def _run_prefill_graph(self, ids: list[int], bucket: int) -> np.ndarray:
-        logits = self._run_graph(f"prefill{bucket}", self._prefill_jits[bucket], ids, bucket, {})
+        logits = self._run_batch(self._prefills[bucket], ids, ids, bucket, {})
+        assert logits is not None  # graphs captured here are not dropped
         self.session.wrote(ids)
         return logits
 
-    def _run_graph(self, name: str, jit: Any, ids: list[int], bucket: int, variables: dict) -> np.ndarray:
-        """Run a batched graph (a prefill) on `ids` padded to `bucket`: through TinyJit until it is captured, then
-        through the threaded direct replay, checked once against TinyJit (a mismatch keeps TinyJit)."""
+    def _run_batch(self, g: Graph, ids: list[int], rest: list[int], bucket: int, variables: dict
+                   ) -> np.ndarray | None:
+        """Run a batched graph (a prefill, or a suffix after a reused prefix) on `rest`, the last tokens of `ids`,
+        padded to `bucket`. A loaded graph's first run is checked: the decode graph (against the saved probe first)
+        recomputes the last prompt position from the cache rows the batch wrote, and both must agree; that costs
+        one decode step, not a second prefill. None when a check failed and the caller must use the model."""
+        if g.state is GraphState.LOADED and not self._verified_decode():
+            return None
         emb = np.zeros((1, bucket, self.config.dim), dtype=np.float32)
-        emb[0, :len(ids)] = self.embed(ids)
+        emb[0, :len(rest)] = self.embed(rest)
         if (x := self._prefill_inputs.get(bucket)) is None:
             x = self._prefill_inputs[bucket] = device_tensor(emb, self.device)
         else:
             write_buffer(x, emb)
-        bound = {**variables, "last": self._last.bind(len(ids) - 1)}
+        bound = {**variables, "last": self._last.bind(len(rest) - 1)}
         values = {k: v.unbind()[1] for k, v in bound.items()}
-        if name not in self._prefill_replays and (loaded := self._loaded_replay(name, jit, (x, *bound.values()))):
-            self._prefill_replays[name] = loaded
-        replay = self._prefill_replays.get(name)
-        if replay is not None:
-            replay(values)
-            return replay.result()
-        out = jit(x, *bound.values()).numpy().reshape(-1)
-        if name not in self._prefill_replays and captured_graph(jit) is not None:
-            self._prefill_replays[name], out = self._checked_replay(name, jit, (x, *bound.values()), values, out)
-        return out
-
-    def _checked_replay(self, name: str, jit: Any, args: tuple, values: dict,
-                        out: np.ndarray) -> tuple[Any, np.ndarray]:
-        """The direct replay of a graph TinyJit has just captured and run on `args` (giving `out`), or None. It runs
-        the same step once more (rewriting the same cache rows with the same values) and must agree with TinyJit;
-        if not, TinyJit runs the step again, since the replay wrote those rows, and its logits are returned."""
-        replay = CPUReplay.build(jit, args, self.threads)
-        if replay is None:
-            return None, out
-        replay(values)
-        replayed = replay.result()
-        if same_logits(replayed, out):
-            return replay, out
-        log.warning("direct CPU replay disagrees with TinyJit on %s (max |diff| %.3g); using TinyJit", name,
-                    float(np.abs(replayed - out).max()))
-        return None, jit(*args).numpy().reshape(-1)
+        return self._run(g, (x, *bound.values()), values, want=lambda: self.decode(ids[-1], len(ids) - 1))
 
     def _write_decode_input(self, emb: np.ndarray) -> None:
         if self._decode_input is None:
@@ -331,32 +372,12 @@ class ModelGraphs:
 
     def decode(self, token: int, pos: int) -> np.ndarray:
         """One token at position `pos` (the KV cache holds the positions before it); the logits after it."""
+        if not self._verified_decode():
+            raise GenerationError("the decode graph from the JIT cache failed its check; prefill again")
         self.session.wrote_token(token, pos)
         self._write_decode_input(self.embed([token])[None])  # (1, 1, dim)
-        return self._decode_logits(pos)
-
-    def _loaded_replay(self, name: str, jit: Any, args: tuple) -> CPUReplay | None:
-        """The direct replay of a graph loaded from disk, built without a TinyJit run first, or None (TinyJit runs
-        it). Its first results are checked as TinyJit's would be (the saved probe, then a decode of the prefill's
-        last position: _verify_loaded), and the graph that saved them had its replay checked against TinyJit when it
-        was captured. Skips about 1 s of TinyJit's Python dispatch at a warm start (SmolLM2, one thread)."""
-        if not self.from_disk or name not in self.unverified:
-            return None
-        return CPUReplay.build(jit, args, self.threads)
-
-    def _decode_logits(self, pos: int) -> np.ndarray:
-        """Run the decode graph on the input written at position `pos`."""
-        if self.replay is None and not self.replay_tried and self.from_disk:
-            self.replay_tried = True
-            self.replay = self._loaded_replay("decode", self._decode_jit, (self._decode_input, self._start.bind(pos)))
-        if self.replay is not None:
-            self.replay({"start_pos": pos})
-            return self.replay.result()
-        out = self._decode_jit(self._decode_input, self._start.bind(pos)).numpy().reshape(-1)
-        if captured_graph(self._decode_jit) is not None and not self.replay_tried:
-            self.replay_tried = True
-            self.replay, out = self._checked_replay("decode", self._decode_jit, (self._decode_input,
-                                                    self._start.bind(pos)), {"start_pos": pos}, out)
+        out = self._run(self._decode, (self._decode_input, self._start.bind(pos)), {"start_pos": pos})
+        assert out is not None  # a verified or captured decode graph is never dropped
         return out
 
     def forward(self, ids: list[int]) -> np.ndarray:

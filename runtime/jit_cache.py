@@ -68,7 +68,7 @@ def _private_dir() -> Path:
 
 
 @functools.cache
-def _code_version() -> str:
+def code_version() -> str:
     """Hash of the tinygrad version and the code that builds the graphs (runtime/ and models/), so an upgraded
     tinygrad or a changed model never reuses old graphs."""
     from edgegen.runtime.tinygrad_seam import tinygrad_version
@@ -90,7 +90,7 @@ def cache_key(model_path: Path, device: str, max_context: int, variant: str = ""
 
     st = model_path.stat()
     ident = f"{FORMAT_VERSION}|{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{device}|{max_context}|" \
-            f"{_code_version()}|{kernel_settings()}|{variant}"
+            f"{code_version()}|{kernel_settings()}|{variant}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))  # local_broker: a throwaway Mosquitto
 os.environ.setdefault("DEV", "CPU")  # tinygrad's clang backend: the one every CI machine has
 # Captured decode/prefill graphs go to a per-run folder, never the user's ~/.cache/edgegen.
 os.environ["EDGEGEN_CACHE"] = tempfile.mkdtemp(prefix="edgegen-test-cache-")

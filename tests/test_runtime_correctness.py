@@ -41,13 +41,13 @@ def test_logits_match_numpy_reference(tmp_path, weights, qtype):
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 
     # bucketed prefill then KV-cached decode steps under TinyJit (the generation path)
-    np.testing.assert_allclose(gen._prefill(IDS[:4]), ref[3], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(gen.graphs.prefill(IDS[:4]), ref[3], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
     for pos in range(4, len(IDS)):
-        step = gen._decode(IDS[pos], pos)
+        step = gen.graphs.decode(IDS[pos], pos)
         np.testing.assert_allclose(step, ref[pos], rtol=2e-3, atol=2e-3 * np.abs(ref).max(),
                                    err_msg=f"decode step at position {pos}")
     # after the first (capturing) step, decode ran through direct kernel calls on the CPU device
-    assert gen._replay is not None
+    assert gen.graphs.decode_replay is not None
 
 
 @pytest.mark.slow
@@ -61,8 +61,8 @@ def test_mixed_precision_file(tmp_path, weights):
         "blk.1.attn_v.weight" in gen.weights.layers
     ref = reference_logits(stored, IDS)
     np.testing.assert_allclose(gen.logits(IDS), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-    np.testing.assert_allclose(gen._prefill(IDS[:4]), ref[3], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-    np.testing.assert_allclose(gen._decode(IDS[4], 4), ref[4], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(gen.graphs.prefill(IDS[:4]), ref[3], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(gen.graphs.decode(IDS[4], 4), ref[4], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 
 
 PACKED_TYPES = [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.BF16, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q3_K, Q.Q2_K]
@@ -122,13 +122,13 @@ def test_graphs_reloaded_from_disk_give_the_same_tokens(tmp_path, weights, monke
     write_gguf(path, weights, Q.Q8_0)
     params = SamplingParams(max_tokens=8)
     first = TextGenerator.load(path, max_context=32)
-    assert not first._graphs_from_disk
+    assert not first.graphs.from_disk
     a = first.stream_ids(IDS[:5], params, ignore_eos=True)
     list(a)
     first.wait_saved()  # written after the answer, on a thread of its own
     assert list((tmp_path / "cache" / "jit").glob("*.pkl")), "no graph file was written"
     second = TextGenerator.load(path, max_context=32)
-    assert second._graphs_from_disk and second._model is None  # nothing repacked from the GGUF
+    assert second.graphs.from_disk and second.graphs.built_model is None  # nothing repacked from the GGUF
     b = second.stream_ids(IDS[:5], params, ignore_eos=True)
     list(b)
     assert b.result.token_ids == a.result.token_ids
@@ -137,5 +137,5 @@ def test_graphs_reloaded_from_disk_give_the_same_tokens(tmp_path, weights, monke
     list(c)
     d = first.stream_ids(IDS[:3] * 7, params, ignore_eos=True)
     list(d)
-    assert c.result.token_ids == d.result.token_ids and not second._graphs_from_disk
+    assert c.result.token_ids == d.result.token_ids and not second.graphs.from_disk
     assert jit_cache.cache_dir() == tmp_path / "cache" / "jit"

@@ -48,9 +48,9 @@ def test_family_logits_match_numpy_reference(tmp_path, family):
     got = gen.logits(IDS)
     assert got.shape == (len(IDS), VOCAB)
     check(got, ref, f"{family}: batched forward")
-    check(gen._prefill(IDS[:4]), ref[3], f"{family}: prefill")
+    check(gen.graphs.prefill(IDS[:4]), ref[3], f"{family}: prefill")
     for pos in range(4, len(IDS)):  # past the tiny gemma3 window of 5: the local layers' mask is exercised
-        check(gen._decode(IDS[pos], pos), ref[pos], f"{family}: decode step at position {pos}")
+        check(gen.graphs.decode(IDS[pos], pos), ref[pos], f"{family}: decode step at position {pos}")
 
 
 def test_sliding_window_changes_the_answer(tmp_path):

@@ -11,7 +11,6 @@ from edgegen.runtime.engine import TextGenerator
 from edgegen.runtime.errors import GenerationError
 from edgegen.runtime.native.options import KernelOptions
 from edgegen.runtime.sampling import SamplingParams
-from edgegen.runtime.tinygrad_seam import captured_graph
 from tests.tiny_arch import random_weights, shape_for, write_gguf
 
 IDS = [5, 17, 42, 3, 88, 60, 7, 7, 31, 90, 12, 44]
@@ -77,7 +76,7 @@ def test_a_shared_prefix_is_not_prefilled_again(q8_files, kernels):
         assert np.array_equal(got, want)
     else:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
-    suffix_graphs = [b for b, j in gen.graphs._suffix_jits.items() if captured_graph(j) is not None]
+    suffix_graphs = [b for b in PREFILL_BUCKETS if gen.graphs.captured(f"suffix{b}") is not None]
     bucket = next(b for b in PREFILL_BUCKETS if b >= 4)  # 4 new tokens: the smallest bucket that holds them
     assert suffix_graphs == ([bucket] if kernels == "native" else [])
     # and generation through the engine reuses it too: the same tokens as a generator that starts cold

@@ -17,9 +17,9 @@ gen = TextGenerator.load(sys.argv[1], device="CL", max_context=32, jit_cache=Fal
 ids = [3, 14, 15, 92, 65, 35]
 ref = reference_logits(stored, ids)
 np.testing.assert_allclose(gen.logits(ids), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-np.testing.assert_allclose(gen._prefill(ids[:3]), ref[2], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+np.testing.assert_allclose(gen.graphs.prefill(ids[:3]), ref[2], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 for pos in range(3, len(ids)):
-    np.testing.assert_allclose(gen._decode(ids[pos], pos), ref[pos], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(gen.graphs.decode(ids[pos], pos), ref[pos], rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 print("device", gen.device)
 """
 

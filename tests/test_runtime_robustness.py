@@ -19,6 +19,7 @@ from tinygrad import Device, Tensor
 from edgegen.runtime import SamplingParams
 from edgegen.runtime import jit_cache as store
 from edgegen.runtime.engine import TextGenerator
+from edgegen.runtime.graphs import GraphState
 from edgegen.runtime.native.options import KernelOptions
 from edgegen.runtime.tinygrad_seam import captured_graph, graph_buffer_devices, graph_output, write_buffer
 
@@ -123,6 +124,8 @@ def test_two_backends_in_one_process_keep_their_own_devices(tiny, private_cache)
 def test_direct_replay_that_disagrees_with_tinyjit_is_dropped(tiny, private_cache, monkeypatch, caplog):
     from edgegen.runtime import cpu_replay
 
+    # TinyJit's tokens: the direct replays of an unpatched generator are checked against TinyJit's, so equal to them
+    reference = tokens(TextGenerator.load(tiny, max_context=64, jit_cache=False), PROMPTS[0])
     original = cpu_replay.CPUReplay.build
 
     def corrupted_build(jit, inputs, threads=1):
@@ -144,13 +147,11 @@ def test_direct_replay_that_disagrees_with_tinyjit_is_dropped(tiny, private_cach
 
     monkeypatch.setattr(cpu_replay.CPUReplay, "build", staticmethod(corrupted_build))
     gen = TextGenerator.load(tiny, max_context=64, jit_cache=False)
-    reference = TextGenerator.load(tiny, max_context=64, jit_cache=False)
-    reference.graphs.replay_tried = True  # TinyJit only
     with caplog.at_level(logging.WARNING, logger="edgegen.runtime.graphs"):
         got = tokens(gen, PROMPTS[0])
     assert "direct CPU replay disagrees with TinyJit" in caplog.text
-    assert gen._replay is None
-    assert got == tokens(reference, PROMPTS[0])
+    assert gen.graphs.decode_replay is None
+    assert got == reference
 
 
 @pytest.mark.slow
@@ -161,9 +162,9 @@ def test_graphs_loaded_from_disk_are_checked_and_a_bad_entry_is_replaced(tiny, p
     entry = next(private_cache.glob("*.pkl"))
 
     good = TextGenerator.load(tiny, max_context=64)
-    assert good._graphs_from_disk
+    assert good.graphs.from_disk
     tinyjit_calls = []
-    jit_class = type(good.graphs._decode_jit)  # tinygrad's TinyJit class (the public name is a factory function)
+    jit_class = type(good.graphs.graphs[0].jit)  # tinygrad's TinyJit class (the public name is a factory function)
     original_call = jit_class.__call__
 
     def counted(self, *args, **kwargs):
@@ -173,8 +174,10 @@ def test_graphs_loaded_from_disk_are_checked_and_a_bad_entry_is_replaced(tiny, p
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(jit_class, "__call__", counted)
         assert [tokens(good, ids) for ids in PROMPTS] == expected
-    assert good._graphs_from_disk and not good.graphs.unverified, "loaded graphs were not used or not checked"
-    if good._replay is not None:  # the CPU backend: loaded graphs are replayed directly, TinyJit never runs them
+    states = good.graphs.states()
+    assert good.graphs.from_disk and GraphState.LOADED not in states.values(), f"loaded graphs unchecked: {states}"
+    assert states["decode"] is GraphState.VERIFIED
+    if good.graphs.decode_replay is not None:  # the CPU backend: loaded graphs replay directly, TinyJit never runs
         assert tinyjit_calls == [], f"TinyJit ran {len(tinyjit_calls)} steps of graphs loaded from disk"
 
     # Corrupt the saved bytes (weights and cache live in the data file): the check must catch it on first use.
@@ -185,11 +188,11 @@ def test_graphs_loaded_from_disk_are_checked_and_a_bad_entry_is_replaced(tiny, p
         raw[i] ^= 0x5A
     data.write_bytes(bytes(raw))
     bad = TextGenerator.load(tiny, max_context=64)
-    assert bad._graphs_from_disk
+    assert bad.graphs.from_disk
     with caplog.at_level(logging.WARNING, logger="edgegen.runtime.graphs"):
         assert [tokens(bad, ids) for ids in PROMPTS] == expected
     assert "loaded from the JIT cache is not usable" in caplog.text
-    assert not bad._graphs_from_disk
+    assert not bad.graphs.from_disk
     assert entry.exists(), "the recaptured graphs were not saved again"
 
 
@@ -199,11 +202,11 @@ def test_graphs_recaptured_after_a_warm_start_copy_no_weights_from_host(tiny, pr
     TinyJit captures, or every replay copies them again from host arrays (and the saved graph carries them)."""
     tokens(TextGenerator.load(tiny, max_context=64), PROMPTS[0])  # saves decode + the 16-token prefill
     warm = TextGenerator.load(tiny, max_context=64)
-    assert warm._graphs_from_disk
+    assert warm.graphs.from_disk
     tokens(warm, PROMPTS[1])  # a 32-token prefill: not in the cache
-    assert not warm._graphs_from_disk
-    for jit in (warm.graphs._decode_jit, warm.graphs._prefill_jits[32]):
-        graph = captured_graph(jit)
+    assert not warm.graphs.from_disk
+    for name in ("decode", "prefill32"):
+        graph = warm.graphs.captured(name)
         assert graph is not None
         assert "NPY" not in graph_buffer_devices(graph), "a graph reads host (NPY) buffers: weights built inside it"
 
@@ -211,12 +214,12 @@ def test_graphs_recaptured_after_a_warm_start_copy_no_weights_from_host(tiny, pr
 def test_cache_key_follows_the_tinygrad_version(tiny, monkeypatch):
     from edgegen.runtime import tinygrad_seam
 
-    store._code_version.cache_clear()
+    store.code_version.cache_clear()
     a = store.cache_key(tiny, "CPU", 64)
     monkeypatch.setattr(tinygrad_seam, "tinygrad_version", lambda: "0.15.0")
-    store._code_version.cache_clear()
+    store.code_version.cache_clear()
     b = store.cache_key(tiny, "CPU", 64)
-    store._code_version.cache_clear()
+    store.code_version.cache_clear()
     assert a != b
     assert tinygrad_seam.tinygrad_version() != "unknown"
 

@@ -73,7 +73,7 @@ def test_prompt_longer_than_context_is_refused(gen):
 def test_decode_materializes_no_float_weight(gen, record_allocations):
     """A decode step allocates only activations: every float buffer is smaller than the smallest weight matrix."""
     smallest_weight_as_float = min(layer.out_features * layer.in_features for layer in gen.weights.layers.values()) * 4
-    h = Tensor(gen._embed([42])[None]).realize()
+    h = Tensor(gen.graphs.embed([42])[None]).realize()
     record_allocations.allocations.clear()
     logits = gen.model(h, 10).realize().numpy()
     assert logits.shape[-1] == gen.config.vocab_size and np.isfinite(logits).all()

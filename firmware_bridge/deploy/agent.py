@@ -7,9 +7,9 @@ state folder, so an offer seen again (a reconnect, a restarted device, a resumed
 attempt stopped: the partial file resumes from its bitmap, a pending slot goes straight to probation, a committed
 version is reported committed, a rolled-back version is reported rolled back without retrying it.
 
-Test-only fault injection: EDGEGEN_DEPLOY_FAULT=exit-in-probation makes the process call os._exit(137) once the new
-model is installed in the pending slot, before its health check; exit-at-swap once the health check passed, before
-the commit and the swap. Never set it on a device.
+Fault injection is a hook: `on_step(step)` is called at "probation" (the new model is installed in the pending slot,
+before its health check) and at "swap" (the health check passed, before the commit and the swap); the crash tests
+pass one that kills the process there (tests/bridge/faulty_edgegen.py).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -42,8 +41,6 @@ from edgegen.firmware_bridge.deploy.slots import DeviceStore
 from edgegen.firmware_bridge.deploy.transfer import PartialFile
 
 log = logging.getLogger(__name__)
-FAULT_ENV = "EDGEGEN_DEPLOY_FAULT"  # test-only, see the module docstring
-FAULTS = ("exit-in-probation", "exit-at-swap")
 WINDOW_BLOCKS = 64  # blocks in flight (4 MiB of 64 KiB blocks): hides the round trip behind the transfer
 BATCH_BLOCKS = 8  # blocks asked for in one request
 FLUSH_BYTES = 4 << 20  # persist the bitmap every 4 MiB received (or every second): a crash re-fetches at most that
@@ -82,7 +79,8 @@ class DeployAgent:
     """
 
     def __init__(self, service: DeployHost, store: DeviceStore, trust_key: Any, load_engine: Callable[[str, Path], Any],
-                 *, backend: str | None = None, start_actions: list[dict[str, Any]] | None = None):
+                 *, backend: str | None = None, start_actions: list[dict[str, Any]] | None = None,
+                 on_step: Callable[[str], None] | None = None):
         self.service, self.store, self.key, self.load_engine = service, store, trust_key, load_engine
         self._rolled_back_path = store.root / ROLLED_BACK_FILE
         self._rolled_back = self._load_rolled_back()
@@ -101,9 +99,7 @@ class DeployAgent:
         self._status: Status | None = None
         self._status_lock = threading.Lock()
         self._refusing = True  # a DeployError now is a refusal (before any transfer), later a failure
-        self._fault = os.environ.get(FAULT_ENV)
-        if self._fault is not None and self._fault not in FAULTS:
-            log.warning("%s=%s is not a known fault (%s); ignored", FAULT_ENV, self._fault, ", ".join(FAULTS))
+        self._on_step = on_step or (lambda step: None)
         self.client.message_callback_add(protocol.offer_topic(self.device), self._on_offer)
         self.client.message_callback_add(protocol.data_filter(self.device), self._on_data)
         self._thread = threading.Thread(target=self._loop, name=f"edgegen-deploy-{self.device}", daemon=True)
@@ -267,8 +263,7 @@ class DeployAgent:
         self._publish(_with(status, "probation"))
         self.service.leave_pool()  # the pool keeps answering on the other members while this one is busy
         try:
-            if self._fault == "exit-in-probation":
-                self._exit()
+            self._on_step("probation")
             slot = self.store.pending(m.name)
             assert slot is not None
             rss_before = reset_peak_rss()
@@ -292,18 +287,12 @@ class DeployAgent:
             if not health.ok:
                 self._rollback(m, status, health.code or DeployCode.GOLDEN_FAILED.value, numbers)
                 return
-            if self._fault == "exit-at-swap":
-                self._exit()
+            self._on_step("swap")
             self.store.commit(m.name, numbers)
             self.service.swap_engine(m.kind, m.name, engine)
             self._publish(_with(status, "committed", numbers=numbers))
         finally:
             self.service.join_pool()
-
-    def _exit(self) -> None:
-        log.warning("%s=%s: exiting", FAULT_ENV, self._fault)
-        logging.shutdown()
-        os._exit(137)
 
 
 class _Puller:

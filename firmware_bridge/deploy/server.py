@@ -11,9 +11,9 @@ Blocks are served from the network thread straight out of the file (pread), each
 requesting device's data topic: a lost one is asked for again by the device, so the broker never has to queue a
 model in RAM for a device that went away (docs/DEPLOY.md, Protocol).
 
-Test-only fault injection: EDGEGEN_DEPLOY_SERVER_FAULT=corrupt-every-N flips a byte in every Nth block served
-(the device must fetch those again); slow-blocks-N sleeps N ms before each block (so tests can kill things
-mid-transfer). Several faults: comma-separated. Never set it outside tests.
+Fault injection for tests is a constructor argument, `faults` (parse_faults('corrupt-every-7,slow-blocks-15')):
+corrupt-every-N flips a byte in every Nth block served (the device must fetch those again); slow-blocks-N sleeps N ms
+before each block (so tests can kill things mid-transfer).
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ from edgegen.firmware_bridge.deploy.manifest import SignedManifest
 from edgegen.firmware_bridge.deploy.protocol import Offer, Status
 
 log = logging.getLogger(__name__)
-FAULT_ENV = "EDGEGEN_DEPLOY_SERVER_FAULT"  # test-only, see the module docstring
 _FAULT = re.compile(r"(corrupt-every|slow-blocks)-(\d+)")
 CONNECT_TIMEOUT_S = 10.0
 # Exit codes of a rollout (and of `edgegen deploy`); 2 stays bad input, as for every edgegen command.
@@ -57,13 +56,12 @@ def new_rollout_id() -> str:
 
 
 def parse_faults(text: str | None) -> dict[str, int]:
-    """'corrupt-every-7,slow-blocks-20' -> {'corrupt-every': 7, 'slow-blocks': 20}; unknown items are logged."""
+    """'corrupt-every-7,slow-blocks-20' -> {'corrupt-every': 7, 'slow-blocks': 20}; ValueError for anything else."""
     faults: dict[str, int] = {}
     for item in filter(None, (text or "").split(",")):
         match = _FAULT.fullmatch(item.strip())
         if match is None:
-            log.warning("%s item %r is not a known fault (corrupt-every-N, slow-blocks-N); ignored", FAULT_ENV, item)
-            continue
+            raise ValueError(f"{item!r} is not a known fault (corrupt-every-N, slow-blocks-N)")
         faults[match[1]] = int(match[2])
     return faults
 
@@ -112,7 +110,7 @@ class DeployServer:
             raise DeployError(DeployCode.BAD_STATE, f"cannot read the model file {str(file)!r}: {e.strerror}",
                               {"path": str(file)}) from None
         self.track = track
-        self.faults = parse_faults(os.environ.get(FAULT_ENV)) if faults is None else faults
+        self.faults = faults or {}
         self.targets: dict[str, Target] = {}
         self.statuses: dict[str, Status] = {}  # the latest status of every device seen, any rollout
         self.blocks_served = self.bytes_served = 0

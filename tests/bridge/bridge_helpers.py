@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bridge_fakes import FakeTextEngine
+from local_broker import die_with_parent
 
 from edgegen.firmware_bridge.client import Client
 from edgegen.firmware_bridge.connection import BrokerOptions
-from edgegen.firmware_bridge.local_broker import die_with_parent
 from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,8 @@ def make_tls_files(folder: Path) -> dict[str, str]:
 
 def spawn(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     """A child Python process that dies with the test process; `env` adds to the test's environment."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), **(env or {})}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (Path(__file__).parent, REPO / "benchmarks"))),
+           **(env or {})}
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, preexec_fn=die_with_parent, **kwargs)
 
 

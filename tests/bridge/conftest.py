@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 from bridge_helpers import PASSWORDS, make_tls_files
-
-from edgegen.firmware_bridge.local_broker import SHIPPED_ACL, LocalBroker
+from local_broker import SHIPPED_ACL, LocalBroker
 
 
 def stop_and_show_log(broker: LocalBroker) -> None:

@@ -63,7 +63,7 @@ def sha256_of(path: Path) -> str:
 def serve(broker_port: int, device_id: str, state_dir: Path, trust_key: Path, model: Path, *,
           pool: str | None = None, env: dict[str, str] | None = None, warm: bool = False) -> ChildProcess:
     """An `edgegen serve --trust-key` child; returns once it printed its start line."""
-    args = ["-m", "edgegen.cli", "-v", "serve", "--broker", f"127.0.0.1:{broker_port}", "--device-id", device_id,
+    args = ["-m", "faulty_edgegen", "-v", "serve", "--broker", f"127.0.0.1:{broker_port}", "--device-id", device_id,
             "--state-dir", str(state_dir), "--trust-key", str(trust_key), "--model", str(model)]
     args += ["--pool", pool] if pool else []
     args += [] if warm else ["--no-warmup"]

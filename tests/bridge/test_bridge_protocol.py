@@ -109,17 +109,15 @@ def test_request_without_response_topic_is_reported_on_the_error_topic(options: 
     received: list[dict] = []
     both = threading.Event()
     with running_device(options), connected_client(options) as client:
-        raw = client._mqtt  # the client's own connection, publishing without the Response Topic property
-
-        def on_error(c: object, u: object, msg: object) -> None:
+        def on_error(msg: object) -> None:
             received.append(json.loads(msg.payload))  # type: ignore[attr-defined]
             if len(received) == 2:
                 both.set()
 
-        raw.message_callback_add(topics.errors("dev1"), on_error)
-        raw.subscribe(topics.errors("dev1"), qos=1)  # SUBSCRIBE precedes the PUBLISHes on this connection
-        raw.publish(topics.device_request("dev1", "text"), b'{"v": 1, "id": "lost", "prompt": "hi"}', qos=1)
-        raw.publish(topics.device_request("dev1", "text"), b"not json", qos=1)
+        client.watch(topics.errors("dev1"), on_error)  # SUBSCRIBE precedes the PUBLISHes on this connection
+        # published as is: without the Response Topic property that requests carry
+        client.publish_acked(topics.device_request("dev1", "text"), b'{"v": 1, "id": "lost", "prompt": "hi"}')
+        client.publish_acked(topics.device_request("dev1", "text"), b"not json")
         assert both.wait(10)
     assert [(m["id"], m["code"]) for m in received] == [("lost", ErrorCode.NO_RESPONSE_TOPIC),
                                                         (None, ErrorCode.INVALID_JSON)]
@@ -180,9 +178,9 @@ def test_cancels_leave_no_pending_acks_behind(options: BrokerOptions) -> None:
     with running_device(options), connected_client(options) as client:
         for i in range(50):
             client.cancel(f"nothing-{i}", device="dev1")  # returns once the broker acked it
-        assert client._puback == {} and client._abandoned == set()
+        assert client.pending_acks() == 0
         assert client.generate("still fine", device="dev1", max_tokens=2).text() == expected_text("still", 2)
-        assert client._puback == {}
+        assert client.pending_acks() == 0
         with pytest.raises(RequestError) as err:
             client.cancel("", device="dev1")  # checked as the device would, before publishing
         assert err.value.code == ErrorCode.INVALID_REQUEST and "id must be" in err.value.message
@@ -195,13 +193,13 @@ def test_status_and_models_are_retained_and_will_says_offline(options: BrokerOpt
     states: dict[str, dict] = {}
     done = threading.Event()
     with connected_client(options) as client:
-        def on_message(c, u, msg) -> None:
+        def on_message(msg) -> None:
             states[msg.topic.rsplit("/", 1)[-1]] = json.loads(msg.payload)
             if len(states) == 2:
                 done.set()
 
-        client._mqtt.on_message = on_message
-        client._mqtt.subscribe([(topics.status("dev1"), 1), (topics.models("dev1"), 1)])
+        client.watch(topics.status("dev1"), on_message)
+        client.watch(topics.models("dev1"), on_message)
         assert done.wait(10)
     assert states["status"]["state"] == "offline"
     assert states["models"]["text"] == ["default"] and states["models"]["image"] == []
@@ -235,13 +233,12 @@ def test_telemetry_is_published_periodically(options: BrokerOptions) -> None:
     reports: list[dict] = []
     two = threading.Event()
     with connected_client(options) as client:
-        def on_report(c: object, u: object, msg: object) -> None:
+        def on_report(msg: object) -> None:
             reports.append(json.loads(msg.payload))  # type: ignore[attr-defined]
             if len(reports) == 2:
                 two.set()
 
-        client._mqtt.message_callback_add(topics.telemetry("dev1"), on_report)
-        client._mqtt.subscribe(topics.telemetry("dev1"), qos=0)
+        client.watch(topics.telemetry("dev1"), on_report, qos=0)
         with running_device(options, telemetry_interval_s=0.05):
             client.generate("count me", device="dev1", max_tokens=2).text()
             assert two.wait(10)

@@ -60,11 +60,10 @@ def retained_state(options: BrokerOptions, device: str) -> str:
     states: list[str] = []
     got = threading.Event()
     with connected_client(options) as client:
-        def on_status(c: object, u: object, msg: object) -> None:
+        def on_status(msg: object) -> None:
             states.append(json.loads(msg.payload)["state"])  # type: ignore[attr-defined]
             got.set()
 
-        client._mqtt.message_callback_add(topics.status(device), on_status)
-        client._mqtt.subscribe(topics.status(device), qos=1)
+        client.watch(topics.status(device), on_status)
         assert got.wait(10)
     return states[0]

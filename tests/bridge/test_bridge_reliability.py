@@ -31,8 +31,7 @@ def fake_device(port: int, device_id: str, pool: str, stall_at_seq: int | None =
 def watch_status(client, device: str) -> queue.Queue:
     states: queue.Queue[str] = queue.Queue()
     topic = topics.status(device)
-    client._mqtt.message_callback_add(topic, lambda c, u, msg: states.put(json.loads(msg.payload)["state"]))
-    client._mqtt.subscribe(topic, qos=1)
+    client.watch(topic, lambda msg: states.put(json.loads(msg.payload)["state"]))
     return states
 
 
@@ -99,11 +98,11 @@ def test_answer_stored_before_the_ack_survives_a_crash_and_is_resent_byte_for_by
         with connected_client(options) as client:
             finals: queue.Queue[tuple[bytes, bytes]] = queue.Queue()
 
-            def on_response(c, u, msg) -> None:
+            def on_response(msg) -> None:
                 if json.loads(msg.payload)["type"] == "final":
                     finals.put((msg.properties.CorrelationData, bytes(msg.payload)))
 
-            client._mqtt.message_callback_add(client.response_topic, on_response)  # raw payloads, every copy
+            client.watch(client.response_topic, on_response)  # raw payloads, every copy
             client.generate("crash between answer and ack", device="dev0", max_tokens=TOKENS, request_id="once")
             correlation, first = finals.get(timeout=LINE_TIMEOUT_S)
             assert device.proc.wait(timeout=LINE_TIMEOUT_S) == 137  # died before the ack: the broker keeps it

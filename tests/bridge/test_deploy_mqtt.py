@@ -24,6 +24,7 @@ from deploy_helpers import (
     watching,
     write_tiny_model,
 )
+from local_broker import SHIPPED_ACL, LocalBroker
 
 from edgegen.firmware_bridge.connection import BrokerOptions
 from edgegen.firmware_bridge.deploy import protocol
@@ -31,7 +32,6 @@ from edgegen.firmware_bridge.deploy.errors import DeployError
 from edgegen.firmware_bridge.deploy.server import EXIT_COMMITTED, EXIT_FAILED, EXIT_STOPPED
 from edgegen.firmware_bridge.deploy.slots import DeviceStore
 from edgegen.firmware_bridge.errors import RequestError
-from edgegen.firmware_bridge.local_broker import SHIPPED_ACL, LocalBroker
 
 NAME = "tiny"
 
@@ -174,7 +174,7 @@ def test_acl_example_lets_only_the_deploy_identity_offer(tmp_path: Path, models:
         signed = signed_manifest(models["new"], NAME, 1, models["priv"], models["golden"])
         for user in ("alice", "dev2"):
             with connected_client(login(user), client_id=f"{user}-x") as client:
-                reason = client._publish_acked(protocol.offer_topic("dev1"), protocol.Offer("r1", signed).to_payload())
+                reason = client.publish_acked(protocol.offer_topic("dev1"), protocol.Offer("r1", signed).to_payload())
                 assert reason is not None and reason.value == 0x87, (user, reason)  # PUBACK: not authorized
         with deploy_server(login("deployer"), signed, models["new"], client_id="deployer") as server:
             report = server.run(["dev1"], timeout_s=120)
@@ -191,7 +191,7 @@ def test_transfer_survives_device_kill_broker_restart_and_corrupt_blocks(broker,
     options = options_of(broker)
     state = tmp_path / "dev"
     device = serve(broker.port, "dev1", state, models["pub"], models["old"])
-    deploy = spawn(["-m", "edgegen.cli", "deploy", str(models["new"]), "--name", NAME, "--version", "3", "--key",
+    deploy = spawn(["-m", "faulty_edgegen", "deploy", str(models["new"]), "--name", NAME, "--version", "3", "--key",
                     str(models["priv"]), "--device-id", "dev1", "--block-size", "1024", "--golden-prompt", "!!",
                     "--golden-tokens", str(len(models["golden"]["token_ids"])), "--json", "--broker",
                     f"127.0.0.1:{broker.port}"],

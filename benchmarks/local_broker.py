@@ -1,4 +1,5 @@
-"""A throwaway Mosquitto with the shipped settings (mosquitto/edgegen.conf) on a loopback port: tests, benchmarks.
+"""A throwaway Mosquitto with the shipped settings (firmware_bridge/mosquitto/edgegen.conf) on a loopback port, for
+benchmarks and tests (tests/conftest.py puts this folder on sys.path); not shipped: a board runs a real broker.
 
     broker = LocalBroker(Path("/tmp/mqtt")).start()   # ready once its log says `running` (~15 ms)
     ...
@@ -16,8 +17,11 @@ import subprocess
 import threading
 from pathlib import Path
 
-SHIPPED_CONF = Path(__file__).parent / "mosquitto" / "edgegen.conf"
-SHIPPED_ACL = Path(__file__).parent / "mosquitto" / "acl.example"
+import edgegen.firmware_bridge
+
+_SHIPPED = Path(edgegen.firmware_bridge.__file__).parent / "mosquitto"
+SHIPPED_CONF = _SHIPPED / "edgegen.conf"
+SHIPPED_ACL = _SHIPPED / "acl.example"
 READY_TIMEOUT_S = 10.0
 # Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
