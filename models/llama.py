@@ -13,7 +13,7 @@ pairs are adjacent (x[2i], x[2i+1]); the other families keep Hugging Face's orde
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -21,7 +21,45 @@ from tinygrad import Tensor, UOp, dtypes
 
 from edgegen.models.config import LlamaConfig
 
-Linear = Callable[[Tensor], Tensor]
+
+class Linear(Protocol):
+    """A layer x @ W.T, with its fused forms where the kernels have them (the runtime's hand-written CPU kernels
+    fold the norm or the gate into the quantization of the layer's input), else None and the model norms or gates
+    first: normed(x, weight, eps) = layer(rms_norm(x, weight, eps)); gated(gate_up, activation) =
+    layer(activation(gate) * up) of gate+up rows."""
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+    @property
+    def normed(self) -> Callable[[Tensor, Tensor, float], Tensor] | None: ...
+
+    @property
+    def gated(self) -> Callable[[Tensor, str], Tensor] | None: ...
+
+
+class Unfused:
+    """A Linear without fused forms: the model norms and gates before calling it."""
+
+    @property
+    def normed(self) -> None:
+        return None
+
+    @property
+    def gated(self) -> None:
+        return None
+
+
+class ConcatLinear(Unfused):
+    """Several layers over the same input, outputs side by side (tensors of different types in one group)."""
+
+    def __init__(self, layers: Sequence[Linear]) -> None:
+        self.layers = list(layers)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return Tensor.cat(*[layer(x) for layer in self.layers], dim=-1)
+
+
+Attention = Callable[[Tensor, Tensor, "int | UOp", int], Tensor]
 
 
 class WeightSource(Protocol):
@@ -39,17 +77,11 @@ class WeightSource(Protocol):
         """Whether the file has the tensor (optional ones: biases, fused layers, RoPE factors)."""
         ...
 
-
-# Optional on a WeightSource: `attention(q (1, T, H, hd), cache (2, 1, KvH, C, hd), start_pos, window)`, returning
-# (1, T, H, hd): a fused attention kernel for the device (the runtime's hand-written CPU kernel); without it the
-# block uses tinygrad's scaled_dot_product_attention. With it the KV cache holds float16, as llama.cpp's does by
-# default (half the memory: 12 MB for SmolLM2 at 512 positions); tinygrad's attention keeps a float32 cache.
-Attention = Callable[[Tensor, Tensor, "int | UOp", int], Tensor]
-
-
-# Optional on a linear layer (`getattr(layer, "normed" / "gated", None)`): `normed(x, weight, eps)` computes
-# layer(rms_norm(x, weight, eps)) and `gated(gate_up, activation)` layer(activation(gate) * up), each in fewer kernels
-# (the runtime's hand-written CPU kernels fold the norm or the gate into the quantization of the layer's input).
+    # `attention(q (1, T, H, hd), cache (2, 1, KvH, C, hd), start_pos, window)` -> (1, T, H, hd): a fused attention
+    # kernel for the device (the runtime's hand-written CPU kernel), or None: the block uses tinygrad's
+    # scaled_dot_product_attention. With it the KV cache holds float16, as llama.cpp's does by default (half the
+    # memory); tinygrad's attention keeps a float32 cache (runtime.artifact.constants.kv_element_bytes).
+    attention: Attention | None
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -58,7 +90,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 def normed(layer: Linear, x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """layer(rms_norm(x, weight, eps)), through the layer's fused form where it has one."""
-    fused = getattr(layer, "normed", None)
+    fused = layer.normed
     return fused(x, weight, eps) if fused is not None else layer(rms_norm(x, weight, eps))
 
 
@@ -70,7 +102,7 @@ def rope_table(rope_dim: int, max_context: int, theta: float, device: str | None
     ggml_rope_ext does; attn_factor scales cos and sin (ggml's mscale)."""
     # In numpy, then uploaded: tinygrad 0.14's Tensor.arange takes no device, and a Python scalar on the left of an
     # operator (theta ** t) becomes a tensor on the process-wide default device, which is not this model's when
-    # two models run on two backends (and opening that default cost ~100 MB of RSS here).
+    # two models run on two backends (and opening that default device costs resident memory: docs/MEASUREMENTS.md).
     freqs = 1.0 / (np.float64(theta) ** (np.arange(0, rope_dim, 2, dtype=np.float64) / np.float64(rope_dim)))
     if freq_factors is not None:
         freqs = freqs / np.asarray(freq_factors, dtype=np.float64)
@@ -122,7 +154,7 @@ class Block:
             self.q_norm = weights.vector(p + "attn_q_norm.weight", hd)
             self.k_norm = weights.vector(p + "attn_k_norm.weight", hd)
         self.attn_output = weights.linear(p + "attn_output.weight", cfg.n_heads * hd, cfg.dim)
-        self.attend: Attention | None = getattr(weights, "attention", None)
+        self.attend: Attention | None = weights.attention
         if weights.has(p + "ffn_gate.weight"):
             self.ffn_gate_up = weights.linear_group([p + "ffn_gate.weight", p + "ffn_up.weight"], cfg.dim,
                                                     [cfg.hidden_dim, cfg.hidden_dim])
@@ -146,8 +178,8 @@ class Block:
         """Attention of the block input x (not yet normed)."""
         cfg, hd = self.cfg, self.cfg.head_dim
         B, T, _ = x.shape
-        # contiguous: left lazy, the projection was recomputed inside the RoPE + cache-store kernel for every
-        # element it wrote (measured: 7 ms instead of 0.05 ms per layer).
+        # contiguous: left lazy, the projection is recomputed inside the RoPE + cache-store kernel for every
+        # element it writes (docs/MEASUREMENTS.md).
         qkv = normed(self.attn_qkv, x, self.attn_norm, cfg.norm_eps)
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias
@@ -158,8 +190,8 @@ class Block:
         v = qkv[..., nq + nk :].reshape(B, T, cfg.n_kv_heads, hd)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = rms_norm(q, self.q_norm, cfg.norm_eps), rms_norm(k, self.k_norm, cfg.norm_eps)
-        # q contiguous: left lazy, its rotation was recomputed inside the score kernel for every cached key
-        # (2.65 ms per layer at position 180, measured).
+        # q contiguous: left lazy, its rotation is recomputed inside the score kernel for every cached key
+        # (docs/MEASUREMENTS.md).
         cos, sin = rope
         q, k = apply_rope(q, cos, sin, cfg.rope_pairs).contiguous(), apply_rope(k, cos, sin, cfg.rope_pairs)
         q_rows = q  # (B, T, H, hd)
@@ -194,11 +226,11 @@ class Block:
 
     def feed_forward(self, x: Tensor) -> Tensor:
         """The gated FFN of x (not yet normed)."""
-        # One matvec over gate and up rows, made contiguous: left lazy, the down projection recomputed both for
-        # each of its output rows; and two separate reductions fused into one kernel generated poor code (3 ms vs
-        # 0.2 ms each, measured).
+        # One matvec over gate and up rows, made contiguous: left lazy, the down projection recomputes both for
+        # each of its output rows; and two separate reductions fused into one kernel generate poor code
+        # (docs/MEASUREMENTS.md).
         gate_up = normed(self.ffn_gate_up, x, self.ffn_norm, self.cfg.norm_eps).contiguous()
-        gated = getattr(self.ffn_down, "gated", None)
+        gated = self.ffn_down.gated
         if gated is not None:
             return gated(gate_up, self.cfg.ffn_activation)
         hidden = self.cfg.hidden_dim
@@ -263,7 +295,7 @@ class Llama:
             if T > 1:
                 # Batched steps schedule layer by layer: a weight the layer dequantizes into a temporary buffer is
                 # then freed before the next layer, instead of the scheduler hoisting every layer's dequantization
-                # to the front of the graph (measured: a 425 MB arena for SmolLM2's 64-token prefill).
+                # to the front of the graph (and sizing the arena for all of them: docs/MEASUREMENTS.md).
                 h = h.realize()
         if logits_at is not None:
             h = h[:, logits_at : logits_at + 1, :]  # (B, 1, dim)

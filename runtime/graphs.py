@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # A suffix this short after a reused prefix runs as decode steps when no suffix prefill graph applies
 SUFFIX_DECODE_STEPS = 16
 # How far a loaded prefill graph may differ from a decode of its last position with the hand-written kernels
-# (measured 2% of the logit scale on SmolLM2 Q4_1 after 30 layers; a broken graph is off by the whole scale).
+# (a few % of the logit scale after 30 layers, docs/MEASUREMENTS.md; a broken graph is off by the whole scale).
 NATIVE_CHECK_REL = 0.1
 
 # Prompts are padded to one of PREFILL_BUCKETS' lengths so that a handful of prefill graphs serve every prompt (each
@@ -93,7 +93,8 @@ class ModelGraphs:
                  jit_cache: bool = True, options: KernelOptions | None = None) -> None:
         self.model_file, self.device, self.config = model_file, device, config
         self.options = options or KernelOptions()
-        self.native, self.threads = self.options.resolve(device)
+        self.plan = self.options.plan(device)  # resolved once, passed down whole
+        self.native, self.threads = self.plan.native, self.plan.threads
         self._embedding = model_file.tensors["token_embd.weight"]
         self._model: Llama | None = None
         self._weights: GGUFWeights | None = None
@@ -104,7 +105,7 @@ class ModelGraphs:
         self.session = GenerationSession()
         self.probe_token = probe_token
         self._cache_key = jit_cache_store.cache_key(model_file.path, device, config.max_context,
-                                                    self.options.describe(device)) \
+                                                    self.plan.describe()) \
             if jit_cache else None
         self.probe: np.ndarray | None = None  # decode logits for the probe token at position 0
         self._new_graphs()
@@ -119,7 +120,7 @@ class ModelGraphs:
         """The tinygrad model, with weights repacked from the GGUF; built on first use."""
         if self._model is None:
             self._model, self._weights = build_llama(self.model_file, self.device, self.config.max_context,
-                                                     self.threads if self.native else 0)
+                                                     self.plan)
             self._model.allocate_cache(1, self.device)
             self.model_file.release_pages()
         return self._model
@@ -288,7 +289,7 @@ class ModelGraphs:
     def _step_model(self) -> Llama:
         """The model, for a step TinyJit may be capturing. Its weights must have been built before: a weight
         realized inside a capture becomes a copy from its host array that every replay repeats and the pickled graph
-        carries (measured: +97 MB RSS and 97 MB copied per SmolLM2 prefill, after a warm start recaptured)."""
+        carries (docs/MEASUREMENTS.md)."""
         if self._model is None:
             raise GenerationError("internal error: a graph step ran before the model was built")
         return self._model

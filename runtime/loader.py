@@ -5,13 +5,15 @@ import numpy as np
 from tinygrad import Tensor, UOp
 
 from edgegen.models.config import LlamaConfig
-from edgegen.models.llama import Linear, Llama
+from edgegen.models.llama import Attention, ConcatLinear, Linear, Llama
 from edgegen.runtime.artifact.config import config_from_model_file
 from edgegen.runtime.artifact.reader import ModelFile, dequantize_tensor
 from edgegen.runtime.errors import ArtifactError
+from edgegen.runtime.native.linear import NativeLinear
 from edgegen.runtime.native.linear import attention as native_attention
 from edgegen.runtime.native.linear import on_cpu as native_supported
-from edgegen.runtime.quant import PackedLinear, pack_linear
+from edgegen.runtime.native.options import KernelPlan
+from edgegen.runtime.quant import PackedLinear, pack_layer
 
 # The name engine and `edgegen info` import; the one path from metadata to config is artifact.config.
 config_from_gguf = config_from_model_file
@@ -20,22 +22,23 @@ config_from_gguf = config_from_model_file
 class GGUFWeights:
     """The WeightSource models.llama asks for its parameters: packed linear layers and float norm vectors."""
 
-    def __init__(self, mf: ModelFile, device: str | None = None, native_parts: int = 0) -> None:
-        self.mf, self.device, self.native_parts = mf, device, native_parts
-        self.layers: dict[str, PackedLinear] = {}
-        if native_parts > 0 and native_supported(device):
-            self.attention = self._native_attention  # models.llama uses it when present
+    def __init__(self, mf: ModelFile, device: str | None = None, plan: KernelPlan | None = None) -> None:
+        self.mf, self.device, self.plan = mf, device, plan or KernelPlan()
+        self.layers: dict[str, PackedLinear | NativeLinear] = {}
+        # the fused attention kernel (models.llama.WeightSource.attention), or tinygrad's
+        self.attention: Attention | None = \
+            self._native_attention if self.plan.native and native_supported(device) else None
 
     def _native_attention(self, q: Tensor, cache: Tensor, start_pos: int | UOp, window: int) -> Tensor:
-        return native_attention(q, cache, start_pos, window, self.native_parts)
+        return native_attention(q, cache, start_pos, window, self.plan.parts)
 
     def _info(self, name: str):
         if name not in self.mf.tensors:
             raise ArtifactError(f"{self.mf.path.name}: tensor {name} is missing")
         return self.mf.tensors[name]
 
-    def linear(self, name: str, in_features: int, out_features: int) -> PackedLinear:
-        return self.linear_group([name], in_features, [out_features])  # type: ignore[return-value]  # one name: the layer
+    def linear(self, name: str, in_features: int, out_features: int) -> Linear:
+        return self.linear_group([name], in_features, [out_features])
 
     def linear_group(self, names: list[str], in_features: int, out_features: list[int]) -> Linear:
         """One layer whose output is the named tensors' outputs side by side: rows concatenated when the tensors
@@ -48,15 +51,15 @@ class GGUFWeights:
                 )
         release = self.mf.release_span
         if len({i.ggml_type for i in infos}) == 1:
-            layers = [pack_linear(infos, self.device, self.native_parts, release)]
+            layers = [pack_layer(infos, self.device, self.plan, release)]
         else:
-            layers = [pack_linear(i, self.device, self.native_parts, release) for i in infos]
+            layers = [pack_layer(i, self.device, self.plan, release) for i in infos]
         for layer in layers:
             self.layers[layer.name] = layer
         self.mf.release_pages()  # the packed copy is on the device now; keep RSS to one copy while loading
         if len(layers) == 1:
             return layers[0]
-        return lambda x: Tensor.cat(*[layer(x) for layer in layers], dim=-1)
+        return ConcatLinear(layers)
 
     def vector(self, name: str, size: int) -> Tensor:
         info = self._info(name)
@@ -86,10 +89,9 @@ def rope_freq_factors(mf: ModelFile, cfg: LlamaConfig) -> np.ndarray | None:
 
 
 def build_llama(mf: ModelFile, device: str | None = None, max_context: int | None = None,
-                native_parts: int = 0) -> tuple[Llama, GGUFWeights]:
-    """The model on `device`; native_parts > 0 runs its packed layers through the hand-written CPU kernels with that
-    many row partitions per matmul (runtime.native)."""
+                plan: KernelPlan | None = None) -> tuple[Llama, GGUFWeights]:
+    """The model on `device`, its layers and attention run by the kernels `plan` names (default: tinygrad's)."""
     cfg = config_from_model_file(mf, max_context)
-    weights = GGUFWeights(mf, device, native_parts)
+    weights = GGUFWeights(mf, device, plan)
     model = Llama(cfg, weights, has_output="output.weight" in mf.tensors, rope_freq_factors=rope_freq_factors(mf, cfg))
     return model, weights

@@ -11,6 +11,7 @@ from tinygrad import Tensor
 
 from edgegen.runtime.engine import TextGenerator
 from edgegen.runtime.native.layout import x8_supported
+from edgegen.runtime.native.linear import NativeLinear
 from edgegen.runtime.native.options import KernelOptions
 from edgegen.runtime.quant import PackedLinear, pack_linear
 
@@ -89,20 +90,20 @@ def test_quantized_layers_stay_packed(tmp_path, weights, qtype, record_allocatio
         names = {n for key in gen.weights.layers for n in key.split("+")}
         in_file = sum(t.size_bytes for name, t in gen.model_file.tensors.items() if name in names)
         assert packed == in_file
-    assert isinstance(layer, PackedLinear) and layer.out_features == 2 * 128
+    assert isinstance(layer, (PackedLinear, NativeLinear)) and layer.out_features == 2 * 128
     n = layer.out_features * layer.in_features
     block, block_bytes = GGML_QUANT_SIZES[qtype]  # Q4_1: 20 bytes per 32 weights, like the file
-    if layer.native_parts:  # the hand-written CPU kernels read the file's blocks as they are
+    if isinstance(layer, NativeLinear):  # the hand-written CPU kernels read the file's blocks as they are
         assert layer.size_bytes == n // block * block_bytes
-        layout = "x8" if x8_supported(qtype, layer.out_features) else "raw"  # 8 rows interleaved on x86
-        assert set(layer.arrays) == {layout} and layer.arrays[layout].dtype.itemsize == 1
+        layout = "x8" if x8_supported(qtype, layer.out_features) else "rows"  # 8 rows interleaved on x86
+        assert layer.layout == layout and layer.packed.dtype.itemsize == 1
     else:
         assert layer.size_bytes == n // block * block_bytes + n // 256 * UNPACKED_SCALE_BYTES.get(qtype, 0)
         if qtype == Q.BF16:
             assert layer.qs.dtype.itemsize == 2 and layer.d is None
         else:
             assert layer.qs.dtype.itemsize == 1 and layer.d.dtype.itemsize == 2
-    device = next(iter(layer.arrays.values())).device
+    device = layer.packed.device if isinstance(layer, NativeLinear) else layer.qs.device
     x = Tensor(np.random.default_rng(0).standard_normal(layer.in_features).astype(np.float32),
                device=device).realize()
     record_allocations.allocations.clear()

@@ -9,7 +9,8 @@ from gguf import GGMLQuantizationType as Q
 from edgegen.runtime.artifact.constants import PREFILL_BUCKETS
 from edgegen.runtime.engine import TextGenerator
 from edgegen.runtime.errors import GenerationError
-from edgegen.runtime.native.options import KernelOptions
+from edgegen.runtime.native.linear import NativeLinear
+from edgegen.runtime.native.options import KernelOptions, KernelPlan
 from edgegen.runtime.sampling import SamplingParams
 from tests.tiny_arch import random_weights, shape_for, write_gguf
 
@@ -45,7 +46,8 @@ def test_native_kernels_match_tinygrads(q8_files, family):
     a sliding window on gemma3's local layers) agree with tinygrad's kernels within the 8-bit activation rounding."""
     native, reference = load(q8_files[family], "native", 2), load(q8_files[family], "tinygrad")
     assert native.graphs.native and not reference.graphs.native
-    assert all(layer.native_parts == 2 for layer in native.weights.layers.values())
+    assert all(isinstance(layer, NativeLinear) and layer.parts == 2 for layer in native.weights.layers.values())
+    assert native.weights.attention is not None and reference.weights.attention is None
     extra = [9, 61, 33, 70, 2, 2]  # past gemma3's window of 5
     for got, want in zip(steps(native, IDS, extra), steps(reference, IDS, extra)):
         scale = float(np.abs(want).max())
@@ -112,9 +114,11 @@ def test_kernel_options_refuse_bad_values():
         with pytest.raises(GenerationError, match="kernels|threads"):
             KernelOptions(**bad)
     with pytest.raises(GenerationError, match="CPU backend"):
-        KernelOptions("native").resolve("CL")
-    assert KernelOptions("auto").resolve("CL") == (False, KernelOptions("auto").resolve("CPU")[1])
-    assert KernelOptions("tinygrad", 3).resolve("CPU") == (False, 3)
+        KernelOptions("native").plan("CL")
+    cpu = KernelOptions("auto").plan("CPU")
+    assert cpu.native and KernelOptions("auto").plan("CL") == KernelPlan(False, cpu.threads)
+    assert KernelOptions("tinygrad", 3).plan("CPU") == KernelPlan(False, 3)
+    assert KernelOptions("native", 3).plan("CPU").describe() == "nativex3"
 
 
 @pytest.mark.parametrize("kernels", ["native", "tinygrad"])

@@ -87,10 +87,40 @@ def matmul(x: Tensor | QuantizedRows, weights: Tensor, ggml_type: T, out_feature
     return y.reshape(*xq.lead, out_features)
 
 
+@dataclass
+class NativeLinear:
+    """y = x @ W.T through the hand-written CPU kernels, W the GGUF blocks of `ggml_type` as the file stores them
+    (layout "rows") or 8 rows interleaved (layout "x8", runtime.native.layout), in one uint8 tensor. Declares the
+    fused forms of models.llama.Linear: the RMSNorm or the FFN gate folded into the quantization of the input."""
+
+    name: str  # the GGUF tensor name, or names joined by "+" for row-concatenated tensors
+    ggml_type: T
+    out_features: int
+    in_features: int
+    packed: Tensor
+    layout: str  # "rows" or "x8"
+    parts: int  # output rows split into this many partitions (KernelPlan.parts)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.packed.nbytes()
+
+    def __call__(self, x: Tensor | QuantizedRows) -> Tensor:
+        return matmul(x, self.packed, self.ggml_type, self.out_features, self.parts, self.layout)
+
+    def normed(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        """self(rms_norm(x, weight, eps)), the norm in the activation quantization's kernel."""
+        return self(quantize_rms_normed(x, weight, eps, self.parts))
+
+    def gated(self, gate_up: Tensor, activation: str) -> Tensor:
+        """self(activation(gate) * up) of gate+up rows (..., 2 * in_features), the gate in the quantization."""
+        return self(quantize_gated(gate_up, activation, self.parts))
+
+
 def attention(q: Tensor, cache: Tensor, start_pos: int | UOp, window: int, parts: int) -> Tensor:
     """Causal attention of q (1, T, heads, head_dim) over the KV cache (2, 1, kv_heads, context, head_dim) whose
     rows up to start_pos + T - 1 are written; returns (1, T, heads, head_dim). One kernel per layer instead of
-    tinygrad's score, softmax and weighted-sum kernels (measured 17.6 ms vs ... per layer for a 64-token prefill)."""
+    tinygrad's score, softmax and weighted-sum kernels."""
     _, t, heads, head_dim = (int(s) for s in q.shape)
     _, _, kv_heads, context, _ = (int(s) for s in cache.shape)
     variables: tuple[tuple[str, int, int], ...] = ()

@@ -36,13 +36,33 @@ class KernelOptions:
                                          or not 1 <= self.threads <= MAX_THREADS):
             raise GenerationError(f"threads must be an integer from 1 to {MAX_THREADS}, got {self.threads!r}")
 
-    def resolve(self, device: str) -> tuple[bool, int]:
-        """(use the hand-written kernels, thread count) on this tinygrad device."""
+    def plan(self, device: str) -> KernelPlan:
+        """These options resolved for one tinygrad device, once; GenerationError for native off the CPU."""
         cpu = device.split(":")[0] == "CPU"
         if self.kernels == "native" and not cpu:
             raise GenerationError(f"--kernels native runs on the CPU backend only, not {device}")
-        return cpu and self.kernels in ("native", "auto"), self.threads or available_cores()
+        return KernelPlan(cpu and self.kernels in ("native", "auto"), self.threads or available_cores())
 
     def describe(self, device: str) -> str:
-        native, threads = self.resolve(device)
-        return f"{'native' if native else 'tinygrad'}x{threads if native else 1}"
+        return self.plan(device).describe()
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Which kernels run a text model and on how many threads, decided once (KernelOptions.plan) and passed down
+    whole: to the graphs, the loader, every layer and the direct replays.
+
+    native: the hand-written kernels run the packed layers and attention (runtime.native.linear.NativeLinear).
+    threads: threads that run a step; each hand-written kernel splits its output rows into that many partitions."""
+
+    native: bool = False
+    threads: int = 1
+
+    @property
+    def parts(self) -> int:
+        """Row partitions of each hand-written kernel (core_id 0..parts-1)."""
+        return self.threads
+
+    def describe(self) -> str:
+        """The plan as the JIT cache key and benchmark records name it: "nativex2", "tinygradx1"."""
+        return f"{'native' if self.native else 'tinygrad'}x{self.threads if self.native else 1}"

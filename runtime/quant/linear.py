@@ -1,42 +1,44 @@
 """Linear layers over packed GGML blocks whose dequantization happens inside the tinygrad kernel.
 
-The decode matvec sums over blocks first and over a block's lanes second (two reductions): measured here that keeps
-partial sums in vector registers and beat a single flat reduction (docs/TINYGRAD.md, and a spike for this module:
-109 ms -> 78 ms per 40 Q4_1 matvecs with a loaded machine). Block formats live in `formats.py`; timings per type are
-in docs/QUANT_TYPES.md.
+The decode matvec sums over blocks first and over a block's lanes second (two reductions): that keeps partial sums
+in vector registers and beats a single flat reduction (docs/TINYGRAD.md, docs/MEASUREMENTS.md). Block formats live
+in `formats.py`; timings per type are in docs/QUANT_TYPES.md. The hand-written CPU kernels' layer is
+runtime.native.linear.NativeLinear; pack_layer picks one of the two.
 """
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 from tinygrad import Tensor
 
+from edgegen.models.llama import Unfused
 from edgegen.runtime.artifact.reader import TensorInfo
 from edgegen.runtime.errors import ArtifactError
 from edgegen.runtime.quant.formats import FLOAT_TYPES, FORMATS, float_weight, repack_float, type_size
 from edgegen.runtime.tinygrad_seam import device_bytes, device_tensor
 
+if TYPE_CHECKING:
+    from edgegen.runtime.native.linear import NativeLinear
+    from edgegen.runtime.native.options import KernelPlan
+
 BLOCK = 32  # weights per block of the 32-weight types (Q8_0, Q4_x, Q5_x); K-quants use super-blocks of 256
 
 
 @dataclass
-class PackedLinear:
+class PackedLinear(Unfused):  # tinygrad's kernels have no fused forms (models.llama.Linear)
     """y = x @ W.T with W kept as packed blocks on the device. Call with x of shape (..., in_features)."""
 
     name: str  # the GGUF tensor name, or names joined by "+" for row-concatenated tensors
     ggml_type: T
     out_features: int
     in_features: int
-    # per block format (formats.FORMATS): quants "qs" and scales, each (out, nb, ...); float types: "qs" (out, in);
-    # for the hand-written kernels (native_parts > 0): "raw", the GGUF blocks as stored, rows back to back (uint8),
-    # or "x8", the same blocks with 8 rows interleaved (runtime.native.layout)
+    # per block format (formats.FORMATS): quants "qs" and scales, each (out, nb, ...); float types: "qs" (out, in)
     arrays: dict[str, Tensor] = field(repr=False)
-    native_parts: int = 0  # > 0: run through runtime.native's kernels, output rows split in this many partitions
 
     @property
     def qs(self) -> Tensor:
@@ -66,8 +68,6 @@ class PackedLinear:
 
     def weight(self) -> Tensor:
         """The float weight (out, in) as a lazy expression; only materialized if a caller realizes it."""
-        if self.native_parts:
-            raise ArtifactError(f"{self.name}: layers packed for the hand-written kernels have no float weight view")
         if self.ggml_type in FLOAT_TYPES:
             return float_weight(self.ggml_type, self.qs)
         fmt = FORMATS[self.ggml_type]
@@ -78,41 +78,13 @@ class PackedLinear:
         w = w.permute(0, 1, *(2 + order.index(a) for a in range(len(fmt.view))))
         return w.reshape(out, self.in_features)
 
-    def _native(self, x: Any) -> Tensor:
-        from edgegen.runtime.native.linear import matmul
-
-        ((key, packed),) = self.arrays.items()  # one array: "raw" or "x8"
-        return matmul(x, packed, self.ggml_type, self.out_features, self.native_parts, "x8" if key == "x8" else "rows")
-
-    @property
-    def normed(self) -> Callable[[Tensor, Tensor, float], Tensor] | None:
-        """self(rms_norm(x, weight, eps)) with the norm folded into the activation quantization (the hand-written
-        kernels); None for tinygrad's kernels (models.llama then norms first)."""
-        if not self.native_parts:
-            return None
-        from edgegen.runtime.native.linear import quantize_rms_normed
-
-        return lambda x, weight, eps: self._native(quantize_rms_normed(x, weight, eps, self.native_parts))
-
-    @property
-    def gated(self) -> Callable[[Tensor, str], Tensor] | None:
-        """self(activation(gate) * up) of gate+up rows (..., 2 * in_features), the gate folded into the activation
-        quantization (the hand-written kernels); None for tinygrad's kernels."""
-        if not self.native_parts:
-            return None
-        from edgegen.runtime.native.linear import quantize_gated
-
-        return lambda gate_up, activation: self._native(quantize_gated(gate_up, activation, self.native_parts))
-
     def __call__(self, x: Tensor) -> Tensor:
-        if self.native_parts:
-            return self._native(x)
         lead = x.shape[:-1]
         rows = int(np.prod(lead)) if lead else 1  # type: ignore[arg-type]  # an input's shape: ints, not symbolic
         if rows != 1:
             # Prefill / batches: dequantize once into a temporary float buffer, then an ordinary matmul. Fused
-            # into the matmul, the dequantization was redone for every tile of rows (2.8 s vs 1.7 s for a 64-token
-            # prefill, measured). The model realizes layer by layer in this mode, so only one layer's temporaries
+            # into the matmul, the dequantization is redone for every tile of rows (docs/MEASUREMENTS.md). The model
+            # realizes layer by layer in this mode, so only one layer's temporaries
             # are alive at a time; decode (rows == 1) never takes this path.
             return x @ self.weight().contiguous().T
         out = self.out_features
@@ -153,30 +125,21 @@ def _packed_arrays(info: TensorInfo) -> dict[str, np.ndarray]:
     return FORMATS[t].repack(raw)
 
 
-def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None, native_parts: int = 0,
-                release: Callable[[np.ndarray], None] | None = None) -> PackedLinear:
-    """Repack GGUF weight matrices for the device. Rows stay packed; only the block layout changes.
+def pack_layer(infos: TensorInfo | list[TensorInfo], device: str | None = None, plan: KernelPlan | None = None,
+               release: Callable[[np.ndarray], None] | None = None) -> PackedLinear | NativeLinear:
+    """A layer for the kernels `plan` names: a runtime.native.linear.NativeLinear where the hand-written kernels
+    apply (runtime.native.linear.supports: the GGUF blocks kept exactly as stored, or 8 rows interleaved), else
+    pack_linear's layer for tinygrad's kernels. Several tensors become one layer as in pack_linear.
 
-    native_parts > 0 asks for the hand-written CPU kernels (runtime.native) with that many row partitions: where
-    they apply (runtime.native.linear.supports) the GGUF blocks are kept exactly as stored, else the layer is
-    repacked for tinygrad's kernels as usual.
-
-    Several tensors of one type and input size (Q, K and V; gate and up) become one layer with their rows
-    concatenated, so one kernel computes all of them: fewer kernels per decode step, each costing a fixed
-    dispatch overhead (~90 us measured on this CPU backend).
-
-    release(rows): called with parts of the tensors' data once they are on the device (ModelFile.release_span).
-    """
+    release(rows): called with parts of the tensors' data once they are on the device (ModelFile.release_span)."""
     infos = [infos] if isinstance(infos, TensorInfo) else list(infos)
     first = infos[0]
-    if any(i.ggml_type != first.ggml_type or i.shape[1:] != first.shape[1:] for i in infos):
-        raise ArtifactError(f"cannot concatenate {[i.name for i in infos]}: types or input sizes differ")
-    if native_parts > 0:
-        from edgegen.runtime.native.linear import supports
+    _check_group(infos)
+    if plan is not None and plan.native:
+        from edgegen.runtime.native.layout import interleave_pieces, x8_supported
+        from edgegen.runtime.native.linear import NativeLinear, supports
 
         if supports(first.ggml_type, first.shape[1], device):
-            from edgegen.runtime.native.layout import interleave_pieces, x8_supported
-
             pieces = [np.asarray(i.data).reshape(-1).view(np.uint8) for i in infos]
             # one tensor: straight from the file's memory map into the device buffer, no host copy
             raw = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
@@ -184,9 +147,29 @@ def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None,
             name = "+".join(i.name for i in infos)
             if x8_supported(first.ggml_type, out):  # rewritten piece by piece into the device buffer
                 packed = device_bytes(raw.nbytes, interleave_pieces(raw, first.ggml_type, out, release), device)
-                return PackedLinear(name, first.ggml_type, out, first.shape[1], {"x8": packed}, native_parts)
-            return PackedLinear(name, first.ggml_type, out, first.shape[1], {"raw": device_tensor(raw, device)},
-                                native_parts)
+                return NativeLinear(name, first.ggml_type, out, first.shape[1], packed, "x8", plan.parts)
+            return NativeLinear(name, first.ggml_type, out, first.shape[1], device_tensor(raw, device), "rows",
+                                plan.parts)
+    return pack_linear(infos, device)
+
+
+def _check_group(infos: list[TensorInfo]) -> None:
+    first = infos[0]
+    if any(i.ggml_type != first.ggml_type or i.shape[1:] != first.shape[1:] for i in infos):
+        raise ArtifactError(f"cannot concatenate {[i.name for i in infos]}: types or input sizes differ")
+
+
+def pack_linear(infos: TensorInfo | list[TensorInfo], device: str | None = None) -> PackedLinear:
+    """Repack GGUF weight matrices for tinygrad's kernels on the device. Rows stay packed; only the block layout
+    changes.
+
+    Several tensors of one type and input size (Q, K and V; gate and up) become one layer with their rows
+    concatenated, so one kernel computes all of them: fewer kernels per decode step, each costing a fixed
+    dispatch overhead (docs/MEASUREMENTS.md).
+    """
+    infos = [infos] if isinstance(infos, TensorInfo) else list(infos)
+    first = infos[0]
+    _check_group(infos)
     parts = [_packed_arrays(i) for i in infos]
     arrays = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
     tensors = {k: Tensor(a, device=device).realize() for k, a in arrays.items()}
