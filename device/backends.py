@@ -10,7 +10,7 @@ import time
 # The backends edgegen targets (docs/ARCHITECTURE.md, Execution): CPU needs clang, CL runs on any OpenCL platform
 # (PoCL on a host without a GPU), CUDA and NV on Jetson-class boards, METAL on Apple.
 BACKENDS = ("CPU", "CL", "CUDA", "NV", "METAL")
-PROBE_TIMEOUT_S = 60.0  # a cold CPU probe (import tinygrad, compile one kernel with clang) takes ~2 s here
+PROBE_TIMEOUT_S = 60.0  # generous: a cold CPU probe (import tinygrad, compile one kernel with clang) takes a fraction
 
 
 def child_env() -> dict[str, str]:

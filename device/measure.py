@@ -24,7 +24,8 @@ def peak_rss_bytes() -> int:
     """This process's peak resident set since it started: VmHWM on Linux, getrusage elsewhere.
 
     Not getrusage on Linux: its ru_maxrss survives execve, so a child forked from a large parent reports at least
-    the parent's size (measured: start-up probes forked from a 570 MiB bench process all reported 570 MiB).
+    the parent's size (start-up probes forked from a bench process all reported the bench's size:
+    docs/MEASUREMENTS.md).
     """
     try:
         with open("/proc/self/status") as f:

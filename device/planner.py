@@ -43,12 +43,11 @@ T = GGMLQuantizationType
 MIB = 1024 * 1024
 ACT_BYTES = ACTIVATION_BYTES  # float32 activations
 
-# Runtime overhead beyond the terms above, per backend, for (first start, cached start). CPU: measured on the build
-# host with the default (hand-written) kernels, tinygrad 0.14, SmolLM2-135M Q4_1 and its w8 re-quantization at the
-# default 1024-token context (tests/device/test_device_real_model.py, 8 tokens generated): peak RSS (VmHWM) 243 / 302
-# MiB on a first start, 283 MiB for w8's cached start; the constants are the middle of those peaks less the modelled
-# terms (the tinygrad-kernel path needed about 55 MiB more). Other backends are estimates: the CPU figures plus a
-# driver context, as measured when the CPU ran tinygrad's kernels.
+# Runtime overhead beyond the terms above, per backend, for (first start, cached start). CPU: calibrated against the
+# peak RSS (VmHWM) of SmolLM2-135M Q4_1 and its w8 re-quantization with the default (hand-written) kernels at the
+# default context (tests/device/test_device_real_model.py): each constant is the middle of those peaks less the
+# modelled terms (the peaks and the tinygrad-kernel path's extra: docs/MEASUREMENTS.md). Other backends are
+# estimates: the CPU figures with tinygrad's kernels plus a driver context.
 RUNTIME_OVERHEAD_BYTES: dict[str, tuple[int, int]] = {
     "CPU": (88 * MIB, 100 * MIB),
     "CL": (200 * MIB, 200 * MIB),  # estimate: ICD loader and the OpenCL compiler on top of the CPU figures

@@ -18,13 +18,13 @@ Shape (channels c0, c1, c2 at 28, 14, 7 pixels):
 The timestep (sinusoidal, then a two-layer MLP) and the class (a learned table with one extra row, the null class
 for classifier-free guidance) are summed into one embedding that every residual block adds after its first
 convolution. Skips are concatenated then reduced by a 1x1 convolution before the block: at 28x28 a 3x3 over the
-concatenation cost 1.5x the whole block. Sizing for a 2-core CPU: (32, 64, 128) with two residual blocks in the
-middle trained at 6.4 s per batch of 64 here (a loaded machine); (32, 32, 64) with one is ~93 MFLOP per image
-forward, about half of that. Channels are multiples of 32 so that every kernel row (in * 9) holds whole GGUF blocks
-of 32 and can be stored as Q8_0 / Q4_x; with 24 or 48 channels they would fall back to F16.
+concatenation costs more than the whole block. Sized to train on a 2-core CPU: (32, 32, 64) with one residual block
+in the middle (~93 MFLOP per image forward) costs about half of (32, 64, 128) with two (docs/MEASUREMENTS.md).
+Channels are multiples of 32 so that every kernel row (in * 9) holds whole GGUF blocks of 32 and can be stored as
+Q8_0 / Q4_x; with 24 or 48 channels they would fall back to F16.
 
 `.contiguous()` before each convolution: tinygrad otherwise fuses GroupNorm/SiLU/upsample work into the conv and
-recomputes it for every output position (a training step doubled, docs/TINYGRAD.md).
+recomputes it for every output position (docs/TINYGRAD.md, docs/MEASUREMENTS.md).
 """
 from __future__ import annotations
 

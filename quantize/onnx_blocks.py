@@ -12,9 +12,9 @@ import numpy as np
 INT8_MAX = 127  # symmetric: -128 is never used, so negating a weight negates its code
 UINT4_MAX = 15
 # Candidate fractions of a block's range that its 16 levels span; the one with the least squared error wins.
-# Measured on all-MiniLM-L6-v2 over 62 sentences (sentence-embedding cosine vs fp32, onnxruntime): symmetric int4
-# with the -8 rule 0.9710, with this search 0.9737; asymmetric uint4 0.9756, with this search 0.9770 (a 9x9 search
-# of both ends separately: 0.9771 at 3x the time). Clipping a block's one or two outliers refines the other 30.
+# The search brings a sentence-embedding model closer to fp32 for both symmetric int4 and asymmetric uint4, and
+# searching both ends separately gains almost nothing more at a much higher cost (docs/MEASUREMENTS.md).
+# Clipping a block's one or two outliers refines the other 30.
 INT4_CLIP_FRACTIONS = np.linspace(1.0, 0.6, 17, dtype=np.float32)
 
 

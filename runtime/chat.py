@@ -26,7 +26,8 @@ def _raise_exception(message: str) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _compiled(template: str):
-    """Compiling a template costs 2-13 ms (measured by the MQTT bridge); a model's template never changes."""
+    """Each template compiled once: compiling is not free (docs/MEASUREMENTS.md) and a model's template never
+    changes."""
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise_exception
     return env.from_string(template)

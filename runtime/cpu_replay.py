@@ -1,16 +1,16 @@
 """Replay a captured TinyJit graph on tinygrad's CPU device by calling its compiled kernels directly.
 
-tinygrad 0.14's JIT replay spends ~90 us of Python per kernel (pattern rewrites, buffer resolution, argument
-conversion); SmolLM2's decode step has 392 kernels, so dispatch alone cost ~35 ms per token, more than a third
-of the step (cProfile, this machine). The kernels of a captured graph, their buffers and their argument layout
+tinygrad 0.14's JIT replay spends tens of microseconds of Python per kernel (pattern rewrites, buffer resolution,
+argument conversion), and a decode step has hundreds of kernels, so dispatch alone is a large share of the step
+(cProfile figures: docs/MEASUREMENTS.md). The kernels of a captured graph, their buffers and their argument layout
 never change between replays, so this resolves them once (runtime.tinygrad_seam.cpu_kernel_calls) and keeps, per
 kernel, the C function and its prebuilt ctypes arguments; only kernels whose arguments depend on a symbolic
-variable (the decode position) rebuild theirs per call. Measured on SmolLM2: identical logits, 90 -> 75 ms per
-decode step before prebuilding.
+variable (the decode position) rebuild theirs per call.
 
 The whole step goes to runtime.native.runner in one call: a pool of threads runs the kernels in
 order and splits each kernel's core_id partitions (the hand-written matmuls) between them. Without the runner (no C
-compiler, more arguments than it passes) the kernels are called from Python as before.
+compiler, more arguments than it passes) the kernels are called one by one from Python, with the same prebuilt
+arguments.
 
 Only the plain CPU path is supported (kernels called as C functions); anything else returns None from
 `build` and the caller keeps using TinyJit. The caller checks the first replay against TinyJit (runtime.graphs).
@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 class ThreadedSteps:
     """A graph's kernels as the native runner's step list. Buffers never move, so only the slots that hold a
     variable's value (the decode position) and the partition counts that depend on one are rewritten before each
-    run: one numpy assignment, not a Python call per kernel (that was 89 calls and 1.7 ms of a 13 ms SmolLM2 decode
-    step, cProfile)."""
+    run: one numpy assignment, not a Python call per kernel (a Python call per kernel is a noticeable share of a
+    decode step: docs/MEASUREMENTS.md)."""
 
     def __init__(self, calls: list[KernelCall], threads: int) -> None:
         from edgegen.runtime.native.runner import MAX_ARGS, STEP_DTYPE, RunnerUnavailable, ThreadPool

@@ -1,16 +1,17 @@
 """Keep captured TinyJit graphs (decode and prefill) on disk, so a new process skips scheduling them again.
 
 tinygrad caches compiled kernel binaries on disk, but a new process still schedules and lowers every kernel of the
-decode and prefill graphs in Python: measured here 26-29 s to first token with a warm kernel cache versus 6.7 s
-from a pickled capture (docs/TINYGRAD.md). The pickle holds the graphs' buffers, packed weights and KV cache
-included, so a warm start reads one file instead of repacking the GGUF. One entry per (model file, device, context,
-tinygrad version, edgegen code, the tinygrad settings that pick kernels); a stale or unreadable entry is ignored and
-rewritten. How a graph's buffers are pickled is tinygrad's business: runtime.tinygrad_seam.graph_reduction.
+decode and prefill graphs in Python, most of the time to first token even with a warm kernel cache; a pickled
+capture skips that (docs/TINYGRAD.md, docs/MEASUREMENTS.md). The pickle holds the graphs' buffers, packed weights
+and KV cache included, so a warm start reads one file instead of repacking the GGUF. One entry per (model file,
+device, context, tinygrad version, edgegen code, the tinygrad settings that pick kernels); a stale or unreadable
+entry is ignored and rewritten. How a graph's buffers are pickled is tinygrad's business:
+runtime.tinygrad_seam.graph_reduction.
 
 The folder is private (0700): it holds pickles that this process loads, and an MQTT-facing process must not load
 one that another user planted. Entries are written to temporary names and renamed into place, so a killed process
 leaves no partial entry. Total size is bounded (EDGEGEN_JIT_CACHE_MB, default 1024; least recently used entries are
-evicted first), because a board's flash is small: one SmolLM2 entry is about 150 MB on CPU and 580 MB on OpenCL.
+evicted first), because a board's flash is small and an entry holds a model's packed weights (docs/MEASUREMENTS.md).
 This module only stores and loads; runtime.graphs checks every loaded graph against the probe result saved with it
 before trusting it, and removes an entry that fails.
 """
@@ -109,7 +110,7 @@ def load(key: str) -> dict[str, Any] | None:
         with open(path, "rb") as f:
             header = pickle.load(f)
             # Copy-on-write: tinygrad copies in from these views, and some backends (OpenCL) need a writable
-            # buffer for that (measured: "underlying buffer is not writable" with a read-only map).
+            # buffer for that (a read-only map fails with "underlying buffer is not writable").
             blob = np.memmap(path.with_name(header["data"]), dtype=np.uint8, mode="c")
             base = blob.ctypes.data
 
@@ -117,10 +118,10 @@ def load(key: str) -> dict[str, Any] | None:
                 _release(blob, np.frombuffer(chunk, dtype=np.uint8).ctypes.data - base, chunk.nbytes)
 
             # pages go as they are copied, so the peak holds one chunk of a buffer, not the whole largest buffer
-            # (measured: SmolLM2 warm-start peak 240 -> 216 MB)
+            # (docs/MEASUREMENTS.md)
             with copied_chunks(copied):
                 graphs = pickle.load(f, buffers=_views_released_behind(blob, header["buffers"]))
-            _release(blob)  # the unpickler never asks past the last view: drop its pages too (13 MB for SmolLM2)
+            _release(blob)  # the unpickler never asks past the last view: drop its pages too
         _touch(path)  # least recently used is evicted first
         return graphs
     except Exception as e:  # noqa: BLE001 - any unreadable cache is a miss, never a failure
@@ -155,12 +156,12 @@ class _GraphPickler(pickle.Pickler):
 
     Slots: tinygrad numbers buffers from a per-process counter that starts at 0 and hash-conses UOps, so a buffer
     from an unpickled graph and a buffer the loading process creates can get the same slot and become the same
-    UOp: the loading process then reads or writes the wrong memory (measured: fluent garbage). Shifting the
+    UOp: the loading process then reads or writes the wrong memory (and generates fluent garbage). Shifting the
     pickled slots by a random 2**41-scale offset keeps them clear of any counter a process will reach.
 
     Bytes: a Buffer's contents go out of band (pickle protocol 5) as a zero-copy view of its memory, written by
-    the caller to a side file, instead of a copy inside the pickle (measured: +70 MB peak RSS to save, +150 MB
-    resident after loading SmolLM2's graphs).
+    the caller to a side file, instead of a copy inside the pickle, which would raise peak RSS to save and leave
+    the bytes resident after loading (docs/MEASUREMENTS.md).
     """
 
     def __init__(self, f: Any, offset: int, buffer_callback: Any) -> None:

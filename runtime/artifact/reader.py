@@ -146,8 +146,8 @@ class _Cursor:
     """Bounds-checked little-endian reads over the file's bytes.
 
     We parse the header ourselves instead of with gguf.GGUFReader because the reader builds numpy views for every
-    part of every field: for SmolLM2's 49k-token vocabulary and 49k merges that took 3-11 s per process start
-    (measured here), the largest share of start-up. gguf-py still provides the constants, the block tables and the
+    part of every field: for a vocabulary and merges of tens of thousands of entries (SmolLM2's) that is the largest
+    share of start-up (docs/MEASUREMENTS.md). gguf-py still provides the constants, the block tables and the
     writer (artifact.writer); tests/test_runtime_model_file.py checks this parser against gguf.GGUFReader.
     """
 
@@ -170,8 +170,8 @@ class _Cursor:
         return bytes(raw).decode("utf-8", errors="replace")
 
     def strings(self, count: int) -> list[str]:
-        """`count` strings in a row (a vocabulary, merges): one tight loop, about 10x faster than string() per
-        item, which was 0.2-0.3 s of every start with SmolLM2's 98k strings."""
+        """`count` strings in a row (a vocabulary, merges): one tight loop, much faster than string() per
+        item, which is a noticeable share of every start (docs/MEASUREMENTS.md)."""
         buf, pos, end, out = self.buf, self.pos, len(self.buf), []
         length = _U64.unpack_from
         for _ in range(count):

@@ -268,9 +268,9 @@ def spm_pieces(tokens: Sequence[str], scores: Sequence[float], types: Sequence[i
     """ModelProto's `pieces` field serialized, as protobuf writes it: per piece a length-delimited SentencePiece
     (piece: field 1, score: float field 2, type: field 3; a GGUF token type is the same enum, NORMAL where unknown).
 
-    Written with numpy, not through the protobuf classes: setting 262k pieces one by one took 0.5 s of every start
-    of Gemma 3 (measured); this takes a few hundredths. A piece over 118 bytes (a multi-byte length) takes the
-    protobuf path for the whole vocabulary."""
+    Written with numpy, not through the protobuf classes: setting a large vocabulary's pieces one by one (Gemma 3's
+    262k) is a noticeable share of every start, and this is much faster (docs/MEASUREMENTS.md). A piece over 118
+    bytes (a multi-byte length) takes the protobuf path for the whole vocabulary."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     raw = [t.encode("utf-8") for t in tokens]

@@ -31,9 +31,9 @@ SAMPLERS = ("ddim", "ddpm")
 MAX_STEPS = 1000
 MAX_IMAGES = 1024
 
-# Classifier-free guidance for the shipped U-Net, measured on 200 digits (DDIM, 20 steps): w=3: 89.5% prompt
-# accuracy, Frechet distance 58.8; w=4: 91.5%, 67.9; w=5: 92.0%, 70.9; w=6: 94.0%, 76.5. Higher w reads more clearly
-# as the prompted digit at some cost in variety; 5 keeps a margin over the 90% target.
+# Classifier-free guidance weight for the shipped U-Net: higher w reads more clearly as the prompted digit (prompt
+# accuracy) at some cost in variety (Frechet distance); 5 keeps a margin over the 90% prompt-accuracy target (the
+# figures per weight: docs/MEASUREMENTS.md).
 DEFAULT_GUIDANCE = 5.0
 
 

@@ -1,8 +1,8 @@
 """The U-Net's and the classifier's weights from their GGUF files: matrices packed on the device, vectors in float.
 
 A convolution dequantizes its kernel once per call into a temporary buffer and then runs an ordinary float
-convolution: dequantization fused into the convolution was redone for every output position (1,107 ms vs 395 ms per
-batch-64 pass, docs/TINYGRAD.md). Linear layers use `PackedLinear` as in the Llama.
+convolution: dequantization fused into the convolution is redone for every output position (docs/TINYGRAD.md,
+docs/MEASUREMENTS.md). Linear layers use `PackedLinear` as in the Llama.
 """
 from __future__ import annotations
 

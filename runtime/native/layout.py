@@ -1,8 +1,8 @@
 """Weight layouts of the hand-written kernels: the GGUF rows as stored ("rows"), or 8 rows interleaved ("x8").
 
 The x8 layout (c/x8.h says byte by byte) lets the AVX2 kernels dot 8 weight rows with one activation block at a
-time, as llama.cpp's repacked Q4_0 does: measured on this machine's Q4_1 3072x576 matvec, 76 us instead of 234 us
-(one core, the kernel alone). It has the same size as the rows it replaces, and is written once when a model is
+time, as llama.cpp's repacked Q4_0 does, which makes a matvec much faster than the row kernels on x86
+(docs/MEASUREMENTS.md). It has the same size as the rows it replaces, and is written once when a model is
 packed (a warm start reads it back from the JIT cache). Only x86 builds have x8 kernels of their own; elsewhere the
 portable C one would run, slower than the NEON row kernels, so ARM keeps the row layout.
 """

@@ -44,7 +44,7 @@ def _source() -> bytes:
 
 
 def library() -> ctypes.CDLL:
-    """The loaded runner library, building it on first use (about a second with clang -O2)."""
+    """The loaded runner library, building it on first use (clang -O2, once per machine: docs/MEASUREMENTS.md)."""
     global _lib
     with _lock:
         if _lib is not None:

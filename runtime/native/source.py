@@ -38,8 +38,8 @@ def headers() -> str:
 def c_float(value: float, what: str) -> str:
     """`value` as a C float literal that any finite float32 compiles to exactly: the float32 it rounds to, written in
     hexadecimal (C99 "0x1.4f8b58p-17f"), as a decimal to-float conversion would also round it. NaN, infinities and
-    values beyond float32 are refused here, before any source is built, naming `what`: a file's epsilon of NaN once
-    became the token `nanf` and a clang error."""
+    values beyond float32 are refused here, before any source is built, naming `what`: a file's epsilon of NaN
+    would otherwise become the token `nanf` and a clang error."""
     try:
         f32 = struct.unpack("<f", struct.pack("<f", float(value)))[0]
     except OverflowError:  # finite as a double, beyond float32

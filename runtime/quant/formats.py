@@ -7,9 +7,9 @@ unpacked on the host (to one byte per scale: 4 bytes more per 256 weights); quan
 
 A format's dequantization returns *pieces*: a block's inputs are viewed as an array `view` in ggml's order, and each
 piece is the weights at one index of the `piece_axes` over the remaining (lane) axes. Pieces are chosen so every
-shift inside a piece is a constant and its lanes are contiguous: tinygrad turned a per-lane shift amount (from
-`arange` or a constant vector) into chains of compares and selects, and strided lanes ran 2-4x slower
-(docs/QUANT_TYPES.md).
+shift inside a piece is a constant and its lanes are contiguous: tinygrad turns a per-lane shift amount (from
+`arange` or a constant vector) into chains of compares and selects, and strided lanes run far slower
+(docs/QUANT_TYPES.md, docs/MEASUREMENTS.md).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def _bits(v: Tensor, at: int, width: int, to: int = 0) -> Tensor:
 # --- blocks of 32 --------------------------------------------------------------------------------------------------
 # Q8_0 (block_q8_0): d f16, qs int8[32] -> w = d * q. Q4_0: d, qs u8[16] -> w = d * (q - 8); byte j holds weight j in
 # its low nibble and weight j + 16 in its high nibble (dequantize_row_q4_0). Q4_1: d, m, qs -> w = d * q + m.
-# Pieces: the first and second 16 inputs (measured faster than one stacked (rows, nb, 32) operand).
+# Pieces: the first and second 16 inputs (faster than one stacked (rows, nb, 32) operand).
 
 def _q8_0(a: dict[str, Tensor]) -> list[Tensor]:
     q, d = _f(a["qs"]), _f(a["d"])
@@ -92,7 +92,8 @@ def _q4_1(a: dict[str, Tensor]) -> list[Tensor]:
 # Q5_0 (block_q5_0): d f16, qh u8[4] (bit k = 5th bit of weight k), qs u8[16] as Q4_0 -> w = d * (q - 16).
 # Q5_1: d, m, qh, qs -> w = d * q + m. Weight k = 16h + 4t' + c (t' = 2j + bh) is nibble h of qs[4t' + c]. The host
 # transposes qh's 32 bits as a 8x4 matrix, so byte c holds bit t = 4h + t' of weights 4t + c: pieces t over 4
-# contiguous lanes c then read their 5th bit with one constant shift (strided lanes ran 2-4x slower than Q4_1).
+# contiguous lanes c then read their 5th bit with one constant shift (strided lanes run far slower than Q4_1:
+# docs/MEASUREMENTS.md).
 
 def _q5_high_bits(raw: np.ndarray, start: int) -> np.ndarray:
     bits = np.unpackbits(_u8(raw, start, start + 4), axis=2, bitorder="little")  # (rows, nb, 32): bit k of weight k

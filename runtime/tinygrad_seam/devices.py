@@ -93,8 +93,8 @@ def set_default_device(name: str) -> None:
 
     tinygrad evaluates its default device inside ordinary calls (every constant, e.g. `Tensor.zeros(device=...)`,
     is first made on the default device), and finding that default opens each backend in turn: with PoCL installed
-    that loads LLVM (+~100 MB peak RSS, measured) even for a model that runs on the CPU backend. Setting the default
-    to edgegen's own choice once, before any tensor exists, avoids it."""
+    that loads LLVM (raising peak RSS: docs/MEASUREMENTS.md) even for a model that runs on the CPU backend. Setting
+    the default to edgegen's own choice once, before any tensor exists, avoids it."""
     from tinygrad.helpers import DEV
 
     DEV.value = name

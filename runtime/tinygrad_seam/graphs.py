@@ -70,9 +70,9 @@ def write_buffer(tensor: Tensor, array: np.ndarray) -> None:
 def device_tensor(array: np.ndarray, device: str | None) -> Tensor:
     """A tensor on `device` holding `array` (float32, or uint8 such as packed weight blocks), allocated and filled
     without scheduling a copy kernel or making a host copy: `Tensor(array, device=...).realize()` first compiles
-    the scheduler's patterns (about 0.1 s of a warm start) and stages the bytes through a host buffer (+29 MB peak
-    RSS loading SmolLM2's Q8_0 output head from the file's memory map). Wraps `Tensor.empty`,
-    `Buffer.ensure_allocated` and `Buffer.allocator._copyin`, as write_buffer does."""
+    the scheduler's patterns, which costs start-up time, and stages the bytes through a host buffer, which raises
+    peak RSS (docs/MEASUREMENTS.md). Wraps `Tensor.empty`, `Buffer.ensure_allocated` and
+    `Buffer.allocator._copyin`, as write_buffer does."""
     from tinygrad import dtypes
 
     dtype = {np.dtype(np.float32): dtypes.float32, np.dtype(np.uint8): dtypes.uint8}.get(array.dtype)
@@ -118,7 +118,7 @@ def _filled(shape: tuple[int, ...], dtype: Any, chunks: Iterable[np.ndarray], de
 
 def cpu_float_view(tensor: Tensor) -> np.ndarray:
     """A float32 numpy view of a realized CPU tensor's memory, in place: reading it after a direct replay costs a
-    copy of the bytes, where `Tensor.numpy()` spent about 1 ms of Python per decode step on SmolLM2's 49152 logits.
+    copy of the bytes, where `Tensor.numpy()` spends far longer in Python per decode step (docs/MEASUREMENTS.md).
     Wraps `Buffer.ensure_allocated().get_buf(device).va_addr`, as runtime.tinygrad_seam.kernels does."""
     import ctypes
 
@@ -196,8 +196,8 @@ def copied_chunks(done: Callable[[memoryview], None]) -> Iterator[None]:
 def rebuild_buffer(device: str, size: int, dtype: Any, options: Any, data: Any, uop_refcount: int) -> Any:
     """Unpickle a Buffer reduced by graph_reduction: allocate it and copy `data` (a buffer-protocol object, the
     out-of-band bytes) straight in, by address on the CPU device, else with `Buffer.allocator._copyin`.
-    `Buffer(..., initial_value=data)` would first copy the bytes into a bytearray (measured: +30 MB peak RSS loading
-    SmolLM2's graphs, its output head)."""
+    `Buffer(..., initial_value=data)` would first copy the bytes into a bytearray: a second copy, which for the
+    largest buffer (the output head) raises peak RSS (docs/MEASUREMENTS.md)."""
     import ctypes
 
     from tinygrad.device import Buffer

@@ -1,6 +1,6 @@
 """The compiled kernels of a captured TinyJit graph on tinygrad 0.14's CPU device, as plain C calls.
 
-runtime.cpu_replay calls them directly to skip TinyJit's ~90 us of Python per kernel; this module knows how the
+runtime.cpu_replay calls them directly to skip TinyJit's Python work per kernel; this module knows how the
 graph stores them: `CapturedJit.linear.src` is a sequence of `Ops.CALL` UOps whose first source is an `Ops.PROGRAM`
 (its `arg` a ProgramInfo: `globals`, `vars`, `global_size`, `launch_dims`, `vals`), `get_runtime` gives the loaded
 `CPUProgram` (`fxn`, `runtimevars`, `lvp`), `resolve_params` binds the call's buffers to the jit's inputs.
@@ -57,7 +57,7 @@ def cpu_kernel_calls(jit: Any, inputs: tuple[Tensor, ...]) -> list[KernelCall]:
     Wraps `tinygrad.engine.jit._prepare_jit_inputs`, `CapturedJit.linear`, `tinygrad.engine.realize.get_runtime` /
     `resolve_params`, `ProgramInfo.outs` and `Buffer.ensure_allocated().get_buf(dev).va_addr`. Whether a kernel
     writes an input is decided by address ranges, not by TinyJit's `CapturedJit._written_uops`, which rewrites every
-    output's view again (measured: a third of a warm start's 0.6 s building SmolLM2's two replays)."""
+    output's view again (a large share of building the replays at a warm start: docs/MEASUREMENTS.md)."""
     from tinygrad.engine.jit import _prepare_jit_inputs
     from tinygrad.engine.realize import get_runtime, resolve_params
     from tinygrad.uop.ops import Ops

@@ -6,8 +6,8 @@
   new prompt length failed every request that way. The cause is the connection's thread affinity, so each thread
   gets its own connection to the same file (sqlite handles concurrent connections; tinygrad already enables WAL).
 - CPU device start-up: `CPUDevice()` compiles its four queue programs (signal, wait, timestamp, worker) through
-  tinygrad's whole codegen in every process, about 0.4 s of a 2 s warm start on this machine; their ELF depends only
-  on each program's AST and the renderer, so it is kept in tinygrad's own disk cache under both.
+  tinygrad's whole codegen in every process, a large share of a warm start (docs/MEASUREMENTS.md); their ELF depends
+  only on each program's AST and the renderer, so it is kept in tinygrad's own disk cache under both.
 - Compiler diagnostics: PoCL's in-process clang prints "1 warning generated." on file descriptor 2 while building
   OpenCL kernels, and clang (CPU backend) may print warnings too. Those go to the log at DEBUG instead of the
   user's terminal; a failing build still raises with the text.
@@ -80,7 +80,7 @@ class _CompiledProgram:
 def _install_cached_cpu_device_programs() -> None:
     """Wraps the `do_to_program` name `tinygrad.runtime.ops_cpu` imported (it calls it only in `CPUDevice.__init__`,
     then `.to_elf()`): the TinyELF comes from `tinygrad.helpers.diskcache_get/put` keyed by `UOp.key` of the AST
-    and the renderer's `target`; a miss compiles as before (and CACHELEVEL=0 caches nothing)."""
+    and the renderer's `target`; a miss compiles as unpatched tinygrad does (and CACHELEVEL=0 caches nothing)."""
     from tinygrad.helpers import diskcache_get, diskcache_put
     from tinygrad.runtime import ops_cpu
 

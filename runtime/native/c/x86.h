@@ -56,7 +56,7 @@ EG_INLINE __m256i eg_fifth_bits(const uint8_t* qh) {
 
 /* The 32-weight types, for R = 1 (decode) or 4 (prefill) activation rows xs blocks apart: each weight block is decoded
  * once for the R rows, and each row keeps two accumulators (even and odd blocks, so consecutive blocks'
- * multiply-adds do not wait on each other: Q4_1 3072x576 186 -> 128 us) and a scalar for the minimum/offset terms.
+ * multiply-adds do not wait on each other: docs/MEASUREMENTS.md) and a scalar for the minimum/offset terms.
  * The arithmetic of one row is the same whatever R: a prefill and a decode of one position give the same bits, so a
  * request's tokens do not depend on how its positions were batched (tests/native: batched rows equal rows alone). */
 #define EG_ROWS(TYPE, PREP, MUL, MINS)                                                                         \
