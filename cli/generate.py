@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
         seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop),
-    ).validate()  # fail on bad values before the model loads
+    )  # checked when made: bad values fail before the model loads
     if not args.prompt.strip():
         raise GenerationError("the prompt is empty")
     status = _Status(sys.stderr.isatty())

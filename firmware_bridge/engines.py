@@ -65,17 +65,17 @@ class RuntimeTextEngine:
         return list(request.messages) if request.messages is not None else request.prompt  # type: ignore[return-value]
 
     def _params(self, request: TextRequest) -> Any:
+        """The request's sampling as the runtime takes it. schema.parse_sampling checked the same ranges (the runtime's
+        constants), so this refuses nothing a parsed request holds; a request built in code gets invalid_sampling."""
         from edgegen.runtime import GenerationError, SamplingParams
 
         s = request.sampling
-        params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                                repetition_penalty=s.repetition_penalty, seed=s.seed, max_tokens=request.max_tokens,
-                                stop=s.stop)
         try:
-            params.validate()
+            return SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                  repetition_penalty=s.repetition_penalty, seed=s.seed,
+                                  max_tokens=request.max_tokens, stop=s.stop)
         except GenerationError as e:
             raise RequestError(ErrorCode.INVALID_SAMPLING, str(e)) from e
-        return params
 
     def _text_prompt(self, request: TextRequest) -> str | list[dict]:
         prompt = self._prompt(request)
@@ -83,38 +83,25 @@ class RuntimeTextEngine:
             return "\n".join(m["content"] for m in prompt)
         return prompt
 
-    def check(self, request: TextRequest) -> None:
-        """Sampling ranges, and a prompt whose text alone exceeds the context; cheap (no chat template render)."""
-        self._params(request)
-        prompt = self._text_prompt(request)
-        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        n_tokens, context = len(self.generator.tokenizer.encode(text)), self.generator.config.max_context
-        if n_tokens >= context:
-            raise RequestError(ErrorCode.PROMPT_TOO_LONG, f"prompt is at least {n_tokens} tokens, the model's "
-                               f"context is {context}")
-
-    def _rendered_tokens(self, prompt: str | list[dict], chat: bool) -> int:
-        from edgegen.runtime import GenerationError
+    def _ids(self, request: TextRequest) -> list[int]:
+        """The prompt's token ids, by the runtime's one prompt rule (TextGenerator.encode_prompt: the chat template,
+        and one token of the context left): prompt_too_long, or invalid_request for messages the template refuses."""
+        from edgegen.runtime.errors import GenerationError, PromptTooLong
 
         try:
-            if isinstance(prompt, list) or chat:
-                messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-                prompt = self.generator.render_chat(messages)
-            return len(self.generator.tokenizer.encode(prompt))
-        except GenerationError:
-            return 0
+            return list(self.generator.encode_prompt(self._text_prompt(request), chat=request.chat))
+        except PromptTooLong as e:
+            raise RequestError(ErrorCode.PROMPT_TOO_LONG, str(e)) from e
+        except GenerationError as e:
+            raise RequestError(ErrorCode.INVALID_REQUEST, str(e)) from e
+
+    def check(self, request: TextRequest) -> None:
+        """What generate() would refuse, before the request is queued: its sampling and its prompt."""
+        self._params(request)
+        self._ids(request)
 
     def generate(self, request: TextRequest, cancel: threading.Event, emit: Callable[[str], None]) -> TextOutcome:
-        from edgegen.runtime import GenerationError
-
-        prompt = self._text_prompt(request)
-        try:
-            stream = self.generator.stream(prompt, self._params(request), chat=request.chat, cancel=cancel)
-        except GenerationError as e:
-            # check() counted the text alone; the chat template adds tokens, or refused the messages.
-            code = ErrorCode.PROMPT_TOO_LONG if self._rendered_tokens(prompt, request.chat) >= \
-                self.generator.config.max_context else ErrorCode.INVALID_REQUEST
-            raise RequestError(code, str(e)) from e
+        stream = self.generator.stream_ids(self._ids(request), self._params(request), cancel=cancel)
         for piece in stream:
             emit(piece)
         r = stream.result

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.models.llama import Llama, LlamaConfig
-from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT, Key
+from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT
 from edgegen.runtime.artifact.reader import ModelFile, open_model
 from edgegen.runtime.backend import resolve_device
-from edgegen.runtime.chat import render_chat, validate_messages
 from edgegen.runtime.errors import ArtifactError, GenerationError
 from edgegen.runtime.graphs import PREFILL_BUCKETS, ModelGraphs
 from edgegen.runtime.loader import GGUFWeights, config_from_gguf
 from edgegen.runtime.native.options import KernelOptions
+from edgegen.runtime.prompt import END_OF_TURN, PromptEncoder
 from edgegen.runtime.sampling import Sampler, SamplingParams, find_stop, holdback
 from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK
 from edgegen.runtime.tokenizer import load_tokenizer
@@ -38,7 +38,6 @@ __all__ = ["DEFAULT_CONTEXT", "END_OF_TURN", "PREFILL_BUCKETS", "GenerationResul
 DEFAULT_CONTEXT = DEFAULT_MAX_CONTEXT  # artifact.constants: the one owner (the planner reads it too)
 _PENDING_SAVES: list[threading.Thread] = []  # background writes of the JIT cache (TextGenerator._save_in_background)
 # Token strings that end a turn in the chat formats we know (llama.cpp calls these end-of-generation tokens).
-END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>", "<end_of_turn>")
 
 
 @dataclass(frozen=True)
@@ -78,10 +77,8 @@ class TextGenerator:
         self.model_file, self.device = model_file, device
         self.config: LlamaConfig = config_from_gguf(model_file, max_context)
         self.tokenizer = load_tokenizer(model_file)
-        self.chat_template: str | None = model_file.get(Key.CHAT_TEMPLATE)
-        self._raw_notice_given = False
         self._lock = TINYGRAD_LOCK
-        self._end_ids = self._end_of_turn_ids()
+        self.prompts = PromptEncoder(model_file, self.tokenizer, self.config.max_context)
         self._saver: threading.Thread | None = None
         with self._lock:
             self.graphs = ModelGraphs(model_file, device, self.config, int(self.tokenizer.bos_id or 0), jit_cache,
@@ -133,75 +130,37 @@ class TextGenerator:
         with self._lock:
             return self.graphs.forward(ids)
 
-    # ---- prompts -----------------------------------------------------------------------------------------------
+    # ---- prompts (runtime.prompt: one owner of the chat template and the prompt-length rule) --------------------
+    @property
+    def chat_template(self) -> str | None:
+        return self.prompts.chat_template
+
     def render_chat(self, messages: list[dict]) -> str:
-        """The messages in the file's own template; a file without one (a base model) gets the messages' text as
-        it is, joined by blank lines, with a one-line notice, instead of a template it was not trained on."""
-        if not self.chat_template:
-            if not self._raw_notice_given:
-                self._raw_notice_given = True
-                log.warning("%s has no chat template (a base model): generating from the raw prompt",
-                            self.model_file.path.name)
-            return "\n\n".join(m["content"] for m in validate_messages(messages))
-        tok = self.tokenizer
-        bos = self._token_text(tok.bos_id)
-        eos = self._token_text(tok.eos_id)
-        return render_chat(self.chat_template, messages, bos_token=bos, eos_token=eos)
-
-    def _token_text(self, token_id: int | None) -> str:
-        if token_id is None or not 0 <= token_id < len(self.model_file.get(Key.TOKENS) or []):
-            return ""
-        return self.model_file.get(Key.TOKENS)[token_id]
-
-    def _end_of_turn_ids(self) -> set[int]:
-        tokens = self.model_file.get(Key.TOKENS) or []
-        ids = {i for i, t in enumerate(tokens) if t in END_OF_TURN}
-        # EOS and the end-of-turn / end-of-message ids the file names (Llama 3.x: <|eot_id|>, <|eom_id|>), as the
-        # tokenizer read and checked them from the metadata
-        tok = self.tokenizer
-        ids.update(int(i) for i in (tok.eos_id, tok.eot_id, tok.eom_id) if i is not None)
-        return ids
+        return self.prompts.render_chat(messages)
 
     def encode_prompt(self, prompt: str | list[dict], chat: bool = True) -> list[int]:
-        """Token ids for a prompt string or a list of chat messages; GenerationError for empty or too long."""
-        if isinstance(prompt, list):
-            text = self.render_chat(validate_messages(prompt))
-        elif isinstance(prompt, str):
-            if not prompt.strip():
-                raise GenerationError("the prompt is empty")
-            text = self.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
-        else:
-            raise GenerationError(f"prompt must be a string or a list of messages, not {type(prompt).__name__}")
-        ids = self.tokenizer.encode(text)
-        self._check_prompt_length(len(ids))
-        return ids
-
-    def _check_prompt_length(self, n: int) -> None:
-        if n == 0:
-            raise GenerationError("the prompt encodes to no tokens")
-        if n >= self.config.max_context:
-            raise GenerationError(
-                f"the prompt is {n} tokens, longer than the context of {self.config.max_context} "
-                f"(at least one token must be left to generate)"
-            )
+        """Token ids for a prompt string or a list of chat messages; GenerationError for empty, PromptTooLong for
+        too long (runtime.prompt.PromptEncoder)."""
+        return self.prompts.encode(prompt, chat)
 
     # ---- generation --------------------------------------------------------------------------------------------
     def stream(self, prompt: str | list[dict], params: SamplingParams | None = None, chat: bool = True,
                cancel: threading.Event | None = None) -> TextStream:
         """Validate now (errors raise here, before any compute), then generate lazily as the stream is read."""
-        params = (params or SamplingParams()).validate()
         return self.stream_ids(self.encode_prompt(prompt, chat), params, cancel)
 
     def stream_ids(self, ids: list[int], params: SamplingParams | None = None,
                    cancel: threading.Event | None = None, ignore_eos: bool = False) -> TextStream:
         """Generate from exact token ids (benchmarks and evaluation feed the same ids to every runtime).
         ignore_eos: keep going past end-of-turn tokens, so a benchmark always decodes max_tokens."""
-        params = (params or SamplingParams()).validate()
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise GenerationError(f"params must be a SamplingParams, not {type(params).__name__}")
         ids = [int(i) for i in ids]
-        self._check_prompt_length(len(ids))
+        self.prompts.check_length(len(ids))
         if min(ids) < 0 or max(ids) >= self.config.vocab_size:
             raise GenerationError(f"token ids must be in [0, {self.config.vocab_size}), got {min(ids)}..{max(ids)}")
-        return TextStream(self._run(ids, params, cancel, () if ignore_eos else self._end_ids))
+        return TextStream(self._run(ids, params, cancel, () if ignore_eos else self.prompts.end_ids))
 
     def generate(self, prompt: str | list[dict], params: SamplingParams | None = None, chat: bool = True,
                  cancel: threading.Event | None = None) -> GenerationResult:

@@ -15,6 +15,10 @@ class GenerationError(EdgegenRuntimeError):
     """A bad generation request: empty prompt, prompt longer than the context, sampling values out of range."""
 
 
+class PromptTooLong(GenerationError):
+    """A prompt with no room left in the model's context (TextGenerator.encode_prompt, stream_ids)."""
+
+
 class OnnxModelError(EdgegenRuntimeError):
     """An ONNX file or input that edgegen cannot run: not ONNX, opset too old, an unsupported op, a bad input."""
 

@@ -29,8 +29,9 @@ class SamplingParams:
     max_tokens: int = 128
     stop: tuple[str, ...] = field(default_factory=tuple)
 
-    def validate(self) -> SamplingParams:
-        """Raise GenerationError naming the first value that is out of range; return self when all are fine."""
+    def __post_init__(self) -> None:
+        """Checked once, when made: GenerationError names the first value out of range, so every SamplingParams that
+        exists is valid and no caller checks it again."""
         def bad(name: str, value: object, expected: str) -> GenerationError:
             return GenerationError(f"{name}={value!r} is out of range: expected {expected}")
 
@@ -52,14 +53,13 @@ class SamplingParams:
         if not isinstance(self.stop, tuple) or len(self.stop) > MAX_STOP_STRINGS \
                 or not all(isinstance(s, str) and s for s in self.stop):
             raise bad("stop", self.stop, f"up to {MAX_STOP_STRINGS} non-empty strings")
-        return self
 
 
 class Sampler:
     """Chooses the next token from a logits row. One Sampler per generation: it owns the seeded RNG."""
 
     def __init__(self, params: SamplingParams) -> None:
-        self.params = params.validate()
+        self.params = params
         self.rng = np.random.default_rng(params.seed)
 
     def __call__(self, logits: np.ndarray, context: list[int]) -> int:

@@ -65,7 +65,7 @@ def test_unsupported_tensor_type(tmp_path):
 ])
 def test_sampling_out_of_range(field, value, needle):
     with pytest.raises(GenerationError, match=needle.replace("(", r"\(").replace("[", r"\[")):
-        SamplingParams(**{field: value}).validate()
+        SamplingParams(**{field: value})
 
 
 def test_cli_generate_bad_inputs(tiny_q4_path):

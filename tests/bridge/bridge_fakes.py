@@ -97,44 +97,33 @@ def smollm2_file() -> Any:
 
 class TokenizerOnlyGenerator:
     """The request-facing half of runtime.engine.TextGenerator without a model: the real SmolLM2 tokenizer, chat
-    template and checks (SamplingParams.validate, message validation, context length), then a canned answer.
+    template and prompt rule (runtime.prompt.PromptEncoder, as the generator uses it), then a canned answer.
 
     Wrapped in the real firmware_bridge.engines.RuntimeTextEngine, a request reaches every check it would reach on a
     device, in milliseconds.
     """
 
     def __init__(self, pieces: tuple[str, ...] = ("Hello", ",", " world")) -> None:
+        from edgegen.runtime.prompt import PromptEncoder
         from edgegen.runtime.tokenizer import load_tokenizer
 
         mf = smollm2_file()
         self.model_file, self.tokenizer = mf, load_tokenizer(mf)
-        self.chat_template = mf.get("tokenizer.chat_template")
         self.config = SimpleNamespace(max_context=DEFAULT_CONTEXT)
+        self.prompts = PromptEncoder(mf, self.tokenizer, DEFAULT_CONTEXT)
         self.pieces = pieces
-        self.calls: list[str | list[dict]] = []
+        self.calls: list[list[int]] = []
 
-    def render_chat(self, messages: list[dict]) -> str:
-        from edgegen.runtime.chat import render_chat
+    def encode_prompt(self, prompt: str | list[dict], chat: bool = True) -> list[int]:
+        return self.prompts.encode(prompt, chat)
 
-        return render_chat(self.chat_template, messages)
+    def stream_ids(self, ids: list[int], params: Any, cancel: threading.Event | None = None) -> Any:
+        from edgegen.runtime import SamplingParams
 
-    def stream(self, prompt: str | list[dict], params: Any, chat: bool = True,
-               cancel: threading.Event | None = None) -> Any:
-        from edgegen.runtime.chat import validate_messages
-        from edgegen.runtime.errors import GenerationError
-
-        params = params.validate()
-        if isinstance(prompt, list):
-            text = self.render_chat(validate_messages(prompt))
-        elif not prompt.strip():
-            raise GenerationError("the prompt is empty")
-        else:
-            text = self.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
-        n = len(self.tokenizer.encode(text))
-        if n == 0 or n >= self.config.max_context:
-            raise GenerationError(f"the prompt is {n} tokens; the context is {self.config.max_context}")
-        self.calls.append(prompt)
-        return _CannedStream(self.pieces[:params.max_tokens], n)
+        assert isinstance(params, SamplingParams)
+        self.prompts.check_length(len(ids))
+        self.calls.append(ids)
+        return _CannedStream(self.pieces[:params.max_tokens], len(ids))
 
 
 class _CannedStream:
