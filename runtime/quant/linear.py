@@ -80,8 +80,8 @@ class PackedLinear(Unfused):  # tinygrad's kernels have no fused forms (models.l
 
     def __call__(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        rows = int(np.prod(lead)) if lead else 1  # type: ignore[arg-type]  # an input's shape: ints, not symbolic
-        if rows != 1:
+        if any(not isinstance(d, int) for d in lead) or int(np.prod(lead)) != 1:  # type: ignore[arg-type]
+            # (a symbolic token count, benchmarks/bench_prefill_shapes.py, counts as a batch)
             # Prefill / batches: dequantize once into a temporary float buffer, then an ordinary matmul. Fused
             # into the matmul, the dequantization is redone for every tile of rows (docs/MEASUREMENTS.md). The model
             # realizes layer by layer in this mode, so only one layer's temporaries
