@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"board profile: {', '.join(BOARD_PROFILES)}, or host (this machine, measured)")
     parser.add_argument("--context", type=int, default=1024, metavar="N",
                         help="tokens of KV cache to plan for (default 1024, the runtime's default context)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="sequences served at once (`edgegen serve --parallel N`): N more KV caches (default 1)")
     add_json_flag(parser, "the plan")
 
 
@@ -28,7 +30,8 @@ def format_plan(plan: dict) -> str:
     """The plan as text: components, verdict, ceiling, and what each recipe would need."""
     lines = [
         f"model:    {plan['model']}",
-        f"board:    {plan['board']} ({plan['backend']}), context {plan['context']} tokens",
+        f"board:    {plan['board']} ({plan['backend']}), context {plan['context']} tokens"
+        + (f", {plan['parallel']} sequences at once" if plan.get("parallel", 1) > 1 else ""),
         (f"memory:   weights {plan['weights_bytes'] / MIB:,.1f} MiB, KV cache {plan['kv_cache_bytes'] / MIB:,.1f},"
          f" activations {plan['activations_bytes'] / MIB:,.1f}, load transient"
          f" {plan['load_transient_bytes'] / MIB:,.1f}, runtime {plan['runtime_bytes'] / MIB:,.1f}"),
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise DeviceError(f"--context must be a positive number of tokens, got {args.context}")
     board = get_profile(args.board)
     opened = open_model_facts(args.model)
-    plan = plan_memory(opened.facts, board, args.context, opened.cannot_run, opened.requantize_fixes).to_dict()
+    plan = plan_memory(opened.facts, board, args.context, opened.cannot_run, opened.requantize_fixes,
+                       args.parallel).to_dict()
     if args.json:
         plan["board_profile"] = board.to_dict()
         print(json.dumps(plan, indent=2))

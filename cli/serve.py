@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sqlite3
@@ -31,6 +32,7 @@ from edgegen.firmware_bridge.engines import ImageEngine, RuntimeImageEngine, Run
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 from edgegen.firmware_bridge.service import DeviceService, ServiceConfig, serve
 from edgegen.firmware_bridge.state_dir import default_state_dir
+from edgegen.runtime.artifact.constants import MAX_SLOTS
 
 log = logging.getLogger(__name__)
 CONNECT_WARN_S = 10.0
@@ -50,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_deprecated_alias(parser, "--backend", "--device", dest="device", metavar="DEV")
     add_kernel_arguments(parser)
     parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait; more get 'busy' (8)")
+    parser.add_argument("--parallel", default="auto", metavar="N",
+                        help=f"requests decoded together (continuous batching, 1-{MAX_SLOTS}; default auto: as many "
+                             "as the free memory holds with the model's KV caches, 1 with --kernels tinygrad)")
     parser.add_argument("--telemetry-interval-s", type=float, default=10.0, help="seconds between telemetry (10)")
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
                         help="where answers are remembered across restarts, so a request redelivered after a crash is "
@@ -66,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None = None) -> int:
     """`on_deploy_step`: the deploy agent's test-only fault hook (tests/bridge/faulty_edgegen.py passes it)."""
     options = broker_options(args)
+    parallel = _parallel(args.parallel)
     if args.queue_size < 1 or not args.telemetry_interval_s > 0:
         raise RequestError(ErrorCode.INVALID_REQUEST, f"--queue-size must be >= 1 and --telemetry-interval-s > 0, "
                            f"got {args.queue_size} and {args.telemetry_interval_s}")
@@ -82,7 +88,8 @@ def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None =
         raise RequestError(ErrorCode.INVALID_REQUEST, f"--state-dir {state_dir}: cannot keep answers there ({e})") \
             from e
     deploy = _open_deploy(args, state_dir) if args.trust_key is not None else None
-    engine = RuntimeTextEngine.load(args.model, device=args.device, kernels=kernel_options(args))
+    engine = RuntimeTextEngine.load(args.model, device=args.device, kernels=kernel_options(args), slots=parallel)
+    config = dataclasses.replace(config, parallel=engine.slots)  # worker threads: one per slot
     if not args.no_warmup:
         # tinygrad compiles kernels on first use: pay that before announcing `online`, not on the first request.
         log.info("warming up %s", args.model)
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None =
         images["default"] = image_engine
     texts: dict[str, TextEngine] = {"default": engine}
     if deploy is not None:  # committed deployments; a deployed "default" replaces --model
-        installed = installed_engines(deploy[0], args.device, not args.no_warmup, kernel_options(args))
+        installed = installed_engines(deploy[0], args.device, not args.no_warmup, kernel_options(args), engine.slots)
         texts.update(installed["text"])
         images.update(installed["image"])
     stop = threading.Event()
@@ -106,16 +113,27 @@ def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None =
     def attach_deploy(service: DeviceService) -> None:
         if deploy is not None:
             DeployAgent(service, deploy[0], deploy[1],
-                        partial(load_engine, device=args.device, kernels=kernel_options(args)), backend=args.device,
+                        partial(load_engine, device=args.device, kernels=kernel_options(args), slots=engine.slots),
+                        backend=args.device,
                         start_actions=deploy[2], on_step=on_deploy_step).start()
 
     def announce(service: DeviceService) -> None:
         print(f"edgegen serve: device {args.device_id} serving {args.model} via {args.broker}"
-              + (f" (pool {args.pool})" if args.pool else ""), flush=True)
+              + (f" (pool {args.pool})" if args.pool else "") + f", {engine.slots} at once", flush=True)
 
     serve(config, options, texts, images, stop=stop, setup=attach_deploy, ready=announce,
           connect_wait_s=CONNECT_WARN_S)
     return 0
+
+
+def _parallel(value: str) -> int | None:
+    """--parallel: "auto" (None: engines.auto_slots) or a count from 1 to MAX_SLOTS."""
+    if value == "auto":
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= MAX_SLOTS:
+        raise RequestError(ErrorCode.INVALID_REQUEST,
+                           f"--parallel must be auto or from 1 to {MAX_SLOTS}, got {value!r}")
+    return int(value)
 
 
 def _open_deploy(args: argparse.Namespace, state_dir: Path) -> tuple[DeviceStore, Any, list[dict[str, Any]]]:

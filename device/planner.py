@@ -14,7 +14,8 @@ Either way one copy of the weights stays resident. Terms, each mirroring what th
 - KV cache: 2 (K and V) x layers x kv heads x context x head_dim x 2 or 4 bytes (float16 beside the CPU kernels,
   float32 beside tinygrad's attention: artifact.constants.kv_element_bytes, models/llama.py), allocated
   for the whole context at load, every layer, sliding-window ones included. head_dim is the file's
-  attention.key_length where it states one (Qwen 3, Gemma 3: not dim / heads).
+  attention.key_length where it states one (Qwen 3, Gemma 3: not dim / heads). Serving N sequences at once
+  (`--parallel N`, runtime/batch.py) adds N caches beside the one prompts are prefilled into: kv_caches(N).
 - activations: the largest prefill graph's buffers (the prompt up to MAX_PREFILL_TOKENS, the largest bucket): per
   token the residual, q/k/v, attention output, the MLP's two hidden projections, and a row of attention scores.
 - runtime: interpreter, numpy, tinygrad, tokenizer, kernels and captured graphs; a per-backend constant for each
@@ -34,6 +35,7 @@ from edgegen.runtime.artifact.constants import (
     ACTIVATION_BYTES,
     BLOCK_SIZES,
     MAX_PREFILL_TOKENS,
+    MAX_SLOTS,
     GGMLQuantizationType,
     kv_element_bytes,
 )
@@ -90,7 +92,7 @@ class MemoryPlan:
     context: int
     weights_bytes: int
     load_transient_bytes: int
-    kv_cache_bytes: int
+    kv_cache_bytes: int  # every cache: kv_caches(parallel) of them
     activations_bytes: int
     runtime_bytes: int  # first-start overhead
     first_start_bytes: int  # predicted peak RSS without cached graphs
@@ -106,6 +108,7 @@ class MemoryPlan:
     decode_ceiling_tok_s: float  # bandwidth / bytes_per_token
     recipes: dict  # recipe name -> {"weights_bytes", "total_bytes", "fits", "decode_ceiling_tok_s"}
     suggestion: str
+    parallel: int = 1  # sequences served at once
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +117,12 @@ class MemoryPlan:
 def kv_cache_bytes(m: ModelFacts, context: int, backend: str = "CPU", kernels: str = "auto") -> int:
     """Keys and values of every layer for `context` positions, in the element size the runtime allocates there."""
     return 2 * m.n_layers * m.n_kv_heads * context * m.head_dim * kv_element_bytes(backend, kernels)
+
+
+def kv_caches(parallel: int) -> int:
+    """KV caches the runtime allocates to serve `parallel` sequences at once: one, or the batch-1 cache that
+    prompts are prefilled into plus one per slot (runtime/graphs.py allocate_slots)."""
+    return 1 if parallel <= 1 else parallel + 1
 
 
 def activation_bytes(m: ModelFacts, context: int) -> int:
@@ -145,10 +154,11 @@ def check_context(m: ModelFacts, context: int) -> None:
         raise DeviceError(f"context {context} exceeds the model's trained context of {m.max_context} tokens")
 
 
-def predict_memory(m: ModelFacts, weights: int, largest_tensor: int, context: int, backend: str) -> dict[str, int]:
+def predict_memory(m: ModelFacts, weights: int, largest_tensor: int, context: int, backend: str,
+                   parallel: int = 1) -> dict[str, int]:
     """Every term of the prediction and both start paths (see the module docstring)."""
     first_overhead, cached_overhead = RUNTIME_OVERHEAD_BYTES.get(backend, RUNTIME_OVERHEAD_BYTES["CPU"])
-    kv, act = kv_cache_bytes(m, context, backend), activation_bytes(m, context)
+    kv, act = kv_cache_bytes(m, context, backend) * kv_caches(parallel), activation_bytes(m, context)
     resident = weights + kv + act
     first = first_overhead + resident + largest_tensor
     cached = cached_overhead + resident
@@ -157,29 +167,33 @@ def predict_memory(m: ModelFacts, weights: int, largest_tensor: int, context: in
 
 
 def plan_memory(m: ModelFacts, board: BoardProfile, context: int, cannot_run: str | None = None,
-                requantize_fixes: bool = False) -> MemoryPlan:
-    """Predict peak memory and the decode ceiling of model `m` on `board` with a KV cache of `context` tokens.
+                requantize_fixes: bool = False, parallel: int = 1) -> MemoryPlan:
+    """Predict peak memory and the decode ceiling of model `m` on `board` with a KV cache of `context` tokens per
+    sequence and `parallel` sequences served at once.
 
     `cannot_run`: why the runtime refuses the file (architecture, tensor types), which overrides the memory verdict;
     `requantize_fixes`: re-quantizing with `edgegen quantize` would remove that reason (only the types stop it).
     """
     check_context(m, context)
+    if not 1 <= parallel <= MAX_SLOTS:
+        raise DeviceError(f"parallel must be from 1 to {MAX_SLOTS} sequences, got {parallel}")
     weights = m.device_weights_bytes
-    p = predict_memory(m, weights, max(t.device_bytes for t in m.tensors), context, board.backend)
+    p = predict_memory(m, weights, max(t.device_bytes for t in m.tensors), context, board.backend, parallel)
     usable = board.usable_bytes
     per_token = decode_bytes_per_token(m, weights, context, board.backend)
     memory_fits = p["total"] <= usable
     fits = memory_fits and cannot_run is None
     verdict = "cannot_run" if cannot_run is not None else "fits" if fits else "does_not_fit"
+    caches = f"{kv_caches(parallel)} x {context}" if parallel > 1 else f"{context}"
     reason = (f"needs {p['total'] / MIB:,.0f} MiB (weights {weights / MIB:,.0f}, KV cache {p['kv'] / MIB:,.0f} "
-              f"for {context} tokens, activations {p['act'] / MIB:,.0f}, load transient "
+              f"for {caches} tokens, activations {p['act'] / MIB:,.0f}, load transient "
               f"{p['transient'] / MIB:,.0f}, runtime {p['runtime'] / MIB:,.0f}) "
               f"{'within' if memory_fits else 'but only'} {usable / MIB:,.0f} MiB usable on {board.name} "
               f"({board.memory_bytes / MIB:,.0f} MiB less {board.reserved_bytes / MIB:,.0f} reserved)")
     recipes = {}
     for name in RECIPE_BYTES_PER_WEIGHT:
         w, largest = recipe_weights_bytes(m, name)
-        r = predict_memory(m, w, largest, context, board.backend)
+        r = predict_memory(m, w, largest, context, board.backend, parallel)
         recipes[name] = {"weights_bytes": w, "total_bytes": r["total"], "fits": r["total"] <= usable,
                          "decode_ceiling_tok_s": board.bandwidth_bytes_per_s / decode_bytes_per_token(m, w, context)}
     return MemoryPlan(
@@ -189,8 +203,16 @@ def plan_memory(m: ModelFacts, board: BoardProfile, context: int, cannot_run: st
         total_bytes=p["total"], usable_bytes=usable, memory_fits=memory_fits, fits=fits, verdict=verdict,
         cannot_run_reason=cannot_run, reason=reason, bytes_per_token=per_token,
         decode_ceiling_tok_s=board.bandwidth_bytes_per_s / per_token, recipes=recipes,
-        suggestion=_suggest(m, board, context, memory_fits, recipes, cannot_run, requantize_fixes),
+        suggestion=_suggest(m, board, context, memory_fits, recipes, cannot_run, requantize_fixes), parallel=parallel,
     )
+
+
+def max_parallel_that_fits(m: ModelFacts, usable_bytes: int, context: int, backend: str = "CPU") -> int:
+    """Most sequences (at most MAX_SLOTS) that `usable_bytes` hold at `context` tokens each; 0 if not even one."""
+    weights, largest = m.device_weights_bytes, max(t.device_bytes for t in m.tensors)
+    fitting = [n for n in range(1, MAX_SLOTS + 1)
+               if predict_memory(m, weights, largest, context, backend, n)["total"] <= usable_bytes]
+    return max(fitting, default=0)
 
 
 def max_context_that_fits(m: ModelFacts, board: BoardProfile, recipe: str) -> int:

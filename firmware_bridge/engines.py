@@ -6,6 +6,7 @@ plugs in the same way: the service gets an `ImageEngine` under a model name and 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable
@@ -47,19 +48,39 @@ class ImageEngine(Protocol):
 class RuntimeTextEngine:
     """A `TextEngine` over `runtime.engine.TextGenerator` (contract: docs/RUNTIME_API.md)."""
 
-    def __init__(self, generator: Any):
-        self.generator = generator
+    def __init__(self, generator: Any, slots: int = 1):
+        """slots > 1: up to that many requests decode together (runtime.batch, continuous batching); with one,
+        concurrent calls take turns (they would otherwise evict each other's KV cache at every step)."""
+        self.generator, self.slots = generator, slots
+        self._runner = generator.batched(slots) if slots > 1 else generator
+        self._turns = threading.Lock() if slots == 1 else None
 
     @classmethod
-    def load(cls, model: str = "default", device: str | None = None, kernels: Any = None) -> RuntimeTextEngine:
-        """kernels: runtime.native.options.KernelOptions (`--kernels`/`--threads`), None for the default."""
+    def load(cls, model: str = "default", device: str | None = None, kernels: Any = None,
+             slots: int | None = 1) -> RuntimeTextEngine:
+        """kernels: runtime.native.options.KernelOptions (`--kernels`/`--threads`), None for the default.
+        slots: requests decoded together; None: auto_slots."""
+        from edgegen.runtime.backend import resolve_device
         from edgegen.runtime.engine import TextGenerator  # imported here so the protocol and tests never load tinygrad
+        from edgegen.runtime.native.options import KernelOptions
 
-        return cls(TextGenerator.load(model, device=device, kernels=kernels))
+        if slots is None:
+            slots = auto_slots(model, resolve_device(device), kernels or KernelOptions())
+        # Several slots decode with graphs captured from the model (runtime.graphs.allocate_slots): graphs from
+        # the JIT cache would be loaded only to be dropped.
+        return cls(TextGenerator.load(model, device=device, kernels=kernels, jit_cache=slots == 1), slots)
 
     def warm_up(self) -> None:
-        """Generate a few tokens so tinygrad compiles (and caches) the prefill and decode kernels now."""
-        self.generate(TextRequest(id="warm-up", prompt="Hi", max_tokens=4), threading.Event(), lambda _: None)
+        """Generate a few tokens so tinygrad compiles (and caches) the prefill and decode kernels now; with several
+        slots, as many requests at once, so that every batch width's decode graph is captured too."""
+        threads = [threading.Thread(target=self.generate, args=(TextRequest(id=f"warm-up-{i}", prompt="Hi",
+                                                                             max_tokens=2 * self.slots + 2),
+                                                                 threading.Event(), lambda _: None))
+                   for i in range(self.slots)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     def _prompt(self, request: TextRequest) -> str | list[dict]:
         return list(request.messages) if request.messages is not None else request.prompt  # type: ignore[return-value]
@@ -101,12 +122,31 @@ class RuntimeTextEngine:
         self._ids(request)
 
     def generate(self, request: TextRequest, cancel: threading.Event, emit: Callable[[str], None]) -> TextOutcome:
-        stream = self.generator.stream_ids(self._ids(request), self._params(request), cancel=cancel)
-        for piece in stream:
-            emit(piece)
+        ids, params = self._ids(request), self._params(request)
+        with self._turns or contextlib.nullcontext():
+            stream = self._runner.stream_ids(ids, params, cancel=cancel)
+            for piece in stream:
+                emit(piece)
         r = stream.result
         return TextOutcome(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
                            completion_tokens=r.completion_tokens, tokens_per_s=r.decode_tokens_per_s)
+
+
+def auto_slots(model: str, device: str, kernels: Any) -> int:
+    """Requests to decode together by default: as many as the memory free now holds with the model's KV caches at
+    the default context (device.planner), at most MAX_SLOTS; one where the kernels cannot batch rows without
+    changing them (tinygrad's generated kernels: runtime.batch)."""
+    import psutil
+
+    from edgegen.device.model_open import open_model_facts
+    from edgegen.device.planner import max_parallel_that_fits
+    from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT
+
+    if not kernels.plan(device).native:
+        return 1
+    facts = open_model_facts(model).facts
+    context = min(DEFAULT_MAX_CONTEXT, facts.max_context)
+    return max(1, max_parallel_that_fits(facts, psutil.virtual_memory().available, context, device.split(":")[0]))
 
 
 class RuntimeImageEngine:

@@ -32,7 +32,7 @@ from edgegen.firmware_bridge.engines import ImageEngine, TextEngine
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 from edgegen.firmware_bridge.mqtt_transport import ConnectHook, Incoming, MqttTransport
 from edgegen.firmware_bridge.schema import CancelRequest, ImageRequest, TextRequest, parse_request
-from edgegen.firmware_bridge.workers import Workers, json_answer, stable_seed
+from edgegen.firmware_bridge.workers import RunGate, Workers, json_answer, stable_seed
 
 __all__ = ["DeviceService", "ServiceConfig", "stable_seed"]
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 class ServiceConfig:
     device_id: str
     pool: str | None = None
-    queue_size: int = 8  # requests waiting behind the running one; one more gets `busy`
+    queue_size: int = 8  # requests waiting behind the running ones; one more gets `busy`
+    parallel: int = 1  # requests run at once (worker threads; the text engines' slots: `serve --parallel`)
     telemetry_interval_s: float = 10.0
     session_expiry_s: int = 24 * 3600  # how long the broker keeps our session (and our unacked requests) offline
     remembered_answers: int = 1024  # answers kept for redeliveries and repeats, oldest dropped first ...
@@ -71,14 +72,15 @@ class DeviceService:
         self.workers = Workers(self.device, self.transport, self.counters, self.transport.stopping)
         self._started_s = time.monotonic()
         self._threads: list[threading.Thread] = []
-        self._run_lock = threading.Lock()  # held by the worker while it runs a request: a swap waits for it
+        self.gate = RunGate()  # workers pass it while they run a request: a swap waits for all of them
         self._set_models()
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background (retrying with backoff) and start the worker and telemetry threads."""
         self.transport.start()
-        for target, name in ((self._work, "worker"), (self.run_telemetry, "telemetry")):
+        names = [f"worker{i}" for i in range(self.config.parallel)] + ["telemetry"]
+        for target, name in [(self._work, n) for n in names[:-1]] + [(self.run_telemetry, names[-1])]:
             t = threading.Thread(target=target, name=f"edgegen-{name}-{self.device}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -117,7 +119,7 @@ class DeviceService:
         """Serve `name` (a "text" or "image" model) with `engine` from the next request on: waits for the running
         request, never interrupts one; then republishes the models list."""
         assert kind in topics.KINDS, kind
-        with self._run_lock:  # new dicts, not updates: _check reads them on paho's thread
+        with self.gate.alone():  # new dicts, not updates: _check reads them on paho's thread
             if kind == "text":
                 self.text_engines = {**self.text_engines, name: engine}  # type: ignore[dict-item]
             else:
@@ -176,7 +178,7 @@ class DeviceService:
         """Run one admitted job to its stored, acked answer (the worker thread's step; tests call it directly)."""
         t = self.transport
         try:
-            with self._run_lock:
+            with self.gate.running():
                 if t.state != "busy":
                     t.publish_status("busy")
                 answer = self.workers.run(job, self.text_engines, self.image_engines)
@@ -190,13 +192,15 @@ class DeviceService:
             for correlation in twins:
                 t.send_answer(job.response_topic, correlation, answer)
             t.ack(deliveries)
-        if self.admission.depth == 0 and not t.stopping.is_set():
+        if self.admission.depth == 0 and self.gate.busy == 0 and not t.stopping.is_set():
             t.publish_status("online")
 
     def report(self) -> dict:
         """The telemetry report published every `telemetry_interval_s`."""
         return {"v": 1, "device": self.device, "ts": round(time.time(), 3), "state": self.transport.state,
-                "queue_depth": self.admission.depth, "uptime_s": round(time.monotonic() - self._started_s, 1),
+                "queue_depth": self.admission.depth, "queue_size": self.config.queue_size,
+                "slots": self.config.parallel, "busy_slots": self.gate.busy,
+                "uptime_s": round(time.monotonic() - self._started_s, 1),
                 "peak_rss_bytes": peak_rss_bytes(), **self.counters.snapshot()}
 
     def run_telemetry(self) -> None:

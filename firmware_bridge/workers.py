@@ -7,10 +7,12 @@ broker redelivers it after a restart.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Protocol
 
 from edgegen.device.measure import peak_rss_bytes
@@ -40,6 +42,41 @@ def json_answer(payload: bytes) -> Answer:
 def stable_seed(request_id: str) -> int:
     """A seed derived from the request id, so a redelivered request samples the same text as its first run."""
     return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") >> 1
+
+
+class RunGate:
+    """Requests run side by side (running()); a swap of the engines waits until none runs and holds new ones back
+    until it is done (alone())."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self.busy = 0
+        self._alone = False
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._alone)
+            self.busy += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self.busy -= 1
+                self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._alone)
+            self._alone = True
+            self._cv.wait_for(lambda: self.busy == 0)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._alone = False
+                self._cv.notify_all()
 
 
 class Workers:

@@ -14,7 +14,7 @@ pairs are adjacent (x[2i], x[2i+1]); the other families keep Hugging Face's orde
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tinygrad import Tensor, UOp, dtypes
@@ -82,6 +82,11 @@ class WeightSource(Protocol):
     # scaled_dot_product_attention. With it the KV cache holds float16, as llama.cpp's does by default (half the
     # memory); tinygrad's attention keeps a float32 cache (runtime.artifact.constants.kv_element_bytes).
     attention: Attention | None
+
+
+def _batched(t: int | UOp) -> bool:
+    """More than one token, or a symbolic token count (one graph for every prompt length)."""
+    return not isinstance(t, int) or t > 1
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -166,6 +171,7 @@ class Block:
             self.post_attn_norm = weights.vector(p + "post_attention_norm.weight", cfg.dim)
             self.post_ffn_norm = weights.vector(p + "post_ffw_norm.weight", cfg.dim)
         self.cache_kv: Tensor | None = None
+        self.slot_caches: list[Tensor] = []
 
     def allocate_cache(self, batch: int, device: str) -> None:
         cfg = self.cfg
@@ -173,17 +179,44 @@ class Block:
         dtype = dtypes.float32 if self.attend is None else dtypes.float16
         self.cache_kv = Tensor.zeros(*shape, dtype=dtype, device=device).contiguous().realize()
 
-    def attention(self, x: Tensor, start_pos: int | UOp, rope: tuple[Tensor, Tensor],
-                  positions: Tensor | None) -> Tensor:
-        """Attention of the block input x (not yet normed)."""
-        cfg, hd = self.cfg, self.cfg.head_dim
-        B, T, _ = x.shape
+    def allocate_slots(self, n: int, device: str) -> None:
+        """Caches for `n` sequences decoded together (decode_slots), each shaped as the batch-1 cache."""
+        assert self.cache_kv is not None, "allocate_cache() first"
+        self.slot_caches = [Tensor.zeros(*self.cache_kv.shape, dtype=self.cache_kv.dtype, device=device)
+                            .contiguous().realize() for _ in range(n)]
+
+    def _qkv(self, x: Tensor) -> Tensor:
         # contiguous: left lazy, the projection is recomputed inside the RoPE + cache-store kernel for every
         # element it writes (docs/MEASUREMENTS.md).
-        qkv = normed(self.attn_qkv, x, self.attn_norm, cfg.norm_eps)
+        qkv = normed(self.attn_qkv, x, self.attn_norm, self.cfg.norm_eps)
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias
-        qkv = qkv.contiguous()  # (B, T, q + k + v)
+        return qkv.contiguous()  # (B, T, q + k + v)
+
+    def attention(self, x: Tensor, start_pos: int | UOp, rope: tuple[Tensor, Tensor],
+                  positions: Tensor | None) -> Tensor:
+        """Attention of the block input x (not yet normed), over the batch-1 cache."""
+        assert self.cache_kv is not None, "allocate_cache() first"
+        B, T, _ = x.shape
+        out = self._attend(self._qkv(x), x.dtype, start_pos, rope, positions, self.cache_kv)
+        return self.attn_output(out.reshape(B, T, self.cfg.n_heads * self.cfg.head_dim))
+
+    def attention_slots(self, x: Tensor, starts: Sequence[int | UOp], ropes: Sequence[tuple[Tensor, Tensor]],
+                        positions: Tensor | None) -> Tensor:
+        """Attention of one token per sequence, x (N, 1, dim): sequence i at position starts[i] of slot_caches[i].
+        The projections take the N rows in one matmul; each sequence attends over its own cache alone, so its rows
+        are computed as they would be alone."""
+        qkv, n = self._qkv(x), len(starts)
+        outs = [self._attend(qkv[i : i + 1], x.dtype, starts[i], ropes[i], positions, self.slot_caches[i])
+                for i in range(n)]
+        return self.attn_output(Tensor.cat(*outs, dim=0).reshape(n, 1, self.cfg.n_heads * self.cfg.head_dim))
+
+    def _attend(self, qkv: Tensor, dtype: Any, start_pos: int | UOp, rope: tuple[Tensor, Tensor],
+                positions: Tensor | None, cache_kv: Tensor) -> Tensor:
+        """Attention of projected rows qkv (B, T, q + k + v) over `cache_kv`, writing their keys and values at
+        start_pos..; returns (B, T, H, hd) before the output projection."""
+        cfg, hd = self.cfg, self.cfg.head_dim
+        B, T, _ = qkv.shape
         nq, nk, _ = self.qkv_sizes
         q = qkv[..., :nq].reshape(B, T, cfg.n_heads, hd)
         k = qkv[..., nq : nq + nk].reshape(B, T, cfg.n_kv_heads, hd)
@@ -200,29 +233,26 @@ class Block:
         # Write this step's keys and values into the cache without realizing inside the layer: a realize here made
         # every layer recompute the earlier ones (docs/TINYGRAD.md). The store is ordered before the reads by
         # `after`, the idiom tinygrad 0.14's own model uses.
-        assert self.cache_kv is not None, "allocate_cache() first"
-        store = self.cache_kv[:, :, :, start_pos : start_pos + T, :].uop.store(
-            Tensor.stack(k, v).cast(self.cache_kv.dtype).uop)
-        cache = Tensor(self.cache_kv.uop.after(store))
+        store = cache_kv[:, :, :, start_pos : start_pos + T, :].uop.store(Tensor.stack(k, v).cast(cache_kv.dtype).uop)
+        cache = Tensor(cache_kv.uop.after(store))
         if self.attend is not None and B == 1:
-            out_rows = self.attend(q_rows, cache, start_pos, cfg.sliding_window if self.local else 0)  # (1, T, H, hd)
-            return self.attn_output(out_rows.reshape(B, T, cfg.n_heads * hd))
-        keys = cache[0, :, :, 0 : start_pos + T, :].cast(x.dtype)  # (B, KvH, S, hd)
-        values = cache[1, :, :, 0 : start_pos + T, :].cast(x.dtype)
+            return self.attend(q_rows, cache, start_pos, cfg.sliding_window if self.local else 0)  # (1, T, H, hd)
+        keys = cache[0, :, :, 0 : start_pos + T, :].cast(dtype)  # (B, KvH, S, hd)
+        values = cache[1, :, :, 0 : start_pos + T, :].cast(dtype)
 
         mask = None
-        if T > 1:  # causal, aligned to the end: query t sees keys 0 .. start_pos + t
-            mask = Tensor.full((1, 1, T, start_pos + T), float("-inf"), dtype=x.dtype, device=x.device)
+        if _batched(T):  # causal, aligned to the end: query t sees keys 0 .. start_pos + t
+            mask = Tensor.full((1, 1, T, start_pos + T), float("-inf"), dtype=dtype, device=qkv.device)
             mask = mask.triu(start_pos + 1)
         if self.local and positions is not None:
             # sliding window (llama.cpp LLAMA_SWA_TYPE_STANDARD): query p sees key j only if p - j < window
             q_pos = positions[start_pos : start_pos + T].reshape(1, 1, T, 1)
             k_pos = positions[0 : start_pos + T].reshape(1, 1, 1, -1)
             far = (q_pos - k_pos) >= cfg.sliding_window
-            window = far.where(float("-inf"), 0.0).cast(x.dtype)
+            window = far.where(float("-inf"), 0.0).cast(dtype)
             mask = window if mask is None else mask + window
         out = q.scaled_dot_product_attention(keys, values, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
-        return self.attn_output(out.transpose(1, 2).reshape(B, T, cfg.n_heads * hd))
+        return out.transpose(1, 2)
 
     def feed_forward(self, x: Tensor) -> Tensor:
         """The gated FFN of x (not yet normed)."""
@@ -240,8 +270,15 @@ class Block:
 
     def __call__(self, x: Tensor, start_pos: int | UOp, rope: tuple[Tensor, Tensor],
                  positions: Tensor | None = None) -> Tensor:
+        return self._after_attention(x, self.attention(x, start_pos, rope, positions))
+
+    def decode_slots(self, x: Tensor, starts: Sequence[int | UOp], ropes: Sequence[tuple[Tensor, Tensor]],
+                     positions: Tensor | None = None) -> Tensor:
+        """One token per sequence (x: (N, 1, dim)), sequence i in slot_caches[i] at starts[i]."""
+        return self._after_attention(x, self.attention_slots(x, starts, ropes, positions))
+
+    def _after_attention(self, x: Tensor, a: Tensor) -> Tensor:
         eps = self.cfg.norm_eps
-        a = self.attention(x, start_pos, rope, positions)
         if self.post_attn_norm is not None:
             a = rms_norm(a, self.post_attn_norm, eps)
         h = x + a
@@ -280,6 +317,24 @@ class Llama:
         for block in self.blocks:
             block.allocate_cache(batch, device or self.cos.device)  # type: ignore[arg-type]  # never sharded
 
+    def allocate_slots(self, n: int) -> None:
+        """KV caches for `n` sequences that decode_slots advances together (beside the batch-1 cache)."""
+        for block in self.blocks:
+            block.allocate_slots(n, self.cos.device)  # type: ignore[arg-type]  # never sharded
+
+    def decode_slots(self, h: Tensor, starts: Sequence[int | UOp]) -> Tensor:
+        """Logits (N, 1, vocab) after one token per sequence, h (N, 1, dim): sequence i continues the tokens in
+        slot i's cache, at position starts[i]. Every row is computed as a decode step of that sequence alone (the
+        layers' kernels are row-independent, attention is per sequence)."""
+        if self.cfg.embedding_scale != 1.0:
+            h = h * self.cfg.embedding_scale
+        ropes = [(self.cos[s : s + 1], self.sin[s : s + 1]) for s in starts]
+        local = ropes if self.rope_local is self.rope else \
+            [(self.rope_local[0][s : s + 1], self.rope_local[1][s : s + 1]) for s in starts]
+        for block in self.blocks:
+            h = block.decode_slots(h, starts, local if block.local else ropes, self.positions)
+        return self._logits(h)
+
     def __call__(self, h: Tensor, start_pos: int | UOp, last_only: bool = True,
                  logits_at: int | UOp | None = None) -> Tensor:
         """Logits for the last position (or position `logits_at`, e.g. the last real token of a padded prompt),
@@ -292,7 +347,7 @@ class Llama:
             (self.rope_local[0][start_pos : start_pos + T], self.rope_local[1][start_pos : start_pos + T])
         for block in self.blocks:
             h = block(h, start_pos, local if block.local else rope, self.positions)
-            if T > 1:
+            if _batched(T):
                 # Batched steps schedule layer by layer: a weight the layer dequantizes into a temporary buffer is
                 # then freed before the next layer, instead of the scheduler hoisting every layer's dequantization
                 # to the front of the graph (and sizing the arena for all of them: docs/MEASUREMENTS.md).
@@ -301,6 +356,9 @@ class Llama:
             h = h[:, logits_at : logits_at + 1, :]  # (B, 1, dim)
         elif last_only:
             h = h[:, -1:, :]
+        return self._logits(h)
+
+    def _logits(self, h: Tensor) -> Tensor:
         logits = normed(self.output, h, self.output_norm, self.cfg.norm_eps)
         if self.cfg.final_logit_softcapping:  # Gemma 2: cap * tanh(logits / cap)
             cap = self.cfg.final_logit_softcapping

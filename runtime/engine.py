@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Generator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,9 +26,13 @@ from edgegen.runtime.graphs import PREFILL_BUCKETS, ModelGraphs
 from edgegen.runtime.loader import GGUFWeights, config_from_gguf
 from edgegen.runtime.native.options import KernelOptions
 from edgegen.runtime.prompt import END_OF_TURN, PromptEncoder
-from edgegen.runtime.sampling import Sampler, SamplingParams, find_stop, holdback
+from edgegen.runtime.sampling import SamplingParams
+from edgegen.runtime.sequence import GenerationResult, Sequence, TextStream
 from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK
 from edgegen.runtime.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from edgegen.runtime.batch import BatchGenerator
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +41,6 @@ __all__ = ["DEFAULT_CONTEXT", "END_OF_TURN", "PREFILL_BUCKETS", "GenerationResul
 DEFAULT_CONTEXT = DEFAULT_MAX_CONTEXT  # artifact.constants: the one owner (the planner reads it too)
 _PENDING_SAVES: list[threading.Thread] = []  # background writes of the JIT cache (TextGenerator._save_in_background)
 # Token strings that end a turn in the chat formats we know (llama.cpp calls these end-of-generation tokens).
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    text: str
-    finish_reason: str  # "stop" | "length" | "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_s: float  # request start to the first generated token
-    decode_tokens_per_s: float  # tokens after the first / time after the first
-    total_s: float
-    token_ids: tuple[int, ...] = ()
-
-    def as_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d.pop("token_ids")
-        return d
-
-
-class TextStream:
-    """Iterate for text deltas; `result` is set once the iteration has finished (the generation's return value)."""
-
-    def __init__(self, run: Generator[str, None, GenerationResult]) -> None:
-        self._run = run
-        self.result: GenerationResult | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        self.result = yield from self._run
 
 
 class TextGenerator:
@@ -153,6 +128,11 @@ class TextGenerator:
                    cancel: threading.Event | None = None, ignore_eos: bool = False) -> TextStream:
         """Generate from exact token ids (benchmarks and evaluation feed the same ids to every runtime).
         ignore_eos: keep going past end-of-turn tokens, so a benchmark always decodes max_tokens."""
+        ids, params = self.checked_ids(ids, params)
+        return TextStream(self._run(ids, params, cancel, () if ignore_eos else self.prompts.end_ids))
+
+    def checked_ids(self, ids: list[int], params: SamplingParams | None) -> tuple[list[int], SamplingParams]:
+        """Token ids and sampling a generation can start from (the prompt rule, the vocabulary); GenerationError."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise GenerationError(f"params must be a SamplingParams, not {type(params).__name__}")
@@ -160,15 +140,23 @@ class TextGenerator:
         self.prompts.check_length(len(ids))
         if min(ids) < 0 or max(ids) >= self.config.vocab_size:
             raise GenerationError(f"token ids must be in [0, {self.config.vocab_size}), got {min(ids)}..{max(ids)}")
-        return TextStream(self._run(ids, params, cancel, () if ignore_eos else self.prompts.end_ids))
+        return ids, params
+
+    def batched(self, slots: int) -> BatchGenerator:
+        """This model serving up to `slots` generations at once (runtime.batch: continuous batching, each
+        generation's tokens the same as alone). Allocates the slots' KV caches; one per generator."""
+        from edgegen.runtime.batch import BatchGenerator
+
+        return BatchGenerator(self, slots)
+
+    @property
+    def lock(self) -> Any:
+        """The compute lock every step holds (runtime.tinygrad_seam.TINYGRAD_LOCK)."""
+        return self._lock
 
     def generate(self, prompt: str | list[dict], params: SamplingParams | None = None, chat: bool = True,
                  cancel: threading.Event | None = None) -> GenerationResult:
-        stream = self.stream(prompt, params, chat, cancel)
-        for _ in stream:
-            pass
-        assert stream.result is not None
-        return stream.result
+        return self.stream(prompt, params, chat, cancel).finish()
 
     def _step(self, owner: object, context: list[int], pos: int | None) -> np.ndarray:
         """Logits after `context`: a decode step at `pos` when the KV cache still holds this stream's tokens, else
@@ -185,60 +173,19 @@ class TextGenerator:
 
     def _run(self, ids: list[int], params: SamplingParams, cancel: threading.Event | None,
              end_ids: set[int] | tuple = ()) -> Generator[str, None, GenerationResult]:
-        t0 = time.perf_counter()
         owner = object()
-        sampler = Sampler(params)
-        decoder = self.tokenizer.stream_decoder()
-        longest_stop = max((len(s) for s in params.stop), default=0)
-        context, generated = list(ids), []
-        text, emitted, finish, t_first, stopped = "", 0, "length", None, False
-        logits = self._step(owner, context, None)
-        pos = len(ids)
+        seq = Sequence(ids, params, self.tokenizer, end_ids, self.config.max_context)
+        logits = self._step(owner, seq.context, None)
         while True:
-            if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            token = sampler(logits, context)
-            if t_first is None:
-                t_first = time.perf_counter()
-            if token in end_ids:
-                finish = "stop"
-                break
-            generated.append(token)
-            context.append(token)
-            piece = decoder.step(token)  # "" while the token ends inside a UTF-8 sequence
+            piece = seq.cancel() if cancel is not None and cancel.is_set() else seq.advance(logits)
             if piece:
-                text += piece
-                # Only the new text and the tail before it can complete a stop string.
-                cut = find_stop(text, params.stop, max(0, len(text) - len(piece) - longest_stop + 1))
-                if cut >= 0:
-                    text, finish, stopped = text[:cut], "stop", True
-                    break
-                # Hold back anything that may grow into a stop string.
-                safe = len(text) - holdback(text, params.stop)
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
-            if len(generated) >= params.max_tokens or pos >= self.config.max_context:
-                finish = "length"
+                yield piece
+            if seq.done:
                 break
-            logits = self._step(owner, context, pos)
-            pos += 1
-        if not stopped and (tail := decoder.flush()):
-            text += tail
-            if (cut := find_stop(text, params.stop, max(0, len(text) - len(tail) - longest_stop + 1))) >= 0:
-                text, finish = text[:cut], "stop"
-        if len(text) > emitted:
-            yield text[emitted:]
-        t_end = time.perf_counter()
-        first = t_first or t_end
-        n = len(generated)
+            logits = self._step(owner, seq.context, seq.pos)
+            seq.stepped()
         self._save_in_background()
-        return GenerationResult(
-            text=text, finish_reason=finish, prompt_tokens=len(ids), completion_tokens=n,
-            ttft_s=first - t0, decode_tokens_per_s=(n - 1) / (t_end - first) if n > 1 and t_end > first else 0.0,
-            total_s=t_end - t0, token_ids=tuple(generated),
-        )
+        return seq.result()
 
     def _save_in_background(self) -> None:
         """Write newly captured graphs to the JIT cache (a pickle of ~100 MB) on a thread of its own, so that the

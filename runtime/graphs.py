@@ -86,6 +86,15 @@ class Graph:
         self.state, self.saved = GraphState.LOADED, True
 
 
+def slot_batch_sizes(n: int) -> list[int]:
+    """Batch decode graphs for n slots: 1, 2, 4, .. up to n (the step runs the smallest that covers the busy
+    slots; few graphs, and few idle rows computed)."""
+    sizes = [1]
+    while sizes[-1] < n:
+        sizes.append(min(2 * sizes[-1], n))
+    return sizes
+
+
 class ModelGraphs:
     """The model (weights repacked on first use), its KV cache, and the decode/prefill graphs that run it."""
 
@@ -108,6 +117,7 @@ class ModelGraphs:
                                                     self.plan.describe()) \
             if jit_cache else None
         self.probe: np.ndarray | None = None  # decode logits for the probe token at position 0
+        self.n_slots = 0  # sequences decoded together (allocate_slots)
         self._new_graphs()
         if self._cache_key is not None and (saved := jit_cache_store.load(self._cache_key)) is not None:
             self._install_graphs(saved)
@@ -380,6 +390,41 @@ class ModelGraphs:
         out = self._run(self._decode, (self._decode_input, self._start.bind(pos)), {"start_pos": pos})
         assert out is not None  # a verified or captured decode graph is never dropped
         return out
+
+    # ---- several sequences decoded together (runtime.batch) -------------------------------------------------------
+    def allocate_slots(self, n: int) -> None:
+        """KV caches for `n` sequences beside the batch-1 cache that prefill writes, and decode graphs over the
+        first 1, 2, 4, .. of them. Needs the model itself: graphs loaded from disk are recaptured."""
+        self.own_graphs("decoding several sequences at once needs the model")
+        self.model.allocate_slots(n)
+        self.n_slots = n
+        self._slot_pos = [UOp.variable(f"pos{i}", 0, self.config.max_context - 1) for i in range(n)]
+        self._batches = {b: Graph(f"batch{b}", self._batch_step) for b in slot_batch_sizes(n)}
+        self._batch_inputs: dict[int, Tensor] = {}
+
+    def _batch_step(self, h: Tensor, *starts: UOp) -> Tensor:
+        return self._step_model().decode_slots(h, list(starts)).realize()  # (b, 1, vocab)
+
+    def copy_to_slot(self, slot: int) -> None:
+        """The batch-1 cache (where a prompt was just prefilled) copied into `slot`'s cache, whole."""
+        blocks = self.model.blocks
+        Tensor.realize(*[b.slot_caches[slot].assign(b.cache_kv) for b in blocks if b.cache_kv is not None])
+
+    def decode_slots(self, tokens: list[int], positions: list[int]) -> np.ndarray:
+        """Logits (b, vocab) after tokens[i] written at positions[i] of slot i's cache, for slots 0..b-1; b must
+        be one of slot_batch_sizes (idle slots get any token at position 0: their cache is copied anew before
+        use)."""
+        b = len(tokens)
+        g = self._batches[b]
+        emb = self.embed(tokens)[:, None]  # (b, 1, dim)
+        if (x := self._batch_inputs.get(b)) is None:
+            x = self._batch_inputs[b] = device_tensor(emb, self.device)
+        else:
+            write_buffer(x, emb)
+        bound = [self._slot_pos[i].bind(p) for i, p in enumerate(positions)]
+        out = self._run(g, (x, *bound), {f"pos{i}": p for i, p in enumerate(positions)})
+        assert out is not None  # graphs captured here are not dropped
+        return out.reshape(b, -1)
 
     def forward(self, ids: list[int]) -> np.ndarray:
         """Next-token logits at every position of one causal pass from position 0, outside the graphs (T, vocab)."""

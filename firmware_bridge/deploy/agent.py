@@ -387,24 +387,25 @@ def _with(status: Status, state: str, **changes: Any) -> Status:
     return dataclasses.replace(status, state=state, ts=time.time(), **{**base, **changes})
 
 
-def load_engine(kind: str, path: Path, device: str | None = None, kernels: Any = None) -> Any:
-    """A service engine for an installed model file: RuntimeTextEngine or RuntimeImageEngine (loads tinygrad)."""
+def load_engine(kind: str, path: Path, device: str | None = None, kernels: Any = None, slots: int = 1) -> Any:
+    """A service engine for an installed model file: RuntimeTextEngine (with `slots` requests at once) or
+    RuntimeImageEngine (loads tinygrad)."""
     from edgegen.firmware_bridge.engines import RuntimeImageEngine, RuntimeTextEngine
 
     if kind == "text":
-        return RuntimeTextEngine.load(str(path), device=device, kernels=kernels)
+        return RuntimeTextEngine.load(str(path), device=device, kernels=kernels, slots=slots)
     return RuntimeImageEngine.load(str(path), device=device)
 
 
 def installed_engines(store: DeviceStore, device: str | None = None, warm: bool = True,
-                      kernels: Any = None) -> dict[str, dict[str, Any]]:
+                      kernels: Any = None, slots: int = 1) -> dict[str, dict[str, Any]]:
     """{"text": {name: engine}, "image": {...}} for every committed model in `store` (call after store.on_start)."""
     out: dict[str, dict[str, Any]] = {"text": {}, "image": {}}
     for name in store.models():
         slot = store.current(name)
         if slot is None:
             continue
-        engine = load_engine(slot.kind, slot.path, device, kernels)
+        engine = load_engine(slot.kind, slot.path, device, kernels, slots)
         if warm:
             engine.warm_up()
         out[slot.kind][name] = engine

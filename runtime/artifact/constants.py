@@ -116,6 +116,8 @@ class Key:
 
 # Runtime limits the memory planner (device/planner.py) models; the runtime allocates by them.
 PREFILL_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # prompt lengths a prefill graph is padded to
+# Sequences one model serves at once (`edgegen serve --parallel`, runtime/batch.py; the planner counts their caches)
+MAX_SLOTS = 8
 MAX_PREFILL_TOKENS = max(PREFILL_BUCKETS)  # the largest prefill graph
 # Bytes per cached K or V element (models/llama.py Block.allocate_cache): float16 with the hand-written CPU attention
 # (llama.cpp's default cache type), float32 with tinygrad's scaled_dot_product_attention.

@@ -36,10 +36,11 @@ def main() -> int:
     parser.add_argument("--pool")
     parser.add_argument("--delay-s", type=float, default=0.01)
     parser.add_argument("--queue-size", type=int, default=64)
+    parser.add_argument("--parallel", type=int, default=1, help="requests run at once (worker threads)")
     parser.add_argument("--state-dir", type=Path, help="where the device remembers its answers")
     parser.add_argument("--calls-file", type=Path, help="append the id of each generated request here")
-    parser.add_argument("--stall-at-seq", type=int, help="after emitting this seq of the first request, hang "
-                        "(until killed): a crash mid-generation at a known point")
+    parser.add_argument("--stall-at-seq", type=int, help="after emitting this seq of a request, hang (until "
+                        "killed): a crash mid-generation at a known point, of every request running")
     args = parser.parse_args()
     hang = threading.Event()
 
@@ -59,7 +60,8 @@ def main() -> int:
             return generate(request, cancel, emit)
 
         engine.generate = recorded  # type: ignore[method-assign]
-    config = ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size, state_dir=args.state_dir)
+    config = ServiceConfig(args.device_id, pool=args.pool, queue_size=args.queue_size, state_dir=args.state_dir,
+                           parallel=args.parallel)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 

@@ -85,6 +85,9 @@ def test_edgegen_prompt_cli(options: BrokerOptions, tmp_path: Path) -> None:
     (["--device-id", "dev/1"], "device id 'dev/1'"),
     (["--device-id", "dev1", "--pool", "a+b"], "pool 'a+b'"),
     (["--device-id", "dev1", "--queue-size", "0"], "--queue-size"),
+    (["--device-id", "dev1", "--parallel", "0"], "--parallel must be auto or from 1 to 8, got '0'"),
+    (["--device-id", "dev1", "--parallel", "9"], "--parallel"),
+    (["--device-id", "dev1", "--parallel", "many"], "--parallel"),
 ])
 def test_edgegen_serve_refuses_bad_arguments(args: list[str], message: str) -> None:
     done = edgegen("serve", *args)

@@ -21,10 +21,11 @@ TOKEN_DELAY_S = 0.01
 LINE_TIMEOUT_S = 20.0
 
 
-def fake_device(port: int, device_id: str, pool: str, stall_at_seq: int | None = None) -> ChildProcess:
+def fake_device(port: int, device_id: str, pool: str, stall_at_seq: int | None = None,
+                parallel: int = 1) -> ChildProcess:
     """bridge_fake_device.py: prints `ready`, `emit ID SEQ`, and `stalled ID SEQ` when it hangs on purpose."""
     args = ["tests/bridge/bridge_fake_device.py", "--port", str(port), "--device-id", device_id, "--pool", pool,
-            "--delay-s", str(TOKEN_DELAY_S)]
+            "--delay-s", str(TOKEN_DELAY_S), "--parallel", str(parallel)]
     return ChildProcess(args, None if stall_at_seq is None else ["--stall-at-seq", str(stall_at_seq)])
 
 
@@ -67,6 +68,31 @@ def test_pool_device_killed_mid_generation_loses_nothing(broker) -> None:
     finally:
         for d in devices:
             d.stop()
+
+
+def test_sigkill_with_four_requests_in_flight_answers_each_once_after_restart(broker) -> None:
+    """A device running 4 requests at once (each stalled mid-stream) is SIGKILLed and started again: the broker
+    redelivers all 4, each answered once, complete."""
+    options = BrokerOptions("127.0.0.1", broker.port)
+    device = fake_device(broker.port, "dev0", "fleet", stall_at_seq=2, parallel=4)
+    try:
+        device.wait_for(lambda w: w == ["ready"], LINE_TIMEOUT_S)
+        with connected_client(options) as client:
+            streams = {f"four-{i}": client.generate(f"word{i} please", device="dev0", max_tokens=TOKENS,
+                                                    request_id=f"four-{i}") for i in range(4)}
+            stalled = set()
+            while len(stalled) < 4:  # all four hang at once: four workers, four requests in flight
+                stalled.add(device.wait_for(lambda w: w[:1] == ["stalled"], LINE_TIMEOUT_S)[1])
+            device.kill()
+            device.start()  # the same device id, without the stall
+            texts = {rid: s.text() for rid, s in streams.items()}
+            finals = {rid: s.result for rid, s in streams.items()}
+        assert stalled == set(streams)
+        assert texts == {f"four-{i}": expected_text(f"word{i}", TOKENS) for i in range(4)}
+        assert all(r is not None and r["device"] == "dev0" for r in finals.values())
+        assert client.late_finals == 0  # one final answer each, no second one after it
+    finally:
+        device.stop()
 
 
 def test_broker_restart_mid_generation(broker) -> None:

@@ -16,6 +16,7 @@ from edgegen.firmware_bridge.connection import BrokerOptions
 from edgegen.firmware_bridge.counters import Counters
 from edgegen.firmware_bridge.errors import ErrorCode
 from edgegen.firmware_bridge.service import DeviceService, ServiceConfig
+from edgegen.firmware_bridge.workers import RunGate
 
 DEVICE = "dev1"
 RESPONSES = topics.client_responses("tester")
@@ -141,3 +142,41 @@ def test_the_service_keeps_its_answers_where_the_config_says(tmp_path: Path) -> 
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
     in_memory, _ = offline()
     assert in_memory.admission.answers.path is None and in_memory.admission.answers.max_bytes == 64 * 1024 * 1024
+
+
+def test_the_run_gate_lets_requests_run_together_and_a_swap_wait_for_all_of_them() -> None:
+    gate = RunGate()
+    entered, release = threading.Barrier(3), threading.Event()
+    order: list[str] = []
+
+    def run(name: str) -> None:
+        with gate.running():
+            entered.wait(5)  # three requests inside at once
+            release.wait(5)
+            order.append(name)
+
+    runners = [threading.Thread(target=run, args=(f"r{i}",)) for i in range(3)]
+    for t in runners:
+        t.start()
+    time.sleep(0.2)
+    assert gate.busy == 3
+
+    def swap() -> None:
+        with gate.alone():
+            order.append("swap")
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    time.sleep(0.2)
+    assert order == []  # the swap waits for the running requests
+    release.set()
+    swapper.join(5)
+    for t in runners:
+        t.join(5)
+    assert order[-1] == "swap" and sorted(order[:3]) == ["r0", "r1", "r2"] and gate.busy == 0
+
+
+def test_telemetry_names_the_slots_and_the_queue_bound() -> None:
+    service, _ = offline(parallel=3, queue_size=5)
+    report = service.report()
+    assert (report["slots"], report["busy_slots"], report["queue_size"], report["queue_depth"]) == (3, 0, 5, 0)

@@ -1,6 +1,7 @@
 """One answer per input, the way users arrive: `edgegen generate` with the default (hand-written) kernels from an empty
-graph cache and again warm, on 1 and 2 threads, on both shipped models; and `edgegen serve` before and after a
-SIGKILL and restart. Greedy decoding: the token ids may depend on nothing but the file and the prompt.
+graph cache and again warm, on 1 and 2 threads, on both shipped models; and `edgegen serve` (continuous batching,
+several slots) before and after a SIGKILL and restart, with requests one at a time and several at once. Greedy
+decoding: the token ids may depend on nothing but the file and the prompt.
 
 Before the kernels summed every row in the same order whatever its batch, a cold run (prefill graph captured) and a
 warm one (its check decoded the last prompt position again) answered differently after a few tokens."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from bridge_helpers import ChildProcess, connected_client
@@ -17,6 +19,8 @@ from edgegen.firmware_bridge.connection import BrokerOptions
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["What is the capital of France?", "Name three things a microcontroller is good at."]
+# decoded beside PROMPTS when requests arrive together: other lengths, joining and leaving at other steps
+OTHERS = ["Hi", "Write one sentence about rivers and the sea, please.", "Count: one, two,"]
 MAX_TOKENS = "24"
 
 
@@ -41,22 +45,40 @@ def test_generate_answers_the_same_cold_and_warm_on_any_thread_count(model, tmp_
         assert answers["cold", 1].strip()
 
 
-def test_serve_answers_the_same_before_and_after_a_restart(broker, tmp_path, monkeypatch):
+def read_together(streams: list) -> list[str]:
+    """Each stream's text, every stream read on a thread of its own."""
+    got: dict[int, str] = {}
+    readers = [threading.Thread(target=lambda i=i, st=st: got.__setitem__(i, st.text()))
+               for i, st in enumerate(streams)]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join(900)
+    return [got[i] for i in range(len(streams))]
+
+
+def test_serve_answers_the_same_before_and_after_a_restart_alone_or_batched(broker, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path / "cache"))
     options = BrokerOptions("127.0.0.1", broker.port)
     serve = ChildProcess(["-m", "edgegen.cli", "serve", "--broker", f"127.0.0.1:{broker.port}", "--device-id", "same",
-                          "--state-dir", str(tmp_path / "state")])
+                          "--state-dir", str(tmp_path / "state"), "--parallel", "4"])
+    greedy = {"temperature": 0.0}
     try:
         texts = []
         for start in range(2):
-            serve.wait_for(lambda words: words[:2] == ["edgegen", "serve:"], 900)
+            words = serve.wait_for(lambda words: words[:2] == ["edgegen", "serve:"], 900)
+            assert words[-3:] == ["4", "at", "once"], words
             with connected_client(options) as client:
                 client.timeout_s = 900
-                greedy = {"temperature": 0.0}
-                texts.append([client.generate(p, device="same", max_tokens=int(MAX_TOKENS), sampling=greedy).text()
-                              for p in PROMPTS])
+                if start == 0:  # one at a time
+                    texts.append([client.generate(p, device="same", max_tokens=int(MAX_TOKENS),
+                                                  sampling=greedy).text() for p in PROMPTS])
+                else:  # all at once, beside others: decoded in one batch of slots
+                    streams = [client.generate(p, device="same", max_tokens=int(MAX_TOKENS), sampling=greedy)
+                               for p in PROMPTS + OTHERS]
+                    texts.append(read_together(streams)[:len(PROMPTS)])
             if start == 0:
-                serve.kill()  # SIGKILL: the restart loads the graphs this run saved
+                serve.kill()  # SIGKILL, then a new process: nothing of the first run but the files on disk
                 serve.start()
         assert texts[0] == texts[1] and all(t.strip() for t in texts[0]), texts
         local = [generate("default", p, 2, str(tmp_path / "cli-cache")) for p in PROMPTS]

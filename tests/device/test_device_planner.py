@@ -9,7 +9,13 @@ from gguf import GGMLQuantizationType as Q
 
 from edgegen.device import BOARD_PROFILES, DeviceError, get_profile
 from edgegen.device.model_facts import read_model_facts
-from edgegen.device.planner import RECIPE_BYTES_PER_WEIGHT, kv_cache_bytes, plan_memory, recipe_weights_bytes
+from edgegen.device.planner import (
+    RECIPE_BYTES_PER_WEIGHT,
+    kv_cache_bytes,
+    max_parallel_that_fits,
+    plan_memory,
+    recipe_weights_bytes,
+)
 from edgegen.device.profiles import match_profile
 
 MIB = 1024 * 1024
@@ -225,3 +231,26 @@ def test_get_profile_error_is_a_device_error():
     with pytest.raises(DeviceError, match="unknown board 'x'") as info:
         get_profile("x")
     assert type(info.value).exit_code == 2
+
+
+def test_parallel_sequences_add_their_kv_caches(llama7b_q4_path, edgegen):
+    """`--parallel N` (runtime/batch.py): N slot caches beside the one prompts are prefilled into."""
+    m = read_model_facts(llama7b_q4_path)
+    board = get_profile("jetson-agx-orin-32gb")
+    one, four = plan_memory(m, board, 1024), plan_memory(m, board, 1024, parallel=4)
+    assert four.kv_cache_bytes == 5 * one.kv_cache_bytes and four.total_bytes - one.total_bytes == \
+        4 * one.kv_cache_bytes
+    assert four.parallel == 4 and "5 x 1024 tokens" in four.reason
+    most = max_parallel_that_fits(m, board.usable_bytes, 4096, board.backend)
+    assert 1 <= most <= 8
+    if most < 8:
+        assert not plan_memory(m, board, 4096, parallel=most + 1).memory_fits
+    assert plan_memory(m, board, 4096, parallel=most).memory_fits
+    assert max_parallel_that_fits(m, 1, 1024) == 0
+    with pytest.raises(DeviceError, match="parallel must be from 1 to 8"):
+        plan_memory(m, board, 1024, parallel=9)
+    code, out, _ = edgegen("plan", str(llama7b_q4_path), "--board", "jetson-agx-orin-32gb", "--parallel", "4",
+                           "--json")
+    assert code == 0 and json.loads(out)["kv_cache_bytes"] == plan_memory(m, board, 1024, parallel=4).kv_cache_bytes
+    code, _, err = edgegen("plan", str(llama7b_q4_path), "--board", "rpi5-4gb", "--parallel", "0")
+    assert code == 2 and "parallel must be from 1 to 8" in err
