@@ -5,8 +5,9 @@ request, as its server does), on the same model and machine.
 For 1, 2, 4 and 8 concurrent requests (distinct prompts, greedy, --tokens each), per round: aggregate tokens/s (all
 generated tokens over the round's wall time, prompts included), each stream's decode tokens/s (after its first
 token) and its latency (request sent to final answer); medians over --rounds rounds, p50/p99 over every request.
-llama.cpp gets the same prompt token ids (the model's chat template, edgegen's tokenizer), all cores, its prompts
-prefilled in one batch, then one decode call per step for all sequences.
+A request ends at --tokens or at an end-of-generation token, in both runtimes. llama.cpp gets the same prompt token
+ids (the model's chat template, edgegen's tokenizer), all cores, its prompts prefilled in one batch, then one decode
+call per step for all live sequences.
 
     .venv/bin/python benchmarks/bench_concurrency.py               # SmolLM2; needs the llamacpp extra for the peer
 """
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +44,17 @@ CONCURRENCY = (1, 2, 4, 8)
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def timed_together(run: Callable[[int], None], n: int) -> float:
+    """Seconds until run(0) .. run(n-1), each on a thread of its own and started together, have all returned."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
 
 
 def edgegen_rounds(a: argparse.Namespace, port: int) -> dict:
@@ -65,13 +78,7 @@ def edgegen_rounds(a: argparse.Namespace, port: int) -> dict:
                     results[i] = {"tokens": tokens, "latency_s": end - sent,
                                   "decode_tok_s": (tokens - 1) / (end - first) if first and tokens > 1 else 0.0}
 
-                started = time.perf_counter()
-                threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                wall = time.perf_counter() - started
+                wall = timed_together(one, n)
                 if r:
                     rounds.append(sum(x["tokens"] for x in results) / wall)
                     streams_tok_s += [x["decode_tok_s"] for x in results]
@@ -82,6 +89,40 @@ def edgegen_rounds(a: argparse.Namespace, port: int) -> dict:
                            "latency_p99_s": round(percentile(latencies, 0.99), 3)}
             print("edgegen", n, out[str(n)], flush=True)
         return out
+
+
+def burst(port: int, clients: int = 3, per_client: int = 10, tokens: int = 16) -> dict:
+    """The issue's burst: `clients` MQTT clients send `per_client` short requests each, all at once, to one device
+    (default queue of 8): answered vs `busy`, requests/s and tokens/s over the burst, latency of the answered."""
+    from edgegen.firmware_bridge.errors import RequestError
+
+    outcomes: list[dict] = []
+    lock = threading.Lock()
+
+    def client_run(c: int) -> None:
+        with Client(BrokerOptions("127.0.0.1", port), client_id=f"burst-{c}") as client:
+            client.timeout_s = 600
+            sent = time.perf_counter()
+            streams = [client.generate(f"{PROMPTS[(c + i) % len(PROMPTS)]} ({c}.{i})", device="bench",
+                                       max_tokens=tokens, sampling={"temperature": 0.0}) for i in range(per_client)]
+            for stream in streams:
+                try:
+                    stream.text()
+                    row = {"ok": True, "tokens": stream.result["stats"]["completion_tokens"],
+                           "latency_s": time.perf_counter() - sent}
+                except RequestError as e:
+                    row = {"ok": False, "code": str(e.code)}
+                with lock:
+                    outcomes.append(row)
+
+    wall = timed_together(client_run, clients)
+    ok = [o for o in outcomes if o["ok"]]
+    latencies = [o["latency_s"] for o in ok]
+    return {"requests": len(outcomes), "answered": len(ok), "busy": sum(o.get("code") == "busy" for o in outcomes),
+            "wall_s": round(wall, 2), "requests_per_s": round(len(ok) / wall, 2),
+            "tokens_per_s": round(sum(o["tokens"] for o in ok) / wall, 2),
+            "latency_p50_s": round(percentile(latencies, 0.5), 2) if ok else None,
+            "latency_p99_s": round(percentile(latencies, 0.99), 2) if ok else None}
 
 
 def llamacpp_rounds(a: argparse.Namespace, model: str) -> dict:
@@ -123,23 +164,32 @@ def llamacpp_rounds(a: argparse.Namespace, model: str) -> dict:
             assert llama_cpp.llama_decode(ctx, batch) == 0
             positions = [len(seq) for seq in ids]
             first = time.perf_counter()
-            for step in range(a.tokens):
-                tokens = [int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row),
-                                                              shape=(n_vocab,)))) for row in rows]
-                if step == a.tokens - 1:
+            live = {s: rows[s] for s in range(n)}  # sequence -> its logits row in the last batch
+            counts = [0] * n
+            while live:
+                tokens = {s: int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row),
+                                                                 shape=(n_vocab,)))) for s, row in live.items()}
+                for s, tok in tokens.items():  # a sequence ends at an end-of-generation token, as edgegen's do
+                    if llama_cpp.llama_vocab_is_eog(vocab, tok):
+                        del live[s]
+                    else:
+                        counts[s] += 1
+                        if counts[s] == a.tokens:
+                            del live[s]
+                if not live:
                     break
                 batch.n_tokens = 0
-                for s, tok in enumerate(tokens):  # one token per sequence, one decode call for all
-                    batch.token[s], batch.pos[s], batch.n_seq_id[s] = tok, positions[s], 1
-                    batch.seq_id[s][0], batch.logits[s] = s, True
+                for k, s in enumerate(live):  # one token per live sequence, one decode call for all
+                    batch.token[k], batch.pos[k], batch.n_seq_id[k] = tokens[s], positions[s], 1
+                    batch.seq_id[k][0], batch.logits[k] = s, True
                     positions[s] += 1
-                batch.n_tokens = n
-                rows = list(range(n))
+                    live[s] = k
+                batch.n_tokens = len(live)
                 assert llama_cpp.llama_decode(ctx, batch) == 0
             end = time.perf_counter()
             if r:
-                rounds.append(n * a.tokens / (end - started))
-                streams_tok_s.append((a.tokens - 1) / (end - first))
+                rounds.append(sum(counts) / (end - started))
+                streams_tok_s.append((max(counts) - 1) / (end - first))
         llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_free(ctx)
         out[str(n)] = {"aggregate_tok_s": round(statistics.median(rounds), 2),
@@ -174,12 +224,20 @@ def main() -> int:
             if not line.startswith("edgegen serve:"):
                 raise SystemExit(f"edgegen serve did not start: {line!r}")
             results["edgegen"] = edgegen_rounds(a, broker.port)
+            results["burst_30_from_3_clients"] = burst(broker.port)
+            print("burst", results["burst_30_from_3_clients"], flush=True)
         finally:
             serve.terminate()
             serve.wait(60)
             broker.stop()
     if not a.skip_llamacpp:
-        results["llamacpp"] = llamacpp_rounds(a, model)
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        saved = os.dup(2)
+        os.dup2(quiet, 2)  # llama.cpp logs every tensor it loads to stderr
+        try:
+            results["llamacpp"] = llamacpp_rounds(a, model)
+        finally:
+            os.dup2(saved, 2)
         one = results["edgegen"]["1"]["aggregate_tok_s"]
         results["ratios"] = {n: {"aggregate_vs_edgegen_single": round(e["aggregate_tok_s"] / one, 2),
                                  "aggregate_vs_llamacpp": round(e["aggregate_tok_s"] /

@@ -10,10 +10,14 @@ import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
 from edgegen.firmware_bridge.schema import ImageRequest, TextRequest
+
+if TYPE_CHECKING:
+    from edgegen.runtime.engine import TextGenerator
+    from edgegen.runtime.native.options import KernelOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +52,7 @@ class ImageEngine(Protocol):
 class RuntimeTextEngine:
     """A `TextEngine` over `runtime.engine.TextGenerator` (contract: docs/RUNTIME_API.md)."""
 
-    def __init__(self, generator: Any, slots: int = 1):
+    def __init__(self, generator: TextGenerator, slots: int = 1):
         """slots > 1: up to that many requests decode together (runtime.batch, continuous batching); with one,
         concurrent calls take turns (they would otherwise evict each other's KV cache at every step)."""
         self.generator, self.slots = generator, slots
@@ -56,7 +60,7 @@ class RuntimeTextEngine:
         self._turns = threading.Lock() if slots == 1 else None
 
     @classmethod
-    def load(cls, model: str = "default", device: str | None = None, kernels: Any = None,
+    def load(cls, model: str = "default", device: str | None = None, kernels: KernelOptions | None = None,
              slots: int | None = 1) -> RuntimeTextEngine:
         """kernels: runtime.native.options.KernelOptions (`--kernels`/`--threads`), None for the default.
         slots: requests decoded together; None: auto_slots."""
@@ -128,11 +132,12 @@ class RuntimeTextEngine:
             for piece in stream:
                 emit(piece)
         r = stream.result
+        assert r is not None  # the stream was read to its end
         return TextOutcome(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
                            completion_tokens=r.completion_tokens, tokens_per_s=r.decode_tokens_per_s)
 
 
-def auto_slots(model: str, device: str, kernels: Any) -> int:
+def auto_slots(model: str, device: str, kernels: KernelOptions) -> int:
     """Requests to decode together by default: as many as the memory free now holds with the model's KV caches at
     the default context (device.planner), at most MAX_SLOTS; one where the kernels cannot batch rows without
     changing them (tinygrad's generated kernels: runtime.batch)."""

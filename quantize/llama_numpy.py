@@ -17,7 +17,7 @@ from edgegen.models.config import LlamaConfig
 from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.source import ModelSource
 from edgegen.runtime.artifact.config import config_from_metadata
-from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT, TEXT_ARCHITECTURES
+from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT, TEXT_ARCHITECTURES, rope_factors_tensor
 from edgegen.runtime.errors import ArtifactError
 
 # The forward's hyperparameters are the runtime's config, read from the metadata by the same code (artifact.config).
@@ -46,12 +46,8 @@ def rope_factors(tensors: dict[str, np.ndarray], hp: LlamaHParams) -> np.ndarray
     """The per-pair frequency divisors the runtime applies (runtime/loader.py rope_freq_factors): Llama 3.x
     `rope_freqs.weight`; Phi-3's `rope_factors_long` when the context exceeds the original one, else `_short`
     (llama.cpp build_rope_factors). The context is the one the runtime allocates by default."""
-    if "rope_freqs.weight" in tensors:
-        return tensors["rope_freqs.weight"].reshape(-1)
-    context = min(hp.max_context, DEFAULT_MAX_CONTEXT)
-    long_ctx = hp.rope_scaling_original_context and context > hp.rope_scaling_original_context
-    factors = tensors.get("rope_factors_long.weight" if long_ctx else "rope_factors_short.weight")
-    return None if factors is None else factors.reshape(-1)
+    name = rope_factors_tensor(tensors, min(hp.max_context, DEFAULT_MAX_CONTEXT), hp.rope_scaling_original_context)
+    return None if name is None else tensors[name].reshape(-1)
 
 
 def rope(x: np.ndarray, theta: float, pairs: str = "interleaved", rope_dim: int | None = None,

@@ -152,7 +152,7 @@ class BatchGenerator:
         slot = min(set(range(self.slots)) - set(self._busy))
         with self.gen.lock:
             logits = self.gen.graphs.prefill_reusing(seq.context)
-            self.gen.graphs.copy_to_slot(slot)
+            self.gen.graphs.copy_to_slot(slot, len(seq.context))
         piece = seq.advance(logits)
         if piece:
             req.out.put(piece)

@@ -28,6 +28,7 @@ from edgegen.runtime.session import GenerationSession
 from edgegen.runtime.tinygrad_seam import (
     capture_on_first_call,
     captured_graph,
+    cpu_view,
     device_tensor,
     install_captured,
     write_buffer,
@@ -405,10 +406,18 @@ class ModelGraphs:
     def _batch_step(self, h: Tensor, *starts: UOp) -> Tensor:
         return self._step_model().decode_slots(h, list(starts)).realize()  # (b, 1, vocab)
 
-    def copy_to_slot(self, slot: int) -> None:
-        """The batch-1 cache (where a prompt was just prefilled) copied into `slot`'s cache, whole."""
-        blocks = self.model.blocks
-        Tensor.realize(*[b.slot_caches[slot].assign(b.cache_kv) for b in blocks if b.cache_kv is not None])
+    def copy_to_slot(self, slot: int, rows: int) -> None:
+        """Positions 0..rows-1 of the batch-1 cache (where a prompt was just prefilled) copied into `slot`'s cache:
+        on the CPU straight between the buffers' memory (a tinygrad copy of the whole caches costs far more than
+        the prompt's rows), elsewhere whole."""
+        pairs = [(b.cache_kv, b.slot_caches[slot]) for b in self.model.blocks if b.cache_kv is not None]
+        if self.device.split(":")[0] != "CPU":
+            Tensor.realize(*[dst.assign(src) for src, dst in pairs])
+            return
+        for src, dst in pairs:  # (2, 1, kv_heads, context, head_dim)
+            shape = tuple(int(d) for d in src.shape[:-1]) + (-1,)
+            a, b = cpu_view(src).reshape(shape), cpu_view(dst).reshape(shape)
+            b[:, :, :, :rows] = a[:, :, :, :rows]
 
     def decode_slots(self, tokens: list[int], positions: list[int]) -> np.ndarray:
         """Logits (b, vocab) after tokens[i] written at positions[i] of slot i's cache, for slots 0..b-1; b must

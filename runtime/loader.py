@@ -7,6 +7,7 @@ from tinygrad import Tensor, UOp
 from edgegen.models.config import LlamaConfig
 from edgegen.models.llama import Attention, ConcatLinear, Linear, Llama
 from edgegen.runtime.artifact.config import config_from_model_file
+from edgegen.runtime.artifact.constants import rope_factors_tensor
 from edgegen.runtime.artifact.reader import ModelFile, dequantize_tensor
 from edgegen.runtime.errors import ArtifactError
 from edgegen.runtime.native.linear import NativeLinear
@@ -76,12 +77,9 @@ def rope_freq_factors(mf: ModelFile, cfg: LlamaConfig) -> np.ndarray | None:
     """Per-pair RoPE frequency divisors the file carries: Llama 3.x `rope_freqs.weight` (its llama3 scaling, computed
     by the converter); Phi-3's `rope_factors_short` / `_long`, the long ones when the context used exceeds the
     original one (llama.cpp build_rope_factors)."""
-    name = "rope_freqs.weight"
-    if name not in mf.tensors:
-        long_ctx = cfg.rope_scaling_original_context and cfg.max_context > cfg.rope_scaling_original_context
-        name = "rope_factors_long.weight" if long_ctx else "rope_factors_short.weight"
-        if name not in mf.tensors:
-            return None
+    name = rope_factors_tensor(mf.tensors, cfg.max_context, cfg.rope_scaling_original_context)
+    if name is None:
+        return None
     factors = np.asarray(mf.tensors[name].data, dtype=np.float32).reshape(-1)
     if factors.shape != (cfg.rope_dim // 2,):
         raise ArtifactError(f"{mf.path.name}: tensor {name} has shape {factors.shape}, expected ({cfg.rope_dim // 2},)")

@@ -149,3 +149,15 @@ def test_key_length_is_one_fact_for_runtime_calibration_and_planner(tmp_path):
     got = TextGenerator.load(path, max_context=32).logits(IDS)
     assert got.shape == ref.shape == (len(IDS), VOCAB)
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+def test_one_rope_factor_rule_for_the_runtime_and_the_numpy_reference():
+    from edgegen.runtime.artifact.constants import rope_factors_tensor
+
+    phi3 = {"rope_factors_long.weight", "rope_factors_short.weight"}
+    assert rope_factors_tensor({"rope_freqs.weight", *phi3}, 8192, 4096) == "rope_freqs.weight"  # Llama 3.x first
+    assert rope_factors_tensor(phi3, 8192, 4096) == "rope_factors_long.weight"  # past the original context
+    assert rope_factors_tensor(phi3, 4096, 4096) == rope_factors_tensor(phi3, 1024, None) == \
+        "rope_factors_short.weight"
+    assert rope_factors_tensor({"rope_factors_short.weight"}, 8192, 4096) is None  # the long ones are missing
+    assert rope_factors_tensor(set(), 1024, None) is None

@@ -79,7 +79,7 @@ def test_a_slot_step_computes_each_row_as_a_decode_alone(files, family):
     prompts = PROMPTS[:3]
     for slot, ids in enumerate(prompts):
         gen.graphs.prefill(ids)
-        gen.graphs.copy_to_slot(slot)
+        gen.graphs.copy_to_slot(slot, len(ids))
     fed: list[list[int]] = [[4], [50], [23]]  # the tokens each sequence decodes, one per step
     for step in range(4):
         got = gen.graphs.decode_slots([f[-1] for f in fed] + [0], [len(ids) + step for ids in prompts] + [0])
@@ -151,3 +151,25 @@ def test_batching_refuses_what_it_cannot_do(files):
     batch.close()
     with pytest.raises(GenerationError, match="closed"):
         batch.stream_ids([1, 2], SamplingParams(max_tokens=2))
+
+
+def test_cancelling_one_sequence_mid_decode_leaves_the_other_untouched(files):
+    """A cancel (a deadline in the service sets the same flag) after a few tokens of one sequence: it ends as
+    cancelled and frees its slot; the sequence beside it gets the tokens it gets alone."""
+    path = files["gemma3"]
+    keep = SamplingParams(max_tokens=16, temperature=0.9, seed=3)
+    [want] = alone(path, [PROMPTS[4]], [keep])
+    batch = load(path).batched(2)
+    try:
+        cancel = threading.Event()
+        doomed = batch.stream_ids(PROMPTS[5], SamplingParams(max_tokens=40, temperature=0.9, seed=4), cancel=cancel)
+        kept = batch.stream_ids(PROMPTS[4], keep)
+        for seen, _ in enumerate(doomed, 1):
+            if seen == 3:
+                cancel.set()
+        got = kept.finish()
+    finally:
+        batch.close()
+    assert doomed.result is not None and doomed.result.finish_reason == "cancelled"
+    assert doomed.result.completion_tokens < 40
+    assert got.token_ids == want

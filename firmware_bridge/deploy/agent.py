@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -39,6 +40,8 @@ from edgegen.firmware_bridge.deploy.preflight import FitResult, require_fit
 from edgegen.firmware_bridge.deploy.protocol import Offer, Status
 from edgegen.firmware_bridge.deploy.slots import DeviceStore
 from edgegen.firmware_bridge.deploy.transfer import PartialFile
+from edgegen.firmware_bridge.engines import ImageEngine, TextEngine
+from edgegen.firmware_bridge.mqtt_transport import ConnectHook
 
 log = logging.getLogger(__name__)
 WINDOW_BLOCKS = 64  # blocks in flight (4 MiB of 64 KiB blocks): hides the round trip behind the transfer
@@ -61,14 +64,14 @@ class DeployHost(Protocol):
 
     def is_connected(self) -> bool: ...
 
-    def add_hook(self, hook: Any) -> None:
+    def add_hook(self, hook: ConnectHook) -> None:
         """Call hook.on_connect(client) at every connect and hook.stop() when the service stops."""
 
     def leave_pool(self) -> None: ...
 
     def join_pool(self) -> None: ...
 
-    def swap_engine(self, kind: str, name: str, engine: Any) -> None: ...
+    def swap_engine(self, kind: str, name: str, engine: TextEngine | ImageEngine) -> None: ...
 
 
 class DeployAgent:
@@ -78,7 +81,8 @@ class DeployAgent:
     store.on_start() returned at this start (its rollbacks are remembered, so their offers are not retried).
     """
 
-    def __init__(self, service: DeployHost, store: DeviceStore, trust_key: Any, load_engine: Callable[[str, Path], Any],
+    def __init__(self, service: DeployHost, store: DeviceStore, trust_key: Ed25519PublicKey,
+                 load_engine: Callable[[str, Path], Any],
                  *, backend: str | None = None, start_actions: list[dict[str, Any]] | None = None,
                  on_step: Callable[[str], None] | None = None):
         self.service, self.store, self.key, self.load_engine = service, store, trust_key, load_engine

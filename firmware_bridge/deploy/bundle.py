@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgegen.firmware_bridge.deploy.errors import DeployCode, DeployError
 from edgegen.firmware_bridge.deploy.fsio import fsync_dir
 from edgegen.firmware_bridge.deploy.health import HealthResult, run_health
-from edgegen.firmware_bridge.deploy.manifest import SignedManifest, verify
+from edgegen.firmware_bridge.deploy.manifest import Manifest, SignedManifest, verify
 from edgegen.firmware_bridge.deploy.preflight import require_fit
 from edgegen.firmware_bridge.deploy.slots import DeviceStore
 from edgegen.firmware_bridge.deploy.transfer import PartialFile
@@ -148,7 +148,7 @@ def install_bundle(bundle: str | Path, state_dir: str | Path, public_key: Ed2551
             "health": result.to_dict(), "phases_s": durations}
 
 
-def _copy(tar: tarfile.TarFile, info: tarfile.TarInfo, state_dir: Path, m: Any) -> Path:
+def _copy(tar: tarfile.TarFile, info: tarfile.TarInfo, state_dir: Path, m: Manifest) -> Path:
     """The model member through a PartialFile: every block hash-checked, then the whole file."""
     f = tar.extractfile(info)
     assert f is not None

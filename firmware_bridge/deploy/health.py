@@ -13,11 +13,14 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgegen.device.measure import peak_rss_bytes
 from edgegen.firmware_bridge.deploy.errors import DeployCode, DeployError
 from edgegen.firmware_bridge.deploy.preflight import need_from_plan
+
+if TYPE_CHECKING:
+    from edgegen.firmware_bridge.deploy.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ def measure_baseline(path: str | Path, prompt: str = DEFAULT_GOLDEN_PROMPT, devi
 
 
 # ---- the check on the device -------------------------------------------------------------------------------------
-def run_health(engine_or_path: Any, manifest: Any, *, min_speed_share: float = MIN_SPEED_SHARE,
+def run_health(engine_or_path: Any, manifest: Manifest, *, min_speed_share: float = MIN_SPEED_SHARE,
                device: str | None = None, backend: str | None = None,
                rss_before_bytes: int | None = None) -> HealthResult:
     """Check a model against `manifest` (a manifest.Manifest): golden answer, decode speed, peak memory.
@@ -176,7 +179,7 @@ def run_health(engine_or_path: Any, manifest: Any, *, min_speed_share: float = M
     return result
 
 
-def _check(gen: Any, m: Any, numbers: dict[str, Any], min_speed_share: float, device: str | None) -> str | None:
+def _check(gen: Any, m: Manifest, numbers: dict[str, Any], min_speed_share: float, device: str | None) -> str | None:
     g = m.golden
     if m.kind == "text":
         ids, _ = _greedy_ids(gen, g["prompt"], g["max_tokens"])
@@ -199,7 +202,7 @@ def _check(gen: Any, m: Any, numbers: dict[str, Any], min_speed_share: float, de
     return None if verdict == g["verdict"] else DeployCode.GOLDEN_FAILED.value
 
 
-def _check_memory(m: Any, numbers: dict[str, Any], backend: str | None, rss_before: int | None) -> str | None:
+def _check_memory(m: Manifest, numbers: dict[str, Any], backend: str | None, rss_before: int | None) -> str | None:
     planned = need_from_plan(m.plan, backend or m.plan["backend"])
     numbers["planned_peak_bytes"] = planned
     if rss_before is None:

@@ -5,6 +5,8 @@ and block sizes come from gguf-py's `gguf.constants` (the spec's own table) wher
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType, Keys
 
 __all__ = [
@@ -134,3 +136,15 @@ def kv_element_bytes(backend: str, kernels: str = "auto") -> int:
 ACTIVATION_BYTES = 4  # float32 activations
 DEFAULT_CONTEXT_LENGTH = 2048  # {arch}.context_length when a file lacks it
 DEFAULT_MAX_CONTEXT = 1024  # the KV cache the runtime allocates unless asked for another
+
+
+def rope_factors_tensor(names: Collection[str], context: int, original_context: int | None) -> str | None:
+    """The tensor of per-pair RoPE frequency divisors a model uses at `context` tokens, or None: Llama 3.x
+    `rope_freqs.weight` (its llama3 scaling, computed by the converter); Phi-3's `rope_factors_long` when the context
+    exceeds the original one, else `rope_factors_short` (llama.cpp build_rope_factors). The one rule the runtime
+    (runtime/loader.py) and the quantizer's numpy reference (quantize/llama_numpy.py) both follow."""
+    if "rope_freqs.weight" in names:
+        return "rope_freqs.weight"
+    name = "rope_factors_long.weight" if original_context and context > original_context else \
+        "rope_factors_short.weight"
+    return name if name in names else None

@@ -34,6 +34,7 @@ from edgegen.runtime.tinygrad_seam.graphs import (
     captured_graph,
     copied_chunks,
     cpu_float_view,
+    cpu_view,
     device_bytes,
     device_tensor,
     graph_buffer_devices,
@@ -52,7 +53,8 @@ TINYGRAD_LOCK = threading.RLock()
 
 __all__ = [
     "TINYGRAD_LOCK", "KernelCall", "UnsupportedGraph", "buffer_allocations", "capture_on_first_call",
-    "captured_graph", "captured_stderr", "copied_chunks", "cpu_float_view", "cpu_kernel_calls", "describe_device",
+    "captured_graph", "captured_stderr", "copied_chunks", "cpu_float_view", "cpu_view", "cpu_kernel_calls",
+    "describe_device",
     "device_bytes", "device_memory_bytes", "device_tensor", "graph_buffer_devices", "graph_output", "graph_reduction",
     "install",
     "install_captured", "kernel_settings", "named_default_device", "opencl_device_type", "set_default_device",

@@ -120,12 +120,16 @@ def cpu_float_view(tensor: Tensor) -> np.ndarray:
     """A float32 numpy view of a realized CPU tensor's memory, in place: reading it after a direct replay costs a
     copy of the bytes, where `Tensor.numpy()` spends far longer in Python per decode step (docs/MEASUREMENTS.md).
     Wraps `Buffer.ensure_allocated().get_buf(device).va_addr`, as runtime.tinygrad_seam.kernels does."""
+    return cpu_view(tensor).view(np.float32)
+
+
+def cpu_view(tensor: Tensor) -> np.ndarray:
+    """The bytes of a realized CPU tensor's memory as a flat uint8 numpy view, in place (see cpu_float_view)."""
     import ctypes
 
     buf: Any = tensor.uop.buffer
     raw = buf.ensure_allocated().get_buf(buf.device)
-    count = buf.nbytes // 4
-    return np.ctypeslib.as_array((ctypes.c_float * count).from_address(int(raw.va_addr)))
+    return np.ctypeslib.as_array((ctypes.c_uint8 * buf.nbytes).from_address(int(raw.va_addr)))
 
 
 @contextlib.contextmanager
