@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("edgegen.cli.bench", "measure latency, throughput and memory of a model on this machine"),
     "serve": ("edgegen.cli.serve", "run a device agent that answers prompts over MQTT"),
     "prompt": ("edgegen.cli.prompt", "send a prompt to a device over MQTT and stream the answer"),
+    "gateway": ("edgegen.cli.gateway", "answer OpenAI's HTTP API in front of a fleet of devices, over MQTT"),
     "keygen": ("edgegen.cli.keygen", "make an Ed25519 key pair that signs model deployments"),
     "install": ("edgegen.cli.install", "install a signed model bundle on this board, with every deployment check"),
     "deploy": ("edgegen.cli.deploy", "sign a model and roll it out to devices over MQTT, with health-checked commits"),

@@ -25,11 +25,13 @@ from edgegen.cli.flags import (
 )
 from edgegen.firmware_bridge import topics
 from edgegen.firmware_bridge.answer_store import AnswerStore
+from edgegen.firmware_bridge.connection import parse_broker
 from edgegen.firmware_bridge.deploy.agent import DeployAgent, installed_engines, load_engine
 from edgegen.firmware_bridge.deploy.keys import load_public_key
 from edgegen.firmware_bridge.deploy.slots import DeviceStore
 from edgegen.firmware_bridge.engines import ImageEngine, RuntimeImageEngine, RuntimeTextEngine, TextEngine
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.http_api import HttpApi, read_api_keys
 from edgegen.firmware_bridge.service import DeviceService, ServiceConfig, serve
 from edgegen.firmware_bridge.state_dir import default_state_dir
 from edgegen.runtime.artifact.constants import MAX_SLOTS
@@ -65,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "keygen`; models, slots and partial transfers live under --state-dir")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the warm-up generation that compiles kernels before the device goes online")
+    parser.add_argument("--http", metavar="HOST:PORT",
+                        help="also answer OpenAI's HTTP API here (/v1/chat/completions, /v1/completions, /v1/models, "
+                             "/health, /metrics), through the same queue and slots; works without a broker")
+    parser.add_argument("--api-keys", metavar="FILE",
+                        help="with --http: API keys, one per line; requests then need Authorization: Bearer KEY")
     add_broker_arguments(parser)
 
 
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None =
     """`on_deploy_step`: the deploy agent's test-only fault hook (tests/bridge/faulty_edgegen.py passes it)."""
     options = broker_options(args)
     parallel = _parallel(args.parallel)
+    http_address = parse_broker(args.http) if args.http else None  # HOST:PORT, checked as --broker is
+    api_keys = read_api_keys(args.api_keys) if args.api_keys else None
     if args.queue_size < 1 or not args.telemetry_interval_s > 0:
         raise RequestError(ErrorCode.INVALID_REQUEST, f"--queue-size must be >= 1 and --telemetry-interval-s > 0, "
                            f"got {args.queue_size} and {args.telemetry_interval_s}")
@@ -110,7 +119,11 @@ def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None =
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
-    def attach_deploy(service: DeviceService) -> None:
+    apis: list[HttpApi] = []
+
+    def attach(service: DeviceService) -> None:
+        if http_address is not None:
+            apis.append(HttpApi(service, http_address, api_keys).start())
         if deploy is not None:
             DeployAgent(service, deploy[0], deploy[1],
                         partial(load_engine, device=args.device, kernels=kernel_options(args), slots=engine.slots),
@@ -118,11 +131,15 @@ def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None =
                         start_actions=deploy[2], on_step=on_deploy_step).start()
 
     def announce(service: DeviceService) -> None:
-        print(f"edgegen serve: device {args.device_id} serving {args.model} via {args.broker}"
+        http = f" and http://{apis[0].address[0]}:{apis[0].address[1]}" if apis else ""
+        print(f"edgegen serve: device {args.device_id} serving {args.model} via {args.broker}{http}"
               + (f" (pool {args.pool})" if args.pool else "") + f", {engine.slots} at once", flush=True)
 
-    serve(config, options, texts, images, stop=stop, setup=attach_deploy, ready=announce,
-          connect_wait_s=CONNECT_WARN_S)
+    try:
+        serve(config, options, texts, images, stop=stop, setup=attach, ready=announce, connect_wait_s=CONNECT_WARN_S)
+    finally:
+        for api in apis:
+            api.stop()
     return 0
 
 

@@ -38,6 +38,8 @@ class Job:
     deadline_s: float | None
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     twin_correlations: list[bytes | None] = dataclasses.field(default_factory=list)  # repeats that joined this job
+    replies: Any = None  # workers.Replies for a transport of its own (HTTP); None: the service's MQTT transport
+    remember: bool = True  # store the answer for redeliveries (MQTT); an HTTP request is never redelivered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +70,9 @@ class Admission:
         self._active: dict[tuple[str, str], Job] = {}
 
     def admit(self, request: TextRequest | ImageRequest, response_topic: str, correlation: bytes | None,
-              delivery: Delivery, expiry_s: float | None = None) -> Admitted:
+              delivery: Delivery, expiry_s: float | None = None, replies: Any = None) -> Admitted:
+        """`replies`: answer through these (workers.Replies) instead of the MQTT transport: a request of another
+        transport (HTTP), which is neither acked nor remembered."""
         key = (response_topic, request.id)
         with self._lock:
             twin = self._active.get(key)
@@ -89,7 +93,8 @@ class Admission:
         except RequestError as e:
             return Admitted("refused", error=e)
         now = time.monotonic()
-        job = Job(key, request, response_topic, correlation, [delivery], now, now + expiry_s if expiry_s else None)
+        job = Job(key, request, response_topic, correlation, [] if replies is not None else [delivery], now,
+                  now + expiry_s if expiry_s else None, replies=replies, remember=replies is None)
         with self._lock:
             if len(self._queue) >= self.queue_size:
                 full = True
@@ -129,7 +134,8 @@ class Admission:
         """Remember the answer (committed), then drop the job: the deliveries to ack and the correlations of repeats
         owed a copy."""
         try:
-            self.answers.put(job.response_topic, job.request.id, answer)
+            if job.remember:
+                self.answers.put(job.response_topic, job.request.id, answer)
         except sqlite3.Error:  # e.g. a full disk: the answer went out, but a redelivery will be generated again
             log.exception("could not remember the answer to request %s", job.request.id)
         with self._lock:

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,15 +25,16 @@ import paho.mqtt.client as mqtt
 
 from edgegen.device.measure import peak_rss_bytes
 from edgegen.firmware_bridge import topics
-from edgegen.firmware_bridge.admission import Admission, Job
+from edgegen.firmware_bridge.admission import Admission, Admitted, Job
 from edgegen.firmware_bridge.answer_store import DEFAULT_MAX_BYTES, AnswerStore
 from edgegen.firmware_bridge.connection import PUBLISH_WAIT_S, BrokerOptions
 from edgegen.firmware_bridge.counters import Counters
 from edgegen.firmware_bridge.engines import ImageEngine, TextEngine
 from edgegen.firmware_bridge.errors import ErrorCode, RequestError
+from edgegen.firmware_bridge.metrics import Metrics
 from edgegen.firmware_bridge.mqtt_transport import ConnectHook, Incoming, MqttTransport
 from edgegen.firmware_bridge.schema import CancelRequest, ImageRequest, TextRequest, parse_request
-from edgegen.firmware_bridge.workers import RunGate, Workers, json_answer, stable_seed
+from edgegen.firmware_bridge.workers import Replies, RunGate, Workers, json_answer, stable_seed
 
 __all__ = ["DeviceService", "ServiceConfig", "stable_seed"]
 log = logging.getLogger(__name__)
@@ -69,7 +71,9 @@ class DeviceService:
         self.client: mqtt.Client = self.transport.client
         answers = AnswerStore.open(config.state_dir, config.remembered_answers, config.remembered_answer_bytes)
         self.admission = Admission(config.queue_size, answers, self.counters, self._check, self.device)
-        self.workers = Workers(self.device, self.transport, self.counters, self.transport.stopping)
+        self.metrics = Metrics(self.report)
+        self.workers = Workers(self.device, self.transport, self.counters, self.transport.stopping,
+                               self.metrics.observe)
         self._started_s = time.monotonic()
         self._threads: list[threading.Thread] = []
         self.gate = RunGate()  # workers pass it while they run a request: a swap waits for all of them
@@ -157,6 +161,16 @@ class DeviceService:
         elif admitted.error is not None:
             t.send_error(response_topic, m.correlation, request.id, admitted.error.code, admitted.error.message)
         return admitted.pending
+
+    def submit(self, request: TextRequest, replies: Replies) -> Admitted:
+        """A request of another transport (HTTP): queued as MQTT ones are, answered through `replies`."""
+        return self.admission.admit(request, f"local/{uuid.uuid4().hex}", None, None, replies=replies)
+
+    def text_models(self) -> list[str]:
+        return sorted(self.text_engines)
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.exposition()
 
     def _check(self, request: TextRequest | ImageRequest) -> None:
         engines: dict = self.text_engines if request.kind == "text" else self.image_engines

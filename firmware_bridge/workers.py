@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from edgegen.device.measure import peak_rss_bytes
@@ -82,25 +82,31 @@ class RunGate:
 class Workers:
     """Runs jobs on the engines the service holds now (read at each job: a deployment swaps them between jobs)."""
 
-    def __init__(self, device: str, replies: Replies, counters: Counters, stopping: threading.Event) -> None:
+    def __init__(self, device: str, replies: Replies, counters: Counters, stopping: threading.Event,
+                 observe: Callable[[responses.Stats], None] | None = None) -> None:
+        """replies: the MQTT transport (a job of another transport brings its own); observe(stats): each text
+        answer's cost, for the metrics."""
         self.device, self.replies, self.counters, self.stopping = device, replies, counters, stopping
+        self.observe = observe
 
     def run(self, job: Job, text_engines: dict[str, TextEngine],
             image_engines: dict[str, ImageEngine]) -> Answer | None:
         """The job's answer, sent; an expired or refused job gets its error. None: stopped mid-way, not answered."""
         now = time.monotonic()
+        replies: Replies = job.replies or self.replies
         if job.deadline_s is not None and now > job.deadline_s and not job.cancel.is_set():
-            return json_answer(self.replies.error(job, ErrorCode.EXPIRED, f"request waited {now - job.received_s:.1f}"
+            return json_answer(replies.error(job, ErrorCode.EXPIRED, f"request waited {now - job.received_s:.1f}"
                                                                           " s, past its message expiry"))
         queue_ms = (now - job.received_s) * 1000
         try:
             if isinstance(job.request, TextRequest):
-                return self._text(job, job.request, text_engines[job.request.model], queue_ms)
-            return self._image(job, job.request, image_engines[job.request.model], queue_ms)
+                return self._text(job, job.request, text_engines[job.request.model], queue_ms, replies)
+            return self._image(job, job.request, image_engines[job.request.model], queue_ms, replies)
         except RequestError as e:
-            return json_answer(self.replies.error(job, e.code, e.message))
+            return json_answer(replies.error(job, e.code, e.message))
 
-    def _text(self, job: Job, request: TextRequest, engine: TextEngine, queue_ms: float) -> Answer | None:
+    def _text(self, job: Job, request: TextRequest, engine: TextEngine, queue_ms: float,
+              replies: Replies) -> Answer | None:
         if request.sampling.seed is None:
             request = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling,
                                                                                 seed=stable_seed(request.id)))
@@ -114,7 +120,7 @@ class Workers:
                 deadline_hit = True
                 job.cancel.set()
             if request.stream:
-                self.replies.send(job, encode(responses.chunk(request.id, seq, text), responses.MAX_RESPONSE_BYTES))
+                replies.send(job, encode(responses.chunk(request.id, seq, text), responses.MAX_RESPONSE_BYTES))
                 seq += 1
 
         if job.cancel.is_set():  # cancelled while queued: nothing to run
@@ -132,12 +138,16 @@ class Workers:
         if reason == "cancelled":
             self.counters.add("cancelled")
         self.counters.add("served")
+        self.counters.add("generated_tokens", stats.completion_tokens)
+        if self.observe is not None and stats.completion_tokens:
+            self.observe(stats)
         payload = encode(responses.final(request.id, text, reason, seq, self.device, stats),
                          responses.MAX_RESPONSE_BYTES)
-        self.replies.send(job, payload, wait=True)
+        replies.send(job, payload, wait=True)
         return json_answer(payload)
 
-    def _image(self, job: Job, request: ImageRequest, engine: ImageEngine, queue_ms: float) -> Answer | None:
+    def _image(self, job: Job, request: ImageRequest, engine: ImageEngine, queue_ms: float,
+               replies: Replies) -> Answer | None:
         start = time.monotonic()
         out = engine.generate(request, job.cancel)
         if self.stopping.is_set():
@@ -147,10 +157,10 @@ class Workers:
                                f"{responses.MAX_IMAGE_BYTES}-byte limit")
         image: Answer = ((out.png, responses.PNG_CONTENT_TYPE),) if out.finish_reason == "stop" else ()
         if image:
-            self.replies.send(job, out.png, responses.PNG_CONTENT_TYPE)
+            replies.send(job, out.png, responses.PNG_CONTENT_TYPE)
         stats = responses.Stats(total_ms=round((time.monotonic() - start) * 1000, 3), queue_ms=round(queue_ms, 3),
                                 peak_rss_bytes=peak_rss_bytes())
         self.counters.add("served")
         payload = encode(responses.final(request.id, "", out.finish_reason, 0, self.device, stats))
-        self.replies.send(job, payload, wait=True)
+        replies.send(job, payload, wait=True)
         return image + json_answer(payload)

@@ -12,8 +12,10 @@ import subprocess
 import sys
 import threading
 
+import openai
 import pytest
 from bridge_helpers import ChildProcess, connected_client
+from test_http_api import unused_port
 
 from edgegen.firmware_bridge.connection import BrokerOptions
 
@@ -60,8 +62,10 @@ def read_together(streams: list) -> list[str]:
 def test_serve_answers_the_same_before_and_after_a_restart_alone_or_batched(broker, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path / "cache"))
     options = BrokerOptions("127.0.0.1", broker.port)
+    http_port = unused_port()
     serve = ChildProcess(["-m", "edgegen.cli", "serve", "--broker", f"127.0.0.1:{broker.port}", "--device-id", "same",
-                          "--state-dir", str(tmp_path / "state"), "--parallel", "4"])
+                          "--state-dir", str(tmp_path / "state"), "--parallel", "4", "--http",
+                          f"127.0.0.1:{http_port}"])
     greedy = {"temperature": 0.0}
     try:
         texts = []
@@ -77,6 +81,11 @@ def test_serve_answers_the_same_before_and_after_a_restart_alone_or_batched(brok
                     streams = [client.generate(p, device="same", max_tokens=int(MAX_TOKENS), sampling=greedy)
                                for p in PROMPTS + OTHERS]
                     texts.append(read_together(streams)[:len(PROMPTS)])
+                    api = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="-", timeout=900)
+                    over_http = [api.chat.completions.create(model="default", messages=[{"role": "user", "content": p}],
+                                                             max_tokens=int(MAX_TOKENS), temperature=0)
+                                 for p in PROMPTS]
+                    assert [c.choices[0].message.content for c in over_http] == texts[0]  # HTTP or MQTT: the same
             if start == 0:
                 serve.kill()  # SIGKILL, then a new process: nothing of the first run but the files on disk
                 serve.start()
