@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from edgegen.cli.flags import add_device_argument, add_kernel_arguments, add_model_argument, kernel_options
 from edgegen.runtime.errors import GenerationError
@@ -22,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same output")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
     p.add_argument("--stop", action="append", default=[], help="stop when this string is produced (repeatable)")
+    p.add_argument("--json-schema", metavar="FILE", type=Path,
+                   help="the answer is JSON that follows this JSON Schema (constrained decoding); a schema feature "
+                        "that cannot be enforced is refused")
     p.add_argument("--context", type=int, default=1024, help="context length to allocate the KV cache for")
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=True,
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise GenerationError(f"--context={args.context} is out of range: expected an integer >= 2")
     params = SamplingParams(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-        seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop),
+        seed=args.seed, max_tokens=args.max_tokens, stop=tuple(args.stop), json_schema=_schema_text(args.json_schema),
     )  # checked when made: bad values fail before the model loads
     if not args.prompt.strip():
         raise GenerationError("the prompt is empty")
@@ -55,6 +59,15 @@ def run(args: argparse.Namespace) -> int:
     if args.stats and stream.result is not None:
         print(json.dumps(stream.result.as_dict()), file=sys.stderr)
     return 0
+
+
+def _schema_text(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenerationError(f"--json-schema {path}: cannot read it ({e})") from None
 
 
 class _Status:

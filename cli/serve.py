@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_kernel_arguments(parser)
     parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait; more get 'busy' (8)")
     parser.add_argument("--parallel", default="auto", metavar="N",
-                        help=f"requests decoded together (continuous batching, 1-{MAX_SLOTS}; default auto: as many "
-                             "as the free memory holds with the model's KV caches, 1 with --kernels tinygrad)")
+                        help=f"requests decoded together (continuous batching, 1-{MAX_SLOTS}; default auto: up to 4, "
+                             "as many as the free memory holds with the model's KV caches; 1 with --kernels tinygrad)")
     parser.add_argument("--telemetry-interval-s", type=float, default=10.0, help="seconds between telemetry (10)")
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
                         help="where answers are remembered across restarts, so a request redelivered after a crash is "
@@ -112,7 +112,9 @@ def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None =
         images["default"] = image_engine
     texts: dict[str, TextEngine] = {"default": engine}
     if deploy is not None:  # committed deployments; a deployed "default" replaces --model
-        installed = installed_engines(deploy[0], args.device, not args.no_warmup, kernel_options(args), engine.slots)
+        # deployed models serve one request at a time for now: their health check measures memory against a plan
+        # made for one sequence (docs/DEPLOY.md)
+        installed = installed_engines(deploy[0], args.device, not args.no_warmup, kernel_options(args))
         texts.update(installed["text"])
         images.update(installed["image"])
     stop = threading.Event()
@@ -126,8 +128,7 @@ def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None =
             apis.append(HttpApi(service, http_address, api_keys).start())
         if deploy is not None:
             DeployAgent(service, deploy[0], deploy[1],
-                        partial(load_engine, device=args.device, kernels=kernel_options(args), slots=engine.slots),
-                        backend=args.device,
+                        partial(load_engine, device=args.device, kernels=kernel_options(args)), backend=args.device,
                         start_actions=deploy[2], on_step=on_deploy_step).start()
 
     def announce(service: DeviceService) -> None:

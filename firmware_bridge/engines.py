@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -95,10 +96,11 @@ class RuntimeTextEngine:
         from edgegen.runtime import GenerationError, SamplingParams
 
         s = request.sampling
+        schema = None if request.json_schema is None else json.dumps(request.json_schema)
         try:
             return SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                                   repetition_penalty=s.repetition_penalty, seed=s.seed,
-                                  max_tokens=request.max_tokens, stop=s.stop)
+                                  max_tokens=request.max_tokens, stop=s.stop, json_schema=schema)
         except GenerationError as e:
             raise RequestError(ErrorCode.INVALID_SAMPLING, str(e)) from e
 
@@ -121,9 +123,16 @@ class RuntimeTextEngine:
             raise RequestError(ErrorCode.INVALID_REQUEST, str(e)) from e
 
     def check(self, request: TextRequest) -> None:
-        """What generate() would refuse, before the request is queued: its sampling and its prompt."""
-        self._params(request)
+        """What generate() would refuse, before the request is queued: its sampling, its schema and its prompt."""
+        from edgegen.runtime.constrain import SchemaError
+
+        params = self._params(request)
         self._ids(request)
+        if params.json_schema is not None:
+            try:
+                self.generator.grammars.grammar(params.json_schema)  # compiled once, kept for generate()
+            except SchemaError as e:
+                raise RequestError(ErrorCode.INVALID_REQUEST, str(e)) from e
 
     def generate(self, request: TextRequest, cancel: threading.Event, emit: Callable[[str], None]) -> TextOutcome:
         ids, params = self._ids(request), self._params(request)
@@ -139,19 +148,20 @@ class RuntimeTextEngine:
 
 def auto_slots(model: str, device: str, kernels: KernelOptions) -> int:
     """Requests to decode together by default: as many as the memory free now holds with the model's KV caches at
-    the default context (device.planner), at most MAX_SLOTS; one where the kernels cannot batch rows without
+    the default context (device.planner), at most AUTO_SLOTS; one where the kernels cannot batch rows without
     changing them (tinygrad's generated kernels: runtime.batch)."""
     import psutil
 
     from edgegen.device.model_open import open_model_facts
     from edgegen.device.planner import max_parallel_that_fits
-    from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT
+    from edgegen.runtime.artifact.constants import AUTO_SLOTS, DEFAULT_MAX_CONTEXT
 
     if not kernels.plan(device).native:
         return 1
     facts = open_model_facts(model).facts
     context = min(DEFAULT_MAX_CONTEXT, facts.max_context)
-    return max(1, max_parallel_that_fits(facts, psutil.virtual_memory().available, context, device.split(":")[0]))
+    fits = max_parallel_that_fits(facts, psutil.virtual_memory().available, context, device.split(":")[0])
+    return max(1, min(AUTO_SLOTS, fits))
 
 
 class RuntimeImageEngine:

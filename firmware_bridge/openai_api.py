@@ -3,9 +3,9 @@
 
 A request body becomes the protocol's request dict and goes through schema.parse_text_request, so an HTTP request
 is checked by the same code as an MQTT one. Fields the device cannot honour are refused by name (400), never
-ignored: n > 1, logprobs, tools, penalties, logit_bias, response formats other than text (until constrained decoding
-lands). OpenAI's own defaults apply where they differ from the protocol's: temperature 1, and no token limit but
-the context (max_tokens up to schema.MAX_TOKENS_LIMIT).
+ignored: n > 1, logprobs, tools, penalties, logit_bias. response_format json_object and json_schema become the
+protocol's json_schema (constrained decoding on the device). OpenAI's own defaults apply where they differ from the
+protocol's: temperature 1, and no token limit but the context (max_tokens up to schema.MAX_TOKENS_LIMIT).
 """
 from __future__ import annotations
 
@@ -57,10 +57,23 @@ def _check_fields(body: Any, allowed: set[str]) -> None:
     for name, neutral in NEUTRAL.items():
         if name in body and body[name] not in (neutral if isinstance(neutral, tuple) else (neutral,)):
             raise _bad(f"{name}={body[name]!r} is not supported by this device")
+
+
+
+def _json_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """response_format as the protocol's json_schema: json_object is any object, json_schema its `schema`."""
     fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
-        raise _bad(f"response_format {kind!r} is not supported by this device yet (only 'text')")
+    if fmt is None or fmt == {"type": "text"}:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+            return spec["schema"]
+        raise _bad("response_format json_schema needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}")
+    raise _bad(f"response_format must be text, json_object or json_schema, got {fmt!r}")
 
 
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +110,12 @@ def parse_chat(body: Any) -> TextRequest:
     obj = {"v": SCHEMA_VERSION, "id": f"chatcmpl-{uuid.uuid4().hex}", "model": body.get("model", "default"),
            "messages": [_content(m, i) for i, m in enumerate(messages)], "chat": True,
            "max_tokens": MAX_TOKENS_LIMIT if limit is None else limit, "sampling": _sampling(body)}
-    return parse_text_request(obj)
+    return parse_text_request(_with_schema(obj, body))
+
+
+def _with_schema(obj: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    schema = _json_schema(body)
+    return obj if schema is None else {**obj, "json_schema": schema}
 
 
 def parse_completion(body: Any) -> TextRequest:
@@ -110,7 +128,7 @@ def parse_completion(body: Any) -> TextRequest:
     obj = {"v": SCHEMA_VERSION, "id": f"cmpl-{uuid.uuid4().hex}", "model": body.get("model", "default"),
            "prompt": prompt, "chat": False, "max_tokens": MAX_TOKENS_LIMIT if limit is None else limit,
            "sampling": _sampling(body)}
-    return parse_text_request(obj)
+    return parse_text_request(_with_schema(obj, body))
 
 
 class Answer:

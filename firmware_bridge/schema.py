@@ -57,6 +57,7 @@ class TextRequest:
     stream: bool = True  # false: no chunks, only the final message (one request, one answer, as mosquitto_rr wants)
     sampling: Sampling = Sampling()
     reply_to: str | None = None  # for MQTT 3.1.1 clients (umqtt), which cannot send a Response Topic property
+    json_schema: dict[str, Any] | None = None  # the answer must follow this JSON Schema (runtime.constrain)
     v: int = SCHEMA_VERSION
     kind = "text"
 
@@ -70,6 +71,8 @@ class TextRequest:
             out["messages"] = list(self.messages)  # as given: parse_request says what is wrong with an odd one
         if self.reply_to is not None:
             out["reply_to"] = self.reply_to
+        if self.json_schema is not None:
+            out["json_schema"] = self.json_schema
         return out
 
 
@@ -273,7 +276,11 @@ def _model(obj: dict[str, Any], rid: str) -> str:
 
 def parse_text_request(obj: dict[str, Any]) -> TextRequest:
     rid = _check_head(obj, {"v", "id", "model", "prompt", "messages", "max_tokens", "chat", "stream", "sampling",
-                      "reply_to"})
+                      "reply_to", "json_schema"})
+    json_schema = obj.get("json_schema")
+    if json_schema is not None and not isinstance(json_schema, dict):
+        raise _fail(ErrorCode.INVALID_REQUEST, f"json_schema must be a JSON Schema object, got {_show(json_schema)}",
+                    rid)
     prompt, messages = obj.get("prompt"), obj.get("messages")
     if prompt is not None and messages is not None:
         raise _fail(ErrorCode.INVALID_REQUEST, "give either prompt or messages, not both", rid)
@@ -295,7 +302,7 @@ def parse_text_request(obj: dict[str, Any]) -> TextRequest:
     max_tokens = _number(obj, "max_tokens", 1, MAX_TOKENS_LIMIT, 128, rid, integer=True)
     return TextRequest(id=rid, prompt=prompt, messages=parsed_messages, model=_model(obj, rid), max_tokens=max_tokens,
                        chat=chat, stream=stream, sampling=parse_sampling(obj.get("sampling", {}), rid),
-                       reply_to=_reply_to(obj, rid))
+                       reply_to=_reply_to(obj, rid), json_schema=json_schema)
 
 
 def parse_image_request(obj: dict[str, Any]) -> ImageRequest:

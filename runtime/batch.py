@@ -145,7 +145,7 @@ class BatchGenerator:
 
     def _admit(self, req: _Request) -> None:
         """Prefill `req`'s prompt into the batch-1 cache, copy it into the lowest free slot, sample its first token."""
-        seq = Sequence(req.ids, req.params, self.gen.tokenizer, req.end_ids, self.gen.config.max_context)
+        seq = self.gen.sequence(req.ids, req.params, req.end_ids)
         if req.cancel.is_set():
             self._finish(req, seq, seq.cancel())
             return

@@ -21,6 +21,7 @@ from edgegen.models.llama import Llama, LlamaConfig
 from edgegen.runtime.artifact.constants import DEFAULT_MAX_CONTEXT
 from edgegen.runtime.artifact.reader import ModelFile, open_model
 from edgegen.runtime.backend import resolve_device
+from edgegen.runtime.constrain import Grammars
 from edgegen.runtime.errors import ArtifactError, GenerationError
 from edgegen.runtime.graphs import PREFILL_BUCKETS, ModelGraphs
 from edgegen.runtime.loader import GGUFWeights, config_from_gguf
@@ -54,6 +55,7 @@ class TextGenerator:
         self.tokenizer = load_tokenizer(model_file)
         self._lock = TINYGRAD_LOCK
         self.prompts = PromptEncoder(model_file, self.tokenizer, self.config.max_context)
+        self.grammars = Grammars(model_file, self.tokenizer, self.prompts.end_ids, self.config.vocab_size)
         self._saver: threading.Thread | None = None
         with self._lock:
             self.graphs = ModelGraphs(model_file, device, self.config, int(self.tokenizer.bos_id or 0), jit_cache,
@@ -140,7 +142,14 @@ class TextGenerator:
         self.prompts.check_length(len(ids))
         if min(ids) < 0 or max(ids) >= self.config.vocab_size:
             raise GenerationError(f"token ids must be in [0, {self.config.vocab_size}), got {min(ids)}..{max(ids)}")
+        if params.json_schema is not None:
+            self.grammars.grammar(params.json_schema)  # SchemaError now, before any compute
         return ids, params
+
+    def sequence(self, ids: list[int], params: SamplingParams, end_ids: set[int] | tuple) -> Sequence:
+        """The text side of one generation from `ids` (its grammar when params.json_schema asks for one)."""
+        constraint = None if params.json_schema is None else self.grammars.constraint(params.json_schema)
+        return Sequence(ids, params, self.tokenizer, end_ids, self.config.max_context, constraint)
 
     def batched(self, slots: int) -> BatchGenerator:
         """This model serving up to `slots` generations at once (runtime.batch: continuous batching, each
@@ -174,7 +183,7 @@ class TextGenerator:
     def _run(self, ids: list[int], params: SamplingParams, cancel: threading.Event | None,
              end_ids: set[int] | tuple = ()) -> Generator[str, None, GenerationResult]:
         owner = object()
-        seq = Sequence(ids, params, self.tokenizer, end_ids, self.config.max_context)
+        seq = self.sequence(ids, params, end_ids)
         logits = self._step(owner, seq.context, None)
         while True:
             piece = seq.cancel() if cancel is not None and cancel.is_set() else seq.advance(logits)

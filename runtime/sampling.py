@@ -5,12 +5,13 @@ keeps the decode kernel graph identical whatever the request's sampling settings
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgegen.runtime.errors import GenerationError
+from edgegen.runtime.errors import GenerationError, shown
 
 # The ranges a request may ask for; the MQTT schema (firmware_bridge/schema.py) imports them.
 MAX_STOP_STRINGS = 16
@@ -28,6 +29,7 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 128
     stop: tuple[str, ...] = field(default_factory=tuple)
+    json_schema: str | None = None  # JSON text of a schema the answer must follow (runtime.constrain)
 
     def __post_init__(self) -> None:
         """Checked once, when made: GenerationError names the first value out of range, so every SamplingParams that
@@ -53,6 +55,15 @@ class SamplingParams:
         if not isinstance(self.stop, tuple) or len(self.stop) > MAX_STOP_STRINGS \
                 or not all(isinstance(s, str) and s for s in self.stop):
             raise bad("stop", self.stop, f"up to {MAX_STOP_STRINGS} non-empty strings")
+        if self.json_schema is not None and not _json_object(self.json_schema):
+            raise bad("json_schema", shown(self.json_schema), "the JSON text of a schema object")
+
+
+def _json_object(text: object) -> bool:
+    try:
+        return isinstance(text, str) and isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 class Sampler:
@@ -62,11 +73,16 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def __call__(self, logits: np.ndarray, context: list[int]) -> int:
+    def __call__(self, logits: np.ndarray, context: list[int], allowed: np.ndarray | None = None) -> int:
+        """The next token; `allowed`: a boolean mask of the tokens it may be (structured output)."""
         p = self.params
         logits = np.asarray(logits, dtype=np.float64).reshape(-1)
         if not math.isfinite(float(logits.sum())):  # one pass; NaN or inf anywhere makes the sum non-finite
             raise GenerationError("the model computed non-finite logits (NaN or infinity): its weights are corrupt")
+        if allowed is not None:
+            if not allowed.any():
+                raise GenerationError("structured output: the grammar allows no token here")
+            logits = np.where(allowed, logits, -np.inf)
         if p.repetition_penalty != 1.0 and context:
             seen = np.unique(np.asarray(context, dtype=np.int64))
             vals = logits[seen]

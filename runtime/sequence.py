@@ -5,10 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgegen.runtime.sampling import Sampler, SamplingParams, find_stop, holdback
+
+if TYPE_CHECKING:
+    from edgegen.runtime.constrain import Constraint
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,9 @@ class Sequence:
     at position `pos`."""
 
     def __init__(self, ids: list[int], params: SamplingParams, tokenizer: object, end_ids: set[int] | tuple,
-                 max_context: int) -> None:
+                 max_context: int, constraint: Constraint | None = None) -> None:
+        """constraint: the grammar the tokens must follow (runtime.constrain, for params.json_schema)."""
+        self.constraint = constraint
         self.started = time.perf_counter()
         self.params, self.end_ids, self.max_context = params, end_ids, max_context
         self.sampler = Sampler(params)
@@ -67,7 +73,11 @@ class Sequence:
 
     def advance(self, logits: np.ndarray) -> str:
         """Sample the token after `logits`; the text that is safe to emit now (may be ""). Sets `done` at the end."""
-        token = self.sampler(logits, self.context)
+        # only tokens the schema allows here; the end of turn only once the JSON is complete
+        allowed = self.constraint.allowed() if self.constraint is not None else None
+        token = self.sampler(logits, self.context, allowed)
+        if self.constraint is not None:
+            self.constraint.consume(token)
         if self.first_s is None:
             self.first_s = time.perf_counter()
         if token in self.end_ids:

@@ -120,6 +120,9 @@ class Key:
 PREFILL_BUCKETS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # prompt lengths a prefill graph is padded to
 # Sequences one model serves at once (`edgegen serve --parallel`, runtime/batch.py; the planner counts their caches)
 MAX_SLOTS = 8
+# `--parallel auto` takes at most this many: tinygrad's scheduling of the 8-wide decode graph costs about 280 MB
+# more than the 4-wide one on SmolLM2, for no more tokens per second on a 2-core board (docs/MEASUREMENTS.md)
+AUTO_SLOTS = 4
 MAX_PREFILL_TOKENS = max(PREFILL_BUCKETS)  # the largest prefill graph
 # Bytes per cached K or V element (models/llama.py Block.allocate_cache): float16 with the hand-written CPU attention
 # (llama.cpp's default cache type), float32 with tinygrad's scaled_dot_product_attention.

@@ -104,6 +104,7 @@ class TokenizerOnlyGenerator:
     """
 
     def __init__(self, pieces: tuple[str, ...] = ("Hello", ",", " world")) -> None:
+        from edgegen.runtime.constrain import Grammars
         from edgegen.runtime.prompt import PromptEncoder
         from edgegen.runtime.tokenizer import load_tokenizer
 
@@ -111,6 +112,7 @@ class TokenizerOnlyGenerator:
         self.model_file, self.tokenizer = mf, load_tokenizer(mf)
         self.config = SimpleNamespace(max_context=DEFAULT_CONTEXT)
         self.prompts = PromptEncoder(mf, self.tokenizer, DEFAULT_CONTEXT)
+        self.grammars = Grammars(mf, self.tokenizer, self.prompts.end_ids, self.tokenizer.vocab_size)
         self.pieces = pieces
         self.calls: list[list[int]] = []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +20,15 @@ from edgegen.cli import main
 DEPLOY_FAULT_ENV = "EDGEGEN_DEPLOY_FAULT"
 SERVER_FAULT_ENV = "EDGEGEN_DEPLOY_SERVER_FAULT"
 STEPS = {"exit-in-probation": "probation", "exit-at-swap": "swap"}
+START_LINE_S = 2.0
 
 
 def exit_at(step: str) -> Callable[[str], None]:
     def hook(now: str) -> None:
         if now == step:
+            # a restarted device reaches probation within milliseconds of connecting (the retained offer): let its
+            # start line out first, as the tests wait for it before they wait for the crash
+            time.sleep(START_LINE_S)
             logging.getLogger("faulty_edgegen").warning("fault: exiting at %s", step)
             logging.shutdown()
             os._exit(137)

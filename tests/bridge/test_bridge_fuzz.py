@@ -59,7 +59,8 @@ JSON = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=4) | st.dicti
                     max_leaves=12)
 # Objects shaped like requests: the schema's keys with arbitrary values, so parsing gets past the first checks.
 SHAPED = st.fixed_dictionaries({}, optional={key: st.one_of(JSON, SPECIAL) for key in (
-    "v", "id", "model", "prompt", "messages", "max_tokens", "chat", "stream", "sampling", "reply_to", "steps", "seed")})
+    "v", "id", "model", "prompt", "messages", "max_tokens", "chat", "stream", "sampling", "reply_to", "steps", "seed",
+    "json_schema")})
 KIND = st.sampled_from(["text", "image", "cancel"])
 RESPONSE_TOPIC = st.one_of(st.just(RESPONSES), st.just(RESPONSES), st.none(), st.just("edgegen/v1/clients/+/x"),
                            st.text(st.characters(codec="utf-8"), max_size=20))
@@ -216,3 +217,14 @@ def test_a_lone_surrogate_is_refused_before_the_tokenizer() -> None:
     with pytest.raises(TypeError):
         text_engine().generator.tokenizer.encode(json.loads(with_surrogate)["prompt"])  # what the engine would do
     assert deliver("text", with_surrogate) == ErrorCode.INVALID_REQUEST
+
+
+def test_a_json_schema_the_device_cannot_enforce_is_refused_and_one_it_can_is_served() -> None:
+    """Over MQTT: the request's json_schema is compiled against the model's own vocabulary at admission."""
+    def request(schema: object) -> bytes:
+        return json.dumps({"v": 1, "id": "s", "prompt": "hi", "json_schema": schema}).encode()
+
+    assert deliver("text", request({"type": "object", "if": {"required": ["a"]}})) == ErrorCode.INVALID_REQUEST
+    assert deliver("text", request({"type": "string", "format": "no-such-format"})) == ErrorCode.INVALID_REQUEST
+    assert deliver("text", request(["not", "an", "object"])) == ErrorCode.INVALID_REQUEST
+    assert deliver("text", request({"type": "object", "properties": {"a": {"type": "integer"}}})) == "served"

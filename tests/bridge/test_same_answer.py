@@ -7,11 +7,13 @@ Before the kernels summed every row in the same order whatever its batch, a cold
 warm one (its check decoded the last prompt position again) answered differently after a few tokens."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 
+import jsonschema
 import openai
 import pytest
 from bridge_helpers import ChildProcess, connected_client
@@ -22,6 +24,10 @@ from edgegen.firmware_bridge.connection import BrokerOptions
 pytestmark = pytest.mark.slow
 PROMPTS = ["What is the capital of France?", "Name three things a microcontroller is good at."]
 # decoded beside PROMPTS when requests arrive together: other lengths, joining and leaving at other steps
+CITY = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40},
+                                        "country": {"type": "string", "maxLength": 40},
+                                        "population": {"type": "integer", "minimum": 0}},
+        "required": ["name", "country", "population"], "additionalProperties": False}
 OTHERS = ["Hi", "Write one sentence about rivers and the sea, please.", "Count: one, two,"]
 MAX_TOKENS = "24"
 
@@ -86,6 +92,11 @@ def test_serve_answers_the_same_before_and_after_a_restart_alone_or_batched(brok
                                                              max_tokens=int(MAX_TOKENS), temperature=0)
                                  for p in PROMPTS]
                     assert [c.choices[0].message.content for c in over_http] == texts[0]  # HTTP or MQTT: the same
+                    structured = api.chat.completions.create(
+                        model="default", messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+                        max_tokens=120, temperature=0, response_format={"type": "json_schema", "json_schema": {
+                            "name": "city", "schema": CITY}})
+                    jsonschema.validate(json.loads(structured.choices[0].message.content), CITY)  # always parses
             if start == 0:
                 serve.kill()  # SIGKILL, then a new process: nothing of the first run but the files on disk
                 serve.start()
