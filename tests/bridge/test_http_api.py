@@ -217,3 +217,38 @@ def test_the_gateway_serves_a_fleet_and_maps_its_errors(broker) -> None:
         assert status == 503 and json.loads(payload)["error"]["code"] == "connection_failed"
         metrics = raw(api, "GET", "/metrics")[2].decode()
         assert 'edgegen_device_up{device="dev1"} 0.0' in metrics
+
+
+def test_the_gateway_in_front_of_a_pool_survives_a_device_killed_mid_stream(broker) -> None:
+    """Two devices in a pool behind the gateway; one is SIGKILLed while it streams and started again: every HTTP
+    stream still gets its whole answer (the broker redelivers to the restarted device), none hangs."""
+    from test_bridge_reliability import fake_device
+
+    devices = [fake_device(broker.port, f"dev{i}", "fleet", stall_at_seq=2 if i == 0 else None) for i in range(2)]
+    try:
+        for d in devices:
+            d.wait_for(lambda w: w == ["ready"], 20)
+        with gateway(broker.port, pool="fleet") as api:
+            client = client_for(api)
+            texts: dict[str, str] = {}
+
+            def ask(word: str) -> None:
+                chunks = client.chat.completions.create(model="default", messages=[{"role": "user", "content": word}],
+                                                        max_tokens=8, stream=True, temperature=0.5, top_p=0.9,
+                                                        seed=3, stop=["never-there"])
+                texts[word] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+            words = [f"w{i}" for i in range(6)]
+            threads = [threading.Thread(target=ask, args=(w,)) for w in words]
+            for t in threads:
+                t.start()
+            devices[0].wait_for(lambda w: w[:1] == ["stalled"], 20)
+            devices[0].kill()
+            devices[0].start()  # the same device id, without the stall
+            for t in threads:
+                t.join(60)
+            assert not any(t.is_alive() for t in threads), "an HTTP stream hangs"
+        assert texts == {w: expected_text(w, 8) for w in words}
+    finally:
+        for d in devices:
+            d.stop()

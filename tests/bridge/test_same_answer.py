@@ -26,7 +26,7 @@ PROMPTS = ["What is the capital of France?", "Name three things a microcontrolle
 # decoded beside PROMPTS when requests arrive together: other lengths, joining and leaving at other steps
 CITY = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40},
                                         "country": {"type": "string", "maxLength": 40},
-                                        "population": {"type": "integer", "minimum": 0}},
+                                        "population": {"type": "integer", "minimum": 0, "maximum": 99999999}},
         "required": ["name", "country", "population"], "additionalProperties": False}
 OTHERS = ["Hi", "Write one sentence about rivers and the sea, please.", "Count: one, two,"]
 MAX_TOKENS = "24"
@@ -97,6 +97,15 @@ def test_serve_answers_the_same_before_and_after_a_restart_alone_or_batched(brok
                         max_tokens=120, temperature=0, response_format={"type": "json_schema", "json_schema": {
                             "name": "city", "schema": CITY}})
                     jsonschema.validate(json.loads(structured.choices[0].message.content), CITY)  # always parses
+                    sampled = [api.chat.completions.create(
+                        model="default", messages=[{"role": "user", "content": PROMPTS[1]}], max_tokens=12,
+                        temperature=0.9, top_p=0.9, seed=11).choices[0].message.content for _ in range(2)]
+                    assert sampled[0] == sampled[1]  # a seed fixes a sampled answer
+                    whole = texts[0][1]
+                    stop = whole.split()[3]  # a word the greedy answer holds
+                    cut = api.completions.create(model="default", prompt=PROMPTS[1], max_tokens=24, temperature=0,
+                                                 stop=[stop])
+                    assert stop not in cut.choices[0].text and cut.choices[0].finish_reason in ("stop", "length")
             if start == 0:
                 serve.kill()  # SIGKILL, then a new process: nothing of the first run but the files on disk
                 serve.start()
