@@ -1,7 +1,7 @@
 """The HTTP API's cost: time to first token and decode speed of one request through `edgegen serve --http` and
 through `edgegen gateway`, as ratios to the same request over MQTT directly; requests/s through the gateway with 8
 concurrent clients; and decode speed with a JSON schema (constrained decoding) against without. SmolLM2, greedy,
-one device (`--parallel 4`) behind a real Mosquitto; medians over --runs.
+one device (`--parallel 4`) behind a real Mosquitto; medians over --runs, the ways interleaved within each run.
 
     .venv/bin/python benchmarks/bench_http.py          # a few minutes on 2 cores
 """
@@ -94,7 +94,7 @@ def median_of(runs: list[dict]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--output", type=Path, default=RESULTS)
     a = parser.parse_args()
@@ -125,9 +125,14 @@ def main() -> int:
                 ways = {"mqtt": lambda: mqtt_run(client, a.tokens), "http": lambda: http_run(device, a.tokens),
                         "gateway": lambda: http_run(fleet, a.tokens),
                         "mqtt_json_schema": lambda: mqtt_run(client, a.tokens, SCHEMA)}
-                for way, run in ways.items():
-                    run()  # warm: captures and compiles what this way needs
-                    results[way] = median_of([run() for _ in range(a.runs)])
+                for run in ways.values():
+                    run()  # warm: captures and compiles what each way needs
+                samples: dict[str, list[dict]] = {way: [] for way in ways}
+                for _ in range(a.runs):  # the ways interleaved, so that the machine's noise falls on all of them
+                    for way, run in ways.items():
+                        samples[way].append(run())
+                for way in ways:
+                    results[way] = median_of(samples[way])
                     print(way, results[way], flush=True)
             rates = []
             for _ in range(3):
