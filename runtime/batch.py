@@ -132,8 +132,10 @@ class BatchGenerator:
             except Exception as e:  # every running stream hears of it; the scheduler goes on
                 log.exception("a batched step failed")
                 with self._cv:
-                    failed, self._busy = list(self._busy.values()), {}
-                for req, _ in failed + ([(request, None)] if request is not None else []):
+                    failed, self._busy = [req for req, _ in self._busy.values()], {}
+                if request is not None and request not in failed:  # admitted before the step failed: told once
+                    failed.append(request)
+                for req in failed:
                     req.out.put(e)
         with self._cv:
             ended = list(self._busy.values()) + [(r, None) for r in self._waiting]

@@ -11,7 +11,6 @@ half-enforced.
 from __future__ import annotations
 
 import functools
-import json
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -108,14 +107,8 @@ class Grammars:
 
         if len(schema) > MAX_SCHEMA_CHARS:
             raise SchemaError(f"the JSON schema has {len(schema)} characters, limit {MAX_SCHEMA_CHARS}")
-        try:
-            parsed = json.loads(schema)
-        except ValueError as e:
-            raise SchemaError(f"the JSON schema is not JSON: {e}") from None
-        if not isinstance(parsed, dict):
-            raise SchemaError(f"a JSON schema must be an object, got {type(parsed).__name__}")
-        try:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(parsed, defaults=JSON_LAYOUT)
+        try:  # llguidance parses the text itself (SamplingParams made sure it is a JSON object)
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT)
         except ValueError as e:
             raise SchemaError(f"the JSON schema cannot be used: {e}") from None
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self._llg_tokenizer())

@@ -41,7 +41,6 @@ __all__ = ["DEFAULT_CONTEXT", "END_OF_TURN", "PREFILL_BUCKETS", "GenerationResul
 
 DEFAULT_CONTEXT = DEFAULT_MAX_CONTEXT  # artifact.constants: the one owner (the planner reads it too)
 _PENDING_SAVES: list[threading.Thread] = []  # background writes of the JIT cache (TextGenerator._save_in_background)
-# Token strings that end a turn in the chat formats we know (llama.cpp calls these end-of-generation tokens).
 
 
 class TextGenerator:

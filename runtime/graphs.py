@@ -118,7 +118,6 @@ class ModelGraphs:
                                                     self.plan.describe()) \
             if jit_cache else None
         self.probe: np.ndarray | None = None  # decode logits for the probe token at position 0
-        self.n_slots = 0  # sequences decoded together (allocate_slots)
         self._new_graphs()
         if self._cache_key is not None and (saved := jit_cache_store.load(self._cache_key)) is not None:
             self._install_graphs(saved)
@@ -152,12 +151,11 @@ class ModelGraphs:
 
     # ---- graph lifecycle ---------------------------------------------------------------------------------------
     def _new_graphs(self) -> None:
-        self._decode_input: Tensor | None = None
         self._decode = Graph("decode", self._decode_step)
         self._prefills = {b: Graph(f"prefill{b}", self._prefill_step) for b in PREFILL_BUCKETS}
         # prefill after a reused prefix: the same step from a symbolic position (the native attention kernel only)
         self._suffixes = {b: Graph(f"suffix{b}", self._suffix_step) for b in PREFILL_BUCKETS}
-        self._prefill_inputs: dict[int, Tensor] = {}  # one persistent input buffer per bucket (replays read it)
+        self._inputs: dict[object, Tensor] = {}  # "decode" and each bucket's persistent input (replays read them)
         self.session.forget()  # new graphs own new buffers: the cache holds nothing known
 
     @property
@@ -286,10 +284,10 @@ class ModelGraphs:
         """Decode logits for the probe token alone at position 0: they depend only on the weights (row 0 of the KV
         cache is written before it is read, and every request rewrites the rows it reads). A loaded decode graph is
         checked against the saved probe here: None if it failed."""
-        self._write_decode_input(self.embed([self.probe_token])[None])  # (1, 1, dim)
+        x = self._input(self._inputs, "decode", self.embed([self.probe_token])[None])  # (1, 1, dim)
         self.session.forget()  # the probe rewrote cache row 0
         saved = self.probe
-        return self._run(self._decode, (self._decode_input, self._start.bind(0)), {"start_pos": 0},
+        return self._run(self._decode, (x, self._start.bind(0)), {"start_pos": 0},
                          want=None if saved is None else (lambda: saved))
 
     def _verified_decode(self) -> bool:
@@ -367,28 +365,27 @@ class ModelGraphs:
             return None
         emb = np.zeros((1, bucket, self.config.dim), dtype=np.float32)
         emb[0, :len(rest)] = self.embed(rest)
-        if (x := self._prefill_inputs.get(bucket)) is None:
-            x = self._prefill_inputs[bucket] = device_tensor(emb, self.device)
-        else:
-            write_buffer(x, emb)
+        x = self._input(self._inputs, bucket, emb)
         bound = {**variables, "last": self._last.bind(len(rest) - 1)}
         values = {k: v.unbind()[1] for k, v in bound.items()}
         return self._run(g, (x, *bound.values()), values, want=lambda: self.decode(ids[-1], len(ids) - 1))
 
-    def _write_decode_input(self, emb: np.ndarray) -> None:
-        if self._decode_input is None:
-            # One persistent input buffer: replays read it in place.
-            self._decode_input = device_tensor(emb, self.device)
+    def _input(self, buffers: dict[object, Tensor], key: object, emb: np.ndarray) -> Tensor:
+        """The persistent input buffer of a graph (`key` in `buffers`) holding `emb`: made on first use, then
+        written in place, since a captured graph and its direct replay read that very buffer."""
+        if (x := buffers.get(key)) is None:
+            x = buffers[key] = device_tensor(emb, self.device)
         else:
-            write_buffer(self._decode_input, emb)
+            write_buffer(x, emb)
+        return x
 
     def decode(self, token: int, pos: int) -> np.ndarray:
         """One token at position `pos` (the KV cache holds the positions before it); the logits after it."""
         if not self._verified_decode():
             raise GenerationError("the decode graph from the JIT cache failed its check; prefill again")
         self.session.wrote_token(token, pos)
-        self._write_decode_input(self.embed([token])[None])  # (1, 1, dim)
-        out = self._run(self._decode, (self._decode_input, self._start.bind(pos)), {"start_pos": pos})
+        x = self._input(self._inputs, "decode", self.embed([token])[None])  # (1, 1, dim)
+        out = self._run(self._decode, (x, self._start.bind(pos)), {"start_pos": pos})
         assert out is not None  # a verified or captured decode graph is never dropped
         return out
 
@@ -398,10 +395,9 @@ class ModelGraphs:
         first 1, 2, 4, .. of them. Needs the model itself: graphs loaded from disk are recaptured."""
         self.own_graphs("decoding several sequences at once needs the model")
         self.model.allocate_slots(n)
-        self.n_slots = n
         self._slot_pos = [UOp.variable(f"pos{i}", 0, self.config.max_context - 1) for i in range(n)]
         self._batches = {b: Graph(f"batch{b}", self._batch_step) for b in slot_batch_sizes(n)}
-        self._batch_inputs: dict[int, Tensor] = {}
+        self._batch_inputs: dict[object, Tensor] = {}  # kept apart: new graphs (_new_graphs) keep the batch ones
 
     def _batch_step(self, h: Tensor, *starts: UOp) -> Tensor:
         return self._step_model().decode_slots(h, list(starts)).realize()  # (b, 1, vocab)
@@ -425,11 +421,7 @@ class ModelGraphs:
         use)."""
         b = len(tokens)
         g = self._batches[b]
-        emb = self.embed(tokens)[:, None]  # (b, 1, dim)
-        if (x := self._batch_inputs.get(b)) is None:
-            x = self._batch_inputs[b] = device_tensor(emb, self.device)
-        else:
-            write_buffer(x, emb)
+        x = self._input(self._batch_inputs, b, self.embed(tokens)[:, None])  # (b, 1, dim)
         bound = [self._slot_pos[i].bind(p) for i, p in enumerate(positions)]
         out = self._run(g, (x, *bound), {f"pos{i}": p for i, p in enumerate(positions)})
         assert out is not None  # graphs captured here are not dropped
