@@ -6,7 +6,7 @@ import signal
 import threading
 
 from edgegen.cli.flags import add_broker_arguments, broker_options
-from edgegen.firmware_bridge.connection import parse_broker
+from edgegen.firmware_bridge.connection import parse_address
 from edgegen.firmware_bridge.gateway import Gateway
 from edgegen.firmware_bridge.http_api import HttpApi, read_api_keys
 
@@ -22,17 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    address = parse_broker(args.listen)
+    address = parse_address(args.listen, "--listen")
     keys = read_api_keys(args.api_keys) if args.api_keys else None
-    gateway = Gateway(broker_options(args), pool=args.pool, client_id=args.client_id).start()
-    api = HttpApi(gateway, address, keys).start()
+    gateway = Gateway(broker_options(args), pool=args.pool, client_id=args.client_id)
+    api = HttpApi(gateway, address, keys)  # the address is taken (or refused) before the broker is dialled
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    host, port = api.address
-    print(f"edgegen gateway: http://{host}:{port} -> {args.broker}" + (f" (pool {args.pool})" if args.pool else ""),
-          flush=True)
     try:
+        gateway.start()
+        api.start()
+        host, port = api.address
+        print(f"edgegen gateway: http://{host}:{port} -> {args.broker}" + (f" (pool {args.pool})" if args.pool else ""),
+              flush=True)
         stop.wait()
     finally:
         api.stop()

@@ -25,7 +25,7 @@ from edgegen.cli.flags import (
 )
 from edgegen.firmware_bridge import topics
 from edgegen.firmware_bridge.answer_store import AnswerStore
-from edgegen.firmware_bridge.connection import parse_broker
+from edgegen.firmware_bridge.connection import parse_address
 from edgegen.firmware_bridge.deploy.agent import DeployAgent, installed_engines, load_engine
 from edgegen.firmware_bridge.deploy.keys import load_public_key
 from edgegen.firmware_bridge.deploy.slots import DeviceStore
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, on_deploy_step: Callable[[str], None] | None =
     """`on_deploy_step`: the deploy agent's test-only fault hook (tests/bridge/faulty_edgegen.py passes it)."""
     options = broker_options(args)
     parallel = _parallel(args.parallel)
-    http_address = parse_broker(args.http) if args.http else None  # HOST:PORT, checked as --broker is
+    http_address = parse_address(args.http, "--http") if args.http else None
     api_keys = read_api_keys(args.api_keys) if args.api_keys else None
     if args.queue_size < 1 or not args.telemetry_interval_s > 0:
         raise RequestError(ErrorCode.INVALID_REQUEST, f"--queue-size must be >= 1 and --telemetry-interval-s > 0, "

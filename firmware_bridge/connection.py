@@ -36,9 +36,17 @@ class BrokerOptions:
 
 def parse_broker(text: str) -> tuple[str, int]:
     """'HOST:PORT' or 'HOST' -> (host, port); RequestError(invalid_request) for anything else."""
-    host, _, port_text = text.rpartition(":") if ":" in text else (text, "", str(DEFAULT_PORT))
+    return parse_address(text, "--broker", DEFAULT_PORT)
+
+
+def parse_address(text: str, flag: str, default_port: int | None = None) -> tuple[str, int]:
+    """'HOST:PORT' (or 'HOST' when there is a default port) -> (host, port); RequestError naming `flag` else."""
+    if ":" in text:
+        host, _, port_text = text.rpartition(":")
+    else:
+        host, port_text = text, "" if default_port is None else str(default_port)
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise RequestError(ErrorCode.INVALID_REQUEST, f"--broker {text!r} must be HOST:PORT with a port in 1-65535")
+        raise RequestError(ErrorCode.INVALID_REQUEST, f"{flag} {text!r} must be HOST:PORT with a port in 1-65535")
     return host, int(port_text)
 
 

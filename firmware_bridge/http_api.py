@@ -229,7 +229,12 @@ class HttpApi:
     """The API of `host` on `address` (HOST, PORT; port 0 picks a free one), served on a thread of its own."""
 
     def __init__(self, host: Host, address: tuple[str, int], api_keys: set[str] | None = None) -> None:
-        self._server = _Server(address, host, set(api_keys or ()))
+        """RequestError(invalid_request) when nothing can listen on `address` (an unknown host, a port in use)."""
+        try:
+            self._server = _Server(address, host, set(api_keys or ()))
+        except OSError as e:
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"cannot listen on {address[0]}:{address[1]}: "
+                               f"{e.strerror or e}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="edgegen-http", daemon=True)
 
     @property
@@ -243,7 +248,8 @@ class HttpApi:
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
-            self._server.shutdown()
+            if self._thread.is_alive():  # shutdown() waits for serve_forever, forever if it never ran
+                self._server.shutdown()
             self._server.server_close()
 
 

@@ -88,10 +88,21 @@ def test_edgegen_prompt_cli(options: BrokerOptions, tmp_path: Path) -> None:
     (["--device-id", "dev1", "--parallel", "0"], "--parallel must be auto or from 1 to 8, got '0'"),
     (["--device-id", "dev1", "--parallel", "9"], "--parallel"),
     (["--device-id", "dev1", "--parallel", "many"], "--parallel"),
+    (["--device-id", "dev1", "--http", "nope"], "--http 'nope' must be HOST:PORT"),
+    (["--device-id", "dev1", "--http", "127.0.0.1:99999"], "--http '127.0.0.1:99999' must be HOST:PORT"),
 ])
 def test_edgegen_serve_refuses_bad_arguments(args: list[str], message: str) -> None:
     done = edgegen("serve", *args)
     assert done.returncode == 2 and "edgegen serve: error: invalid_request:" in done.stderr and message in done.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--listen", "nope"], "--listen 'nope' must be HOST:PORT"),
+    (["--listen", "no-such-host.invalid:8080"], "cannot listen on no-such-host.invalid:8080"),
+])
+def test_edgegen_gateway_refuses_a_bad_listen_address(args: list[str], message: str) -> None:
+    done = edgegen("gateway", *args, "--broker", "127.0.0.1:1")
+    assert done.returncode == 2 and "edgegen gateway: error: invalid_request:" in done.stderr and message in done.stderr
 
 
 def test_cli_reports_a_missing_broker(options: BrokerOptions) -> None:
