@@ -280,3 +280,12 @@ def test_quantize_hf_folder_without_the_quantize_extra(capsys, tmp_path, monkeyp
                                str(tmp_path / "m.gguf")))
     assert line == ("edgegen quantize: error: reading a Hugging Face folder needs the 'quantize' extra: "
                     "pip install 'edgegen[quantize]'")
+
+
+def test_generate_refuses_a_json_schema_file_it_cannot_use(capsys, tmp_path):
+    """Refused before the model loads: a missing file, text that is not a JSON object."""
+    line = one_error_line(*run(capsys, "generate", "--json-schema", str(tmp_path / "none.json"), "hi"))
+    assert "--json-schema" in line and "cannot read it" in line
+    (tmp_path / "list.json").write_text("[1, 2]")
+    line = one_error_line(*run(capsys, "generate", "--json-schema", str(tmp_path / "list.json"), "hi"))
+    assert "json_schema" in line and "a schema object" in line
