@@ -175,13 +175,14 @@ class RuntimeImageEngine:
 
     @classmethod
     def load(cls, model: str | None = None, device: str | None = None) -> RuntimeImageEngine:
-        from edgegen.runtime.diffusion import DEFAULT_UNET, ImageGenerator
+        from edgegen.runtime.diffusion import ImageGenerator, model_path
 
-        return cls(ImageGenerator.load(model or DEFAULT_UNET, device=device))
+        return cls(ImageGenerator.load(model_path(model), device=device))
 
     def warm_up(self) -> None:
         """One short sample so tinygrad compiles the U-Net's kernels before the device announces `online`."""
         self.generate(ImageRequest(id="warm-up", prompt="0", steps=1), threading.Event())
+        self.generator.save_graphs()  # before `online`: no request waits for it
 
     def _params(self, request: ImageRequest) -> Any:
         from edgegen.runtime.diffusion import DiffusionParams, parse_prompt

@@ -52,17 +52,20 @@ def init_parameters(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator
     return out
 
 
-def write_checkpoint(path: Path, arch: str, config: dict, tensors: dict[str, np.ndarray], provenance: dict) -> None:
-    """A float32 GGUF: `general.architecture`, the config under `<arch>.`, provenance under `training.`."""
+def write_checkpoint(path: Path, arch: str, config: dict, tensors: dict[str, np.ndarray], provenance: dict,
+                     extra: dict | None = None) -> None:
+    """A float32 GGUF: `general.architecture`, the config under `<arch>.`, provenance under `training.`, `extra`
+    keys as they are (integers or integer lists: a latent model's autoencoder configuration)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     w = GGUFWriter(str(tmp), arch)
     w.add_name(arch)
-    for key, value in config.items():
+    keys = {f"{arch}.{key}": value for key, value in config.items()} | (extra or {})
+    for key, value in keys.items():
         if isinstance(value, (tuple, list)):
-            w.add_array(f"{arch}.{key}", list(value))
+            w.add_array(key, list(value))
         else:
-            w.add_uint32(f"{arch}.{key}", int(value))
+            w.add_uint32(key, int(value))
     for key, value in provenance.items():
         if isinstance(value, str):
             w.add_string(f"training.{key}", value)

@@ -171,3 +171,17 @@ def config_from_model_file(mf: ModelFile, max_context: int | None = None) -> Lla
     """config_from_metadata of an opened file (artifact.reader.open_gguf / open_model)."""
     embed = mf.tensors.get("token_embd.weight")
     return config_from_metadata(mf.metadata, mf.path.name, embed.shape[0] if embed is not None else None, max_context)
+
+
+def config_from_file(mf: ModelFile, cls: Any, arch: str) -> Any:
+    """A frozen config dataclass from `<arch>.<field>` metadata (missing keys keep their defaults): integers and
+    integer tuples, as the diffusion checkpoints (U-Net, classifier, autoencoder) store their configurations."""
+    values = {}
+    for f in cls.__dataclass_fields__:
+        v = mf.get(f"{arch}.{f}")
+        if v is not None:
+            values[f] = tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else int(v)
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ArtifactError(f"{mf.path.name}: bad {arch} configuration ({e})") from e

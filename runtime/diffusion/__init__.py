@@ -8,6 +8,7 @@ from edgegen.runtime.diffusion.classifier import Classifier
 from edgegen.runtime.diffusion.png import encode_png, grid, save_png, to_uint8
 from edgegen.runtime.diffusion.prompt import DIGIT_WORDS, parse_prompt
 from edgegen.runtime.diffusion.sampler import (
+    BATCH_BUCKETS,
     DEFAULT_GUIDANCE,
     MAX_IMAGES,
     MAX_STEPS,
@@ -18,13 +19,17 @@ from edgegen.runtime.diffusion.sampler import (
 from edgegen.runtime.diffusion.weights import (
     DEFAULT_CLASSIFIER,
     DEFAULT_UNET,
+    LATENT_UNET,
+    SHIPPED_MODELS,
     WEIGHTS_DIR,
     PackedConvWeights,
     config_from_file,
+    model_path,
 )
 
 __all__ = [
-    "DEFAULT_CLASSIFIER", "DEFAULT_GUIDANCE", "DEFAULT_UNET", "DIGIT_WORDS", "MAX_IMAGES", "MAX_STEPS", "SAMPLERS",
-    "WEIGHTS_DIR", "Classifier", "DiffusionParams", "ImageGenerator", "PackedConvWeights", "config_from_file",
-    "encode_png", "grid", "parse_prompt", "save_png", "to_uint8",
+    "BATCH_BUCKETS", "DEFAULT_CLASSIFIER", "DEFAULT_GUIDANCE", "DEFAULT_UNET", "DIGIT_WORDS", "LATENT_UNET",
+    "MAX_IMAGES", "MAX_STEPS", "SAMPLERS", "SHIPPED_MODELS", "WEIGHTS_DIR", "Classifier", "DiffusionParams",
+    "ImageGenerator", "PackedConvWeights", "config_from_file", "encode_png", "grid", "model_path", "parse_prompt",
+    "save_png", "to_uint8",
 ]

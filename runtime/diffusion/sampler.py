@@ -8,24 +8,46 @@ eta = 0 is DDIM (deterministic given the starting noise), eta = 1 is DDPM's ance
 schedule (Nichol & Dhariwal, 2021, section 4). Guidance (Ho & Salimans, 2022): eps = eps_null + w (eps_c - eps_null),
 computed as one batch of 2B images. The update runs in numpy on the host (a few kB per step), the noise comes from a
 numpy generator: a seed gives the same image on every backend.
+
+A latent model's file also carries its autoencoder (models.autoencoder, metadata `autoencoder.*`): the sampler then
+denoises (latent_channels, 8, 8) latents and the decoder turns the final latent into pixels.
+
+The U-Net runs at a few batch sizes only (`BATCH_BUCKETS`, the batch padded up to the next): a new batch size used
+to mean minutes of tinygrad compiling. Each bucket's captured graph is kept on disk (runtime.jit_cache, one entry per
+file and device) with the output of a fixed probe input, and a graph loaded in a new process is checked against that
+probe before its first use: a fresh process replays instead of scheduling the U-Net again.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tinygrad import Tensor, TinyJit
+from tinygrad import Tensor, TinyJit, dtypes
 
+from edgegen.models.autoencoder import AUTOENCODER_PREFIX, Autoencoder, AutoencoderConfig
 from edgegen.models.unet import UNET_ARCH, UNet, UNetConfig, cosine_alpha_bars
+from edgegen.runtime import jit_cache as jit_cache_store
 from edgegen.runtime.artifact.reader import ModelFile, open_model
+from edgegen.runtime.cpu_replay import CPUReplay
 from edgegen.runtime.diffusion.png import to_uint8
 from edgegen.runtime.diffusion.prompt import parse_prompt
-from edgegen.runtime.diffusion.weights import DEFAULT_UNET, PackedConvWeights, config_from_file
-from edgegen.runtime.errors import GenerationError
-from edgegen.runtime.tinygrad_seam import TINYGRAD_LOCK
+from edgegen.runtime.diffusion.weights import DEFAULT_UNET, PackedConvWeights, config_from_file, model_path
+from edgegen.runtime.errors import ArtifactError, GenerationError
+from edgegen.runtime.native.options import KernelOptions
+from edgegen.runtime.tinygrad_seam import (
+    TINYGRAD_LOCK,
+    capture_on_first_call,
+    captured_graph,
+    device_tensor,
+    install_captured,
+    write_buffer,
+)
+
+log = logging.getLogger(__name__)
 
 SAMPLERS = ("ddim", "ddpm")
 MAX_STEPS = 1000
@@ -35,6 +57,15 @@ MAX_IMAGES = 1024
 # accuracy) at some cost in variety (Frechet distance); 5 keeps a margin over the 90% prompt-accuracy target (the
 # figures per weight: docs/MEASUREMENTS.md).
 DEFAULT_GUIDANCE = 5.0
+
+# The U-Net's batch sizes (guidance doubles a batch): a batch runs padded to the next bucket, larger ones in chunks of
+# the largest. Powers of two waste at most half a batch; 32 is 16 guided images, where the time per image stops
+# improving on a small CPU (docs/MEASUREMENTS.md).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+# A latent model's predicted clean latent is clipped to this many standard deviations (the pixel model's to [-1, 1]):
+# the autoencoder's latents are normalised to unit variance per channel, and the training digits' latents lie
+# within it (docs/MEASUREMENTS.md).
+LATENT_CLIP = 5.0
 
 
 @dataclass(frozen=True)
@@ -67,34 +98,150 @@ class ImageGenerator:
     >>> images = gen.generate("seven", DiffusionParams(steps=20, n=4))   # (4, 28, 28) uint8
     """
 
-    def __init__(self, mf: ModelFile, device: str | None = None):
+    def __init__(self, mf: ModelFile, device: str | None = None, jit_cache: bool = True,
+                 options: KernelOptions | None = None):
         self.file = mf
         self.cfg: UNetConfig = config_from_file(mf, UNetConfig, UNET_ARCH)
-        self.weights = PackedConvWeights(mf, device)
+        self.autoencoder_cfg: AutoencoderConfig | None = autoencoder_config(mf, self.cfg)
+        self.plan = (options or KernelOptions()).plan(str(device))
+        self.weights = PackedConvWeights(mf, device, self.plan.parts if self.plan.native else None)
         self.model = UNet(self.cfg, self.weights)
+        self.autoencoder = None if self.autoencoder_cfg is None else Autoencoder(self.autoencoder_cfg, self.weights)
         self.device = device
         self.alpha_bars = cosine_alpha_bars(self.cfg.timesteps)
-        self._jits: dict[int, Any] = {}  # batch size -> TinyJit
+        self._buckets: dict[int, _BucketGraph] = {}
+        self._unsaved = False
+        self._cache_key = jit_cache_store.cache_key(mf.path, str(device), 0, f"diffusion-{self.plan.describe()}") \
+            if jit_cache else None
+        if self._cache_key is not None and (saved := jit_cache_store.load(self._cache_key)) is not None:
+            self._install(saved)
 
     @classmethod
-    def load(cls, path: str | Path = DEFAULT_UNET, device: str | None = None) -> ImageGenerator:
+    def load(cls, path: str | Path = DEFAULT_UNET, device: str | None = None, jit_cache: bool = True,
+             options: KernelOptions | None = None) -> ImageGenerator:
         from edgegen.runtime.backend import resolve_device
 
-        mf = open_model(path, architectures=(UNET_ARCH,))
+        mf = open_model(model_path(path), architectures=(UNET_ARCH,))
         dev = resolve_device(device)
         with TINYGRAD_LOCK:
-            return cls(mf, dev)
+            return cls(mf, dev, jit_cache, options)
+
+    @property
+    def latent(self) -> bool:
+        """Whether the U-Net denoises the autoencoder's latents (else pixels)."""
+        return self.autoencoder is not None
+
+    # ---- the U-Net at bucketed batch sizes, graphs kept on disk ---------------------------------------------------
+    def _install(self, saved: dict) -> None:
+        graphs, probes = saved.get("eps"), saved.get("probes")
+        if not isinstance(graphs, dict) or not isinstance(probes, dict):
+            return
+        for bucket, graph in graphs.items():
+            if bucket in BATCH_BUCKETS and isinstance(probes.get(bucket), np.ndarray):
+                jit = TinyJit(self._forward)
+                install_captured(jit, graph)
+                self._buckets[bucket] = _BucketGraph(jit, self._inputs(bucket), probes[bucket], loaded=True)
+
+    def _forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return self.model(x, t, y.cast(dtypes.int32)).realize()
+
+    def graphs(self) -> dict[int, str]:
+        """Each batch bucket's U-Net graph: "loaded" (from disk, not yet checked) or "ready" (checked or captured)."""
+        return {b: "loaded" if g.loaded else "ready" for b, g in sorted(self._buckets.items())}
+
+    @property
+    def cache_key(self) -> str | None:
+        """The JIT cache entry holding this model's graphs on this device (None: the cache is off)."""
+        return self._cache_key
+
+    def probe_input(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A fixed batch (seeded noise, spread timesteps, every class) whose output checks a loaded graph."""
+        c, s = self.cfg.in_channels, self.cfg.image_size
+        x = np.random.default_rng(bucket).standard_normal((bucket, c, s, s), dtype=np.float32)
+        t = np.linspace(0, self.cfg.timesteps - 1, bucket).round().astype(np.float32)
+        y = (np.arange(bucket) % (self.cfg.num_classes + 1)).astype(np.float32)
+        return x, t, y
+
+    def _inputs(self, bucket: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The bucket's persistent input buffers (x, t, y as float32), holding the probe input: a captured graph
+        and its direct replay read these very buffers, rewritten in place for each batch."""
+        return tuple(device_tensor(a, self.device) for a in self.probe_input(bucket))  # type: ignore[return-value]
+
+    def _graph(self, bucket: int) -> _BucketGraph:
+        """`bucket`'s graph, ready: a loaded one checked against its probe (or dropped and recaptured), a new one
+        captured on its probe input, whose output is kept for the next process."""
+        g = self._buckets.get(bucket)
+        if g is not None and g.loaded:
+            g.loaded = False
+            g.replay = self._replay(g.jit, g.inputs)
+            if np.array_equal(g.run(), g.probe):
+                return g
+            log.warning("the cached U-Net graph for batch %d differs from its probe: recapturing it", bucket)
+            if self._cache_key is not None:
+                jit_cache_store.remove(self._cache_key)
+            g = None
+        if g is None:
+            inputs = self._inputs(bucket)
+            jit = capture_on_first_call(TinyJit(self._forward))
+            out = jit(*inputs).numpy()
+            g = self._buckets[bucket] = _BucketGraph(jit, inputs, out, loaded=False)
+            g.replay = self._replay(jit, inputs)
+            if g.replay is not None and not np.array_equal(g.run(), out):
+                log.warning("the U-Net's direct CPU replay differs from TinyJit at batch %d: using TinyJit", bucket)
+                g.replay = None
+            self._unsaved = True
+        return g
+
+    def _replay(self, jit: Any, inputs: tuple[Tensor, ...]) -> CPUReplay | None:
+        """The captured graph's kernels called directly on the native runner's threads (the CPU backend only)."""
+        if not self.plan.native:
+            return None
+        return CPUReplay.build(jit, inputs, self.plan.threads)
 
     def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """The U-Net's noise prediction for a batch, through a TinyJit graph per batch size."""
-        b = x.shape[0]
+        """The U-Net's noise prediction for a batch, run padded to the next batch bucket (chunks of the largest)."""
+        if len(x) > BATCH_BUCKETS[-1]:
+            m = BATCH_BUCKETS[-1]
+            return np.concatenate([self.eps(x[i:i + m], t[i:i + m], y[i:i + m]) for i in range(0, len(x), m)])
+        b = len(x)
+        bucket = next(k for k in BATCH_BUCKETS if k >= b)
+        pad = bucket - b
+        if pad:  # repeat the last row: every row is computed independently, so padding never changes the others
+            x, t, y = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, t, y))
         with TINYGRAD_LOCK:  # one step at a time, never across the sampler's yields
-            if b not in self._jits:
-                self._jits[b] = TinyJit(lambda xt, tt, yt: self.model(xt, tt, yt).realize())
-            out = self._jits[b](Tensor(x.astype(np.float32), device=self.device),
-                                Tensor(t.astype(np.int32), device=self.device),
-                                Tensor(y.astype(np.int32), device=self.device))
-            return out.numpy()
+            g = self._graph(bucket)
+            for buf, a in zip(g.inputs, (x, t, y), strict=True):
+                write_buffer(buf, a.astype(np.float32))
+            return g.run()[:b]
+
+    def save_graphs(self) -> None:
+        """Keep the captured graphs on disk for the next process (after an answer is out, never while one waits)."""
+        if self._cache_key is None or not self._unsaved:
+            return
+        with TINYGRAD_LOCK:
+            kept = {b: g for b, g in self._buckets.items() if not g.loaded and captured_graph(g.jit) is not None}
+            graphs = {b: captured_graph(g.jit) for b, g in kept.items()}
+            probes = {b: g.probe for b, g in kept.items()}
+            if jit_cache_store.save(self._cache_key, {"eps": graphs, "probes": probes}) is not None:
+                self._unsaved = False
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Pixels (N, 1, 28, 28) in [-1, 1] of final samples: a latent model's decoder, or the samples themselves."""
+        if self.autoencoder is None:
+            return latents
+        with TINYGRAD_LOCK:
+            out = np.concatenate([self.autoencoder.decode(Tensor(latents[i:i + 64], device=self.device)).numpy()
+                                  for i in range(0, len(latents), 64)])
+        return np.clip(out, -1.0, 1.0)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """A latent model's latents (N, C, 8, 8) of images (N, 1, 28, 28) in [-1, 1]."""
+        if self.autoencoder is None:
+            raise GenerationError(f"{self.file.path.name} is a pixel-space model: it has no autoencoder")
+        with TINYGRAD_LOCK:
+            return np.concatenate([self.autoencoder.encode(Tensor(images[i:i + 64].astype(np.float32),
+                                                                  device=self.device)).numpy()
+                                   for i in range(0, len(images), 64)])
 
     def timesteps(self, steps: int) -> np.ndarray:
         """`steps` training timesteps from the noisiest down to 0, evenly spaced."""
@@ -113,13 +260,14 @@ class ImageGenerator:
         ts = self.timesteps(params.steps)
         guided = float(params.guidance) != 1.0
         eta = 1.0 if params.sampler == "ddpm" else 0.0
-        batch = batch or len(labels)
+        batch = min(batch or len(labels), BATCH_BUCKETS[-1] // (2 if guided else 1))
+        clip = LATENT_CLIP if self.latent else 1.0
         for i, t in enumerate(ts):
             ab = self.alpha_bars[t]
             ab_prev = self.alpha_bars[ts[i + 1]] if i + 1 < len(ts) else 1.0
             eps = np.concatenate([self._guided_eps(x[j:j + batch], t, labels[j:j + batch], params.guidance, guided)
                                   for j in range(0, len(labels), batch)])
-            x0 = np.clip((x - np.sqrt(1 - ab) * eps) / np.sqrt(ab), -1.0, 1.0)
+            x0 = np.clip((x - np.sqrt(1 - ab) * eps) / np.sqrt(ab), -clip, clip)
             eps = (x - np.sqrt(ab) * x0) / np.sqrt(1 - ab)  # consistent with the clipped x0
             sigma = eta * np.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
             x = np.sqrt(ab_prev) * x0 + np.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
@@ -127,7 +275,7 @@ class ImageGenerator:
                 x = x + sigma * rng.standard_normal(x.shape, dtype=np.float32)
             x = x.astype(np.float32)
             yield i + 1, len(ts), None
-        yield len(ts), len(ts), x
+        yield len(ts), len(ts), self.decode(x)
 
     def _guided_eps(self, x: np.ndarray, t: int, y: np.ndarray, w: float, guided: bool) -> np.ndarray:
         b = len(x)
@@ -152,3 +300,31 @@ class ImageGenerator:
         """`params.n` images of the digit the prompt names, as (n, 28, 28) uint8."""
         digit = parse_prompt(prompt)  # sample() validates the params
         return to_uint8(self.sample([digit] * params.n, params, on_step=on_step))
+
+
+class _BucketGraph:
+    """One batch bucket's captured U-Net: its TinyJit, persistent inputs, probe output and direct CPU replay."""
+
+    def __init__(self, jit: Any, inputs: tuple[Tensor, ...], probe: np.ndarray, loaded: bool):
+        self.jit, self.inputs, self.probe, self.loaded = jit, inputs, probe, loaded
+        self.replay: CPUReplay | None = None
+
+    def run(self) -> np.ndarray:
+        """The U-Net on what the input buffers hold now."""
+        if self.replay is not None:
+            self.replay({})
+            return self.replay.result().reshape(self.probe.shape)
+        return self.jit(*self.inputs).numpy()
+
+
+def autoencoder_config(mf: ModelFile, unet: UNetConfig) -> AutoencoderConfig | None:
+    """A latent model's autoencoder configuration (`autoencoder.*` keys), None for a pixel model; ArtifactError when
+    the U-Net's input is not the autoencoder's latent."""
+    if mf.get(f"{AUTOENCODER_PREFIX}.latent_channels") is None:
+        return None
+    cfg: AutoencoderConfig = config_from_file(mf, AutoencoderConfig, AUTOENCODER_PREFIX)
+    if (unet.in_channels, unet.image_size) != (cfg.latent_channels, cfg.latent_size) or cfg.padded_size % 4 or \
+            cfg.padded_size < cfg.image_size:
+        raise ArtifactError(f"{mf.path.name}: the U-Net takes ({unet.in_channels}, {unet.image_size}) inputs but the "
+                            f"autoencoder makes ({cfg.latent_channels}, {cfg.latent_size}) latents")
+    return cfg

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize
 from tinygrad import Tensor
 
+from edgegen.runtime.artifact.config import config_from_file
 from edgegen.runtime.artifact.reader import ModelFile
 from edgegen.runtime.errors import ArtifactError
 from edgegen.runtime.quant import PackedLinear, pack_linear
@@ -22,13 +22,32 @@ from edgegen.runtime.quant import PackedLinear, pack_linear
 # The shipped weights are package data of edgegen.models, found the same way in a wheel and in an editable install.
 WEIGHTS_DIR = Path(str(importlib.resources.files("edgegen.models") / "weights"))
 DEFAULT_UNET = WEIGHTS_DIR / "unet-mnist.gguf"
+LATENT_UNET = WEIGHTS_DIR / "latent-mnist.gguf"
 DEFAULT_CLASSIFIER = WEIGHTS_DIR / "mnist-classifier.gguf"
+# The shipped diffusion models by name (`edgegen diffuse --model NAME`): pixel space, and a U-Net over the latents
+# of a tiny autoencoder carried in the same file.
+SHIPPED_MODELS = {"mnist": DEFAULT_UNET, "mnist-latent": LATENT_UNET}
+
+
+def model_path(name_or_path: str | Path | None) -> Path:
+    """A shipped model's file by name, else the path as given (None: the default pixel model)."""
+    if name_or_path is None:
+        return DEFAULT_UNET
+    return SHIPPED_MODELS.get(str(name_or_path), Path(name_or_path))
+
+
+__all__ = ["DEFAULT_CLASSIFIER", "DEFAULT_UNET", "LATENT_UNET", "SHIPPED_MODELS", "WEIGHTS_DIR", "PackedConvWeights",
+           "config_from_file", "model_path"]
 
 
 class PackedConvWeights:
-    """A `UNetWeights` source over a GGUF file: matrices packed on the device, vectors as float tensors."""
+    """A `UNetWeights` source over a GGUF file: matrices packed on the device, vectors as float tensors.
 
-    def __init__(self, mf: ModelFile, device: str | None = None):
+    native_parts: convolutions through the hand-written CPU kernel (runtime.native.conv) split into this many
+    partitions; None: tinygrad's own convolution (every backend)."""
+
+    def __init__(self, mf: ModelFile, device: str | None = None, native_parts: int | None = None):
+        self.native_parts = native_parts
         self.layers: dict[str, PackedLinear] = {}
         self.vectors: dict[str, Tensor] = {}
         for name, info in mf.tensors.items():
@@ -54,6 +73,10 @@ class PackedConvWeights:
         w = layer.weight()
         if layer.ggml_type != T.F32:
             w = w.contiguous()  # dequantize once per call, not once per output position
+        if self.native_parts is not None:
+            from edgegen.runtime.native.conv import conv2d
+
+            return conv2d(x, w, self.vectors.get(f"{name}.bias"), k, stride, padding, self.native_parts)
         w = w.reshape(layer.out_features, layer.in_features // (k * k), k, k)
         return x.conv2d(w, self.vectors.get(f"{name}.bias"), stride=stride, padding=padding)
 
@@ -66,16 +89,3 @@ class PackedConvWeights:
         if name not in self.vectors:
             raise ArtifactError(f"the model file has no tensor {name}")
         return self.vectors[name]
-
-
-def config_from_file(mf: ModelFile, cls: Any, arch: str) -> Any:
-    """A frozen config dataclass from `<arch>.<field>` metadata (missing keys keep their defaults)."""
-    values = {}
-    for f in cls.__dataclass_fields__:
-        v = mf.get(f"{arch}.{f}")
-        if v is not None:
-            values[f] = tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else int(v)
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ArtifactError(f"{mf.path.name}: bad {arch} configuration ({e})") from e

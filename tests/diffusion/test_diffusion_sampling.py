@@ -100,7 +100,12 @@ def test_cli_train_diffusion_errors(tmp_path):
     out = str(tmp_path / "u.gguf")
     assert_clean_error(edgegen("train-diffusion", "--steps", "0", "-o", out), "--steps and --batch must be positive")
     assert_clean_error(edgegen("train-diffusion", "--channels", "32,x,64", "-o", out),
-                       "--channels must be three integers")
+                       "--channels must be three multiples of 32")
+    assert_clean_error(edgegen("train-diffusion", "--what", "latent-unet", "-o", out), "needs --autoencoder FILE")
+    assert_clean_error(edgegen("train-diffusion", "--what", "autoencoder", "--trainer", "tinygrad", "-o", out),
+                       "trains only with --trainer torch")
+    assert_clean_error(edgegen("train-diffusion", "--what", "classifier", "--trainer", "torch", "-o", out),
+                       "trains only with --trainer tinygrad")
     assert_clean_error(edgegen("train-diffusion", "--init", str(tmp_path / "none.gguf"), "-o", out), "no such file")
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
     assert_clean_error(edgegen("train-diffusion", "--init", str(tmp_path / "junk.gguf"), "-o", out),
