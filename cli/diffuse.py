@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="ddim", help="ddim (deterministic) or ddpm (ancestral) (default ddim)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight: 1 is plain conditional, higher follows the prompt harder "
-                        "(default 5)")
+                        "(default: the model's own, 1.5-2 for the shipped ones)")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same image")
     p.add_argument("--scale", type=int, default=4, help="enlarge the PNG by this integer factor (default 4)")
     add_device_argument(p)
@@ -34,7 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgegen.runtime.diffusion import (
-        DEFAULT_GUIDANCE,
         DiffusionParams,
         ImageGenerator,
         grid,
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     digit = parse_prompt(args.prompt)  # fail on bad input before the model loads
     params = DiffusionParams(steps=args.steps, sampler=args.sampler, seed=args.seed, n=args.n,
-                             guidance=DEFAULT_GUIDANCE if args.guidance is None else args.guidance)
+                             guidance=args.guidance)
     params.validate()
     if not 1 <= args.scale <= 32:
         raise GenerationError(f"--scale must be an integer from 1 to 32 (got {args.scale})")
@@ -64,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     save_png(out, images[0] if params.n == 1 else grid(images), scale=args.scale)
     gen.save_graphs()  # for the next run: after the PNG is written
+    guidance = gen.default_guidance if params.guidance is None else params.guidance
     print(f"wrote {out} ({params.n} image{'s' if params.n > 1 else ''} of a {digit}, {params.sampler}, "
-          f"{params.steps} steps, guidance {params.guidance:g}, seed {params.seed})")
+          f"{params.steps} steps, guidance {guidance:g}, seed {params.seed})")
     if args.stats:
         from edgegen.device.measure import peak_rss_bytes
 

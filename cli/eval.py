@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     img.add_argument("--per-digit", type=int, default=100, help="images generated per digit (default 100)")
     img.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     img.add_argument("--sampler", default="ddim", help="ddim or ddpm (default ddim)")
-    img.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (default 5)")
+    img.add_argument("--guidance", type=float, default=None,
+                     help="classifier-free guidance weight (default: the model's own)")
     img.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     img.add_argument("--classifier", metavar="FILE", help="scoring classifier (default: the shipped one)")
     add_json_flag(parser)
@@ -99,9 +100,9 @@ def evaluate_diffusion(generator, classifier, per_digit: int = 100, steps: int =
     test digits; returns the scores and the images (N, 28, 28) in [-1, 1]."""
     from edgegen.quantize.evaluate_diffusion import digit_labels, score_digits
     from edgegen.quantize.mnist import load_mnist
-    from edgegen.runtime.diffusion import DEFAULT_GUIDANCE, DiffusionParams
+    from edgegen.runtime.diffusion import DiffusionParams
 
-    guidance = DEFAULT_GUIDANCE if guidance is None else guidance
+    guidance = generator.default_guidance if guidance is None else guidance
     labels = digit_labels(per_digit)
     params = DiffusionParams(steps=steps, sampler=sampler, guidance=guidance, seed=seed, n=len(labels))
     images = generator.sample(labels, params, batch=batch, on_step=on_step)
@@ -115,14 +116,10 @@ def run_diffusion(args: argparse.Namespace) -> int:
     from edgegen.quantize.mnist import mnist_path
     from edgegen.runtime.diffusion import (
         DEFAULT_CLASSIFIER,
-        DEFAULT_GUIDANCE,
         Classifier,
         DiffusionParams,
         ImageGenerator,
     )
-
-    if args.guidance is None:
-        args.guidance = DEFAULT_GUIDANCE
 
     if not 1 <= args.per_digit <= 500:
         raise QuantizeError(f"--per-digit must be from 1 to 500 (got {args.per_digit})")

@@ -168,10 +168,8 @@ class RuntimeImageEngine:
     """An `ImageEngine` over `runtime.diffusion.ImageGenerator`: a digit prompt in, one PNG out."""
 
     def __init__(self, generator: Any, steps: int = 20, guidance: float | None = None, scale: int = 4):
-        from edgegen.runtime.diffusion import DEFAULT_GUIDANCE
-
         self.generator, self.steps, self.scale = generator, steps, scale
-        self.guidance = DEFAULT_GUIDANCE if guidance is None else guidance
+        self.guidance = guidance  # None: the model's own
 
     @classmethod
     def load(cls, model: str | None = None, device: str | None = None) -> RuntimeImageEngine:

@@ -122,10 +122,17 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float 
     return g.reshape(b, c, h, w) * weight.reshape(1, c, 1, 1) + bias.reshape(1, c, 1, 1)
 
 
+def device_arange(n: int, device: str | tuple[str, ...]) -> Tensor:
+    """0., 1., .., n-1 computed on `device` inside the graph (Tensor.arange takes no device in tinygrad 0.14, and a
+    tensor made from a numpy array is a host-to-device copy in every replay of a captured graph, which the direct
+    CPU replay of runtime.cpu_replay refuses). Exact: small integers in float32."""
+    return Tensor.ones(n, device=device, dtype=dtypes.float32).cumsum(0) - 1.0
+
+
 def timestep_features(t: Tensor, n: int) -> Tensor:
     """Sinusoidal features of integer timesteps t (B,) -> (B, n), as in DDPM (Ho et al., 2020)."""
     half = n // 2
-    freqs = (Tensor(np.arange(half, dtype=np.float32), device=t.device) * (-math.log(10000.0) / half)).exp()
+    freqs = (device_arange(half, t.device) * (-math.log(10000.0) / half)).exp()
     args = t.cast(dtypes.float32).reshape(-1, 1) * freqs.reshape(1, half)
     return args.sin().cat(args.cos(), dim=1)
 
@@ -168,7 +175,7 @@ class UNet:
         cfg = self.cfg
         h = self.w.linear("time.fc1", timestep_features(t, cfg.time_freqs)).silu()
         h = self.w.linear("time.fc2", h)
-        classes = Tensor(np.arange(cfg.num_classes + 1, dtype=np.int32), device=y.device).reshape(1, -1)
+        classes = device_arange(cfg.num_classes + 1, y.device).reshape(1, -1)
         onehot = y.reshape(-1, 1) == classes
         return h + onehot.cast(dtypes.float32) @ self.w.vector("class_emb")
 

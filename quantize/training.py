@@ -55,7 +55,7 @@ def init_parameters(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator
 def write_checkpoint(path: Path, arch: str, config: dict, tensors: dict[str, np.ndarray], provenance: dict,
                      extra: dict | None = None) -> None:
     """A float32 GGUF: `general.architecture`, the config under `<arch>.`, provenance under `training.`, `extra`
-    keys as they are (integers or integer lists: a latent model's autoencoder configuration)."""
+    keys as they are (integers, integer lists, floats: a latent model's autoencoder configuration, the guidance)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     w = GGUFWriter(str(tmp), arch)
@@ -64,6 +64,8 @@ def write_checkpoint(path: Path, arch: str, config: dict, tensors: dict[str, np.
     for key, value in keys.items():
         if isinstance(value, (tuple, list)):
             w.add_array(key, list(value))
+        elif isinstance(value, float):
+            w.add_float32(key, value)
         else:
             w.add_uint32(key, int(value))
     for key, value in provenance.items():

@@ -106,9 +106,9 @@ def _decode_speed(gen: Any, prompt: str) -> float:
 
 def _image_verdict(gen: Any, prompt: str, seed: int, steps: int, device: str | None) -> tuple[int, float]:
     """The classifier's digit for the image `gen` draws from `prompt` with `seed`, and its probability."""
-    from edgegen.runtime.diffusion import DEFAULT_GUIDANCE, Classifier, DiffusionParams, parse_prompt
+    from edgegen.runtime.diffusion import Classifier, DiffusionParams, parse_prompt
 
-    params = DiffusionParams(steps=steps, guidance=DEFAULT_GUIDANCE, seed=seed)
+    params = DiffusionParams(steps=steps, seed=seed)  # the model's own guidance
     images = None
     for _step, _total, out in gen.sample_iter([parse_prompt(prompt)], params):
         images = out

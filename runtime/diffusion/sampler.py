@@ -53,15 +53,16 @@ SAMPLERS = ("ddim", "ddpm")
 MAX_STEPS = 1000
 MAX_IMAGES = 1024
 
-# Classifier-free guidance weight for the shipped U-Net: higher w reads more clearly as the prompted digit (prompt
-# accuracy) at some cost in variety (Frechet distance); 5 keeps a margin over the 90% prompt-accuracy target (the
-# figures per weight: docs/MEASUREMENTS.md).
-DEFAULT_GUIDANCE = 5.0
+# Classifier-free guidance weight: higher w reads more clearly as the prompted digit (prompt accuracy) at a cost in
+# variety (Frechet distance). A file may carry its own (`edgegen-unet.guidance`, chosen by a sweep: the shipped
+# models' figures per weight are in docs/MEASUREMENTS.md); this is the weight for a file that does not.
+DEFAULT_GUIDANCE = 2.0
+GUIDANCE_KEY = f"{UNET_ARCH}.guidance"
 
 # The U-Net's batch sizes (guidance doubles a batch): a batch runs padded to the next bucket, larger ones in chunks of
 # the largest. Powers of two waste at most half a batch; 32 is 16 guided images, where the time per image stops
 # improving on a small CPU (docs/MEASUREMENTS.md).
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+BATCH_BUCKETS = (1, 2, 4, 8, 16)
 # A latent model's predicted clean latent is clipped to this many standard deviations (the pixel model's to [-1, 1]):
 # the autoencoder's latents are normalised to unit variance per channel, and the training digits' latents lie
 # within it (docs/MEASUREMENTS.md).
@@ -70,11 +71,12 @@ LATENT_CLIP = 5.0
 
 @dataclass(frozen=True)
 class DiffusionParams:
-    """How to sample. guidance 1.0 is plain conditional sampling; 0.0 ignores the prompt."""
+    """How to sample. guidance 1.0 is plain conditional sampling; 0.0 ignores the prompt; None: the model's own
+    (ImageGenerator.default_guidance)."""
 
     steps: int = 20
     sampler: str = "ddim"
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | None = None
     seed: int = 0
     n: int = 1
 
@@ -83,7 +85,8 @@ class DiffusionParams:
             raise GenerationError(f"steps must be an integer from 1 to {timesteps} (got {self.steps!r})")
         if self.sampler not in SAMPLERS:
             raise GenerationError(f"sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
-        if not isinstance(self.guidance, (int, float)) or not 0.0 <= float(self.guidance) <= 20.0:
+        if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
+                                          or not 0.0 <= float(self.guidance) <= 20.0):
             raise GenerationError(f"guidance must be a number from 0 to 20 (got {self.guidance!r})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise GenerationError(f"seed must be a non-negative integer (got {self.seed!r})")
@@ -109,6 +112,10 @@ class ImageGenerator:
         self.autoencoder = None if self.autoencoder_cfg is None else Autoencoder(self.autoencoder_cfg, self.weights)
         self.device = device
         self.alpha_bars = cosine_alpha_bars(self.cfg.timesteps)
+        g = mf.get(GUIDANCE_KEY)
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 <= float(g) <= 20.0):
+            raise ArtifactError(f"{mf.path.name}: {GUIDANCE_KEY} must be a number from 0 to 20 (got {g!r})")
+        self.default_guidance = DEFAULT_GUIDANCE if g is None else float(g)
         self._buckets: dict[int, _BucketGraph] = {}
         self._unsaved = False
         self._cache_key = jit_cache_store.cache_key(mf.path, str(device), 0, f"diffusion-{self.plan.describe()}") \
@@ -258,14 +265,15 @@ class ImageGenerator:
         c, s = self.cfg.in_channels, self.cfg.image_size
         x = rng.standard_normal((len(labels), c, s, s), dtype=np.float32)
         ts = self.timesteps(params.steps)
-        guided = float(params.guidance) != 1.0
+        guidance = self.default_guidance if params.guidance is None else float(params.guidance)
+        guided = guidance != 1.0
         eta = 1.0 if params.sampler == "ddpm" else 0.0
         batch = min(batch or len(labels), BATCH_BUCKETS[-1] // (2 if guided else 1))
         clip = LATENT_CLIP if self.latent else 1.0
         for i, t in enumerate(ts):
             ab = self.alpha_bars[t]
             ab_prev = self.alpha_bars[ts[i + 1]] if i + 1 < len(ts) else 1.0
-            eps = np.concatenate([self._guided_eps(x[j:j + batch], t, labels[j:j + batch], params.guidance, guided)
+            eps = np.concatenate([self._guided_eps(x[j:j + batch], t, labels[j:j + batch], guidance, guided)
                                   for j in range(0, len(labels), batch)])
             x0 = np.clip((x - np.sqrt(1 - ab) * eps) / np.sqrt(ab), -clip, clip)
             eps = (x - np.sqrt(ab) * x0) / np.sqrt(1 - ab)  # consistent with the clipped x0
