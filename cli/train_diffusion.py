@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="U-Net channels at its three resolutions (default 32,32,64; latent-unet 64,64,128)")
     parser.add_argument("--init", default=None, metavar="FILE",
                         help="U-Net: continue from this checkpoint's weights (fresh optimizer and schedule)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="torch U-Nets: record this guidance weight in the file as its default for sampling")
     parser.add_argument("-o", "--output", required=True, help="checkpoint to write (.gguf)")
 
 
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.batch < 1:
         raise TrainingError(f"--steps and --batch must be positive (got {args.steps}, {args.batch})")
+    if args.guidance is not None and not 0.0 <= args.guidance <= 20.0:
+        raise TrainingError(f"--guidance must be a number from 0 to 20 (got {args.guidance})")
     # --init continues a tinygrad run (its optimizer state is not carried over either way)
     trainer = args.trainer or ("torch" if args.what != "classifier" and not args.init and
                                importlib.util.find_spec("torch") else "tinygrad")
@@ -108,13 +112,15 @@ def _train_torch(args: argparse.Namespace, channels: tuple[int, ...], out: Path,
         return torch_diffusion.train_autoencoder(AutoencoderConfig(), args.steps, args.batch, lr, args.seed, out, prov)
     if args.what == "unet":
         cfg = UNetConfig(channels=channels)  # type: ignore[arg-type]  # three integers: checked above
-        return torch_diffusion.train_unet(cfg, args.steps, args.batch, lr, args.seed, out, prov)
+        return torch_diffusion.train_unet(cfg, args.steps, args.batch, lr, args.seed, out, prov,
+                                          guidance=args.guidance)
     ae_path = Path(args.autoencoder)
     ae_cfg, _ = torch_diffusion.read_autoencoder(ae_path)
     prov["autoencoder_sha256"] = hashlib.sha256(ae_path.read_bytes()).hexdigest()
     cfg = UNetConfig(channels=channels, image_size=ae_cfg.latent_size,  # type: ignore[arg-type]
                      in_channels=ae_cfg.latent_channels)
-    return torch_diffusion.train_latent_unet(cfg, ae_path, args.steps, args.batch, lr, args.seed, out, prov)
+    return torch_diffusion.train_latent_unet(cfg, ae_path, args.steps, args.batch, lr, args.seed, out, prov,
+                                             guidance=args.guidance)
 
 
 TORCH_LR = {"unet": 2e-3, "latent-unet": 1e-3, "autoencoder": 2e-3}  # peak AdamW learning rates

@@ -205,8 +205,10 @@ def _unet_init(cfg: UNetConfig, rng: np.random.Generator) -> dict[str, np.ndarra
 
 
 def train_unet(cfg: UNetConfig, steps: int, batch: int, lr: float, seed: int, out: Path, provenance: dict,
-               ema_decay: float = 0.9995, p_uncond: float = 0.1, save_every: int = 1000) -> dict[str, float]:
-    """The pixel U-Net (epsilon prediction, MSE) on [-1, 1] digits; writes the EMA weights to `out`."""
+               ema_decay: float = 0.9995, p_uncond: float = 0.1, save_every: int = 1000,
+               guidance: float | None = None) -> dict[str, float]:
+    """The pixel U-Net (epsilon prediction, MSE) on [-1, 1] digits; writes the EMA weights to `out`, with
+    `guidance` as the file's default guidance weight if given."""
     from edgegen.quantize.training import write_checkpoint
 
     require_torch()
@@ -218,7 +220,7 @@ def train_unet(cfg: UNetConfig, steps: int, batch: int, lr: float, seed: int, ou
     def save(weights: dict, done: int, loss: float, seconds: float) -> None:
         prov = dict(provenance, trainer="torch", steps=done, seed=seed, batch=batch, final_loss=loss,
                     train_seconds=seconds)
-        write_checkpoint(out, UNET_ARCH, asdict(cfg), weights, prov)
+        write_checkpoint(out, UNET_ARCH, asdict(cfg), weights, prov, extra=_guidance_key(guidance))
 
     weights, final, seconds = _loop(params, _diffusion_loss(cfg, params, batches, rng, p_uncond, lambda x: x),
                                     steps, lr, ema_decay, "unet", save, save_every)
@@ -296,7 +298,8 @@ def reconstruction_error(cfg: AutoencoderConfig, weights: dict[str, np.ndarray])
 
 
 def train_latent_unet(cfg: UNetConfig, autoencoder: Path, steps: int, batch: int, lr: float, seed: int, out: Path,
-                      provenance: dict, ema_decay: float = 0.9995, p_uncond: float = 0.1) -> dict[str, float]:
+                      provenance: dict, ema_decay: float = 0.9995, p_uncond: float = 0.1,
+                      guidance: float | None = None) -> dict[str, float]:
     """A U-Net on the frozen autoencoder's latents; `out` holds both networks (one file, one latent model)."""
     from edgegen.quantize.training import write_checkpoint
 
@@ -319,12 +322,17 @@ def train_latent_unet(cfg: UNetConfig, autoencoder: Path, steps: int, batch: int
                     train_seconds=seconds)
         tensors = dict(weights, **ae_weights)
         write_checkpoint(out, UNET_ARCH, asdict(cfg), tensors, prov,
-                         extra={f"{AUTOENCODER_PREFIX}.{k}": v for k, v in asdict(ae_cfg).items()})
+                         extra={f"{AUTOENCODER_PREFIX}.{k}": v for k, v in asdict(ae_cfg).items()}
+                         | _guidance_key(guidance))
 
     weights, final, seconds = _loop(params, _diffusion_loss(cfg, params, batches, rng, p_uncond, latents_of),
                                     steps, lr, ema_decay, "latent-unet", save, 1000)
     save(weights, steps, final, seconds)
     return {"final_loss": final, "train_seconds": seconds}
+
+
+def _guidance_key(guidance: float | None) -> dict[str, float]:
+    return {} if guidance is None else {f"{UNET_ARCH}.guidance": float(guidance)}
 
 
 def read_autoencoder(path: Path) -> tuple[AutoencoderConfig, dict[str, np.ndarray]]:

@@ -1,4 +1,5 @@
-"""Keep captured TinyJit graphs (decode and prefill) on disk, so a new process skips scheduling them again.
+"""Keep captured TinyJit graphs (decode and prefill; the diffusion U-Net per batch bucket) on disk, so a new process
+skips scheduling them again.
 
 tinygrad caches compiled kernel binaries on disk, but a new process still schedules and lowers every kernel of the
 decode and prefill graphs in Python, most of the time to first token even with a warm kernel cache; a pickled

@@ -154,3 +154,29 @@ def test_sampling_on_opencl_matches_the_cpu(tiny_unet_files, tiny_latent_files, 
         _run(f"DEV = {dev!r}\n" + script, path, "4", str(tmp_path / f"{dev}.npy"), env=env)
         outs[dev] = np.load(tmp_path / f"{dev}.npy")
     np.testing.assert_allclose(outs["CL"], outs["CPU"], atol=2e-3)
+
+
+@pytest.mark.parametrize("value,ok", [(3.0, True), (0.0, True), (-1.0, False), (float("nan"), False), (99.0, False)])
+def test_a_files_guidance_is_its_default_and_checked(tmp_path, tiny_unet_files, value, ok):
+    from dataclasses import asdict
+
+    from diffusion_helpers import TINY
+
+    from edgegen.models.unet import UNET_ARCH
+    from edgegen.quantize.training import read_checkpoint, write_checkpoint
+    from edgegen.runtime.diffusion import DEFAULT_GUIDANCE
+
+    path = tmp_path / "g.gguf"
+    write_checkpoint(path, UNET_ARCH, asdict(TINY), read_checkpoint(tiny_unet_files["f32"], UNET_ARCH),
+                     {"command": "tests"}, extra={f"{UNET_ARCH}.guidance": value})
+    if not ok:
+        with pytest.raises(ArtifactError, match="edgegen-unet.guidance must be a number from 0 to 20"):
+            ImageGenerator.load(path, jit_cache=False)
+        return
+    gen = ImageGenerator.load(path, jit_cache=False)
+    assert gen.default_guidance == value
+    assert ImageGenerator.load(tiny_unet_files["f32"], jit_cache=False).default_guidance == DEFAULT_GUIDANCE
+    # None in the parameters means the file's weight: the same images as asking for it by value
+    a = gen.sample([2], DiffusionParams(steps=2, seed=1))
+    b = gen.sample([2], DiffusionParams(steps=2, seed=1, guidance=value))
+    assert np.array_equal(a, b)
