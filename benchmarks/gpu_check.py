@@ -4,7 +4,7 @@
    forward pass, and greedy tokens on the GPU against the CPU's reference path;
 2. speed: a SmolLM2-135M-shaped Q4_1 file (random blocks, written here) decoded 64 tokens after a 64-token prompt:
    load, time to first token, decode tokens/s (median of 3 runs);
-3. diffusion: the shipped MNIST U-Net, one image and a batch of 16, 20 DDIM steps, wall time.
+3. diffusion: the shipped pixel and latent MNIST models, one image and a batch of 16, 20 DDIM steps, wall time.
 Every section is timed and caught on its own, so a failure in one still reports the others.
 """
 from __future__ import annotations
@@ -115,14 +115,15 @@ def speed(device: str) -> dict:
 def diffusion(device: str) -> dict:
     from edgegen.runtime.diffusion.sampler import DiffusionParams, ImageGenerator
 
-    gen = ImageGenerator.load(device=device)
     out = {}
-    for n in (1, 16):
-        for label in ("first", "again"):
-            t0 = time.perf_counter()
-            images = gen.generate("3", DiffusionParams(steps=20, n=n, seed=7))
-            out[f"batch{n}_{label}_s"] = time.perf_counter() - t0
-        out[f"batch{n}_shape"] = list(images.shape)
+    for model in ("mnist", "mnist-latent"):
+        gen = ImageGenerator.load(model, device=device)
+        for n in (1, 16):
+            for label in ("first", "again"):
+                t0 = time.perf_counter()
+                images = gen.generate("3", DiffusionParams(steps=20, n=n, seed=7))
+                out[f"{model}_batch{n}_{label}_s"] = time.perf_counter() - t0
+            out[f"{model}_batch{n}_shape"] = list(images.shape)
     return out
 
 

@@ -122,7 +122,7 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float 
     return g.reshape(b, c, h, w) * weight.reshape(1, c, 1, 1) + bias.reshape(1, c, 1, 1)
 
 
-def device_arange(n: int, device: str | tuple[str, ...]) -> Tensor:
+def device_arange(n: int, device: str | tuple[str, ...] | None) -> Tensor:
     """0., 1., .., n-1 computed on `device` inside the graph (Tensor.arange takes no device in tinygrad 0.14, and a
     tensor made from a numpy array is a host-to-device copy in every replay of a captured graph, which the direct
     CPU replay of runtime.cpu_replay refuses). Exact: small integers in float32."""

@@ -116,7 +116,7 @@ class ImageGenerator:
         if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 <= float(g) <= 20.0):
             raise ArtifactError(f"{mf.path.name}: {GUIDANCE_KEY} must be a number from 0 to 20 (got {g!r})")
         self.default_guidance = DEFAULT_GUIDANCE if g is None else float(g)
-        self._buckets: dict[int, _BucketGraph] = {}
+        self._buckets: dict[tuple[str, int], _BucketGraph] = {}
         self._unsaved = False
         self._cache_key = jit_cache_store.cache_key(mf.path, str(device), 0, f"diffusion-{self.plan.describe()}") \
             if jit_cache else None
@@ -138,63 +138,79 @@ class ImageGenerator:
         """Whether the U-Net denoises the autoencoder's latents (else pixels)."""
         return self.autoencoder is not None
 
-    # ---- the U-Net at bucketed batch sizes, graphs kept on disk ---------------------------------------------------
+    # ---- the U-Net and the decoder at bucketed batch sizes, graphs kept on disk ------------------------------------
+    # A graph is keyed (kind, bucket): kind "eps" is the U-Net, "decode" a latent model's decoder.
     def _install(self, saved: dict) -> None:
-        graphs, probes = saved.get("eps"), saved.get("probes")
+        graphs, probes = saved.get("graphs"), saved.get("probes")
         if not isinstance(graphs, dict) or not isinstance(probes, dict):
             return
-        for bucket, graph in graphs.items():
-            if bucket in BATCH_BUCKETS and isinstance(probes.get(bucket), np.ndarray):
-                jit = TinyJit(self._forward)
+        for (kind, bucket), graph in graphs.items():
+            if kind in self._forwards() and bucket in BATCH_BUCKETS and isinstance(probes.get((kind, bucket)),
+                                                                                  np.ndarray):
+                jit = TinyJit(self._forwards()[kind])
                 install_captured(jit, graph)
-                self._buckets[bucket] = _BucketGraph(jit, self._inputs(bucket), probes[bucket], loaded=True)
+                self._buckets[(kind, bucket)] = _BucketGraph(jit, self._inputs(kind, bucket), probes[(kind, bucket)],
+                                                             loaded=True)
+
+    def _forwards(self) -> dict[str, Callable]:
+        out: dict[str, Callable] = {"eps": self._forward}
+        if self.autoencoder is not None:
+            out["decode"] = self._decode_forward
+        return out
 
     def _forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         return self.model(x, t, y.cast(dtypes.int32)).realize()
 
-    def graphs(self) -> dict[int, str]:
-        """Each batch bucket's U-Net graph: "loaded" (from disk, not yet checked) or "ready" (checked or captured)."""
-        return {b: "loaded" if g.loaded else "ready" for b, g in sorted(self._buckets.items())}
+    def _decode_forward(self, z: Tensor) -> Tensor:
+        assert self.autoencoder is not None
+        return self.autoencoder.decode(z).realize()
+
+    def graphs(self, kind: str = "eps") -> dict[int, str]:
+        """Each batch bucket's graph of `kind` ("eps": the U-Net, "decode": the decoder): "loaded" (from disk, not
+        yet checked) or "ready" (checked or captured)."""
+        return {b: "loaded" if g.loaded else "ready" for (k, b), g in sorted(self._buckets.items()) if k == kind}
 
     @property
     def cache_key(self) -> str | None:
         """The JIT cache entry holding this model's graphs on this device (None: the cache is off)."""
         return self._cache_key
 
-    def probe_input(self, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def probe_input(self, bucket: int, kind: str = "eps") -> tuple[np.ndarray, ...]:
         """A fixed batch (seeded noise, spread timesteps, every class) whose output checks a loaded graph."""
         c, s = self.cfg.in_channels, self.cfg.image_size
         x = np.random.default_rng(bucket).standard_normal((bucket, c, s, s), dtype=np.float32)
+        if kind == "decode":
+            return (x,)
         t = np.linspace(0, self.cfg.timesteps - 1, bucket).round().astype(np.float32)
         y = (np.arange(bucket) % (self.cfg.num_classes + 1)).astype(np.float32)
         return x, t, y
 
-    def _inputs(self, bucket: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The bucket's persistent input buffers (x, t, y as float32), holding the probe input: a captured graph
-        and its direct replay read these very buffers, rewritten in place for each batch."""
-        return tuple(device_tensor(a, self.device) for a in self.probe_input(bucket))  # type: ignore[return-value]
+    def _inputs(self, kind: str, bucket: int) -> tuple[Tensor, ...]:
+        """The graph's persistent input buffers (float32), holding the probe input: a captured graph and its direct
+        replay read these very buffers, rewritten in place for each batch."""
+        return tuple(device_tensor(a, self.device) for a in self.probe_input(bucket, kind))
 
-    def _graph(self, bucket: int) -> _BucketGraph:
-        """`bucket`'s graph, ready: a loaded one checked against its probe (or dropped and recaptured), a new one
-        captured on its probe input, whose output is kept for the next process."""
-        g = self._buckets.get(bucket)
+    def _graph(self, kind: str, bucket: int) -> _BucketGraph:
+        """The (kind, bucket) graph, ready: a loaded one checked against its probe (or dropped and recaptured), a
+        new one captured on its probe input, whose output is kept for the next process."""
+        g = self._buckets.get((kind, bucket))
         if g is not None and g.loaded:
             g.loaded = False
             g.replay = self._replay(g.jit, g.inputs)
             if np.array_equal(g.run(), g.probe):
                 return g
-            log.warning("the cached U-Net graph for batch %d differs from its probe: recapturing it", bucket)
+            log.warning("the cached %s graph for batch %d differs from its probe: recapturing it", kind, bucket)
             if self._cache_key is not None:
                 jit_cache_store.remove(self._cache_key)
             g = None
         if g is None:
-            inputs = self._inputs(bucket)
-            jit = capture_on_first_call(TinyJit(self._forward))
+            inputs = self._inputs(kind, bucket)
+            jit = capture_on_first_call(TinyJit(self._forwards()[kind]))
             out = jit(*inputs).numpy()
-            g = self._buckets[bucket] = _BucketGraph(jit, inputs, out, loaded=False)
+            g = self._buckets[(kind, bucket)] = _BucketGraph(jit, inputs, out, loaded=False)
             g.replay = self._replay(jit, inputs)
             if g.replay is not None and not np.array_equal(g.run(), out):
-                log.warning("the U-Net's direct CPU replay differs from TinyJit at batch %d: using TinyJit", bucket)
+                log.warning("the direct CPU replay differs from TinyJit (%s, batch %d): using TinyJit", kind, bucket)
                 g.replay = None
             self._unsaved = True
         return g
@@ -205,41 +221,40 @@ class ImageGenerator:
             return None
         return CPUReplay.build(jit, inputs, self.plan.threads)
 
-    def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """The U-Net's noise prediction for a batch, run padded to the next batch bucket (chunks of the largest)."""
-        if len(x) > BATCH_BUCKETS[-1]:
-            m = BATCH_BUCKETS[-1]
-            return np.concatenate([self.eps(x[i:i + m], t[i:i + m], y[i:i + m]) for i in range(0, len(x), m)])
-        b = len(x)
-        bucket = next(k for k in BATCH_BUCKETS if k >= b)
-        pad = bucket - b
-        if pad:  # repeat the last row: every row is computed independently, so padding never changes the others
-            x, t, y = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, t, y))
+    def _bucketed(self, kind: str, arrays: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The (kind) graph on a batch, run padded to the next batch bucket (chunks of the largest)."""
+        n, m = len(arrays[0]), BATCH_BUCKETS[-1]
+        if n > m:
+            return np.concatenate([self._bucketed(kind, tuple(a[i:i + m] for a in arrays)) for i in range(0, n, m)])
+        bucket = next(k for k in BATCH_BUCKETS if k >= n)
+        if bucket > n:  # repeat the last row: every row is computed independently, so padding never changes others
+            arrays = tuple(np.concatenate([a, np.repeat(a[-1:], bucket - n, axis=0)]) for a in arrays)
         with TINYGRAD_LOCK:  # one step at a time, never across the sampler's yields
-            g = self._graph(bucket)
-            for buf, a in zip(g.inputs, (x, t, y), strict=True):
+            g = self._graph(kind, bucket)
+            for buf, a in zip(g.inputs, arrays, strict=True):
                 write_buffer(buf, a.astype(np.float32))
-            return g.run()[:b]
+            return g.run()[:n]
+
+    def eps(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The U-Net's noise prediction for a batch."""
+        return self._bucketed("eps", (x, t, y))
 
     def save_graphs(self) -> None:
         """Keep the captured graphs on disk for the next process (after an answer is out, never while one waits)."""
         if self._cache_key is None or not self._unsaved:
             return
         with TINYGRAD_LOCK:
-            kept = {b: g for b, g in self._buckets.items() if not g.loaded and captured_graph(g.jit) is not None}
-            graphs = {b: captured_graph(g.jit) for b, g in kept.items()}
-            probes = {b: g.probe for b, g in kept.items()}
-            if jit_cache_store.save(self._cache_key, {"eps": graphs, "probes": probes}) is not None:
+            kept = {k: g for k, g in self._buckets.items() if not g.loaded and captured_graph(g.jit) is not None}
+            graphs = {k: captured_graph(g.jit) for k, g in kept.items()}
+            probes = {k: g.probe for k, g in kept.items()}
+            if jit_cache_store.save(self._cache_key, {"graphs": graphs, "probes": probes}) is not None:
                 self._unsaved = False
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Pixels (N, 1, 28, 28) in [-1, 1] of final samples: a latent model's decoder, or the samples themselves."""
         if self.autoencoder is None:
             return latents
-        with TINYGRAD_LOCK:
-            out = np.concatenate([self.autoencoder.decode(Tensor(latents[i:i + 64], device=self.device)).numpy()
-                                  for i in range(0, len(latents), 64)])
-        return np.clip(out, -1.0, 1.0)
+        return np.clip(self._bucketed("decode", (latents,)), -1.0, 1.0)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """A latent model's latents (N, C, 8, 8) of images (N, 1, 28, 28) in [-1, 1]."""

@@ -97,10 +97,11 @@ import sys, json, numpy as np
 from edgegen.runtime.diffusion import DiffusionParams, ImageGenerator
 gen = ImageGenerator.load(sys.argv[1])
 loaded = [b for b, state in gen.graphs().items() if state == "loaded"]
+decoders = [b for b, state in gen.graphs("decode").items() if state == "loaded"]
 images = gen.sample([int(d) for d in sys.argv[2].split(",")], DiffusionParams(steps=4, seed=3))
 gen.save_graphs()
 np.save(sys.argv[3], images)
-print(json.dumps({"loaded": loaded}))
+print(json.dumps({"loaded": loaded, "decoders": decoders}))
 """
 
 
@@ -121,6 +122,7 @@ def test_graphs_from_disk_give_the_same_images_as_a_cold_capture(tiny_unet_files
     cold = json.loads(_run(WARM, path, "7,2", str(tmp_path / "cold.npy"), env=env))
     warm = json.loads(_run(WARM, path, "7,2", str(tmp_path / "warm.npy"), env=env))
     assert cold["loaded"] == [] and warm["loaded"] == [4]  # two guided images: a batch of 4
+    assert warm["decoders"] == ([2] if model == "latent" else [])  # the decoder's graph is kept too
     assert np.array_equal(np.load(tmp_path / "cold.npy"), np.load(tmp_path / "warm.npy"))
 
 
@@ -134,8 +136,8 @@ def test_a_corrupted_graph_on_disk_is_detected_and_recaptured(tiny_unet_files, t
     gen.save_graphs()
     assert gen.cache_key is not None
     entry = jit_cache.load(gen.cache_key)
-    assert entry is not None and set(entry["probes"]) == {2}
-    entry["probes"][2] = entry["probes"][2] + 1.0  # what a stale or damaged entry would look like
+    assert entry is not None and set(entry["probes"]) == {("eps", 2)}
+    entry["probes"]["eps", 2] = entry["probes"]["eps", 2] + 1.0  # what a stale or damaged entry would look like
     jit_cache.save(gen.cache_key, entry)
     again = ImageGenerator.load(tiny_unet_files["f32"])
     assert again.graphs() == {2: "loaded"}
