@@ -83,10 +83,14 @@ class Fleet:
 
     def pick(self, model: str) -> str:
         """An online device announcing `model`, in turn; RequestError: unknown_model (no device announces it) or
-        connection_failed (those that do are offline: 503)."""
+        connection_failed (those that do are offline, or no device has announced anything yet: 503; a gateway
+        started a moment ago may not have the retained announcements yet)."""
         with self._lock:
+            known = bool(self.devices)
             serving = sorted(n for n, d in self.devices.items() if model in d.text)
             online = [n for n in serving if self.devices[n].state != "offline"]
+        if not serving and not known:  # nothing heard from any device yet (or ever): unavailable, not unknown
+            raise RequestError(ErrorCode.CONNECTION_FAILED, "no device of the fleet has announced itself")
         if not serving:
             raise RequestError(ErrorCode.UNKNOWN_MODEL, f"no device of the fleet serves model {model!r}")
         if not online:

@@ -350,13 +350,13 @@ def torch_networks(path: Path) -> tuple[Callable, Callable | None]:
     eps(x, t, y) and, for a latent model, decode(z); what benchmarks/bench_diffusion.py runs PyTorch and exports to
     onnxruntime with."""
     from edgegen.runtime.artifact import open_gguf
-    from edgegen.runtime.diffusion.sampler import autoencoder_config
-    from edgegen.runtime.diffusion.weights import config_from_file
+    from edgegen.runtime.artifact.config import config_from_file
 
     require_torch()
     mf = open_gguf(path)
     cfg = config_from_file(mf, UNetConfig, UNET_ARCH)
-    ae = autoencoder_config(mf, cfg)
+    ae = (config_from_file(mf, AutoencoderConfig, AUTOENCODER_PREFIX)
+          if mf.get(f"{AUTOENCODER_PREFIX}.latent_channels") is not None else None)
     p = {n: torch.from_numpy(_float(info)) for n, info in mf.tensors.items()}
     return ((lambda x, t, y: unet_forward(cfg, p, x, t, y)),
             None if ae is None else (lambda z: decode(ae, p, z)))

@@ -41,7 +41,7 @@ def test_shipped_weights_are_package_resources(tmp_path):
     done = run_python("import importlib.resources as r; w = r.files('edgegen.models') / 'weights';"
                       "print(sorted(p.name for p in w.iterdir() if p.name.endswith('.gguf')))", tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['mnist-classifier.gguf', 'unet-mnist.gguf']"
+    assert done.stdout.strip() == "['latent-mnist.gguf', 'mnist-classifier.gguf', 'unet-mnist.gguf']"
 
 
 def test_the_command_runs_as_a_module(tmp_path):

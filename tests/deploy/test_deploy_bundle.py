@@ -6,6 +6,8 @@ import dataclasses
 import io
 import json
 import stat
+import subprocess
+import sys
 import tarfile
 import time
 
@@ -13,7 +15,6 @@ import pytest
 from deploy_lib_helpers import GOLDEN_PROMPT
 
 from edgegen.cli import main
-from edgegen.device.planner import RUNTIME_OVERHEAD_BYTES
 from edgegen.firmware_bridge.deploy import health, keys
 from edgegen.firmware_bridge.deploy.bundle import MODEL_MEMBER, install_bundle, read_bundle_manifest, write_bundle
 from edgegen.firmware_bridge.deploy.errors import DeployError
@@ -61,14 +62,27 @@ def test_speed_below_the_baseline_share_is_too_slow(tiny_models, golden):
     assert health.run_health(good, slow).ok
 
 
-def test_memory_over_plan_and_load_failure(tiny_models, golden, tmp_path, monkeypatch):
+def test_memory_over_plan_and_load_failure(tiny_models, golden, tmp_path):
     good = tiny_models[0]
     m = build_manifest(good, "tiny", 1, golden=golden, block_size=4096)
     tiny_plan = dataclasses.replace(m, plan={**m.plan, "weights_bytes": 0, "kv_cache_bytes": 0,
                                              "activations_bytes": 0, "load_transient_bytes": 0})
-    monkeypatch.setitem(RUNTIME_OVERHEAD_BYTES, "TINY", (1, 1))  # a backend whose runtime costs nothing
-    r = health.run_health(good, tiny_plan, backend="TINY")  # a 1-byte plan: loading any model exceeds it
-    assert r.code == "memory_over_plan" and r.numbers["peak_rss_bytes"] > r.numbers["planned_peak_bytes"]
+    # In a fresh process: here, a load can reuse memory earlier tests freed, and its peak grows by nothing.
+    script = (
+        "import sys, json\n"
+        "from edgegen.device.planner import RUNTIME_OVERHEAD_BYTES\n"
+        "from edgegen.firmware_bridge.deploy import health\n"
+        "from edgegen.firmware_bridge.deploy.manifest import Manifest\n"
+        "RUNTIME_OVERHEAD_BYTES['TINY'] = (1, 1)  # a backend whose runtime costs nothing\n"
+        "m = Manifest.from_dict(json.loads(sys.stdin.read()))\n"
+        "r = health.run_health(sys.argv[1], m, backend='TINY')  # a 1-byte plan: loading any model exceeds it\n"
+        "keys = ('peak_rss_bytes', 'planned_peak_bytes')\n"
+        "print(json.dumps({'code': r.code, **{k: r.numbers.get(k) for k in keys}}))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(good)], input=json.dumps(tiny_plan.to_dict()),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["code"] == "memory_over_plan" and r["peak_rss_bytes"] > r["planned_peak_bytes"]
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(good.read_bytes()[:2000])
     r = health.run_health(broken, m)
