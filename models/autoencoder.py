@@ -24,6 +24,7 @@ from tinygrad import Tensor
 from edgegen.models.unet import UNetWeights, upsample2
 
 AUTOENCODER_PREFIX = "autoencoder"  # metadata keys `autoencoder.<field>` mark a latent model's file
+LATENT_MARKER_KEY = f"{AUTOENCODER_PREFIX}.latent_channels"  # present in a latent model's file only
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import numpy as np
 from tinygrad import Tensor, dtypes
 
 UNET_ARCH = "edgegen-unet"  # general.architecture of U-Net files
+GUIDANCE_KEY = f"{UNET_ARCH}.guidance"  # a file's own classifier-free guidance weight (float, 0-20)
 
 
 class UNetWeights(Protocol):

@@ -26,9 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgegen.models.autoencoder import AUTOENCODER_PREFIX, AutoencoderConfig, decoder_layers, encoder_layers
+from edgegen.models.autoencoder import (
+    AUTOENCODER_PREFIX,
+    LATENT_MARKER_KEY,
+    AutoencoderConfig,
+    decoder_layers,
+    encoder_layers,
+)
 from edgegen.models.autoencoder import parameter_shapes as autoencoder_shapes
-from edgegen.models.unet import UNET_ARCH, UNetConfig, cosine_alpha_bars, parameter_shapes
+from edgegen.models.unet import GUIDANCE_KEY, UNET_ARCH, UNetConfig, cosine_alpha_bars, parameter_shapes
 from edgegen.quantize.mnist import TrainingError, load_mnist
 
 log = logging.getLogger("edgegen.quantize.training")
@@ -179,13 +185,13 @@ class _Batches:
         return self.images[idx], self.labels[idx]
 
 
-def _diffusion_loss(cfg: UNetConfig, params: dict, batches: _Batches, rng: np.random.Generator, p_uncond: float,
-                    to_model_space: Callable[[np.ndarray], np.ndarray]) -> Callable:
+def _diffusion_loss(cfg: UNetConfig, params: dict, batches: _Batches, rng: np.random.Generator, p_uncond: float
+                    ) -> Callable:
     alpha_bars = cosine_alpha_bars(cfg.timesteps)
 
     def loss(_: int):
         x, labels = batches.next()
-        x0 = torch.from_numpy(to_model_space(x))
+        x0 = torch.from_numpy(x)
         b = len(x0)
         t = rng.integers(0, cfg.timesteps, b)
         y = np.where(rng.random(b) < p_uncond, cfg.null_class, labels)
@@ -222,7 +228,7 @@ def train_unet(cfg: UNetConfig, steps: int, batch: int, lr: float, seed: int, ou
                     train_seconds=seconds)
         write_checkpoint(out, UNET_ARCH, asdict(cfg), weights, prov, extra=_guidance_key(guidance))
 
-    weights, final, seconds = _loop(params, _diffusion_loss(cfg, params, batches, rng, p_uncond, lambda x: x),
+    weights, final, seconds = _loop(params, _diffusion_loss(cfg, params, batches, rng, p_uncond),
                                     steps, lr, ema_decay, "unet", save, save_every)
     save(weights, steps, final, seconds)
     return {"final_loss": final, "train_seconds": seconds}
@@ -312,10 +318,7 @@ def train_latent_unet(cfg: UNetConfig, autoencoder: Path, steps: int, batch: int
     params = _parameters(_unet_init(cfg, rng))
     batches = _Batches(rng, batch)
     log.info("encoding the training digits")
-    all_latents = _latents(ae_cfg, ae_weights, batches.images)
-
-    def latents_of(_: np.ndarray) -> np.ndarray:  # the rows batches.next() just handed out, encoded once up front
-        return all_latents[batches.order[batches.pos - batches.batch:batches.pos]]
+    batches.images = _latents(ae_cfg, ae_weights, batches.images)  # the same rows, encoded once up front
 
     def save(weights: dict, done: int, loss: float, seconds: float) -> None:
         prov = dict(provenance, trainer="torch", steps=done, seed=seed, batch=batch, final_loss=loss,
@@ -325,14 +328,14 @@ def train_latent_unet(cfg: UNetConfig, autoencoder: Path, steps: int, batch: int
                          extra={f"{AUTOENCODER_PREFIX}.{k}": v for k, v in asdict(ae_cfg).items()}
                          | _guidance_key(guidance))
 
-    weights, final, seconds = _loop(params, _diffusion_loss(cfg, params, batches, rng, p_uncond, latents_of),
+    weights, final, seconds = _loop(params, _diffusion_loss(cfg, params, batches, rng, p_uncond),
                                     steps, lr, ema_decay, "latent-unet", save, 1000)
     save(weights, steps, final, seconds)
     return {"final_loss": final, "train_seconds": seconds}
 
 
 def _guidance_key(guidance: float | None) -> dict[str, float]:
-    return {} if guidance is None else {f"{UNET_ARCH}.guidance": float(guidance)}
+    return {} if guidance is None else {GUIDANCE_KEY: float(guidance)}
 
 
 def read_autoencoder(path: Path) -> tuple[AutoencoderConfig, dict[str, np.ndarray]]:
@@ -351,25 +354,16 @@ def torch_networks(path: Path) -> tuple[Callable, Callable | None]:
     onnxruntime with."""
     from edgegen.runtime.artifact import open_gguf
     from edgegen.runtime.artifact.config import config_from_file
+    from edgegen.runtime.artifact.reader import dequantize_tensor
 
     require_torch()
     mf = open_gguf(path)
     cfg = config_from_file(mf, UNetConfig, UNET_ARCH)
     ae = (config_from_file(mf, AutoencoderConfig, AUTOENCODER_PREFIX)
-          if mf.get(f"{AUTOENCODER_PREFIX}.latent_channels") is not None else None)
-    p = {n: torch.from_numpy(_float(info)) for n, info in mf.tensors.items()}
+          if mf.get(LATENT_MARKER_KEY) is not None else None)
+    p = {n: torch.from_numpy(dequantize_tensor(info)) for n, info in mf.tensors.items()}
     return ((lambda x, t, y: unet_forward(cfg, p, x, t, y)),
             None if ae is None else (lambda z: decode(ae, p, z)))
-
-
-def _float(info) -> np.ndarray:  # a tensor of the file in float32, dequantized if packed
-    from gguf import GGMLQuantizationType as T
-    from gguf.quants import dequantize
-
-    arr = np.asarray(info.data)
-    if info.ggml_type not in (T.F32, T.F16):
-        arr = dequantize(arr, info.ggml_type)
-    return np.array(arr, dtype=np.float32).reshape(info.shape)
 
 
 def export_onnx(path: Path, out_dir: Path, opset: int = 17) -> dict[str, Path]:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from tinygrad import Tensor, TinyJit, dtypes
 
-from edgegen.models.autoencoder import AUTOENCODER_PREFIX, Autoencoder, AutoencoderConfig
-from edgegen.models.unet import UNET_ARCH, UNet, UNetConfig, cosine_alpha_bars
+from edgegen.models.autoencoder import AUTOENCODER_PREFIX, LATENT_MARKER_KEY, Autoencoder, AutoencoderConfig
+from edgegen.models.unet import GUIDANCE_KEY, UNET_ARCH, UNet, UNetConfig, cosine_alpha_bars
 from edgegen.runtime import jit_cache as jit_cache_store
 from edgegen.runtime.artifact.reader import ModelFile, open_model
 from edgegen.runtime.cpu_replay import CPUReplay
@@ -57,11 +57,11 @@ MAX_IMAGES = 1024
 # variety (Frechet distance). A file may carry its own (`edgegen-unet.guidance`, chosen by a sweep: the shipped
 # models' figures per weight are in docs/MEASUREMENTS.md); this is the weight for a file that does not.
 DEFAULT_GUIDANCE = 2.0
-GUIDANCE_KEY = f"{UNET_ARCH}.guidance"
+MAX_GUIDANCE = 20.0
 
 # The U-Net's batch sizes (guidance doubles a batch): a batch runs padded to the next bucket, larger ones in chunks of
-# the largest. Powers of two waste at most half a batch; 32 is 16 guided images, where the time per image stops
-# improving on a small CPU (docs/MEASUREMENTS.md).
+# the largest. Powers of two waste at most half a batch; no 32, whose cold compile took 155-307 s here against about
+# 20 s for 16 (docs/MEASUREMENTS.md).
 BATCH_BUCKETS = (1, 2, 4, 8, 16)
 # A latent model's predicted clean latent is clipped to this many standard deviations (the pixel model's to [-1, 1]):
 # the autoencoder's latents are normalised to unit variance per channel, and the training digits' latents lie
@@ -85,9 +85,8 @@ class DiffusionParams:
             raise GenerationError(f"steps must be an integer from 1 to {timesteps} (got {self.steps!r})")
         if self.sampler not in SAMPLERS:
             raise GenerationError(f"sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
-        if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
-                                          or not 0.0 <= float(self.guidance) <= 20.0):
-            raise GenerationError(f"guidance must be a number from 0 to 20 (got {self.guidance!r})")
+        if self.guidance is not None and not valid_guidance(self.guidance):
+            raise GenerationError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g} (got {self.guidance!r})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise GenerationError(f"seed must be a non-negative integer (got {self.seed!r})")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= MAX_IMAGES:
@@ -113,8 +112,9 @@ class ImageGenerator:
         self.device = device
         self.alpha_bars = cosine_alpha_bars(self.cfg.timesteps)
         g = mf.get(GUIDANCE_KEY)
-        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 <= float(g) <= 20.0):
-            raise ArtifactError(f"{mf.path.name}: {GUIDANCE_KEY} must be a number from 0 to 20 (got {g!r})")
+        if g is not None and not valid_guidance(g):
+            raise ArtifactError(f"{mf.path.name}: {GUIDANCE_KEY} must be a number from 0 to {MAX_GUIDANCE:g} "
+                                f"(got {g!r})")
         self.default_guidance = DEFAULT_GUIDANCE if g is None else float(g)
         self._buckets: dict[tuple[str, int], _BucketGraph] = {}
         self._unsaved = False
@@ -144,10 +144,10 @@ class ImageGenerator:
         graphs, probes = saved.get("graphs"), saved.get("probes")
         if not isinstance(graphs, dict) or not isinstance(probes, dict):
             return
+        forwards = self._forwards()
         for (kind, bucket), graph in graphs.items():
-            if kind in self._forwards() and bucket in BATCH_BUCKETS and isinstance(probes.get((kind, bucket)),
-                                                                                  np.ndarray):
-                jit = TinyJit(self._forwards()[kind])
+            if kind in forwards and bucket in BATCH_BUCKETS and isinstance(probes.get((kind, bucket)), np.ndarray):
+                jit = TinyJit(forwards[kind])
                 install_captured(jit, graph)
                 self._buckets[(kind, bucket)] = _BucketGraph(jit, self._inputs(kind, bucket), probes[(kind, bucket)],
                                                              loaded=True)
@@ -326,14 +326,15 @@ class ImageGenerator:
 
 
 class _BucketGraph:
-    """One batch bucket's captured U-Net: its TinyJit, persistent inputs, probe output and direct CPU replay."""
+    """One captured graph (the U-Net or the decoder at one batch bucket): its TinyJit, persistent inputs, probe
+    output and direct CPU replay."""
 
     def __init__(self, jit: Any, inputs: tuple[Tensor, ...], probe: np.ndarray, loaded: bool):
         self.jit, self.inputs, self.probe, self.loaded = jit, inputs, probe, loaded
         self.replay: CPUReplay | None = None
 
     def run(self) -> np.ndarray:
-        """The U-Net on what the input buffers hold now."""
+        """The graph on what the input buffers hold now."""
         if self.replay is not None:
             self.replay({})
             return self.replay.result().reshape(self.probe.shape)
@@ -343,11 +344,18 @@ class _BucketGraph:
 def autoencoder_config(mf: ModelFile, unet: UNetConfig) -> AutoencoderConfig | None:
     """A latent model's autoencoder configuration (`autoencoder.*` keys), None for a pixel model; ArtifactError when
     the U-Net's input is not the autoencoder's latent."""
-    if mf.get(f"{AUTOENCODER_PREFIX}.latent_channels") is None:
+    if mf.get(LATENT_MARKER_KEY) is None:
         return None
     cfg: AutoencoderConfig = config_from_file(mf, AutoencoderConfig, AUTOENCODER_PREFIX)
-    if (unet.in_channels, unet.image_size) != (cfg.latent_channels, cfg.latent_size) or cfg.padded_size % 4 or \
-            cfg.padded_size < cfg.image_size:
+    if cfg.padded_size % 4 or cfg.padded_size < cfg.image_size:
+        raise ArtifactError(f"{mf.path.name}: autoencoder padded_size {cfg.padded_size} must be a multiple of 4 and at "
+                            f"least image_size {cfg.image_size}")
+    if (unet.in_channels, unet.image_size) != (cfg.latent_channels, cfg.latent_size):
         raise ArtifactError(f"{mf.path.name}: the U-Net takes ({unet.in_channels}, {unet.image_size}) inputs but the "
                             f"autoencoder makes ({cfg.latent_channels}, {cfg.latent_size}) latents")
     return cfg
+
+
+def valid_guidance(g: object) -> bool:
+    """A guidance weight: a number (not a bool) from 0 to MAX_GUIDANCE; NaN is not."""
+    return not isinstance(g, bool) and isinstance(g, (int, float)) and 0.0 <= float(g) <= MAX_GUIDANCE
