@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrate", metavar="TEXTFILE",
                         help="AWQ-style activation-aware scales measured on this text (decoder families: "
                              f"{', '.join(TEXT_ARCHITECTURES)})")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="diffusion U-Nets: round 4-bit weights to nearest instead of GPTQ against the model's own "
+                             "sampling trajectory (the default, timestep-aware)")
     parser.add_argument("--budget-mb", type=float, metavar="N",
                         help="choose per-tensor types so that the file fits N MB (10^6 bytes); overrides the "
                              "recipe's type choice")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         budget = int(args.budget_mb * MB)
 
     done = quantize_file(source_path, recipe, args.output, calibration_text=text, budget_bytes=budget,
-                         track=tracker(not args.no_progress), progress=not args.no_progress)
+                         track=tracker(not args.no_progress), progress=not args.no_progress,
+                         diffusion_calibration=not args.no_calibrate)
     result, size = done.result, done.size_bytes
     print(f"wrote {args.output}: recipe {recipe.name}, {len(result.tensors)} tensors")
     if result.calibration is not None:

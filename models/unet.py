@@ -38,6 +38,15 @@ from tinygrad import Tensor, dtypes
 UNET_ARCH = "edgegen-unet"  # general.architecture of U-Net files
 GUIDANCE_KEY = f"{UNET_ARCH}.guidance"  # a file's own classifier-free guidance weight (float, 0-20)
 
+# Classifier-free guidance weight: higher w reads more clearly as the prompted digit (prompt accuracy) at a cost in
+# variety (Frechet distance). A file may carry its own (`edgegen-unet.guidance`, chosen by a sweep: the shipped
+# models' figures per weight are in docs/MEASUREMENTS.md); this is the weight for a file that does not.
+DEFAULT_GUIDANCE = 2.0
+# A latent model's predicted clean latent is clipped to this many standard deviations (the pixel model's to [-1, 1]):
+# the autoencoder's latents are normalised to unit variance per channel, and the training digits' latents lie
+# within it (docs/MEASUREMENTS.md).
+LATENT_CLIP = 5.0
+
 
 class UNetWeights(Protocol):
     """Where the U-Net gets its parameters.
@@ -223,3 +232,19 @@ def cosine_alpha_bars(timesteps: int, s: float = 0.008) -> np.ndarray:
     f = np.cos(((np.arange(timesteps + 1) / timesteps) + s) / (1 + s) * np.pi / 2) ** 2
     betas = np.clip(1 - f[1:] / f[:-1], 0, 0.999)
     return np.cumprod(1 - betas)
+
+
+def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
+    """`steps` training timesteps from the noisiest down to 0, evenly spaced."""
+    return np.unique(np.linspace(0, timesteps - 1, steps).round().astype(np.int64))[::-1]
+
+
+def ddim_step(x: np.ndarray, eps: np.ndarray, ab: float, ab_prev: float, clip: float, eta: float = 0.0
+              ) -> tuple[np.ndarray, float]:
+    """One DDIM update (Song et al., 2021, eq. 12) from alpha_bar `ab` to `ab_prev`, the predicted clean sample
+    clipped to [-clip, clip]; returns the next sample before noise and the standard deviation of the noise to add
+    (0 for eta = 0, DDIM; eta = 1 is DDPM's ancestral step on the respaced schedule)."""
+    x0 = np.clip((x - np.sqrt(1 - ab) * eps) / np.sqrt(ab), -clip, clip)
+    eps = (x - np.sqrt(ab) * x0) / np.sqrt(1 - ab)  # consistent with the clipped x0
+    sigma = eta * np.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+    return np.sqrt(ab_prev) * x0 + np.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps, float(sigma)

@@ -117,7 +117,8 @@ class QuantizedFile:
 
 
 def quantize_file(source_path: Path, recipe: Recipe, output: str | Path, calibration_text: str | None = None,
-                  budget_bytes: int | None = None, track: Track | None = None, progress: bool = False) -> QuantizedFile:
+                  budget_bytes: int | None = None, track: Track | None = None, progress: bool = False,
+                  diffusion_calibration: bool = True) -> QuantizedFile:
     """Load `source_path`, quantize it by `recipe` (calibrated, under a budget) and write the artifact `output`.
 
     Run the checks above first: this loads the whole model.
@@ -128,6 +129,6 @@ def quantize_file(source_path: Path, recipe: Recipe, output: str | Path, calibra
 
     source = sources.load_source(source_path)
     result = quantize_model(source, recipe, calibration_text=calibration_text, budget_bytes=budget_bytes,
-                            track=track or no_track)
+                            track=track or no_track, diffusion_calibration=diffusion_calibration)
     size = write_artifact(output, source, result, progress=progress)
     return QuantizedFile(source, result, size)

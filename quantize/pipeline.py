@@ -10,12 +10,13 @@ from typing import Any, TypeVar
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from edgegen.quantize.blocks import QuantizedTensor, quantize_tensor
+from edgegen.quantize.blocks import Q, QuantizedTensor, quantize_tensor
 from edgegen.quantize.budget import check_budget, choose_types_for_budget, weight_options
 from edgegen.quantize.errors import QuantizeError
 from edgegen.quantize.recipes import Recipe, assign_types, get_recipe
 from edgegen.quantize.source import ModelSource
 from edgegen.quantize.writer import estimate_overhead_bytes
+from edgegen.runtime.artifact.constants import UNET_ARCHITECTURE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +43,10 @@ class Packer:
 
     def error(self, name: str, qtype: GGMLQuantizationType) -> float:
         return self.pack(name, qtype).rel_error
+
+    def put(self, name: str, packed: QuantizedTensor) -> None:
+        """Use `packed` (rounded by calibration) for `name` at its type instead of round-to-nearest."""
+        self._cache[(name, packed.qtype)] = packed
 
 
 @dataclass
@@ -81,7 +86,9 @@ class QuantizedModel:
         if self.budget_bytes is not None:
             params["budget_bytes"] = self.budget_bytes
         if self.calibration is not None:
-            params["calibration"] = {k: self.calibration[k] for k in ("method", "tokens", "alpha_grid")}
+            keys = ("method", "samples", "steps", "rows_per_layer") if "layers" in self.calibration else \
+                ("method", "tokens", "alpha_grid")
+            params["calibration"] = {k: self.calibration[k] for k in keys}
         return params
 
     def report(self) -> dict[str, Any]:
@@ -101,7 +108,12 @@ class QuantizedModel:
             "mean_rel_error": _sig(self.mean_error()),
             "promoted_outliers": self.promoted,
         }
-        if self.calibration is not None:
+        if self.calibration is not None and "layers" in self.calibration:  # a U-Net's rounding (calibrate_unet)
+            c = self.calibration
+            report["calibration"] = {k: (_sig(v) if isinstance(v, float) else v) for k, v in c.items()
+                                     if k != "layers"} | {
+                "layer_errors": {r["name"]: [_sig(r["rtn_error"]), _sig(r["gptq_error"])] for r in c["layers"]}}
+        elif self.calibration is not None:
             c = self.calibration
             alphas: dict[str, list[float]] = {}
             for g in c["groups"]:  # "blk.3.attn_qkv" -> alphas["attn_qkv"][3]
@@ -122,8 +134,10 @@ def quantize_model(
     calibration_text: str | None = None,
     budget_bytes: int | None = None,
     track: Track = no_track,
+    diffusion_calibration: bool = True,
 ) -> QuantizedModel:
-    """Decide each tensor's type, optionally calibrate (AWQ-style scales), and pack every tensor."""
+    """Decide each tensor's type, optionally calibrate (AWQ-style scales on text; a U-Net's 4-bit weights are
+    rounded against its own sampling trajectory unless `diffusion_calibration` is False), and pack every tensor."""
     rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
     tensors = dict(source.tensors)
     packer = Packer(tensors)
@@ -139,6 +153,16 @@ def quantize_model(
     else:
         types, promoted = assign_types(rec, tensors, packer.error, source.architecture)
     calibration = None
+    unet = source.architecture == UNET_ARCHITECTURE
+    if calibration_text is not None and unet:
+        raise QuantizeError("a diffusion U-Net calibrates on its own samples, not on text: leave out the calibration "
+                            "text (library: diffusion_calibration=False turns it off)")
+    if diffusion_calibration and unet and any(t in (Q.Q4_0, Q.Q4_1) for t in types.values()):
+        from edgegen.quantize.calibrate_unet import calibrate_unet  # imports tinygrad: U-Nets only
+
+        rounded, calibration = calibrate_unet(source, types, track)
+        for name, rounded_tensor in rounded.items():
+            packer.put(name, rounded_tensor)
     if calibration_text is not None:
         from edgegen.quantize.calibrate import calibrate
         from edgegen.quantize.tokenizer import encode

@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType
 
 from edgegen.quantize.blocks import Q, bits_per_weight, fits_blocks
 from edgegen.quantize.errors import QuantizeError
+from edgegen.runtime.artifact.constants import UNET_ARCHITECTURE
 
 # The token embedding doubles as the output head when the model ties them (SmolLM2 does): every logit goes through
 # it, so the mixed recipe treats both names as sensitive.
@@ -25,7 +26,7 @@ HEAD_TENSORS = ("token_embd.weight", "output.weight")
 # weights. On the shipped model, keeping them at 8 bits (Q4_0 elsewhere) cuts the noise prediction's error vs fp32
 # at least as much as storing every tensor as Q4_1 does (docs/MEASUREMENTS.md).
 KEEP_8BIT: dict[str, tuple[str, ...]] = {
-    "edgegen-unet": ("conv_in.weight", "conv_out.weight", "class_emb", "time.fc1.weight", "time.fc2.weight"),
+    UNET_ARCHITECTURE: ("conv_in.weight", "conv_out.weight", "class_emb", "time.fc1.weight", "time.fc2.weight"),
 }
 
 # Modified z-score above which a tensor's error is an outlier (Iglewicz & Hoaglin, 1993: |M| > 3.5).

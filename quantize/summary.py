@@ -42,7 +42,17 @@ def format_assignment(result: QuantizedModel) -> str:
 
 
 def format_calibration(calibration: dict) -> str:
-    """What calibration changed: per folded group, the chosen alpha and the error before/after."""
+    """What calibration changed: per folded group, the chosen alpha and the error before/after (a U-Net's:
+    per matrix, its output error rounded to nearest and by GPTQ)."""
+    if "layers" in calibration:
+        layers = calibration["layers"]
+        lines = [f"calibration: {calibration['method']}, {calibration['samples']} samples over {calibration['steps']} "
+                 f"steps, {calibration['rows_per_layer']}+ input rows per matrix; mean output error "
+                 f"{calibration['error_before']:.4g} -> {calibration['error_after']:.4g}, GPTQ kept for "
+                 f"{sum(r['kept'] == 'gptq' for r in layers)} of {len(layers)} matrices:"]
+        lines += [f"  {r['name']:<28} {r['rtn_error']:.4g} -> {min(r['rtn_error'], r['gptq_error']):.4g}"
+                  for r in layers]
+        return "\n".join(lines)
     head = (f"calibration: {calibration['tokens']} tokens, {calibration['method']}; "
             f"layer output error {calibration['error_before']:.5g} -> {calibration['error_after']:.5g}, "
             f"model KL vs float {calibration['kl_before']:.5g} -> {calibration['kl_after']:.5g}")

@@ -29,7 +29,17 @@ import numpy as np
 from tinygrad import Tensor, TinyJit, dtypes
 
 from edgegen.models.autoencoder import AUTOENCODER_PREFIX, LATENT_MARKER_KEY, Autoencoder, AutoencoderConfig
-from edgegen.models.unet import GUIDANCE_KEY, UNET_ARCH, UNet, UNetConfig, cosine_alpha_bars
+from edgegen.models.unet import (
+    DEFAULT_GUIDANCE,
+    GUIDANCE_KEY,
+    LATENT_CLIP,
+    UNET_ARCH,
+    UNet,
+    UNetConfig,
+    cosine_alpha_bars,
+    ddim_step,
+    ddim_timesteps,
+)
 from edgegen.runtime import jit_cache as jit_cache_store
 from edgegen.runtime.artifact.reader import ModelFile, open_model
 from edgegen.runtime.cpu_replay import CPUReplay
@@ -53,20 +63,12 @@ SAMPLERS = ("ddim", "ddpm")
 MAX_STEPS = 1000
 MAX_IMAGES = 1024
 
-# Classifier-free guidance weight: higher w reads more clearly as the prompted digit (prompt accuracy) at a cost in
-# variety (Frechet distance). A file may carry its own (`edgegen-unet.guidance`, chosen by a sweep: the shipped
-# models' figures per weight are in docs/MEASUREMENTS.md); this is the weight for a file that does not.
-DEFAULT_GUIDANCE = 2.0
 MAX_GUIDANCE = 20.0
 
 # The U-Net's batch sizes (guidance doubles a batch): a batch runs padded to the next bucket, larger ones in chunks of
 # the largest. Powers of two waste at most half a batch; no 32, whose cold compile took 155-307 s here against about
 # 20 s for 16 (docs/MEASUREMENTS.md).
 BATCH_BUCKETS = (1, 2, 4, 8, 16)
-# A latent model's predicted clean latent is clipped to this many standard deviations (the pixel model's to [-1, 1]):
-# the autoencoder's latents are normalised to unit variance per channel, and the training digits' latents lie
-# within it (docs/MEASUREMENTS.md).
-LATENT_CLIP = 5.0
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ class ImageGenerator:
 
     def timesteps(self, steps: int) -> np.ndarray:
         """`steps` training timesteps from the noisiest down to 0, evenly spaced."""
-        return np.unique(np.linspace(0, self.cfg.timesteps - 1, steps).round().astype(np.int64))[::-1]
+        return ddim_timesteps(self.cfg.timesteps, steps)
 
     def sample_iter(self, labels: list[int] | np.ndarray, params: DiffusionParams,
                     batch: int | None = None) -> Iterator[tuple[int, int, np.ndarray | None]]:
@@ -290,10 +292,7 @@ class ImageGenerator:
             ab_prev = self.alpha_bars[ts[i + 1]] if i + 1 < len(ts) else 1.0
             eps = np.concatenate([self._guided_eps(x[j:j + batch], t, labels[j:j + batch], guidance, guided)
                                   for j in range(0, len(labels), batch)])
-            x0 = np.clip((x - np.sqrt(1 - ab) * eps) / np.sqrt(ab), -clip, clip)
-            eps = (x - np.sqrt(ab) * x0) / np.sqrt(1 - ab)  # consistent with the clipped x0
-            sigma = eta * np.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
-            x = np.sqrt(ab_prev) * x0 + np.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+            x, sigma = ddim_step(x, eps, ab, ab_prev, clip, eta)
             if sigma > 0:
                 x = x + sigma * rng.standard_normal(x.shape, dtype=np.float32)
             x = x.astype(np.float32)
