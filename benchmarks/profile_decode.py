@@ -9,9 +9,8 @@ includes ~1-3 us of call overhead per kernel that the threaded runner does not p
 from __future__ import annotations
 
 import argparse
-import collections
-import re
-import time
+
+from kernel_times import kernel_times, print_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,33 +34,19 @@ def main(argv: list[str] | None = None) -> int:
                             SamplingParams(max_tokens=4, temperature=0.0), ignore_eos=True)
     for _ in stream:
         pass
-    replay, step, values = gen.graphs.replay, "decode", {"start_pos": a.pos}
+    replay, step, values = gen.graphs.decode_replay, "decode", {"start_pos": a.pos}
     if a.prefill:
         gen.graphs.prefill(list(range(1000, 1000 + a.prefill)))
         bucket = next(b for b in PREFILL_BUCKETS if b >= a.prefill)
-        replay, step, values = gen.graphs._prefill_replays.get(f"prefill{bucket}"), f"prefill {bucket}", \
-            {"last": a.prefill - 1}
+        replay, step, values = gen.graphs.prefill_replay(bucket), f"prefill {bucket}", {"last": a.prefill - 1}
     if replay is None:
         raise SystemExit("the decode graph has no direct replay on this backend: nothing to profile")
-    total: collections.Counter[str] = collections.Counter()
-    count: collections.Counter[str] = collections.Counter()
-    for _ in range(a.steps):
-        for call, prebuilt in replay.steps:
-            args = prebuilt if call.static else call.arguments(values)
-            t0 = time.perf_counter_ns()
-            for arg in args:
-                call.function(*arg)
-            name = re.sub(r"\x1b\[[0-9;]*m", "", call.info.name)
-            total[name] += time.perf_counter_ns() - t0
-            count[name] += 1
+    total, count = kernel_times(replay, values, a.steps)
     step_us = sum(total.values()) / a.steps / 1e3
     where = f"decode at position {a.pos}" if step == "decode" else step
     print(f"{a.model} ({a.kernels} kernels), {where}: {len(replay.steps)} kernels, "
           f"{step_us / 1e3:.2f} ms per step (one thread, kernels called one by one)")
-    print(f"{'us/step':>9} {'share':>6} {'calls':>5}  kernel")
-    for name, ns in total.most_common(a.top):
-        us = ns / a.steps / 1e3
-        print(f"{us:9.1f} {100 * us / step_us:5.1f}% {count[name] // a.steps:5d}  {name}")
+    print_table(total, count, a.steps, a.top)
     return 0
 
 

@@ -61,6 +61,13 @@ class UNetWeights(Protocol):
 
     def vector(self, name: str) -> Tensor: ...
 
+    def norm_silu_conv(self, norm: str, conv: str, x: Tensor, k: int, groups: int) -> Tensor:
+        """conv(silu(group_norm(x))), same size (padding k // 2): `norm_silu_conv` below, or one fused kernel."""
+        ...
+
+
+GROUP_NORM_EPS = 1e-5
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -123,13 +130,19 @@ def parameter_shapes(cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float = 1e-5) -> Tensor:
+def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float = GROUP_NORM_EPS) -> Tensor:
     b, c, h, w = x.shape
     g = x.reshape(b, groups, -1)
     mean = g.mean(axis=-1, keepdim=True)
     var = (g - mean).square().mean(axis=-1, keepdim=True)
     g = (g - mean) * (var + eps).rsqrt()
     return g.reshape(b, c, h, w) * weight.reshape(1, c, 1, 1) + bias.reshape(1, c, 1, 1)
+
+
+def norm_silu_conv(w: UNetWeights, norm: str, conv: str, x: Tensor, k: int, groups: int) -> Tensor:
+    """conv(silu(group_norm(x))) from the source's vectors and convolution, in tinygrad's operations."""
+    h = group_norm(x, w.vector(f"{norm}.weight"), w.vector(f"{norm}.bias"), groups).silu()
+    return w.conv(conv, h.contiguous(), k, padding=k // 2)
 
 
 def device_arange(n: int, device: str | tuple[str, ...] | None) -> Tensor:
@@ -164,9 +177,10 @@ class UNet:
         return self.w.conv(name, x.contiguous(), k, stride=stride, padding=k // 2)
 
     def _res(self, name: str, x: Tensor, emb: Tensor, cin: int, cout: int) -> Tensor:
-        h = self._conv(f"{name}.conv1", self._norm(f"{name}.norm1", x).silu(), 3)
+        g = self.cfg.groups
+        h = self.w.norm_silu_conv(f"{name}.norm1", f"{name}.conv1", x, 3, g)
         h = h + self.w.linear(f"{name}.emb", emb).reshape(emb.shape[0], cout, 1, 1)
-        h = self._conv(f"{name}.conv2", self._norm(f"{name}.norm2", h).silu(), 3)
+        h = self.w.norm_silu_conv(f"{name}.norm2", f"{name}.conv2", h, 3, g)
         skip = x if cin == cout else self._conv(f"{name}.skip", x, 1)
         return skip + h
 
@@ -201,7 +215,7 @@ class UNet:
         h = self._res("up1", h, emb, c1, c1)
         h = self._conv("up0.merge", upsample2(h).cat(h0, dim=1), 1)
         h = self._res("up0", h, emb, c0, c0)
-        return self._conv("conv_out", self._norm("out.norm", h).silu(), 3)
+        return self.w.norm_silu_conv("out.norm", "conv_out", h, 3, self.cfg.groups)
 
 
 class FloatWeights:
@@ -222,6 +236,9 @@ class FloatWeights:
 
     def vector(self, name: str) -> Tensor:
         return self.t[name]
+
+    def norm_silu_conv(self, norm: str, conv: str, x: Tensor, k: int, groups: int) -> Tensor:
+        return norm_silu_conv(self, norm, conv, x, k, groups)
 
 
 def cosine_alpha_bars(timesteps: int, s: float = 0.008) -> np.ndarray:

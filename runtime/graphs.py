@@ -180,6 +180,11 @@ class ModelGraphs:
         """The decode graph's direct CPU calls, once built and trusted."""
         return self._decode.replay
 
+    def prefill_replay(self, bucket: int) -> CPUReplay | None:
+        """The prefill graph of `bucket` tokens' direct CPU calls, once it ran (benchmarks/profile_decode.py)."""
+        graph = self._prefills.get(bucket)
+        return None if graph is None else graph.replay
+
     def _install_graphs(self, saved: dict) -> None:
         if "decode" not in saved or not isinstance(saved.get("probe"), np.ndarray):
             return

@@ -172,6 +172,11 @@ class ImageGenerator:
         yet checked) or "ready" (checked or captured)."""
         return {b: "loaded" if g.loaded else "ready" for (k, b), g in sorted(self._buckets.items()) if k == kind}
 
+    def replay(self, bucket: int, kind: str = "eps") -> CPUReplay | None:
+        """The (kind, bucket) graph's direct CPU replay, captured or checked first (None: TinyJit replays it)."""
+        with TINYGRAD_LOCK:
+            return self._graph(kind, bucket).replay
+
     @property
     def cache_key(self) -> str | None:
         """The JIT cache entry holding this model's graphs on this device (None: the cache is off)."""

@@ -14,6 +14,7 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize
 from tinygrad import Tensor
 
+from edgegen.models.unet import GROUP_NORM_EPS, norm_silu_conv
 from edgegen.runtime.artifact.config import config_from_file
 from edgegen.runtime.artifact.reader import ModelFile
 from edgegen.runtime.errors import ArtifactError
@@ -68,7 +69,8 @@ class PackedConvWeights:
             raise ArtifactError(f"the model file has no tensor {name}.weight")
         return self.layers[name]
 
-    def conv(self, name: str, x: Tensor, k: int, stride: int = 1, padding: int = 0) -> Tensor:
+    def conv(self, name: str, x: Tensor, k: int, stride: int = 1, padding: int = 0, padded: bool = False) -> Tensor:
+        """padded (the native kernels only): x is zero-padded by `padding` already."""
         layer = self._layer(name)
         w = layer.weight()
         if layer.ggml_type != T.F32:
@@ -76,9 +78,18 @@ class PackedConvWeights:
         if self.native_parts is not None:
             from edgegen.runtime.native.conv import conv2d
 
-            return conv2d(x, w, self.vectors.get(f"{name}.bias"), k, stride, padding, self.native_parts)
+            return conv2d(x, w, self.vectors.get(f"{name}.bias"), k, stride, padding, self.native_parts, padded)
         w = w.reshape(layer.out_features, layer.in_features // (k * k), k, k)
         return x.conv2d(w, self.vectors.get(f"{name}.bias"), stride=stride, padding=padding)
+
+    def norm_silu_conv(self, norm: str, conv: str, x: Tensor, k: int, groups: int) -> Tensor:
+        if self.native_parts is None:
+            return norm_silu_conv(self, norm, conv, x, k, groups)
+        from edgegen.runtime.native.norm import group_norm_silu_padded
+
+        xp = group_norm_silu_padded(x, self.vector(f"{norm}.weight"), self.vector(f"{norm}.bias"), groups, k // 2,
+                                    GROUP_NORM_EPS, self.native_parts)
+        return self.conv(conv, xp, k, padding=k // 2, padded=True)
 
     def linear(self, name: str, x: Tensor) -> Tensor:
         y = self._layer(name)(x)

@@ -95,15 +95,18 @@ void {name}(float* restrict out, const float* restrict xp, const float* restrict
     return name, src
 
 
-def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, k: int, stride: int, padding: int, parts: int) -> Tensor:
-    """x (B, Cin, H, W) convolved with weight (Cout, Cin*k*k) (+ bias (Cout,)), as tinygrad's conv2d computes it."""
-    b, cin, h, w = (int(s) for s in x.shape)
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, k: int, stride: int, padding: int, parts: int,
+           padded: bool = False) -> Tensor:
+    """x (B, Cin, H, W) convolved with weight (Cout, Cin*k*k) (+ bias (Cout,)), as tinygrad's conv2d computes it.
+    padded: x is already zero-padded by `padding` (runtime.native.norm writes its output so)."""
+    b, cin, hp, wp = (int(s) for s in x.shape)
+    if not padded:  # padded so that every tap of every output pixel is inside the buffer
+        x = x.cast(dtypes.float32).pad((padding, padding, padding, padding))
+        hp, wp = hp + 2 * padding, wp + 2 * padding
+    xp = x.cast(dtypes.float32).contiguous()
     cout = int(weight.shape[0])
     cout16 = -(-cout // LANES) * LANES
-    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
-    # padded so that every tap of every output pixel is inside the buffer
-    xp = x.cast(dtypes.float32).pad((padding, padding, padding, padding)).contiguous()
-    hp, wp = h + 2 * padding, w + 2 * padding
+    ho, wo = (hp - k) // stride + 1, (wp - k) // stride + 1
     wt = weight.cast(dtypes.float32).reshape(cout, cin * k * k).T.pad((None, (0, cout16 - cout))).contiguous()
     bv = (bias.cast(dtypes.float32) if bias is not None else Tensor.zeros(cout, device=x.device))
     bv = bv.pad(((0, cout16 - cout),)).contiguous()

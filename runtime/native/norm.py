@@ -1,0 +1,120 @@
+"""GroupNorm, then SiLU, written zero-padded for the convolution after it: one hand-written CPU kernel in the graph.
+
+In the diffusion U-Net every 3x3 convolution but the strided ones reads silu(group_norm(x)). tinygrad 0.14 computes
+that as five kernels (two reductions, the normalise-and-SiLU, a copy made contiguous, the zero padding), scalar and
+mostly on one core: with the convolutions in runtime.native.conv they were about a third of a batch-16 U-Net call
+(docs/MEASUREMENTS.md). Here one task per (image, group) reads its channels three times from L1 (the mean, then the
+variance about it, then the output) and writes the padded rows runtime.native.conv reads, borders included.
+
+Arithmetic, as the numpy model in tests/native/test_native_norm.py computes it: per group, mean and variance by
+16-lane partial sums (lane l sums elements l, l+16, ...; a short tail is summed after the lanes), then
+a = gamma[c] / sqrt(var + eps), y = x * a + (beta[c] - mean * a), out = y / (1 + exp(-y)) with the kernel's own exp
+(Cephes' polynomial; no libm in a kernel). Each element's arithmetic depends on the shapes only, never on the
+batch row or the partition, so a batch computes every image as it would alone.
+"""
+from __future__ import annotations
+
+from tinygrad import Tensor, dtypes
+
+from edgegen.runtime.tinygrad_seam.kernels import c_kernel
+
+LANES = 16
+
+# exp of 16 floats: range reduction to [-ln2/2, ln2/2], Cephes' degree-6 polynomial, 2^n through the exponent bits
+# (relative error about 2e-7; below -87.3 gives 0): c/attention.h's scalar eg_expf, lane by lane, the same
+# coefficients (this kernel is a standalone source, not built with the matmul kernels' headers). Selections are bit
+# masks: clang's C vector extension has no vector `?:`.
+VEXP = """
+typedef float v16 __attribute__((vector_size(64)));
+typedef int v16i __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+static inline v16 eg_sel(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
+static inline v16 eg_vexp(v16 x) {
+  const v16 hi = (v16){} + 88.7f, lo = (v16){} - 87.3f;
+  v16i under = x < lo;
+  x = eg_sel(x > hi, hi, x);
+  v16 fn = x * 1.44269504088896341f;
+  v16i n = __builtin_convertvector(fn + eg_sel(fn >= 0.0f, (v16){} + 0.5f, (v16){} - 0.5f), v16i);
+  v16 nf = __builtin_convertvector(n, v16);
+  v16 r = x - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  v16 p = (v16){} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  v16 s = (v16)((n + 127) << 23);
+  return eg_sel(under, (v16){}, p * s);
+}
+"""
+
+
+def group_norm_silu_kernel(batch: int, channels: int, h: int, w: int, groups: int, pad: int, eps: float,
+                           parts: int) -> tuple[str, str]:
+    """(name, source) of out (batch, channels, h + 2 pad, w + 2 pad) = silu(group_norm(x)) inside a zero border,
+    for x (batch, channels, h, w), gamma and beta (channels,)."""
+    if channels % groups:
+        raise ValueError(f"{channels} channels do not split into {groups} groups")
+    cpg, hw = channels // groups, h * w
+    n = cpg * hw
+    hp, wp = h + 2 * pad, w + 2 * pad
+    tasks = batch * groups
+    hw16 = -(-hw // LANES) * LANES
+    name = f"eg_gnsilu_{batch}_{channels}_{h}_{w}_{groups}_{pad}_{parts}"
+    src = VEXP + f"""
+static inline float eg_hsum(v16 v) {{ float s = 0.0f; for (int l = 0; l < {LANES}; l++) s += v[l]; return s; }}
+void {name}(float* restrict out, const float* restrict x, const float* restrict gamma, const float* restrict beta,
+            int core_id) {{
+  int t0 = (int)((long)core_id * {tasks} / {parts}), t1 = (int)((long)(core_id + 1) * {tasks} / {parts});
+  float act[{hw16}];
+  for (int task = t0; task < t1; task++) {{
+    int b = task / {groups}, g = task % {groups};
+    const float* xg = x + ((long)b * {channels} + (long)g * {cpg}) * {hw};
+    v16 s = (v16){{}};
+    int i = 0;
+    for (; i + {LANES} <= {n}; i += {LANES}) s += *(const v16u*)(xg + i);
+    float sum = eg_hsum(s);
+    for (; i < {n}; i++) sum += xg[i];
+    float mean = sum / {n}.0f;
+    v16 s2 = (v16){{}};
+    i = 0;
+    for (; i + {LANES} <= {n}; i += {LANES}) {{ v16 d = *(const v16u*)(xg + i) - mean; s2 += d * d; }}
+    float ss = eg_hsum(s2);
+    for (; i < {n}; i++) {{ float d = xg[i] - mean; ss += d * d; }}
+    float rstd = 1.0f / __builtin_sqrtf(ss / {n}.0f + {eps!r}f);
+    for (int cc = 0; cc < {cpg}; cc++) {{
+      int ch = g * {cpg} + cc;
+      float a = gamma[ch] * rstd, c = beta[ch] - mean * a;
+      const float* xc = xg + (long)cc * {hw};
+      for (int j = 0; j < {hw16}; j += {LANES}) {{
+        v16 v;
+        if (j + {LANES} <= {hw}) v = *(const v16u*)(xc + j);
+        else {{ v = (v16){{}}; for (int l = 0; j + l < {hw}; l++) v[l] = xc[j + l]; }}
+        v16 y = v * a + c;
+        *(v16u*)(act + j) = y / (1.0f + eg_vexp(-y));
+      }}
+      float* o = out + ((long)b * {channels} + ch) * {hp * wp};
+      for (int r = 0; r < {pad * wp}; r++) {{ o[r] = 0.0f; o[{(hp - pad) * wp} + r] = 0.0f; }}
+      for (int y = 0; y < {h}; y++) {{
+        float* row = o + (long)(y + {pad}) * {wp};
+        for (int q = 0; q < {pad}; q++) {{ row[q] = 0.0f; row[{wp - 1} - q] = 0.0f; }}
+        for (int q = 0; q < {w}; q++) row[{pad} + q] = act[y * {w} + q];
+      }}
+    }}
+  }}
+}}
+"""
+    return name, src
+
+
+def group_norm_silu_padded(x: Tensor, gamma: Tensor, beta: Tensor, groups: int, pad: int, eps: float,
+                           parts: int) -> Tensor:
+    """silu(group_norm(x)) of x (B, C, H, W), zero-padded by `pad` on each side: (B, C, H + 2 pad, W + 2 pad)."""
+    b, c, h, w = (int(s) for s in x.shape)
+    parts = max(1, min(parts, b * groups))
+    name, src = group_norm_silu_kernel(b, c, h, w, groups, pad, eps, parts)
+    out = Tensor.empty(b, c, h + 2 * pad, w + 2 * pad, device=x.device)
+    inputs = tuple(t.cast(dtypes.float32).contiguous() for t in (x, gamma, beta))
+    return c_kernel(name, src, out, inputs, parts)
