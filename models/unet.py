@@ -65,6 +65,11 @@ class UNetWeights(Protocol):
         """conv(silu(group_norm(x))), same size (padding k // 2): `norm_silu_conv` below, or one fused kernel."""
         ...
 
+    def attention(self, qkv: Tensor, heads: int) -> Tensor:
+        """Self-attention (B, T, C) of projected tokens qkv (B, T, 3 C), (3, heads, C / heads) per token:
+        `attention` below, or one kernel."""
+        ...
+
 
 GROUP_NORM_EPS = 1e-5
 
@@ -145,6 +150,15 @@ def norm_silu_conv(w: UNetWeights, norm: str, conv: str, x: Tensor, k: int, grou
     return w.conv(conv, h.contiguous(), k, padding=k // 2)
 
 
+def attention(qkv: Tensor, heads: int) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v per head, in tinygrad's operations."""
+    b, t, c3 = qkv.shape
+    c = c3 // 3
+    parts = qkv.reshape(b, t, 3, heads, c // heads)
+    q, k, v = (parts[:, :, i].transpose(1, 2) for i in range(3))  # (B, heads, T, C/heads)
+    return q.scaled_dot_product_attention(k, v).transpose(1, 2).reshape(b, t, c)
+
+
 def device_arange(n: int, device: str | tuple[str, ...] | None) -> Tensor:
     """0., 1., .., n-1 computed on `device` inside the graph (Tensor.arange takes no device in tinygrad 0.14, and a
     tensor made from a numpy array is a host-to-device copy in every replay of a captured graph, which the direct
@@ -188,9 +202,7 @@ class UNet:
         b, c, hh, ww = x.shape
         heads = self.cfg.heads
         h = self._norm("mid.attn.norm", x).reshape(b, c, hh * ww).transpose(1, 2)  # (B, HW, C)
-        qkv = self.w.linear("mid.attn.qkv", h).reshape(b, hh * ww, 3, heads, c // heads)
-        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, heads, HW, C/heads)
-        a = q.scaled_dot_product_attention(k, v).transpose(1, 2).reshape(b, hh * ww, c)
+        a = self.w.attention(self.w.linear("mid.attn.qkv", h), heads)  # (B, HW, C)
         out = self.w.linear("mid.attn.out", a).transpose(1, 2).reshape(b, c, hh, ww)
         return x + out
 
@@ -239,6 +251,9 @@ class FloatWeights:
 
     def norm_silu_conv(self, norm: str, conv: str, x: Tensor, k: int, groups: int) -> Tensor:
         return norm_silu_conv(self, norm, conv, x, k, groups)
+
+    def attention(self, qkv: Tensor, heads: int) -> Tensor:
+        return attention(qkv, heads)
 
 
 def cosine_alpha_bars(timesteps: int, s: float = 0.008) -> np.ndarray:

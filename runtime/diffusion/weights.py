@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize
 from tinygrad import Tensor
 
-from edgegen.models.unet import GROUP_NORM_EPS, norm_silu_conv
+from edgegen.models.unet import GROUP_NORM_EPS, attention, norm_silu_conv
 from edgegen.runtime.artifact.config import config_from_file
 from edgegen.runtime.artifact.reader import ModelFile
 from edgegen.runtime.errors import ArtifactError
@@ -85,11 +85,18 @@ class PackedConvWeights:
     def norm_silu_conv(self, norm: str, conv: str, x: Tensor, k: int, groups: int) -> Tensor:
         if self.native_parts is None:
             return norm_silu_conv(self, norm, conv, x, k, groups)
-        from edgegen.runtime.native.norm import group_norm_silu_padded
+        from edgegen.runtime.native.unet_kernels import group_norm_silu_padded
 
         xp = group_norm_silu_padded(x, self.vector(f"{norm}.weight"), self.vector(f"{norm}.bias"), groups, k // 2,
                                     GROUP_NORM_EPS, self.native_parts)
         return self.conv(conv, xp, k, padding=k // 2, padded=True)
+
+    def attention(self, qkv: Tensor, heads: int) -> Tensor:
+        if self.native_parts is None:
+            return attention(qkv, heads)
+        from edgegen.runtime.native.unet_kernels import self_attention
+
+        return self_attention(qkv, heads, self.native_parts)
 
     def linear(self, name: str, x: Tensor) -> Tensor:
         y = self._layer(name)(x)

@@ -98,7 +98,7 @@ void {name}(float* restrict out, const float* restrict xp, const float* restrict
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, k: int, stride: int, padding: int, parts: int,
            padded: bool = False) -> Tensor:
     """x (B, Cin, H, W) convolved with weight (Cout, Cin*k*k) (+ bias (Cout,)), as tinygrad's conv2d computes it.
-    padded: x is already zero-padded by `padding` (runtime.native.norm writes its output so)."""
+    padded: x is already zero-padded by `padding` (runtime.native.unet_kernels writes its output so)."""
     b, cin, hp, wp = (int(s) for s in x.shape)
     if not padded:  # padded so that every tap of every output pixel is inside the buffer
         x = x.cast(dtypes.float32).pad((padding, padding, padding, padding))

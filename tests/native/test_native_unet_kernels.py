@@ -1,4 +1,4 @@
-"""The hand-written GroupNorm + SiLU kernel (runtime/native/norm.py) against a numpy model of the same arithmetic.
+"""The hand-written GroupNorm + SiLU kernel (runtime/native/unet_kernels.py) against a numpy model of the same arithmetic.
 
 The model computes each group's mean and variance in float64 and the activation with numpy's exp; the kernel sums in
 float32 over 16 lanes and uses its own exp (relative error about 2e-7). They agree within 1e-5 relative to the
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tinygrad import Tensor
 
-from edgegen.runtime.native.norm import group_norm_silu_padded
+from edgegen.runtime.native.unet_kernels import group_norm_silu_padded
 
 
 def model(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, groups: int, eps: float
@@ -77,3 +77,27 @@ def test_partitions_and_batch_rows_change_no_bit():
     one = run(x, gamma, beta, 8, 1, parts=1)
     assert np.array_equal(one, run(x, gamma, beta, 8, 1, parts=3))
     assert np.array_equal(one[2:3], run(x[2:3], gamma, beta, 8, 1, parts=2))
+
+
+def attention_model(qkv: np.ndarray, heads: int) -> np.ndarray:
+    b, t, c3 = qkv.shape
+    c = c3 // 3
+    parts = qkv.astype(np.float64).reshape(b, t, 3, heads, c // heads)
+    q, k, v = (parts[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B, heads, T, d)
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(c // heads)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return ((e / e.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(b, t, c)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(b=st.integers(1, 3), t=st.integers(1, 50), heads=st.integers(1, 4), d=st.sampled_from([1, 8, 16, 32]),
+       scale=st.sampled_from([0.1, 1.0, 5.0]), seed=st.integers(0, 2**31))
+def test_attention_matches_the_numpy_model(b, t, heads, d, scale, seed):
+    from edgegen.runtime.native.unet_kernels import self_attention
+
+    qkv = (np.random.default_rng(seed).standard_normal((b, t, 3 * heads * d)) * scale).astype(np.float32)
+    got = self_attention(Tensor(qkv, device="CPU"), heads, 2).numpy()
+    ref = attention_model(qkv, heads)
+    assert np.all(np.abs(got - ref) <= 1e-4 * (np.abs(qkv).max() + 1)), float(np.abs(got - ref).max())
+    if b > 1:  # an image's rows do not depend on the other images, nor on the partitions
+        assert np.array_equal(got[1:2], self_attention(Tensor(qkv[1:2], device="CPU"), heads, 1).numpy())

@@ -1,4 +1,6 @@
-"""GroupNorm, then SiLU, written zero-padded for the convolution after it: one hand-written CPU kernel in the graph.
+"""The diffusion U-Net's hand-written CPU kernels besides the convolution (runtime.native.conv), run in the graph.
+
+GroupNorm, then SiLU, written zero-padded for the convolution after it:
 
 In the diffusion U-Net every 3x3 convolution but the strided ones reads silu(group_norm(x)). tinygrad 0.14 computes
 that as five kernels (two reductions, the normalise-and-SiLU, a copy made contiguous, the zero padding), scalar and
@@ -6,11 +8,15 @@ mostly on one core: with the convolutions in runtime.native.conv they were about
 (docs/MEASUREMENTS.md). Here one task per (image, group) reads its channels three times from L1 (the mean, then the
 variance about it, then the output) and writes the padded rows runtime.native.conv reads, borders included.
 
-Arithmetic, as the numpy model in tests/native/test_native_norm.py computes it: per group, mean and variance by
+Arithmetic, as the numpy model in tests/native/test_native_unet_kernels.py computes it: per group, mean and variance by
 16-lane partial sums (lane l sums elements l, l+16, ...; a short tail is summed after the lanes), then
 a = gamma[c] / sqrt(var + eps), y = x * a + (beta[c] - mean * a), out = y / (1 + exp(-y)) with the kernel's own exp
 (Cephes' polynomial; no libm in a kernel). Each element's arithmetic depends on the shapes only, never on the
 batch row or the partition, so a batch computes every image as it would alone.
+
+The middle block's self-attention (`attention_kernel`): tinygrad's scaled_dot_product_attention over 49 tokens
+was its slowest kernel after the convolutions (2.7 ms of a 20 ms batch-16 call). One task per (image, head) keeps
+the scores of one query in registers and L1.
 """
 from __future__ import annotations
 
@@ -118,3 +124,58 @@ def group_norm_silu_padded(x: Tensor, gamma: Tensor, beta: Tensor, groups: int, 
     out = Tensor.empty(b, c, h + 2 * pad, w + 2 * pad, device=x.device)
     inputs = tuple(t.cast(dtypes.float32).contiguous() for t in (x, gamma, beta))
     return c_kernel(name, src, out, inputs, parts)
+
+
+def attention_kernel(batch: int, tokens: int, heads: int, head_dim: int, parts: int) -> tuple[str, str]:
+    """(name, source) of the U-Net's self-attention: out (batch, tokens, heads * head_dim) from qkv (batch, tokens, 3,
+    heads, head_dim), softmax(q k^T / sqrt(head_dim)) v per (image, head), no mask. Scores in float32, the maximum
+    subtracted, exponentials by the vector exp above, the sum in key order."""
+    c = heads * head_dim
+    t16 = -(-tokens // LANES) * LANES
+    tasks = batch * heads
+    name = f"eg_uattn_{batch}_{tokens}_{heads}_{head_dim}_{parts}"
+    src = VEXP + f"""
+void {name}(float* restrict out, const float* restrict qkv, int core_id) {{
+  int t0 = (int)((long)core_id * {tasks} / {parts}), t1 = (int)((long)(core_id + 1) * {tasks} / {parts});
+  float sc[{t16}];
+  const float scale = {1.0 / head_dim ** 0.5!r}f;
+  for (int task = t0; task < t1; task++) {{
+    int b = task / {heads}, h = task % {heads};
+    const float* base = qkv + (long)b * {tokens * 3 * c} + h * {head_dim};
+    for (int p = 0; p < {tokens}; p++) {{
+      const float* q = base + (long)p * {3 * c};
+      float mx = -3.0e38f;
+      for (int j = 0; j < {tokens}; j++) {{
+        const float* k = base + (long)j * {3 * c} + {c};
+        float d = 0.0f;
+        for (int e = 0; e < {head_dim}; e++) d += q[e] * k[e];
+        sc[j] = d * scale;
+        mx = sc[j] > mx ? sc[j] : mx;
+      }}
+      for (int j = {tokens}; j < {t16}; j++) sc[j] = -3.0e38f;
+      float sum = 0.0f;
+      for (int j = 0; j < {t16}; j += {LANES}) *(v16u*)(sc + j) = eg_vexp(*(v16u*)(sc + j) - mx);
+      for (int j = 0; j < {tokens}; j++) sum += sc[j];
+      float inv = 1.0f / sum, acc[{head_dim}];
+      for (int e = 0; e < {head_dim}; e++) acc[e] = 0.0f;
+      for (int j = 0; j < {tokens}; j++) {{
+        const float* v = base + (long)j * {3 * c} + {2 * c};
+        for (int e = 0; e < {head_dim}; e++) acc[e] += sc[j] * v[e];
+      }}
+      float* o = out + ((long)b * {tokens} + p) * {c} + h * {head_dim};
+      for (int e = 0; e < {head_dim}; e++) o[e] = acc[e] * inv;
+    }}
+  }}
+}}
+"""
+    return name, src
+
+
+def self_attention(qkv: Tensor, heads: int, parts: int) -> Tensor:
+    """(B, T, C) attention output of qkv (B, T, 3 C) laid out (3, heads, C / heads) per token."""
+    b, t, c3 = (int(s) for s in qkv.shape)
+    head_dim = c3 // 3 // heads
+    parts = max(1, min(parts, b * heads))
+    name, src = attention_kernel(b, t, heads, head_dim, parts)
+    out = Tensor.empty(b, t, c3 // 3, device=qkv.device)
+    return c_kernel(name, src, out, (qkv.cast(dtypes.float32).contiguous(),), parts)
