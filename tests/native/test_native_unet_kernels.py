@@ -1,4 +1,4 @@
-"""The hand-written GroupNorm + SiLU kernel (runtime/native/unet_kernels.py) against a numpy model of the same arithmetic.
+"""The U-Net kernels of runtime/native/unet_kernels.py (GroupNorm + SiLU, attention) against numpy models.
 
 The model computes each group's mean and variance in float64 and the activation with numpy's exp; the kernel sums in
 float32 over 16 lanes and uses its own exp (relative error about 2e-7). They agree within 1e-5 relative to the
