@@ -165,7 +165,8 @@ class ImageGenerator:
 
     def _decode_forward(self, z: Tensor) -> Tensor:
         assert self.autoencoder is not None
-        return self.autoencoder.decode(z).realize()
+        # contiguous: the decoder's output is a crop of its padded image, a view the direct CPU replay cannot return
+        return self.autoencoder.decode(z).contiguous().realize()
 
     def graphs(self, kind: str = "eps") -> dict[int, str]:
         """Each batch bucket's graph of `kind` ("eps": the U-Net, "decode": the decoder): "loaded" (from disk, not
