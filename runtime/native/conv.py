@@ -22,6 +22,7 @@ from edgegen.runtime.tinygrad_seam.kernels import c_kernel
 LANES = 16  # floats per vector
 PIX = 4  # output pixels per task: 4 x 4 vectors of accumulators (64 channels) stay in 16 registers
 MAX_BLOCK = 4  # vectors of output channels per pass
+FEW_OUT = 4  # up to this many output channels (conv_out, the decoder's last layer): 16 pixels of a row per vector
 
 
 def conv_kernel(batch: int, cin: int, hp: int, wp: int, cout: int, ho: int, wo: int, k: int, stride: int,
@@ -30,6 +31,8 @@ def conv_kernel(batch: int, cin: int, hp: int, wp: int, cout: int, ho: int, wo: 
     wt[(c*k + i)*k + j, o], for an input padded already to (batch, cin, hp, wp) and wt (cin*k*k, cout16)."""
     if stride not in (1, 2) or k < 1:
         raise ValueError(f"no conv kernel for k={k}, stride={stride}")
+    if cout <= FEW_OUT and stride == 1 and wo >= LANES:
+        return _few_outputs_kernel(batch, cin, hp, wp, cout, ho, wo, k, parts)
     cout16 = -(-cout // LANES) * LANES
     npix = ho * wo
     tasks = batch * (-(-npix // PIX))
@@ -89,6 +92,44 @@ void {name}(float* restrict out, const float* restrict xp, const float* restrict
         }}
       }}
     }}
+  }}
+}}
+"""
+    return name, src
+
+
+def _few_outputs_kernel(batch: int, cin: int, hp: int, wp: int, cout: int, ho: int, wo: int, k: int, parts: int
+                        ) -> tuple[str, str]:
+    """The same sum for a layer with few output channels (a channel vector would be mostly empty): a vector is 16
+    adjacent pixels of an output row, one multiply-add per (tap, channel). A row's last vector starts at wo - 16 and
+    overlaps the one before it: the overlapping pixels are computed twice, identically, and no read leaves the row's
+    padded input. Each output still adds its taps to the bias in (input channel, row, column) order."""
+    chunks = -(-wo // LANES)
+    tasks = batch * ho * chunks
+    name = f"eg_conv_{batch}_{cin}_{hp}_{wp}_{cout}_{ho}_{wo}_{k}_1_{parts}"
+    src = f"""
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+void {name}(float* restrict out, const float* restrict xp, const float* restrict wt, const float* restrict bias,
+            int core_id) {{
+  int t0 = (int)((long)core_id * {tasks} / {parts}), t1 = (int)((long)(core_id + 1) * {tasks} / {parts});
+  for (int task = t0; task < t1; task++) {{
+    int b = task / {ho * chunks}, y = (task / {chunks}) % {ho}, x0 = (task % {chunks}) * {LANES};
+    if (x0 > {wo - LANES}) x0 = {wo - LANES};
+    const float* xb = xp + (long)b * {cin * hp * wp} + (long)y * {wp} + x0;
+    v16 acc[{cout}];
+    for (int o = 0; o < {cout}; o++) acc[o] = (v16){{}} + bias[o];
+    for (int c = 0; c < {cin}; c++) {{
+      for (int i = 0; i < {k}; i++) {{
+        for (int j = 0; j < {k}; j++) {{
+          v16 xv = *(const v16u*)(xb + (long)c * {hp * wp} + i * {wp} + j);
+          const float* w = wt + (long)((c * {k} + i) * {k} + j) * {-(-cout // LANES) * LANES};
+          for (int o = 0; o < {cout}; o++) acc[o] += xv * w[o];
+        }}
+      }}
+    }}
+    for (int o = 0; o < {cout}; o++)
+      *(v16u*)(out + ((long)b * {cout} + o) * {ho * wo} + (long)y * {wo} + x0) = acc[o];
   }}
 }}
 """

@@ -78,3 +78,16 @@ def test_the_partition_count_changes_no_bit():
     bias = rng.standard_normal(48).astype(np.float32)
     outs = [run(x, w, bias, 3, 1, 1, parts) for parts in (1, 2, 5)]
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize("h", [16, 28, 32])
+def test_few_output_channels_sum_as_the_channel_vectors_do(h):
+    """Up to 4 output channels run as vectors of 16 pixels (conv.FEW_OUT), more as vectors of 16 channels; every
+    output adds the same products in the same order either way, so the first channels agree bit for bit."""
+    rng = np.random.default_rng(h)
+    x = rng.standard_normal((2, 8, h, h)).astype(np.float32)
+    w = rng.standard_normal((5, 8 * 9)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    many = run(x, w, bias, 3, 1, 1, 2)
+    few = run(x, w[:4], bias[:4], 3, 1, 1, 2)
+    assert np.array_equal(few, many[:, :4])
