@@ -66,8 +66,8 @@ class UNetWeights(Protocol):
         ...
 
     def attention(self, qkv: Tensor, heads: int) -> Tensor:
-        """Self-attention (B, T, C) of projected tokens qkv (B, T, 3 C), (3, heads, C / heads) per token:
-        `attention` below, or one kernel."""
+        """Self-attention (B, C, T) of projected tokens qkv (B, 3 C, T), channels (3, heads, C / heads), channel-major
+        as a 1x1 convolution leaves them: `attention` below, or one kernel."""
         ...
 
 
@@ -151,12 +151,12 @@ def norm_silu_conv(w: UNetWeights, norm: str, conv: str, x: Tensor, k: int, grou
 
 
 def attention(qkv: Tensor, heads: int) -> Tensor:
-    """softmax(q k^T / sqrt(d)) v per head, in tinygrad's operations."""
-    b, t, c3 = qkv.shape
+    """softmax(q k^T / sqrt(d)) v per head, in tinygrad's operations: (B, C, T) of qkv (B, 3 C, T)."""
+    b, c3, t = qkv.shape
     c = c3 // 3
-    parts = qkv.reshape(b, t, 3, heads, c // heads)
-    q, k, v = (parts[:, :, i].transpose(1, 2) for i in range(3))  # (B, heads, T, C/heads)
-    return q.scaled_dot_product_attention(k, v).transpose(1, 2).reshape(b, t, c)
+    parts = qkv.reshape(b, 3, heads, c // heads, t)
+    q, k, v = (parts[:, i].transpose(2, 3) for i in range(3))  # (B, heads, T, C/heads)
+    return q.scaled_dot_product_attention(k, v).transpose(2, 3).reshape(b, c, t)
 
 
 def device_arange(n: int, device: str | tuple[str, ...] | None) -> Tensor:
@@ -201,10 +201,11 @@ class UNet:
     def _attention(self, x: Tensor) -> Tensor:
         b, c, hh, ww = x.shape
         heads = self.cfg.heads
-        h = self._norm("mid.attn.norm", x).reshape(b, c, hh * ww).transpose(1, 2)  # (B, HW, C)
-        a = self.w.attention(self.w.linear("mid.attn.qkv", h), heads)  # (B, HW, C)
-        out = self.w.linear("mid.attn.out", a).transpose(1, 2).reshape(b, c, hh, ww)
-        return x + out
+        # The projections are 1x1 convolutions (the same stored (out, in) matrices as linear layers) so that the
+        # tokens stay channel-major: no transposes, and the CPU's convolution kernel computes them.
+        qkv = self._conv("mid.attn.qkv", self._norm("mid.attn.norm", x), 1)  # (B, 3C, H, W)
+        a = self.w.attention(qkv.reshape(b, 3 * c, hh * ww), heads).reshape(b, c, hh, ww)
+        return x + self._conv("mid.attn.out", a, 1)
 
     def embedding(self, t: Tensor, y: Tensor) -> Tensor:
         """Timestep + class embedding (B, emb_dim). t: int timesteps (B,); y: class ids (B,), null_class = none."""

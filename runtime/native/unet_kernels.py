@@ -34,6 +34,7 @@ VEXP = """
 typedef float v16 __attribute__((vector_size(64)));
 typedef int v16i __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
+static inline float eg_hsum(v16 v) { float s = 0.0f; for (int l = 0; l < 16; l++) s += v[l]; return s; }
 static inline v16 eg_sel(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
 static inline v16 eg_vexp(v16 x) {
   const v16 hi = (v16){} + 88.7f, lo = (v16){} - 87.3f;
@@ -70,7 +71,6 @@ def group_norm_silu_kernel(batch: int, channels: int, h: int, w: int, groups: in
     hw16 = -(-hw // LANES) * LANES
     name = f"eg_gnsilu_{batch}_{channels}_{h}_{w}_{groups}_{pad}_{parts}"
     src = VEXP + f"""
-static inline float eg_hsum(v16 v) {{ float s = 0.0f; for (int l = 0; l < {LANES}; l++) s += v[l]; return s; }}
 void {name}(float* restrict out, const float* restrict x, const float* restrict gamma, const float* restrict beta,
             int core_id) {{
   int t0 = (int)((long)core_id * {tasks} / {parts}), t1 = (int)((long)(core_id + 1) * {tasks} / {parts});
@@ -127,9 +127,9 @@ def group_norm_silu_padded(x: Tensor, gamma: Tensor, beta: Tensor, groups: int, 
 
 
 def attention_kernel(batch: int, tokens: int, heads: int, head_dim: int, parts: int) -> tuple[str, str]:
-    """(name, source) of the U-Net's self-attention: out (batch, tokens, heads * head_dim) from qkv (batch, tokens, 3,
-    heads, head_dim), softmax(q k^T / sqrt(head_dim)) v per (image, head), no mask. Scores in float32, the maximum
-    subtracted, exponentials by the vector exp above, the sum in key order."""
+    """(name, source) of the U-Net's self-attention, channel-major: out (batch, heads * head_dim, tokens) from qkv
+    (batch, 3, heads, head_dim, tokens), softmax(q k^T / sqrt(head_dim)) v per (image, head), no mask. Scores in
+    float32, the maximum subtracted, exponentials by the vector exp above, the sums in key order."""
     c = heads * head_dim
     t16 = -(-tokens // LANES) * LANES
     tasks = batch * heads
@@ -141,29 +141,33 @@ void {name}(float* restrict out, const float* restrict qkv, int core_id) {{
   const float scale = {1.0 / head_dim ** 0.5!r}f;
   for (int task = t0; task < t1; task++) {{
     int b = task / {heads}, h = task % {heads};
-    const float* base = qkv + (long)b * {tokens * 3 * c} + h * {head_dim};
+    const float* q = qkv + ((long)b * {3 * c} + h * {head_dim}) * {tokens};
+    const float* k = q + {c * tokens};
+    const float* v = k + {c * tokens};
+    float* o = out + ((long)b * {c} + h * {head_dim}) * {tokens};
     for (int p = 0; p < {tokens}; p++) {{
-      const float* q = base + (long)p * {3 * c};
+      for (int j = 0; j < {tokens}; j++) sc[j] = 0.0f;
+      for (int e = 0; e < {head_dim}; e++) {{  /* key rows are contiguous per channel: one pass per channel */
+        float qe = q[e * {tokens} + p];
+        const float* ke = k + e * {tokens};
+        for (int j = 0; j < {tokens}; j++) sc[j] += qe * ke[j];
+      }}
       float mx = -3.0e38f;
-      for (int j = 0; j < {tokens}; j++) {{
-        const float* k = base + (long)j * {3 * c} + {c};
-        float d = 0.0f;
-        for (int e = 0; e < {head_dim}; e++) d += q[e] * k[e];
-        sc[j] = d * scale;
-        mx = sc[j] > mx ? sc[j] : mx;
-      }}
+      for (int j = 0; j < {tokens}; j++) {{ sc[j] *= scale; mx = sc[j] > mx ? sc[j] : mx; }}
       for (int j = {tokens}; j < {t16}; j++) sc[j] = -3.0e38f;
-      float sum = 0.0f;
       for (int j = 0; j < {t16}; j += {LANES}) *(v16u*)(sc + j) = eg_vexp(*(v16u*)(sc + j) - mx);
+      float sum = 0.0f;
       for (int j = 0; j < {tokens}; j++) sum += sc[j];
-      float inv = 1.0f / sum, acc[{head_dim}];
-      for (int e = 0; e < {head_dim}; e++) acc[e] = 0.0f;
-      for (int j = 0; j < {tokens}; j++) {{
-        const float* v = base + (long)j * {3 * c} + {2 * c};
-        for (int e = 0; e < {head_dim}; e++) acc[e] += sc[j] * v[e];
+      float inv = 1.0f / sum;
+      for (int e = 0; e < {head_dim}; e++) {{  /* 16-lane partial sums over whole vectors of keys, then the tail */
+        const float* ve = v + e * {tokens};
+        v16 acc = (v16){{}};
+        int j = 0;
+        for (; j + {LANES} <= {tokens}; j += {LANES}) acc += *(const v16u*)(sc + j) * *(const v16u*)(ve + j);
+        float a = eg_hsum(acc);
+        for (; j < {tokens}; j++) a += sc[j] * ve[j];
+        o[e * {tokens} + p] = a * inv;
       }}
-      float* o = out + ((long)b * {tokens} + p) * {c} + h * {head_dim};
-      for (int e = 0; e < {head_dim}; e++) o[e] = acc[e] * inv;
     }}
   }}
 }}
@@ -172,10 +176,10 @@ void {name}(float* restrict out, const float* restrict qkv, int core_id) {{
 
 
 def self_attention(qkv: Tensor, heads: int, parts: int) -> Tensor:
-    """(B, T, C) attention output of qkv (B, T, 3 C) laid out (3, heads, C / heads) per token."""
-    b, t, c3 = (int(s) for s in qkv.shape)
+    """(B, C, T) attention output of qkv (B, 3 C, T), channels (3, heads, C / heads)."""
+    b, c3, t = (int(s) for s in qkv.shape)
     head_dim = c3 // 3 // heads
     parts = max(1, min(parts, b * heads))
     name, src = attention_kernel(b, t, heads, head_dim, parts)
-    out = Tensor.empty(b, t, c3 // 3, device=qkv.device)
+    out = Tensor.empty(b, c3 // 3, t, device=qkv.device)
     return c_kernel(name, src, out, (qkv.cast(dtypes.float32).contiguous(),), parts)

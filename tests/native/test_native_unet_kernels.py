@@ -80,13 +80,14 @@ def test_partitions_and_batch_rows_change_no_bit():
 
 
 def attention_model(qkv: np.ndarray, heads: int) -> np.ndarray:
-    b, t, c3 = qkv.shape
+    """(B, C, T) of qkv (B, 3 C, T), channel-major."""
+    b, c3, t = qkv.shape
     c = c3 // 3
-    parts = qkv.astype(np.float64).reshape(b, t, 3, heads, c // heads)
-    q, k, v = (parts[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B, heads, T, d)
+    parts = qkv.astype(np.float64).reshape(b, 3, heads, c // heads, t)
+    q, k, v = (parts[:, i].transpose(0, 1, 3, 2) for i in range(3))  # (B, heads, T, d)
     s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(c // heads)
     e = np.exp(s - s.max(-1, keepdims=True))
-    return ((e / e.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(b, t, c)
+    return ((e / e.sum(-1, keepdims=True)) @ v).transpose(0, 1, 3, 2).reshape(b, c, t)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -95,7 +96,7 @@ def attention_model(qkv: np.ndarray, heads: int) -> np.ndarray:
 def test_attention_matches_the_numpy_model(b, t, heads, d, scale, seed):
     from edgegen.runtime.native.unet_kernels import self_attention
 
-    qkv = (np.random.default_rng(seed).standard_normal((b, t, 3 * heads * d)) * scale).astype(np.float32)
+    qkv = (np.random.default_rng(seed).standard_normal((b, 3 * heads * d, t)) * scale).astype(np.float32)
     got = self_attention(Tensor(qkv, device="CPU"), heads, 2).numpy()
     ref = attention_model(qkv, heads)
     assert np.all(np.abs(got - ref) <= 1e-4 * (np.abs(qkv).max() + 1)), float(np.abs(got - ref).max())
