@@ -5,7 +5,8 @@ For each model (`--models`, default both shipped ones) the w8 and w4 files are m
 same pipeline as `edgegen quantize --recipe w8|w4`. For each variant:
 - prompt accuracy, mean confidence and Frechet distance to held-out real digits on 50 x 10 samples from fixed seeds,
   scored by the shipped classifier (quantize/evaluate_diffusion.py), every variant from the same noise;
-- time per image at batch 1 and batch 16 (DDIM, `--steps`, guided: a batch of 16 is U-Net passes of 32), median of
+- time per image at batch 1 and batch 16 (each model's own sampler and steps unless `--sampler` / `--steps` say
+  otherwise, guided: a batch of 16 is U-Net passes of 32), median of
   `--repeats`; for fp32 interleaved with onnxruntime and PyTorch on the same network (exported from the same file,
   float32, all cores) running the same numpy sampler, so the ratio sees the same machine load;
 - a fresh process drawing one image (`edgegen diffuse --stats`): wall time and peak RSS, warm (graphs and kernels
@@ -68,7 +69,7 @@ TARGETS: dict[str, Callable[[dict], bool]] = {
 
 
 class PeerGenerator(ImageGenerator):
-    """The edgegen sampler (same numpy DDIM loop, same noise) over another runtime's U-Net and decoder."""
+    """The edgegen sampler (same numpy loop, same noise) over another runtime's U-Net and decoder."""
 
     def __init__(self, base: ImageGenerator, eps: Callable, decode: Callable | None):
         self.__dict__.update(base.__dict__)
@@ -149,7 +150,7 @@ def bench_model(name: str, fp32: Path, args: argparse.Namespace, out: Path, tmp:
         files[recipe] = tmp / f"{name}-{recipe}.gguf"
         write_artifact(files[recipe], source, quantize_model(source, recipe))
     classifier = Classifier()
-    params = DiffusionParams(steps=args.steps, guidance=args.guidance, seed=0)
+    params = DiffusionParams(steps=args.steps, sampler=args.sampler, guidance=args.guidance, seed=0)
     results: dict[str, dict] = {}
     for variant, path in files.items():
         print(f"== {name} {variant}: {path.name}", flush=True)
@@ -164,7 +165,7 @@ def bench_model(name: str, fp32: Path, args: argparse.Namespace, out: Path, tmp:
         gen = ImageGenerator.load(path)
         r["resident_weight_bytes"] = gen.weights.size_bytes()
         quality, images = evaluate_diffusion(gen, classifier, per_digit=args.per_digit, steps=args.steps,
-                                             guidance=args.guidance, seed=0)
+                                             sampler=args.sampler, guidance=args.guidance, seed=0)
         save_png(out / f"diffusion_{name}_{variant}.png",
                  grid(to_uint8(images[[d * args.per_digit + i for d in range(10) for i in range(2)][:16]]), cols=4),
                  scale=2)
@@ -184,7 +185,8 @@ def bench_model(name: str, fp32: Path, args: argparse.Namespace, out: Path, tmp:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(SHIPPED_MODELS), help="shipped model names (default: all)")
-    ap.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: each model's own)")
+    ap.add_argument("--sampler", default=None, help="ddim or ddpm (default: each model's own)")
     ap.add_argument("--guidance", type=float, default=None,
                     help=f"guidance (default: each model's own; {DEFAULT_GUIDANCE} for a file without one)")
     ap.add_argument("--per-digit", type=int, default=50, help="images per digit for the scores (default 50)")
@@ -198,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     checks = {m: {k: bool(f(r)) for k, f in TARGETS.items()} for m, r in models.items()}
     first = next(iter(models.values()))["fp32"]
     report = {"machine": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-              "steps": args.steps, "sampler": "ddim", "per_digit": args.per_digit,
+              "per_digit": args.per_digit,
               "real_accuracy": first["real_accuracy"], "real_vs_real_fd": first["real_vs_real_fd"],
               "models": models, "targets": checks}
     (out / "diffusion.json").write_text(json.dumps(report, indent=2))
-    guidance = ", ".join(f"{m} {r['fp32']['guidance']:g}" for m, r in models.items())
-    lines = [f"MNIST diffusion, DDIM {args.steps} steps, guidance {guidance}, {10 * args.per_digit} digits per "
+    sampling = ", ".join(f"{m} {r['fp32']['sampler'].upper()} {r['fp32']['steps']} steps guidance "
+                         f"{r['fp32']['guidance']:g}" for m, r in models.items())
+    lines = [f"MNIST diffusion ({sampling}: each model's own unless given), {10 * args.per_digit} digits per "
              f"variant (same seeds); the classifier reads {100 * first['real_accuracy']:.1f}% of real test digits; "
              f"real-vs-real Frechet distance {first['real_vs_real_fd']:.2f} (the floor). Times per image; "
              f"onnxruntime and PyTorch run the fp32 network in the same run, all {os.cpu_count()} cores.", "",

@@ -19,8 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "autoencoder's latents) or a U-Net GGUF file (a quantized one from edgegen quantize)")
     p.add_argument("-o", "--output", default=None, help="PNG to write (default: digit-<d>.png)")
     p.add_argument("--n", type=int, default=1, help="images to draw; more than one are tiled into a grid (default 1)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--sampler", default="ddim", help="ddim (deterministic) or ddpm (ancestral) (default ddim)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the model's own; 20 for a file that names none)")
+    p.add_argument("--sampler", default=None,
+                   help="ddim (deterministic) or ddpm (ancestral) (default: the model's own; ddim for a file that "
+                        "names none)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight: 1 is plain conditional, higher follows the prompt harder "
                         "(default: the model's own, 1.5-2 for the shipped ones)")
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise GenerationError(f"--output directory {str(out.parent)!r} does not exist")
     t0 = time.perf_counter()
     gen = ImageGenerator.load(model_path(args.model), device=args.device, options=kernel_options(args))
-    params.validate(gen.cfg.timesteps)
+    params = gen.resolve(params)
+    assert params.steps is not None and params.guidance is not None
     t1 = time.perf_counter()
     # Only on a terminal: a bar redrawn into a pipe or a log file is noise there.
     with step_bar(params.steps, "denoising", enabled=sys.stderr.isatty() and not args.no_progress) as on_step:
@@ -63,9 +67,8 @@ def run(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     save_png(out, images[0] if params.n == 1 else grid(images), scale=args.scale)
     gen.save_graphs()  # for the next run: after the PNG is written
-    guidance = gen.default_guidance if params.guidance is None else params.guidance
     print(f"wrote {out} ({params.n} image{'s' if params.n > 1 else ''} of a {digit}, {params.sampler}, "
-          f"{params.steps} steps, guidance {guidance:g}, seed {params.seed})")
+          f"{params.steps} steps, guidance {params.guidance:g}, seed {params.seed})")
     if args.stats:
         from edgegen.device.measure import peak_rss_bytes
 

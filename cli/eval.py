@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "llama-perplexity's rule)")
     img = parser.add_argument_group("diffusion models")
     img.add_argument("--per-digit", type=int, default=100, help="images generated per digit (default 100)")
-    img.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    img.add_argument("--sampler", default="ddim", help="ddim or ddpm (default ddim)")
+    img.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
+    img.add_argument("--sampler", default=None, help="ddim or ddpm (default: the model's own)")
     img.add_argument("--guidance", type=float, default=None,
                      help="classifier-free guidance weight (default: the model's own)")
     img.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -56,8 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgegen.models.unet import UNET_ARCH
     from edgegen.runtime.artifact.reader import SUPPORTED_ARCHITECTURES, open_model
+    from edgegen.runtime.diffusion.weights import SHIPPED_MODELS
 
-    if open_model(args.model, architectures=SUPPORTED_ARCHITECTURES).architecture == UNET_ARCH:
+    if args.model in SHIPPED_MODELS or \
+            open_model(args.model, architectures=SUPPORTED_ARCHITECTURES).architecture == UNET_ARCH:
         return run_diffusion(args)
     if args.text is None:
         raise QuantizeError("--text FILE is required to evaluate a text model")
@@ -93,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_diffusion(generator, classifier, per_digit: int = 100, steps: int = 20, sampler: str = "ddim",
-                       guidance: float | None = None, seed: int = 0, batch: int = 100,
+def evaluate_diffusion(generator, classifier, per_digit: int = 100, steps: int | None = None,
+                       sampler: str | None = None, guidance: float | None = None, seed: int = 0, batch: int = 100,
                        on_step: Callable[[int, int], None] | None = None) -> tuple[DiffusionQuality, np.ndarray]:
     """Sample `per_digit` images of every digit with the runtime's ImageGenerator and score them on held-out MNIST
     test digits; returns the scores and the images (N, 28, 28) in [-1, 1]."""
@@ -102,13 +104,13 @@ def evaluate_diffusion(generator, classifier, per_digit: int = 100, steps: int =
     from edgegen.quantize.mnist import load_mnist
     from edgegen.runtime.diffusion import DiffusionParams
 
-    guidance = generator.default_guidance if guidance is None else guidance
     labels = digit_labels(per_digit)
-    params = DiffusionParams(steps=steps, sampler=sampler, guidance=guidance, seed=seed, n=len(labels))
+    params = generator.resolve(DiffusionParams(steps=steps, sampler=sampler, guidance=guidance, seed=seed,
+                                               n=len(labels)))
     images = generator.sample(labels, params, batch=batch, on_step=on_step)
     real_images, real_labels = load_mnist("test")
-    quality = score_digits(images, labels, classifier, real_images, real_labels, steps=steps, sampler=sampler,
-                           guidance=guidance, seed=seed)
+    quality = score_digits(images, labels, classifier, real_images, real_labels, steps=params.steps,
+                           sampler=params.sampler, guidance=params.guidance, seed=seed)
     return quality, images
 
 
@@ -119,15 +121,17 @@ def run_diffusion(args: argparse.Namespace) -> int:
         Classifier,
         DiffusionParams,
         ImageGenerator,
+        model_path,
     )
 
     if not 1 <= args.per_digit <= 500:
         raise QuantizeError(f"--per-digit must be from 1 to 500 (got {args.per_digit})")
     DiffusionParams(steps=args.steps, sampler=args.sampler, guidance=args.guidance, seed=args.seed).validate()
     mnist_path()  # the real test digits it scores against: a runtime-only install lacks them; say so before sampling
-    gen = ImageGenerator.load(args.model, device=args.device)
+    gen = ImageGenerator.load(model_path(args.model), device=args.device)
     clf = Classifier(args.classifier or DEFAULT_CLASSIFIER, device=args.device)
-    with step_bar(args.steps, "denoising", leave=True, enabled=not args.no_progress) as on_step:
+    steps = gen.resolve(DiffusionParams(steps=args.steps)).steps or 0
+    with step_bar(steps, "denoising", leave=True, enabled=not args.no_progress) as on_step:
         quality, _ = evaluate_diffusion(gen, clf, per_digit=args.per_digit, steps=args.steps, sampler=args.sampler,
                                         guidance=args.guidance, seed=args.seed, on_step=on_step)
     if args.json:

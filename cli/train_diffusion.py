@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="U-Net: continue from this checkpoint's weights (fresh optimizer and schedule)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="torch U-Nets: record this guidance weight in the file as its default for sampling")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
+                        help="torch U-Nets: record this sampler in the file as its default")
+    parser.add_argument("--sampling-steps", type=int, default=None,
+                        help="torch U-Nets: record this many denoising steps in the file as its default")
     parser.add_argument("-o", "--output", required=True, help="checkpoint to write (.gguf)")
 
 
@@ -56,11 +60,14 @@ def run(args: argparse.Namespace) -> int:
     from edgegen.models.classifier import ClassifierConfig
     from edgegen.models.unet import UNetConfig
     from edgegen.quantize.mnist import TrainingError
+    from edgegen.runtime.artifact.constants import MAX_GUIDANCE
 
     if args.steps < 1 or args.batch < 1:
         raise TrainingError(f"--steps and --batch must be positive (got {args.steps}, {args.batch})")
-    if args.guidance is not None and not 0.0 <= args.guidance <= 20.0:
-        raise TrainingError(f"--guidance must be a number from 0 to 20 (got {args.guidance})")
+    if args.guidance is not None and not 0.0 <= args.guidance <= MAX_GUIDANCE:
+        raise TrainingError(f"--guidance must be a number from 0 to {MAX_GUIDANCE:g} (got {args.guidance})")
+    if args.sampling_steps is not None and not 1 <= args.sampling_steps <= 1000:
+        raise TrainingError(f"--sampling-steps must be from 1 to 1000 (got {args.sampling_steps})")
     # --init continues a tinygrad run (its optimizer state is not carried over either way)
     trainer = args.trainer or ("torch" if args.what != "classifier" and not args.init and
                                importlib.util.find_spec("torch") else "tinygrad")
@@ -104,23 +111,23 @@ def run(args: argparse.Namespace) -> int:
 
 def _train_torch(args: argparse.Namespace, channels: tuple[int, ...], out: Path, prov: dict) -> dict[str, float]:
     from edgegen.models.autoencoder import AutoencoderConfig
-    from edgegen.models.unet import UNetConfig
+    from edgegen.models.unet import UNetConfig, sampling_keys
     from edgegen.quantize import torch_diffusion
 
     lr = args.lr or TORCH_LR[args.what]
+    sampling = sampling_keys(args.guidance, args.sampler, args.sampling_steps)
     if args.what == "autoencoder":
         return torch_diffusion.train_autoencoder(AutoencoderConfig(), args.steps, args.batch, lr, args.seed, out, prov)
     if args.what == "unet":
         cfg = UNetConfig(channels=channels)  # type: ignore[arg-type]  # three integers: checked above
-        return torch_diffusion.train_unet(cfg, args.steps, args.batch, lr, args.seed, out, prov,
-                                          guidance=args.guidance)
+        return torch_diffusion.train_unet(cfg, args.steps, args.batch, lr, args.seed, out, prov, sampling=sampling)
     ae_path = Path(args.autoencoder)
     ae_cfg, _ = torch_diffusion.read_autoencoder(ae_path)
     prov["autoencoder_sha256"] = hashlib.sha256(ae_path.read_bytes()).hexdigest()
     cfg = UNetConfig(channels=channels, image_size=ae_cfg.latent_size,  # type: ignore[arg-type]
                      in_channels=ae_cfg.latent_channels)
     return torch_diffusion.train_latent_unet(cfg, ae_path, args.steps, args.batch, lr, args.seed, out, prov,
-                                             guidance=args.guidance)
+                                             sampling=sampling)
 
 
 TORCH_LR = {"unet": 2e-3, "latent-unet": 1e-3, "autoencoder": 2e-3}  # peak AdamW learning rates

@@ -167,7 +167,7 @@ def auto_slots(model: str, device: str, kernels: KernelOptions) -> int:
 class RuntimeImageEngine:
     """An `ImageEngine` over `runtime.diffusion.ImageGenerator`: a digit prompt in, one PNG out."""
 
-    def __init__(self, generator: Any, steps: int = 20, guidance: float | None = None, scale: int = 4):
+    def __init__(self, generator: Any, steps: int | None = None, guidance: float | None = None, scale: int = 4):
         self.generator, self.steps, self.scale = generator, steps, scale
         self.guidance = guidance  # None: the model's own
 

@@ -37,6 +37,22 @@ from tinygrad import Tensor, dtypes
 
 UNET_ARCH = "edgegen-unet"  # general.architecture of U-Net files
 GUIDANCE_KEY = f"{UNET_ARCH}.guidance"  # a file's own classifier-free guidance weight (float, 0-20)
+SAMPLER_KEY = f"{UNET_ARCH}.sampler"  # a file's own sampler ("ddim" or "ddpm")
+STEPS_KEY = f"{UNET_ARCH}.steps"  # a file's own number of denoising steps
+DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 20  # for a file that names neither
+
+
+def sampling_keys(guidance: float | None = None, sampler: str | None = None, steps: int | None = None
+                  ) -> dict[str, float | str | int]:
+    """The metadata a U-Net file carries for its own sampling defaults (those given)."""
+    keys: dict[str, float | str | int] = {}
+    if guidance is not None:
+        keys[GUIDANCE_KEY] = float(guidance)
+    if sampler is not None:
+        keys[SAMPLER_KEY] = sampler
+    if steps is not None:
+        keys[STEPS_KEY] = int(steps)
+    return keys
 
 # Classifier-free guidance weight: higher w reads more clearly as the prompted digit (prompt accuracy) at a cost in
 # variety (Frechet distance). A file may carry its own (`edgegen-unet.guidance`, chosen by a sweep: the shipped

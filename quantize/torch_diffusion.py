@@ -34,7 +34,7 @@ from edgegen.models.autoencoder import (
     encoder_layers,
 )
 from edgegen.models.autoencoder import parameter_shapes as autoencoder_shapes
-from edgegen.models.unet import GUIDANCE_KEY, UNET_ARCH, UNetConfig, cosine_alpha_bars, parameter_shapes
+from edgegen.models.unet import UNET_ARCH, UNetConfig, cosine_alpha_bars, parameter_shapes
 from edgegen.quantize.mnist import TrainingError, load_mnist
 
 log = logging.getLogger("edgegen.quantize.training")
@@ -212,9 +212,9 @@ def _unet_init(cfg: UNetConfig, rng: np.random.Generator) -> dict[str, np.ndarra
 
 def train_unet(cfg: UNetConfig, steps: int, batch: int, lr: float, seed: int, out: Path, provenance: dict,
                ema_decay: float = 0.9995, p_uncond: float = 0.1, save_every: int = 1000,
-               guidance: float | None = None) -> dict[str, float]:
+               sampling: dict | None = None) -> dict[str, float]:
     """The pixel U-Net (epsilon prediction, MSE) on [-1, 1] digits; writes the EMA weights to `out`, with
-    `guidance` as the file's default guidance weight if given."""
+    `sampling` (models.unet.sampling_keys) as the file's own sampling defaults."""
     from edgegen.quantize.training import write_checkpoint
 
     require_torch()
@@ -226,7 +226,7 @@ def train_unet(cfg: UNetConfig, steps: int, batch: int, lr: float, seed: int, ou
     def save(weights: dict, done: int, loss: float, seconds: float) -> None:
         prov = dict(provenance, trainer="torch", steps=done, seed=seed, batch=batch, final_loss=loss,
                     train_seconds=seconds)
-        write_checkpoint(out, UNET_ARCH, asdict(cfg), weights, prov, extra=_guidance_key(guidance))
+        write_checkpoint(out, UNET_ARCH, asdict(cfg), weights, prov, extra=sampling or {})
 
     weights, final, seconds = _loop(params, _diffusion_loss(cfg, params, batches, rng, p_uncond),
                                     steps, lr, ema_decay, "unet", save, save_every)
@@ -305,7 +305,7 @@ def reconstruction_error(cfg: AutoencoderConfig, weights: dict[str, np.ndarray])
 
 def train_latent_unet(cfg: UNetConfig, autoencoder: Path, steps: int, batch: int, lr: float, seed: int, out: Path,
                       provenance: dict, ema_decay: float = 0.9995, p_uncond: float = 0.1,
-                      guidance: float | None = None) -> dict[str, float]:
+                      sampling: dict | None = None) -> dict[str, float]:
     """A U-Net on the frozen autoencoder's latents; `out` holds both networks (one file, one latent model)."""
     from edgegen.quantize.training import write_checkpoint
 
@@ -326,16 +326,13 @@ def train_latent_unet(cfg: UNetConfig, autoencoder: Path, steps: int, batch: int
         tensors = dict(weights, **ae_weights)
         write_checkpoint(out, UNET_ARCH, asdict(cfg), tensors, prov,
                          extra={f"{AUTOENCODER_PREFIX}.{k}": v for k, v in asdict(ae_cfg).items()}
-                         | _guidance_key(guidance))
+                         | (sampling or {}))
 
     weights, final, seconds = _loop(params, _diffusion_loss(cfg, params, batches, rng, p_uncond),
                                     steps, lr, ema_decay, "latent-unet", save, 1000)
     save(weights, steps, final, seconds)
     return {"final_loss": final, "train_seconds": seconds}
 
-
-def _guidance_key(guidance: float | None) -> dict[str, float]:
-    return {} if guidance is None else {GUIDANCE_KEY: float(guidance)}
 
 
 def read_autoencoder(path: Path) -> tuple[AutoencoderConfig, dict[str, np.ndarray]]:

@@ -66,6 +66,8 @@ def write_checkpoint(path: Path, arch: str, config: dict, tensors: dict[str, np.
             w.add_array(key, list(value))
         elif isinstance(value, float):
             w.add_float32(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
         else:
             w.add_uint32(key, int(value))
     for key, value in provenance.items():

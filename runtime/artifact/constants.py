@@ -54,6 +54,7 @@ REPACK_EXTRA_BYTES_PER_BLOCK: dict[GGMLQuantizationType, int] = {
 TEXT_ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma3", "phi3")  # the decoder families
 # Our own image models (models/unet.py, models/classifier.py) use the same container.
 UNET_ARCHITECTURE = "edgegen-unet"
+MAX_GUIDANCE = 20.0  # a U-Net request's or file's classifier-free guidance weight: 0 to this
 CLASSIFIER_ARCHITECTURE = "edgegen-mnist-classifier"
 IMAGE_ARCHITECTURES: tuple[str, ...] = (UNET_ARCHITECTURE, CLASSIFIER_ARCHITECTURE)
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = TEXT_ARCHITECTURES + IMAGE_ARCHITECTURES

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,12 @@ from tinygrad import Tensor, TinyJit, dtypes
 from edgegen.models.autoencoder import AUTOENCODER_PREFIX, LATENT_MARKER_KEY, Autoencoder, AutoencoderConfig
 from edgegen.models.unet import (
     DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
     GUIDANCE_KEY,
     LATENT_CLIP,
+    SAMPLER_KEY,
+    STEPS_KEY,
     UNET_ARCH,
     UNet,
     UNetConfig,
@@ -41,6 +45,7 @@ from edgegen.models.unet import (
     ddim_timesteps,
 )
 from edgegen.runtime import jit_cache as jit_cache_store
+from edgegen.runtime.artifact.constants import MAX_GUIDANCE
 from edgegen.runtime.artifact.reader import ModelFile, open_model
 from edgegen.runtime.cpu_replay import CPUReplay
 from edgegen.runtime.diffusion.png import to_uint8
@@ -63,7 +68,6 @@ SAMPLERS = ("ddim", "ddpm")
 MAX_STEPS = 1000
 MAX_IMAGES = 1024
 
-MAX_GUIDANCE = 20.0
 
 # The U-Net's batch sizes (guidance doubles a batch): a batch runs padded to the next bucket, larger ones in chunks of
 # the largest. Powers of two waste at most half a batch; no 32, whose cold compile took 155-307 s here against about
@@ -73,19 +77,21 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16)
 
 @dataclass(frozen=True)
 class DiffusionParams:
-    """How to sample. guidance 1.0 is plain conditional sampling; 0.0 ignores the prompt; None: the model's own
-    (ImageGenerator.default_guidance)."""
+    """How to sample. guidance 1.0 is plain conditional sampling; 0.0 ignores the prompt. None for steps, sampler or
+    guidance: the model's own (`ImageGenerator.resolve`: the file's `edgegen-unet.*` keys, else 20 DDIM steps and
+    DEFAULT_GUIDANCE)."""
 
-    steps: int = 20
-    sampler: str = "ddim"
+    steps: int | None = None
+    sampler: str | None = None
     guidance: float | None = None
     seed: int = 0
     n: int = 1
 
     def validate(self, timesteps: int = MAX_STEPS) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= timesteps:
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or not 1 <= self.steps <= timesteps):
             raise GenerationError(f"steps must be an integer from 1 to {timesteps} (got {self.steps!r})")
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise GenerationError(f"sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
         if self.guidance is not None and not valid_guidance(self.guidance):
             raise GenerationError(f"guidance must be a number from 0 to {MAX_GUIDANCE:g} (got {self.guidance!r})")
@@ -118,6 +124,15 @@ class ImageGenerator:
             raise ArtifactError(f"{mf.path.name}: {GUIDANCE_KEY} must be a number from 0 to {MAX_GUIDANCE:g} "
                                 f"(got {g!r})")
         self.default_guidance = DEFAULT_GUIDANCE if g is None else float(g)
+        sampler, steps = mf.get(SAMPLER_KEY), mf.get(STEPS_KEY)
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ArtifactError(f"{mf.path.name}: {SAMPLER_KEY} must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                                  or not 1 <= steps <= self.cfg.timesteps):
+            raise ArtifactError(f"{mf.path.name}: {STEPS_KEY} must be an integer from 1 to {self.cfg.timesteps} "
+                                f"(got {steps!r})")
+        self.default_sampler: str = DEFAULT_SAMPLER if sampler is None else str(sampler)
+        self.default_steps: int = DEFAULT_STEPS if steps is None else int(steps)
         self._buckets: dict[tuple[str, int], _BucketGraph] = {}
         self._unsaved = False
         self._cache_key = jit_cache_store.cache_key(mf.path, str(device), 0, f"diffusion-{self.plan.describe()}") \
@@ -277,10 +292,18 @@ class ImageGenerator:
         """`steps` training timesteps from the noisiest down to 0, evenly spaced."""
         return ddim_timesteps(self.cfg.timesteps, steps)
 
+    def resolve(self, params: DiffusionParams) -> DiffusionParams:
+        """`params` with the model's own steps, sampler and guidance where they are None, checked."""
+        params.validate(self.cfg.timesteps)
+        return replace(params, steps=self.default_steps if params.steps is None else params.steps,
+                       sampler=params.sampler or self.default_sampler,
+                       guidance=self.default_guidance if params.guidance is None else float(params.guidance))
+
     def sample_iter(self, labels: list[int] | np.ndarray, params: DiffusionParams,
                     batch: int | None = None) -> Iterator[tuple[int, int, np.ndarray | None]]:
         """Yields (step, total, None) after each denoising step and finally (total, total, images in [-1, 1])."""
-        params.validate(self.cfg.timesteps)
+        params = self.resolve(params)
+        assert params.steps is not None and params.guidance is not None
         labels = np.asarray(labels, dtype=np.int64)
         if labels.ndim != 1 or labels.size == 0 or labels.min() < 0 or labels.max() >= self.cfg.num_classes:
             raise GenerationError(f"labels must be class ids 0..{self.cfg.num_classes - 1}")
@@ -288,7 +311,7 @@ class ImageGenerator:
         c, s = self.cfg.in_channels, self.cfg.image_size
         x = rng.standard_normal((len(labels), c, s, s), dtype=np.float32)
         ts = self.timesteps(params.steps)
-        guidance = self.default_guidance if params.guidance is None else float(params.guidance)
+        guidance = params.guidance
         guided = guidance != 1.0
         eta = 1.0 if params.sampler == "ddpm" else 0.0
         batch = min(batch or len(labels), BATCH_BUCKETS[-1] // (2 if guided else 1))

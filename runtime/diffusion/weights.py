@@ -34,7 +34,14 @@ def model_path(name_or_path: str | Path | None) -> Path:
     """A shipped model's file by name, else the path as given (None: the default pixel model)."""
     if name_or_path is None:
         return DEFAULT_UNET
-    return SHIPPED_MODELS.get(str(name_or_path), Path(name_or_path))
+    name = str(name_or_path)
+    if name in SHIPPED_MODELS:
+        return SHIPPED_MODELS[name]
+    path = Path(name_or_path)
+    if not path.exists() and not path.suffix and "/" not in name:  # a name, not a path
+        raise ArtifactError(f"unknown diffusion model {name!r}: a shipped model's name "
+                            f"({', '.join(SHIPPED_MODELS)}) or a U-Net GGUF file")
+    return path
 
 
 __all__ = ["DEFAULT_CLASSIFIER", "DEFAULT_UNET", "LATENT_UNET", "SHIPPED_MODELS", "WEIGHTS_DIR", "PackedConvWeights",

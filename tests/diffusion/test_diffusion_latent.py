@@ -182,3 +182,46 @@ def test_a_files_guidance_is_its_default_and_checked(tmp_path, tiny_unet_files, 
     a = gen.sample([2], DiffusionParams(steps=2, seed=1))
     b = gen.sample([2], DiffusionParams(steps=2, seed=1, guidance=value))
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("keys,error", [
+    ({"sampler": "ddpm", "steps": 3}, None),
+    ({"steps": 3}, None),
+    ({"sampler": "euler"}, "edgegen-unet.sampler must be one of ddim, ddpm"),
+    ({"steps": 0}, "edgegen-unet.steps must be an integer from 1 to 100"),
+    ({"steps": 101}, "edgegen-unet.steps must be an integer from 1 to 100"),
+])
+def test_a_files_sampler_and_steps_are_its_defaults_and_checked(tmp_path, tiny_unet_files, keys, error):
+    from dataclasses import asdict
+
+    from diffusion_helpers import TINY
+
+    from edgegen.models.unet import DEFAULT_SAMPLER, DEFAULT_STEPS, UNET_ARCH, sampling_keys
+    from edgegen.quantize.training import read_checkpoint, write_checkpoint
+
+    path = tmp_path / "s.gguf"
+    write_checkpoint(path, UNET_ARCH, asdict(TINY), read_checkpoint(tiny_unet_files["f32"], UNET_ARCH),
+                     {"command": "tests"}, extra=sampling_keys(**keys))
+    if error is not None:
+        with pytest.raises(ArtifactError, match=error):
+            ImageGenerator.load(path, jit_cache=False)
+        return
+    gen = ImageGenerator.load(path, jit_cache=False)
+    resolved = gen.resolve(DiffusionParams(seed=1))
+    assert resolved.sampler == keys.get("sampler", DEFAULT_SAMPLER)
+    assert resolved.steps == keys.get("steps", DEFAULT_STEPS)
+    # None means the file's own: the same images as asking for them by name; a request's own choice wins
+    a = gen.sample([2], DiffusionParams(seed=1))
+    b = gen.sample([2], DiffusionParams(seed=1, sampler=resolved.sampler, steps=resolved.steps))
+    assert np.array_equal(a, b)
+    assert gen.resolve(DiffusionParams(steps=2, sampler="ddim")).steps == 2
+    # the file's keys survive quantization
+    from edgegen.quantize.pipeline import quantize_model
+    from edgegen.quantize.source import load_source
+    from edgegen.quantize.writer import write_artifact
+
+    w8 = tmp_path / "s-w8.gguf"
+    source = load_source(path)
+    write_artifact(w8, source, quantize_model(source, "w8"))
+    assert ImageGenerator.load(w8, jit_cache=False).resolve(DiffusionParams()) == resolved.__class__(
+        steps=resolved.steps, sampler=resolved.sampler, guidance=resolved.guidance, seed=0)

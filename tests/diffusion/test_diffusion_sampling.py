@@ -72,6 +72,9 @@ def test_cli_bad_prompt_and_steps(tmp_path, tiny_unet_files):
     assert_clean_error(edgegen("diffuse", "7", "--model", model, "--steps", "500"), "from 1 to 100")
     assert_clean_error(edgegen("diffuse", "7", "--model", model, "-o", str(tmp_path / "x.jpg")), "must end in .png")
     assert_clean_error(edgegen("diffuse", "7", "--model", str(tmp_path / "none.gguf")), "not found")
+    assert_clean_error(edgegen("diffuse", "7", "--model", "mnist-latnet"),
+                       "unknown diffusion model 'mnist-latnet'", "mnist, mnist-latent")
+    assert_clean_error(edgegen("diffuse", "7", "--model", model, "--sampler", "euler"), "sampler must be one of")
 
 
 def test_cli_refuses_a_text_model_for_images(tiny_q4_path):
