@@ -121,6 +121,12 @@ def collect(source: ModelSource, targets: Iterable[str], track: Callable = lambd
     from edgegen.runtime.artifact import open_gguf
     from edgegen.runtime.artifact.config import config_from_file
 
+    from edgegen.runtime.tinygrad_seam.devices import named_default_device, set_default_device
+
+    if not named_default_device():
+        # Else tinygrad finds a default inside the first constant by opening every backend (PoCL's too) and writes
+        # DEV=<it> into os.environ, where the rest of the process and its children would then run.
+        set_default_device(CALIBRATION_DEVICE)
     mf = open_gguf(source.path)
     cfg: UNetConfig = config_from_file(mf, UNetConfig, UNET_ARCH)
     latent = mf.get(LATENT_MARKER_KEY) is not None

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 from bridge_helpers import connected_client, running_device
+from cli_helpers import edgegen
 from PIL import Image
 
 from edgegen.firmware_bridge.connection import BrokerOptions
@@ -16,7 +17,7 @@ from edgegen.firmware_bridge.schema import ImageRequest
 
 
 @pytest.mark.slow
-def test_real_unet_answers_digit_prompts_over_mqtt(broker) -> None:
+def test_real_unet_answers_digit_prompts_over_mqtt(broker, tmp_path) -> None:
     options = BrokerOptions("127.0.0.1", broker.port)
     engine = RuntimeImageEngine.load()  # the shipped models/weights/unet-mnist.gguf
     engine.steps = 4
@@ -33,3 +34,8 @@ def test_real_unet_answers_digit_prompts_over_mqtt(broker) -> None:
     assert again == png  # same digit, same seed: the same image
     direct = engine.generate(ImageRequest(id="direct", prompt="7", seed=3), threading.Event())
     assert direct.png == png
+    # the CLI in its own process draws the same pixels (a warm graph cache or a cold one, the same answer)
+    out = tmp_path / "seven.png"
+    proc = edgegen("diffuse", "7", "--seed", "3", "--steps", "4", "--scale", "4", "-o", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.asarray(Image.open(out)), image)

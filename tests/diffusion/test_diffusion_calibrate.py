@@ -115,3 +115,23 @@ def test_text_calibration_is_refused_for_a_unet(tiny_unet_files):
 
     with pytest.raises(QuantizeError, match="calibrates on its own samples"):
         quantize_model(load_source(tiny_unet_files["f32"]), "w4", calibration_text="some text")
+
+
+def test_calibration_opens_no_other_backend_and_leaves_the_environment(tiny_unet_files):
+    """tinygrad left to find its default device opens every backend and writes DEV=<it> into os.environ: a bench
+    that calibrated a file then ran its own timings and children on OpenCL (PoCL), 3-9x slower."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from edgegen.quantize.pipeline import quantize_model\n"
+        "from edgegen.quantize.source import load_source\n"
+        f"quantize_model(load_source({str(tiny_unet_files['f32'])!r}), 'w4')\n"
+        "from tinygrad import Device\n"
+        "print(os.environ.get('DEV'), 'CL' in Device._opened_devices)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DEV"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["None", "False"], proc.stdout
