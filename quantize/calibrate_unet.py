@@ -120,7 +120,6 @@ def collect(source: ModelSource, targets: Iterable[str], track: Callable = lambd
 
     from edgegen.runtime.artifact import open_gguf
     from edgegen.runtime.artifact.config import config_from_file
-
     from edgegen.runtime.tinygrad_seam.devices import named_default_device, set_default_device
 
     if not named_default_device():
