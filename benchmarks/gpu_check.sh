@@ -19,6 +19,6 @@ fi
 # edgegen's import names without installing it: a namespace folder whose subpackages are the repository's folders
 mkdir -p /tmp/eg/edgegen
 for folder in runtime quantize models device firmware_bridge cli; do ln -sfn "$(pwd)/$folder" "/tmp/eg/edgegen/$folder"; done
-export PYTHONPATH=/tmp/eg:$(pwd)/tests:$PYTHONPATH PYTHONUNBUFFERED=1 EDGEGEN_CACHE=/tmp/gpu-check-cache
+export PYTHONPATH=/tmp/eg:$(pwd)/tests${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 EDGEGEN_CACHE=/tmp/gpu-check-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT_DIR/gpu.txt" || true
 DEV=${DEV:-CUDA} timeout 470 python3 benchmarks/gpu_check.py --out "$OUT_DIR/gpu_check.json"
