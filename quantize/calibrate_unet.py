@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 
 METHOD = "gptq-timestep"
 LABELS_PER_CLASS = 2  # 20 digits: 40 U-Net rows a step with guidance
-STEPS = 20  # the runtime's default DDIM steps: calibration sees the timesteps sampling visits
+# DDIM over 20 evenly spaced timesteps, whatever the file's own sampler: the trajectory spans the schedule as the
+# shipped files' samplers do (DDIM 20, DDPM 30); measured w4 results with it: docs/MEASUREMENTS.md.
+STEPS = 20
 ROWS_PER_CALL = 1024  # input rows kept per layer per step; 20 steps give 20k rows for at most 1152 columns
 DAMP = 0.01  # GPTQ's dampening: 1% of H's mean diagonal added to it, so its inverse exists
 SEED = 0
