@@ -17,7 +17,7 @@ from gguf import GGMLQuantizationType as T
 
 from edgegen.runtime.native.layout import GROUP, X8_HEADERS
 
-HEADERS = ("common.h", "x86.h", "arm.h", "dispatch.h", "attention.h", "x8.h")
+HEADERS = ("common.h", "x86.h", "arm.h", "dispatch.h", "expf.h", "attention.h", "x8.h")
 ACT_BLOCK = 32  # activations are quantized in blocks of 32 (eg_q8x)
 ACT_BLOCK_BYTES = 44  # sizeof(eg_q8x): float d, s, int16 bs[2], int8 qs[32]
 

@@ -20,42 +20,43 @@ the scores of one query in registers and L1.
 """
 from __future__ import annotations
 
+import functools
+from importlib import resources
+
 from tinygrad import Tensor, dtypes
 
 from edgegen.runtime.tinygrad_seam.kernels import c_kernel
 
 LANES = 16
 
-# exp of 16 floats: range reduction to [-ln2/2, ln2/2], Cephes' degree-6 polynomial, 2^n through the exponent bits
-# (relative error about 2e-7; below -87.3 gives 0): c/attention.h's scalar eg_expf, lane by lane, the same
-# coefficients (this kernel is a standalone source, not built with the matmul kernels' headers). Selections are bit
-# masks: clang's C vector extension has no vector `?:`.
-VEXP = """
+# exp of 16 floats: c/expf.h's reduction and polynomial, the scalar eg_expf's lane by lane (this kernel is a
+# standalone source, not built with the matmul kernels' headers, so it takes expf.h alone). Selections are bit masks:
+# clang's C vector extension has no vector `?:`.
+VEXP_BODY = """
 typedef float v16 __attribute__((vector_size(64)));
 typedef int v16i __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 static inline float eg_hsum(v16 v) { float s = 0.0f; for (int l = 0; l < 16; l++) s += v[l]; return s; }
 static inline v16 eg_sel(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
 static inline v16 eg_vexp(v16 x) {
-  const v16 hi = (v16){} + 88.7f, lo = (v16){} - 87.3f;
+  const v16 zero = (v16){}, hi = zero + EG_EXP_HI, lo = zero + EG_EXP_LO;
   v16i under = x < lo;
   x = eg_sel(x > hi, hi, x);
-  v16 fn = x * 1.44269504088896341f;
-  v16i n = __builtin_convertvector(fn + eg_sel(fn >= 0.0f, (v16){} + 0.5f, (v16){} - 0.5f), v16i);
+  v16 fn = x * EG_EXP_LOG2E;
+  v16i n = __builtin_convertvector(fn + eg_sel(fn >= 0.0f, zero + 0.5f, zero - 0.5f), v16i);
   v16 nf = __builtin_convertvector(n, v16);
-  v16 r = x - nf * 0.693359375f;
-  r = r - nf * -2.12194440e-4f;
-  v16 p = (v16){} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  v16 r = EG_EXP_REDUCE(x, nf), p;
+  EG_EXP_POLY(p, r, zero + 1.0f);
   v16 s = (v16)((n + 127) << 23);
-  return eg_sel(under, (v16){}, p * s);
+  return eg_sel(under, zero, p * s);
 }
 """
+
+
+@functools.cache
+def vexp_source() -> str:
+    """c/expf.h, then the vector exp and the helpers every U-Net kernel starts with."""
+    return (resources.files("edgegen.runtime.native") / "c" / "expf.h").read_text() + VEXP_BODY
 
 
 def group_norm_silu_kernel(batch: int, channels: int, h: int, w: int, groups: int, pad: int, eps: float,
@@ -70,7 +71,7 @@ def group_norm_silu_kernel(batch: int, channels: int, h: int, w: int, groups: in
     tasks = batch * groups
     hw16 = -(-hw // LANES) * LANES
     name = f"eg_gnsilu_{batch}_{channels}_{h}_{w}_{groups}_{pad}_{parts}"
-    src = VEXP + f"""
+    src = vexp_source() + f"""
 void {name}(float* restrict out, const float* restrict x, const float* restrict gamma, const float* restrict beta,
             int core_id) {{
   int t0 = (int)((long)core_id * {tasks} / {parts}), t1 = (int)((long)(core_id + 1) * {tasks} / {parts});
@@ -129,12 +130,12 @@ def group_norm_silu_padded(x: Tensor, gamma: Tensor, beta: Tensor, groups: int, 
 def attention_kernel(batch: int, tokens: int, heads: int, head_dim: int, parts: int) -> tuple[str, str]:
     """(name, source) of the U-Net's self-attention, channel-major: out (batch, heads * head_dim, tokens) from qkv
     (batch, 3, heads, head_dim, tokens), softmax(q k^T / sqrt(head_dim)) v per (image, head), no mask. Scores in
-    float32, the maximum subtracted, exponentials by the vector exp above, the sums in key order."""
+    float32, the maximum subtracted, exponentials by the vector exp (vexp_source), the sums in key order."""
     c = heads * head_dim
     t16 = -(-tokens // LANES) * LANES
     tasks = batch * heads
     name = f"eg_uattn_{batch}_{tokens}_{heads}_{head_dim}_{parts}"
-    src = VEXP + f"""
+    src = vexp_source() + f"""
 void {name}(float* restrict out, const float* restrict qkv, int core_id) {{
   int t0 = (int)((long)core_id * {tasks} / {parts}), t1 = (int)((long)(core_id + 1) * {tasks} / {parts});
   float sc[{t16}];

@@ -1,22 +1,14 @@
 /* Float helpers of the attention kernel: exp (no libm in a kernel), and over one head of the float16 KV cache: the dot
  * product with a float32 query, scaled add and scale (keys and values widened to float32 as they are read). */
 
-/* expf by range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial (Cephes' expf coefficients), scaled by 2^n
- * through the exponent bits; relative error about 2e-7 over the clamped range, exp(-87.3) and below give 0. */
+/* expf (expf.h): clamped, reduced, the polynomial, scaled by 2^n. */
 EG_INLINE float eg_expf(float x) {
-  if (x < -87.3f) return 0.0f;
-  if (x > 88.7f) x = 88.7f;
-  float fn = x * 1.44269504088896341f;
+  if (x < EG_EXP_LO) return 0.0f;
+  if (x > EG_EXP_HI) x = EG_EXP_HI;
+  float fn = x * EG_EXP_LOG2E;
   int n = (int)(fn + (fn >= 0.0f ? 0.5f : -0.5f));
-  float r = x - (float)n * 0.693359375f;
-  r = r - (float)n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  float r = EG_EXP_REDUCE(x, (float)n), p;
+  EG_EXP_POLY(p, r, 1.0f);
   union { uint32_t u; float f; } s;
   s.u = (uint32_t)(n + 127) << 23;
   return p * s.f;
