@@ -130,10 +130,12 @@ def run_diffusion(args: argparse.Namespace) -> int:
     mnist_path()  # the real test digits it scores against: a runtime-only install lacks them; say so before sampling
     gen = ImageGenerator.load(model_path(args.model), device=args.device)
     clf = Classifier(args.classifier or DEFAULT_CLASSIFIER, device=args.device)
-    steps = gen.resolve(DiffusionParams(steps=args.steps)).steps or 0
-    with step_bar(steps, "denoising", leave=True, enabled=not args.no_progress) as on_step:
-        quality, _ = evaluate_diffusion(gen, clf, per_digit=args.per_digit, steps=args.steps, sampler=args.sampler,
-                                        guidance=args.guidance, seed=args.seed, on_step=on_step)
+    params = gen.resolve(DiffusionParams(steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                                         seed=args.seed))
+    assert params.steps is not None
+    with step_bar(params.steps, "denoising", leave=True, enabled=not args.no_progress) as on_step:
+        quality, _ = evaluate_diffusion(gen, clf, per_digit=args.per_digit, steps=params.steps, sampler=params.sampler,
+                                        guidance=params.guidance, seed=args.seed, on_step=on_step)
     if args.json:
         print(json.dumps({"model": args.model, **quality.as_dict()}, indent=2))
         return 0

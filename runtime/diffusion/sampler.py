@@ -119,18 +119,14 @@ class ImageGenerator:
         self.autoencoder = None if self.autoencoder_cfg is None else Autoencoder(self.autoencoder_cfg, self.weights)
         self.device = device
         self.alpha_bars = cosine_alpha_bars(self.cfg.timesteps)
-        g = mf.get(GUIDANCE_KEY)
-        if g is not None and not valid_guidance(g):
-            raise ArtifactError(f"{mf.path.name}: {GUIDANCE_KEY} must be a number from 0 to {MAX_GUIDANCE:g} "
-                                f"(got {g!r})")
+        # The file's own sampling defaults, checked by the same rules as a request's: the keys are
+        # `edgegen-unet.<field>` and a DiffusionParams error starts with the field's name.
+        g, sampler, steps = mf.get(GUIDANCE_KEY), mf.get(SAMPLER_KEY), mf.get(STEPS_KEY)
+        try:
+            DiffusionParams(steps=steps, sampler=sampler, guidance=g).validate(self.cfg.timesteps)
+        except GenerationError as e:
+            raise ArtifactError(f"{mf.path.name}: {UNET_ARCH}.{e}") from e
         self.default_guidance = DEFAULT_GUIDANCE if g is None else float(g)
-        sampler, steps = mf.get(SAMPLER_KEY), mf.get(STEPS_KEY)
-        if sampler is not None and sampler not in SAMPLERS:
-            raise ArtifactError(f"{mf.path.name}: {SAMPLER_KEY} must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
-                                  or not 1 <= steps <= self.cfg.timesteps):
-            raise ArtifactError(f"{mf.path.name}: {STEPS_KEY} must be an integer from 1 to {self.cfg.timesteps} "
-                                f"(got {steps!r})")
         self.default_sampler: str = DEFAULT_SAMPLER if sampler is None else str(sampler)
         self.default_steps: int = DEFAULT_STEPS if steps is None else int(steps)
         self._buckets: dict[tuple[str, int], _BucketGraph] = {}
