@@ -116,8 +116,9 @@ class InputStatistics(FloatWeights):
 
 
 def collect(source: ModelSource, targets: Iterable[str], track: Callable = lambda it, d, n: it
-            ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """H and its row count per target matrix, from the float model's own sampling trajectory."""
+            ) -> tuple[dict[str, np.ndarray], dict[str, int], int]:
+    """H and its row count per target matrix, from the float model's own sampling trajectory, and the number of
+    digits that trajectory drew."""
     from tinygrad import Tensor, TinyJit
 
     from edgegen.runtime.artifact import open_gguf
@@ -173,7 +174,7 @@ def collect(source: ModelSource, targets: Iterable[str], track: Callable = lambd
         ae.encode(images).realize()  # the encoder (img2img, not sampling) on the decoded samples
         for name, a, conv in stats.seen:
             stats.add(name, a.numpy(), conv)
-    return stats.h, stats.rows
+    return stats.h, stats.rows, n
 
 
 # ------------------------------------------------------------------------------------------------------ GPTQ
@@ -256,7 +257,7 @@ def calibrate_unet(source: ModelSource, types: dict[str, GGMLQuantizationType],
                    track: Callable = lambda it, d, n: it) -> tuple[dict[str, QuantizedTensor], dict[str, Any]]:
     """Packed 4-bit tensors for the U-Net file's 4-bit matrices, and a report of what calibration changed."""
     targets = [n for n, t in types.items() if t in GPTQ_TYPES]
-    h, rows = collect(source, targets, track)
+    h, rows, samples = collect(source, targets, track)
     missing = [n for n in targets if n not in h]
     if missing:  # every stored matrix is applied by the forward: a miss means a name the forward does not use
         raise QuantizeError(f"calibration saw no inputs for {', '.join(missing)}")
@@ -274,7 +275,7 @@ def calibrate_unet(source: ModelSource, types: dict[str, GGMLQuantizationType],
         packed[name] = QuantizedTensor(qtype, data, tuple(w.shape), relative_error(w, deq)) if keep else rtn
         layers.append(LayerResult(name, e_rtn, e_gptq, "gptq" if keep else "rtn"))
     report = {
-        "method": METHOD, "samples": LABELS_PER_CLASS * UNetConfig.num_classes, "steps": STEPS,
+        "method": METHOD, "samples": samples, "steps": STEPS,
         "rows_per_layer": int(min(rows.values())), "error_before": float(np.mean([r.rtn_error for r in layers])),
         "error_after": float(np.mean([min(r.rtn_error, r.gptq_error) for r in layers])),
         "layers": [vars(r) for r in layers],
