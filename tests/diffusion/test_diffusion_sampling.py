@@ -106,6 +106,8 @@ def test_cli_train_diffusion_errors(tmp_path):
                        "--channels must be three multiples of 32")
     assert_clean_error(edgegen("train-diffusion", "--what", "latent-unet", "-o", out), "needs --autoencoder FILE")
     assert_clean_error(edgegen("train-diffusion", "--guidance", "25", "-o", out), "--guidance must be a number")
+    assert_clean_error(edgegen("train-diffusion", "--sampling-steps", "0", "-o", out),
+                       "--sampling-steps must be from 1 to 1000")
     assert_clean_error(edgegen("train-diffusion", "--what", "autoencoder", "--trainer", "tinygrad", "-o", out),
                        "trains only with --trainer torch")
     assert_clean_error(edgegen("train-diffusion", "--what", "classifier", "--trainer", "torch", "-o", out),
